@@ -1,0 +1,37 @@
+# Two commands from a fresh clone:  `make run`  (main job on the built-in default)  and  `make test`.
+# Both create .venv on first use and reuse it afterwards (the stamp file is refreshed when the pins change).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.autosculpt-installed
+PIP     = $(BIN)/python -m pip --disable-pip-version-check -q
+RUN_OUT ?= runs/quickstart
+
+.PHONY: setup run test lint protos protos-check clean
+
+setup: $(STAMP)
+
+# torch goes first and pinned: any requirement that admits a newer torch pulls multi-GB CUDA wheels.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install 'torch==2.13.0' 2>&1 | grep -v '^WARNING: Location' || true
+	$(BIN)/python -c 'import torch; assert torch.__version__.startswith("2.13.0"), torch.__version__'
+	$(PIP) install -c constraints.txt -e '.[host,dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/sculpt-host search --out $(RUN_OUT)
+
+test: setup
+	$(BIN)/python -m protos.generate --check
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+protos: setup
+	$(BIN)/python -m protos.generate
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

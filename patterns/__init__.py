@@ -1,0 +1,1 @@
+"""The pattern library: pruning pattern families, masks, exact MAC/param accounting and realization."""

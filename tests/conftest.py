@@ -1,0 +1,29 @@
+"""Shared pytest fixtures. Expensive artifacts (trained checkpoints, exported programs) are built once per
+session and cached under the session's temporary directory."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def venv_bin() -> Path:
+    """Directory holding the console scripts of the interpreter running the tests."""
+    return Path(sys.executable).parent
+
+
+def require_root(reason: str) -> None:
+    """Skip (with the reason) a test that needs root, e.g. network namespaces or a privileged sshd."""
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root: {reason}")

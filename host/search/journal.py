@@ -1,0 +1,277 @@
+"""The search journal: one SQLite file per run directory.
+
+Every evaluated candidate is written as soon as it completes, so a search killed at any moment (Ctrl-C,
+SIGKILL, power loss) can be resumed without evaluating again what already finished. The same file holds the
+run metadata (config, model, dataset, seed, library versions) and the measurement cache keyed by
+(artifact sha256, device fingerprint): an artifact that was already measured on a device is never measured
+twice, even across plans that realize to the same program.
+
+WAL mode keeps each commit cheap and makes a half-written transaction disappear on the next open instead of
+corrupting the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from host.errors import SearchError
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_NAME = "journal.sqlite"
+SCHEMA_NAME = "autosculpt-search-journal"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS candidates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    phase TEXT NOT NULL,
+    plan_hash TEXT NOT NULL,
+    plan_json TEXT NOT NULL,
+    accuracy REAL NOT NULL,
+    macs INTEGER NOT NULL,
+    params INTEGER NOT NULL,
+    artifact_sha256 TEXT,
+    measurement_json TEXT,
+    reward REAL NOT NULL,
+    eval_seconds REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS candidates_plan ON candidates (plan_hash, phase);
+CREATE TABLE IF NOT EXISTS measurements (
+    artifact_sha256 TEXT NOT NULL,
+    device_fingerprint TEXT NOT NULL,
+    measurement_json TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (artifact_sha256, device_fingerprint)
+);
+"""
+
+
+def canonical_json(data: Any) -> str:
+    """JSON with sorted keys and no whitespace, so equal data always hashes equally."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def plan_hash(plan_data: Mapping[str, Any]) -> str:
+    """SHA-256 of a plan's canonical JSON; the key that says two candidates are the same."""
+    return hashlib.sha256(canonical_json(plan_data).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CandidateRecord:
+    """One evaluated candidate as stored in the journal."""
+
+    phase: str  # "dense", "search", "final"
+    plan: Mapping[str, Any]
+    accuracy: float
+    macs: int
+    params: int
+    reward: float
+    eval_seconds: float
+    artifact_sha256: str | None = None
+    measurement: Mapping[str, Any] | None = None  # {device_fingerprint: summary}, JSON-able
+    id: int | None = None
+    created: float | None = None
+
+    @property
+    def plan_hash(self) -> str:
+        return plan_hash(self.plan)
+
+
+class Journal:
+    """SQLite journal of one search run. Use :meth:`create` for a new run and :meth:`open` to resume."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+
+    # -- opening -------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, run_dir: Path, metadata: Mapping[str, Any]) -> Journal:
+        """Start a new journal in ``run_dir``; refuses to overwrite an existing one."""
+        run_dir = Path(run_dir)
+        path = run_dir / JOURNAL_NAME
+        if path.exists():
+            raise SearchError(
+                f"{run_dir} already holds a search journal",
+                hint=f"continue it with --resume {run_dir}, or choose another --out directory",
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        conn = cls._connect(path)
+        with conn:
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_NAME,))
+            conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            conn.execute("INSERT INTO meta VALUES ('metadata', ?)", (canonical_json(dict(metadata)),))
+            conn.execute("INSERT INTO meta VALUES ('created', ?)", (repr(time.time()),))
+        logger.info("created search journal %s", path)
+        return cls(path, conn)
+
+    @classmethod
+    def open(cls, run_dir: Path) -> Journal:
+        """Open the journal of an earlier run; raises SearchError if it is missing, corrupt or foreign."""
+        run_dir = Path(run_dir)
+        path = run_dir / JOURNAL_NAME
+        if not path.is_file():
+            raise SearchError(
+                f"no search journal in {run_dir} (expected {JOURNAL_NAME})",
+                hint="pass the --out directory of an earlier `sculpt-host search` run to --resume",
+            )
+        try:
+            conn = cls._connect(path)
+            rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            conn.execute("SELECT count(*) FROM candidates").fetchone()
+            conn.execute("SELECT count(*) FROM measurements").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise SearchError(
+                f"{path} is not a readable search journal ({exc})",
+                hint="the file is corrupt or belongs to another program; start a new run with another --out",
+            ) from exc
+        if rows.get("schema") != SCHEMA_NAME:
+            raise SearchError(
+                f"{path} is an SQLite file but not an AutoSculpt search journal",
+                hint="start a new run with another --out directory",
+            )
+        if rows.get("schema_version") != str(SCHEMA_VERSION):
+            raise SearchError(
+                f"{path} uses journal schema {rows.get('schema_version')}, this version reads {SCHEMA_VERSION}",
+                hint="resume it with the AutoSculpt version that created it, or start a new run",
+            )
+        return cls(path, conn)
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(path), timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL makes every committed candidate survive a SIGKILL or power loss, which is the point of the file.
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- metadata ------------------------------------------------------------------------------------
+    @property
+    def metadata(self) -> dict[str, Any]:
+        row = self._conn.execute("SELECT value FROM meta WHERE key='metadata'").fetchone()
+        return json.loads(row[0]) if row else {}
+
+    def set_value(self, key: str, value: Any) -> None:
+        """Store a small JSON-able value (e.g. the dense reference measurement) under ``key``."""
+        if key in {"schema", "schema_version", "metadata", "created"}:
+            raise ValueError(f"meta key {key!r} is reserved")
+        with self._conn:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"value:{key}", canonical_json(value))
+            )
+
+    def get_value(self, key: str, default: Any = None) -> Any:
+        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (f"value:{key}",)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    # -- candidates ----------------------------------------------------------------------------------
+    def record(self, candidate: CandidateRecord) -> CandidateRecord:
+        """Write one evaluated candidate and commit at once; returns it with its id and time."""
+        created = time.time() if candidate.created is None else candidate.created
+        with self._conn:
+            cur = self._conn.execute(
+                "INSERT INTO candidates (phase, plan_hash, plan_json, accuracy, macs, params, artifact_sha256,"
+                " measurement_json, reward, eval_seconds, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    candidate.phase,
+                    candidate.plan_hash,
+                    canonical_json(dict(candidate.plan)),
+                    float(candidate.accuracy),
+                    int(candidate.macs),
+                    int(candidate.params),
+                    candidate.artifact_sha256,
+                    None if candidate.measurement is None else canonical_json(dict(candidate.measurement)),
+                    float(candidate.reward),
+                    float(candidate.eval_seconds),
+                    created,
+                ),
+            )
+        return replace(candidate, id=cur.lastrowid, created=created)
+
+    def candidates(self, phase: str | None = None) -> list[CandidateRecord]:
+        """All recorded candidates in evaluation order, optionally of one phase."""
+        return list(self._iter(phase))
+
+    def find(self, plan_hash_: str, phase: str | None = None) -> CandidateRecord | None:
+        """The first recorded candidate with this plan hash (and phase), or None."""
+        sql = "SELECT * FROM candidates WHERE plan_hash=?"
+        args: tuple[Any, ...] = (plan_hash_,)
+        if phase is not None:
+            sql += " AND phase=?"
+            args += (phase,)
+        row = self._conn.execute(sql + " ORDER BY id LIMIT 1", args).fetchone()
+        return None if row is None else _row_to_record(row)
+
+    def count(self, phase: str | None = None) -> int:
+        if phase is None:
+            return self._conn.execute("SELECT count(*) FROM candidates").fetchone()[0]
+        return self._conn.execute("SELECT count(*) FROM candidates WHERE phase=?", (phase,)).fetchone()[0]
+
+    def _iter(self, phase: str | None) -> Iterator[CandidateRecord]:
+        if phase is None:
+            cur = self._conn.execute("SELECT * FROM candidates ORDER BY id")
+        else:
+            cur = self._conn.execute("SELECT * FROM candidates WHERE phase=? ORDER BY id", (phase,))
+        for row in cur:
+            yield _row_to_record(row)
+
+    # -- measurement cache ---------------------------------------------------------------------------
+    def cached_measurement(self, artifact_sha256: str, device_fingerprint: str) -> dict[str, Any] | None:
+        """The stored measurement of this artifact on this device, or None if it was never measured."""
+        row = self._conn.execute(
+            "SELECT measurement_json FROM measurements WHERE artifact_sha256=? AND device_fingerprint=?",
+            (artifact_sha256, device_fingerprint),
+        ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def store_measurement(
+        self, artifact_sha256: str, device_fingerprint: str, measurement: Mapping[str, Any]
+    ) -> None:
+        """Cache a measurement; storing the same key twice keeps the first one."""
+        with self._conn:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO measurements VALUES (?, ?, ?, ?)",
+                (artifact_sha256, device_fingerprint, canonical_json(dict(measurement)), time.time()),
+            )
+
+    def measurement_count(self) -> int:
+        return self._conn.execute("SELECT count(*) FROM measurements").fetchone()[0]
+
+
+def _row_to_record(row: tuple[Any, ...]) -> CandidateRecord:
+    (id_, phase, _hash, plan_json, acc, macs, params, sha, meas_json, reward, secs, created) = row
+    return CandidateRecord(
+        phase=phase,
+        plan=json.loads(plan_json),
+        accuracy=acc,
+        macs=macs,
+        params=params,
+        reward=reward,
+        eval_seconds=secs,
+        artifact_sha256=sha,
+        measurement=None if meas_json is None else json.loads(meas_json),
+        id=id_,
+        created=created,
+    )
+

@@ -1,0 +1,206 @@
+"""Rewards: how much a candidate is worth, from its validation accuracy and its cost.
+
+Accuracy is always a fraction in [0, 1] measured on the VALIDATION split (never the test split).
+
+``flops`` — the AutoSculpt paper's reward, reproduced exactly::
+
+    r = 100 * acc      if |reduction - target| <= band      (band = 0.05, i.e. +-5 points)
+    r = acc - 1        otherwise
+
+where ``reduction = 1 - macs / dense_macs``. Note the plateau: outside the band every candidate scores in
+[-1, 0] and inside it in [0, 100], with no gradient towards the band and none for overshooting it. A
+policy only learns once it lands in the band by chance; we keep it exact for comparison, not because it
+is a good signal.
+
+``latency`` / ``energy`` — a MnasNet-style (Tan et al., 2019) soft constraint on the MEASURED figure::
+
+    r = acc * (m / T) ** w,   w = alpha if m <= T else beta
+
+with the soft default ``alpha = beta = -0.07``: smooth everywhere, a 2x slower model loses ~5% of its
+reward, and a model below target still gains a little by being faster, so accuracy dominates once the
+target is met. The ``hard`` variant uses ``alpha = 0, beta = -1``: no bonus below target and a steep
+penalty above it. ``T`` is absolute (``12ms``, ``3mJ``) or relative to the measured dense model (``0.5x``).
+
+Several devices: ``worst`` (default) uses the largest m/T ratio over devices — the candidate must fit the
+slowest board; ``weighted`` uses the weighted geometric mean of the ratios (weights sum to 1), so a
+candidate that is twice as slow on a device of weight 0.5 pays ``2 ** (0.5 * w)``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from host.errors import ConfigError
+
+SOFT_EXPONENT = -0.07
+FLOPS_BAND = 0.05
+
+_TARGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(x|ms|s|us|mj|j)?\s*$", re.IGNORECASE)
+_UNIT_SCALE = {"ms": 1.0, "s": 1000.0, "us": 0.001, "mj": 1.0, "j": 1000.0}
+_UNIT_KIND = {"ms": "latency", "s": "latency", "us": "latency", "mj": "energy", "j": "energy"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A latency or energy target: ``relative`` (fraction of the dense model's figure) or absolute."""
+
+    value: float
+    relative: bool
+    kind: str | None = None  # "latency" / "energy" for an absolute value, None for a relative one
+
+    @classmethod
+    def parse(cls, text: str, objective: str) -> Target:
+        """Parse ``0.5x``, ``12ms``, ``0.8s``, ``3mJ`` or ``0.002J``; a bare number below 1 means relative."""
+        match = _TARGET_RE.match(str(text))
+        if not match:
+            raise ConfigError(
+                f"cannot read target {text!r}",
+                hint="write a fraction of the dense model like 0.5x, or an absolute value like 12ms or 3mJ",
+            )
+        value = float(match.group(1))
+        unit = (match.group(2) or "").lower()
+        if value <= 0:
+            raise ConfigError(f"target {text!r} must be positive", hint="e.g. --target-latency 0.5x")
+        if unit == "x" or (not unit and value < 1.0):
+            if value > 1.0:
+                raise ConfigError(
+                    f"relative target {text!r} is slower than the dense model",
+                    hint="a relative target is a fraction of the dense model, e.g. 0.5x",
+                )
+            return cls(value=value, relative=True)
+        if not unit:
+            unit = "ms" if objective == "latency" else "mj"
+        kind = _UNIT_KIND[unit]
+        if kind != objective:
+            raise ConfigError(
+                f"target {text!r} is a {kind} but the objective is {objective}",
+                hint="use ms/s for --objective latency and mJ/J for --objective energy",
+            )
+        return cls(value=value * _UNIT_SCALE[unit], relative=False, kind=kind)
+
+    def resolve(self, dense_value: float) -> float:
+        """The absolute target (ms or mJ) given the dense model's measured figure."""
+        return self.value * dense_value if self.relative else self.value
+
+    def __str__(self) -> str:
+        if self.relative:
+            return f"{self.value:g}x"
+        return f"{self.value:g}{'ms' if self.kind == 'latency' else 'mJ'}"
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Exponents of the MnasNet constraint: ``alpha`` below the target, ``beta`` above it."""
+
+    alpha: float = SOFT_EXPONENT
+    beta: float = SOFT_EXPONENT
+
+    @classmethod
+    def named(cls, name: str) -> Constraint:
+        if name == "soft":
+            return cls()
+        if name == "hard":
+            return cls(alpha=0.0, beta=-1.0)
+        raise ConfigError(f"unknown constraint {name!r}", hint="use 'soft' or 'hard'")
+
+
+def flops_reward(accuracy: float, macs: int, dense_macs: int, target: float, band: float = FLOPS_BAND) -> float:
+    """The paper's reward: ``100*acc`` inside ``target +- band`` of MAC reduction, else ``acc - 1``."""
+    _check_accuracy(accuracy)
+    if dense_macs <= 0:
+        raise ValueError("dense_macs must be positive")
+    reduction = 1.0 - macs / dense_macs
+    return 100.0 * accuracy if abs(reduction - target) <= band + 1e-12 else accuracy - 1.0
+
+
+def constrained_reward(accuracy: float, ratio: float, constraint: Constraint = Constraint()) -> float:
+    """MnasNet soft/hard constraint ``acc * ratio ** w`` where ``ratio = measured / target``."""
+    _check_accuracy(accuracy)
+    if not ratio > 0 or math.isinf(ratio):
+        raise ValueError(f"ratio must be a positive finite number, got {ratio}")
+    exponent = constraint.alpha if ratio <= 1.0 else constraint.beta
+    return accuracy * ratio**exponent
+
+
+def aggregate_ratio(
+    ratios: Mapping[str, float], mode: str = "worst", weights: Mapping[str, float] | None = None
+) -> float:
+    """Combine per-device ``measured/target`` ratios: ``worst`` = max, ``weighted`` = geometric mean."""
+    if not ratios:
+        raise ValueError("no device ratios to aggregate")
+    if mode == "worst":
+        return max(ratios.values())
+    if mode == "weighted":
+        if weights is None:
+            weights = {name: 1.0 for name in ratios}
+        missing = set(ratios) - set(weights)
+        if missing:
+            raise ConfigError(f"no weight for device(s) {sorted(missing)}", hint="give every device a weight")
+        total = sum(weights[name] for name in ratios)
+        if total <= 0:
+            raise ConfigError("device weights must sum to a positive number", hint="e.g. 1 for each device")
+        return math.exp(sum(weights[n] / total * math.log(r) for n, r in ratios.items()))
+    raise ConfigError(f"unknown device aggregation {mode!r}", hint="use 'worst' or 'weighted'")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Everything needed to turn (accuracy, cost, measurements) into one reward."""
+
+    name: str  # "flops", "latency", "energy"
+    target_flops: float = 0.5  # MAC reduction wanted by the flops objective (0.5 = half the MACs)
+    target: Target | None = None  # latency / energy target
+    constraint: Constraint = Constraint()
+    aggregate: str = "worst"
+    weights: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.name not in ("flops", "latency", "energy"):
+            raise ConfigError(f"unknown objective {self.name!r}", hint="use latency, energy or flops")
+        if not 0.0 < self.target_flops < 1.0:
+            raise ConfigError(
+                f"--target-flops {self.target_flops} is not a reduction in (0, 1)",
+                hint="e.g. --target-flops 0.5 removes half of the MACs",
+            )
+
+    @property
+    def needs_measurement(self) -> bool:
+        return self.name != "flops"
+
+    def reward(
+        self,
+        accuracy: float,
+        macs: int,
+        dense_macs: int,
+        measured: Mapping[str, float] | None = None,
+        dense_measured: Mapping[str, float] | None = None,
+    ) -> float:
+        """Reward of one candidate. ``measured``/``dense_measured``: per-device ms (or mJ) of it / of dense."""
+        if self.name == "flops":
+            return flops_reward(accuracy, macs, dense_macs, self.target_flops)
+        if not measured or not dense_measured:
+            raise ValueError(f"the {self.name} objective needs measurements of the candidate and of dense")
+        target = self.target or Target(0.5, relative=True)
+        ratios = {dev: value / target.resolve(dense_measured[dev]) for dev, value in measured.items()}
+        ratio = aggregate_ratio(ratios, self.aggregate, dict(self.weights) if self.weights else None)
+        return constrained_reward(accuracy, ratio, self.constraint)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points not dominated in (maximise accuracy, minimise cost), sorted by cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][1], -points[i][0]))
+    front: list[int] = []
+    best_acc = -math.inf
+    for i in order:
+        if points[i][0] > best_acc:
+            front.append(i)
+            best_acc = points[i][0]
+    return front
+
+
+def _check_accuracy(accuracy: float) -> None:
+    if not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"accuracy must be a fraction in [0, 1], got {accuracy}")

@@ -1,0 +1,92 @@
+"""The GNN policy: per-node actor, one policy object for graphs of any size, trained edge embeddings,
+save/load across models, and a short PPO run through SB3."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+
+from host.errors import SearchError
+from host.search.env import Padding, PruningEnv, StepOutcome, pad_observation
+from host.search.policy import (
+    GraphActorCriticPolicy,
+    load_policy_weights,
+    policy_kwargs,
+    read_policy_file,
+    save_policy,
+)
+from tests.unit.host.search.graphs import chain_graph
+
+VOCAB = ["keep", "a", "b", "c", "d", "drop"]
+
+
+def _prefer_high(choices: np.ndarray) -> StepOutcome:
+    return StepOutcome(float(np.mean(choices)), {})
+
+
+def _ppo(graph, seed=0):
+    env = PruningEnv(graph, _prefer_high)
+    return PPO(
+        GraphActorCriticPolicy, env, n_steps=16, batch_size=8, n_epochs=2, learning_rate=3e-3,
+        policy_kwargs=policy_kwargs(hidden=32), seed=seed, device="cpu",
+    )
+
+
+def _obs_tensor(graph, padding):
+    return {k: torch.as_tensor(v).unsqueeze(0) for k, v in pad_observation(graph, padding).items()}
+
+
+def test_same_policy_object_runs_on_two_graph_sizes():
+    small, large = chain_graph(7), chain_graph(29, seed=3)
+    policy = _ppo(small).policy
+    fx = policy.features_extractor
+    # the GNN and the heads have no node-count dependent parameter: run them on both graphs directly
+    for graph, padding in ((small, Padding.fitting(small)), (large, Padding.fitting(large))):
+        obs = _obs_tensor(graph, padding)
+        features = fx(obs)
+        logits = policy.action_net(policy.mlp_extractor.forward_actor(features)).reshape(padding.max_nodes, 6)
+        assert logits.shape == (padding.max_nodes, 6)
+        layer0 = int(graph.layer_nodes[0])
+        assert torch.all(logits[layer0, 3:] < -1e3)  # invalid choices masked
+        assert torch.all(logits[1, 1:] < -1e3)  # non-layer node: only choice 0
+        assert policy.value_net(policy.mlp_extractor.forward_critic(features)).shape == (1, 1)
+
+
+def test_node_features_change_the_output():
+    graph = chain_graph(9)
+    policy = _ppo(graph).policy
+    padding = Padding.fitting(graph)
+    a = policy.extract_features(_obs_tensor(graph, padding))
+    other = chain_graph(9, seed=5)
+    b = policy.extract_features(_obs_tensor(other, padding))
+    assert not torch.allclose(a, b)
+
+
+def test_ppo_learns_and_trains_edge_embeddings():
+    graph = chain_graph(9)
+    model = _ppo(graph)
+    emb_before = model.policy.features_extractor.encoder.edge_embedding.weight.detach().clone()
+    head_before = model.policy.action_net.head[-1].weight.detach().clone()
+    model.learn(total_timesteps=64)
+    assert not torch.allclose(emb_before, model.policy.features_extractor.encoder.edge_embedding.weight)
+    assert not torch.allclose(head_before, model.policy.action_net.head[-1].weight)
+
+
+def test_save_and_load_into_a_policy_for_another_model(tmp_path):
+    trained = _ppo(chain_graph(9))
+    path = tmp_path / "policy.pt"
+    save_policy(trained.policy, path, VOCAB)
+    other = _ppo(chain_graph(37, seed=2), seed=1)  # different node count -> different padding
+    load_policy_weights(other.policy, read_policy_file(path), VOCAB)
+    for name, value in trained.policy.state_dict().items():
+        if not name.startswith("mlp_extractor"):
+            assert torch.equal(value, other.policy.state_dict()[name]), name
+    with pytest.raises(SearchError, match="trained with"):
+        load_policy_weights(other.policy, read_policy_file(path), VOCAB[:-1] + ["other"])
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    with pytest.raises(SearchError):
+        read_policy_file(tmp_path / "bad.pt")
+    with pytest.raises(SearchError, match="does not exist"):
+        read_policy_file(tmp_path / "missing.pt")

@@ -1,0 +1,52 @@
+"""``report.md``: a short human-readable account of a search run."""
+
+from __future__ import annotations
+
+from host.report.summary import ModelFigures, RunSummary
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _row(summary: RunSummary, m: ModelFigures, devices: list[str]) -> str:
+    cut = 1 - m.macs / summary.dense.macs if summary.dense.macs else 0.0
+    lat = " | ".join(f"{m.latency_ms[d]:.3f}" if d in m.latency_ms else "-" for d in devices)
+    speed = summary.speedup(m)
+    spd = " | ".join(f"{speed[d]:.2f}x" if d in speed else "-" for d in devices)
+    return (
+        f"| {m.name} | {_pct(m.val_accuracy)} | {_pct(m.test_accuracy)} | {m.macs:,} | {100 * cut:.1f}% "
+        f"| {m.params:,} | {lat} | {spd} |"
+    )
+
+
+def render_markdown(summary: RunSummary) -> str:
+    """The report as Markdown text."""
+    devices = sorted(summary.devices)
+    lat_head = " | ".join(f"p50 ms ({d})" for d in devices) or "p50 ms"
+    spd_head = " | ".join(f"speed-up ({d})" for d in devices) or "speed-up"
+    ncols = 6 + 2 * max(len(devices), 1)
+    lines = [
+        f"# AutoSculpt search: {summary.model} on {summary.dataset}",
+        "",
+        f"- objective: **{summary.objective}**, target {summary.target}",
+        f"- devices: {', '.join(f'{d} (`{fp[:12]}`)' for d, fp in summary.devices.items()) or 'none'}",
+        f"- candidates evaluated: {summary.candidates_evaluated} of budget {summary.budget}; "
+        f"device measurements taken: {summary.measurements_taken}; wall time {summary.seconds:.0f} s",
+        "- accuracy for rewards and selection is on the validation split; test accuracy is reported only.",
+        "",
+        f"| model | val acc | test acc | MACs | MAC cut | params | {lat_head} | {spd_head} |",
+        "|" + "---|" * ncols,
+        _row(summary, summary.dense, devices),
+    ]
+    if summary.best_search is not None:
+        lines.append(_row(summary, summary.best_search, devices))
+    lines += [_row(summary, m, devices) for m in summary.finals]
+    lines += ["", "![Pareto front](pareto.png)", "", "![Patterns per layer](patterns.png)", "",
+              "![Reward curve](reward_curve.png)", ""]
+    for m in summary.finals:
+        if m.artifacts:
+            lines.append(f"- {m.name}: " + ", ".join(f"{k}: `{v}`" for k, v in sorted(m.artifacts.items())))
+    if summary.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in summary.notes]
+    return "\n".join(lines) + "\n"

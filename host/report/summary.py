@@ -1,0 +1,53 @@
+"""The typed result of a search run, as written to ``result.json``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelFigures:
+    """Accuracy, cost and measured figures of one model (dense, a candidate, or a final model)."""
+
+    name: str
+    val_accuracy: float
+    macs: int
+    params: int
+    latency_ms: dict[str, float] = field(default_factory=dict)  # device name -> p50 ms
+    energy_mj: dict[str, float] = field(default_factory=dict)  # device name -> mJ / inference (if metered)
+    test_accuracy: float | None = None  # final report only; never used to choose anything
+    choices: dict[str, str] = field(default_factory=dict)  # layer -> pattern choice
+    artifacts: dict[str, str] = field(default_factory=dict)  # kind -> path
+    reward: float | None = None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Everything ``result.json`` and ``report.md`` say about a run."""
+
+    model: str
+    dataset: str
+    objective: str
+    target: str
+    devices: dict[str, str]  # device name -> fingerprint
+    budget: int
+    candidates_evaluated: int
+    measurements_taken: int
+    seconds: float
+    dense: ModelFigures
+    finals: tuple[ModelFigures, ...] = ()
+    best_search: ModelFigures | None = None
+    vocab: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def speedup(self, figures: ModelFigures) -> dict[str, float]:
+        """Dense p50 / model p50 per device (only devices measured for both)."""
+        return {
+            dev: self.dense.latency_ms[dev] / ms
+            for dev, ms in figures.latency_ms.items()
+            if dev in self.dense.latency_ms and ms > 0
+        }

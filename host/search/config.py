@@ -1,0 +1,135 @@
+"""Search configuration: small frozen dataclasses, built from CLI flags at the edge and stored in the journal.
+
+The defaults are the README quick start: ResNet-20 on the 5k MNIST digits at 16 px, the local agent, the
+latency objective at half the dense latency, a budget that finishes in a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from host.errors import ConfigError
+from host.search.finetune import FinetuneConfig
+from host.search.reward import Constraint, Objective, Target
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model and data to prune, at which size."""
+
+    model: str = "resnet20"
+    data: str = "mnist"
+    image_size: int = 16
+    in_channels: int = 1
+    width: float = 1.0
+    data_limit: int | None = None  # stratified subset of the dataset (None = all of it)
+    data_root: str | None = None
+    checkpoint: str | None = None  # a user checkpoint; None = train (and cache) one
+    train_epochs: int = 6
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How one candidate is scored. Sizes are kept small on purpose: the search ranks, the final stage verifies."""
+
+    bn_batches: int = 4
+    batch_size: int = 128
+    val_limit: int | None = None  # evaluate on the first N validation images only (None = all)
+    measure_min_accuracy_drop: float | None = 0.25  # skip measuring candidates this far below dense (None = measure all)
+    warmup_runs: int = 5
+    min_runs: int = 20
+    min_time_s: float = 0.2
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """PPO hyper-parameters. One rollout is ``n_steps`` candidates; the policy updates after each rollout."""
+
+    n_steps: int = 8
+    batch_size: int = 8
+    n_epochs: int = 4
+    learning_rate: float = 1e-3
+    ent_coef: float = 0.01
+    hidden: int = 128
+    gnn_layers: int = 2
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything a search needs; stored in the journal so ``--resume`` continues exactly the same search."""
+
+    out: Path = Path("runs/search")
+    model: ModelSpec = field(default_factory=ModelSpec)
+    devices: tuple[str, ...] = ("local",)
+    budget: int = 24
+    objective: str = "latency"
+    target_flops: float = 0.5
+    target: str | None = "0.5x"
+    constraint: str = "soft"
+    aggregate: str = "worst"
+    seed: int = 0
+    policy_file: str | None = None
+    final_top: int = 2
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=2, distill_alpha=0.5))
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    ppo: PPOSettings = field(default_factory=PPOSettings)
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise ConfigError(f"--budget {self.budget} must be at least 1", hint="e.g. --budget 24")
+        if not self.devices and self.objective != "flops":
+            raise ConfigError(
+                f"the {self.objective} objective needs a device to measure on", hint="add --device local"
+            )
+        if self.final_top < 0:
+            raise ConfigError("final_top must be >= 0", hint="0 skips the final fine-tuning stage")
+        self.reward_objective()  # validates objective, targets and constraint early
+
+    def reward_objective(self) -> Objective:
+        """The :class:`Objective` these settings describe."""
+        target = None
+        if self.objective in ("latency", "energy"):
+            target = Target.parse(self.target or "0.5x", self.objective)
+        return Objective(
+            name=self.objective,
+            target_flops=self.target_flops,
+            target=target,
+            constraint=Constraint.named(self.constraint),
+            aggregate=self.aggregate,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (stored in the journal's metadata)."""
+        data = asdict(self)
+        data["out"] = str(self.out)
+        data["devices"] = list(self.devices)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a journal from another version)."""
+        try:
+            kwargs = dict(data)
+            kwargs["out"] = Path(kwargs["out"])
+            kwargs["devices"] = tuple(kwargs["devices"])
+            kwargs["model"] = _build(ModelSpec, kwargs["model"])
+            kwargs["finetune"] = _build(FinetuneConfig, kwargs["finetune"])
+            kwargs["evaluation"] = _build(EvalConfig, kwargs["evaluation"])
+            kwargs["ppo"] = _build(PPOSettings, kwargs["ppo"])
+            return _build(cls, kwargs)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"stored search config cannot be read ({exc})",
+                hint="the run was made by another AutoSculpt version; start a new run",
+            ) from exc
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise TypeError(f"unknown {cls.__name__} fields {sorted(unknown)}")
+    return cls(**data)

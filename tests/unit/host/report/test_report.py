@@ -1,0 +1,39 @@
+"""Reports: result.json round-trips, report.md lists every model, the plots and TensorBoard files exist."""
+
+from __future__ import annotations
+
+import json
+
+from host.report import ModelFigures, RunSummary, write_report, write_tensorboard
+
+
+def _summary() -> RunSummary:
+    dense = ModelFigures("dense", 0.97, 1_000_000, 20_000, latency_ms={"local": 2.0})
+    final = ModelFigures(
+        "final-1", 0.95, 400_000, 9_000, latency_ms={"local": 1.0}, test_accuracy=0.94,
+        choices={"conv1": "keep", "layer1.0.conv1": "drop"}, artifacts={"pte": "final-1.pte"},
+    )
+    return RunSummary(
+        model="resnet20", dataset="mnist", objective="latency", target="0.5x", devices={"local": "f" * 40},
+        budget=10, candidates_evaluated=10, measurements_taken=7, seconds=12.0, dense=dense, finals=(final,),
+        vocab=("keep", "drop"),
+    )
+
+
+def test_write_report(tmp_path):
+    summary = _summary()
+    files = write_report(tmp_path, summary, [(0.9, 1.5), (0.93, 1.8), (0.8, 1.0)], [0.5, 0.7, 0.6])
+    for key in ("result", "report", "pareto", "patterns", "reward_curve"):
+        assert files[key].is_file() and files[key].stat().st_size > 0, key
+    data = json.loads(files["result"].read_text())
+    assert data["finals"][0]["test_accuracy"] == 0.94
+    assert data["dense"]["latency_ms"] == {"local": 2.0}
+    text = files["report"].read_text()
+    assert "| final-1 | 95.00% | 94.00% | 400,000 | 60.0% |" in text
+    assert "2.00x" in text  # speed-up of final over dense
+    assert summary.speedup(summary.finals[0]) == {"local": 2.0}
+
+
+def test_tensorboard(tmp_path):
+    log_dir = write_tensorboard(tmp_path / "tb", [{"reward": 0.1, "accuracy": 0.9}, {"reward": 0.2, "accuracy": 0.8}])
+    assert any(p.name.startswith("events.out.tfevents") for p in log_dir.iterdir())

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     measurement_json TEXT,
     reward REAL NOT NULL,
     eval_seconds REAL NOT NULL,
+    reused INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS candidates_plan ON candidates (plan_hash, phase);
@@ -79,7 +80,8 @@ class CandidateRecord:
     reward: float
     eval_seconds: float
     artifact_sha256: str | None = None
-    measurement: Mapping[str, Any] | None = None  # {device_fingerprint: summary}, JSON-able
+    measurement: Mapping[str, Any] | None = None  # {device name: summary}, JSON-able; None = not measured
+    reused: bool = False  # the plan was already evaluated; this step took its result from the journal
     id: int | None = None
     created: float | None = None
 
@@ -192,7 +194,7 @@ class Journal:
         with self._conn:
             cur = self._conn.execute(
                 "INSERT INTO candidates (phase, plan_hash, plan_json, accuracy, macs, params, artifact_sha256,"
-                " measurement_json, reward, eval_seconds, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " measurement_json, reward, eval_seconds, reused, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     candidate.phase,
                     candidate.plan_hash,
@@ -204,6 +206,7 @@ class Journal:
                     None if candidate.measurement is None else canonical_json(dict(candidate.measurement)),
                     float(candidate.reward),
                     float(candidate.eval_seconds),
+                    int(candidate.reused),
                     created,
                 ),
             )
@@ -220,7 +223,7 @@ class Journal:
         if phase is not None:
             sql += " AND phase=?"
             args += (phase,)
-        row = self._conn.execute(sql + " ORDER BY id LIMIT 1", args).fetchone()
+        row = self._conn.execute(sql + " AND reused=0 ORDER BY id LIMIT 1", args).fetchone()
         return None if row is None else _row_to_record(row)
 
     def count(self, phase: str | None = None) -> int:
@@ -260,7 +263,7 @@ class Journal:
 
 
 def _row_to_record(row: tuple[Any, ...]) -> CandidateRecord:
-    (id_, phase, _hash, plan_json, acc, macs, params, sha, meas_json, reward, secs, created) = row
+    (id_, phase, _hash, plan_json, acc, macs, params, sha, meas_json, reward, secs, reused, created) = row
     return CandidateRecord(
         phase=phase,
         plan=json.loads(plan_json),
@@ -269,6 +272,7 @@ def _row_to_record(row: tuple[Any, ...]) -> CandidateRecord:
         params=params,
         reward=reward,
         eval_seconds=secs,
+        reused=bool(reused),
         artifact_sha256=sha,
         measurement=None if meas_json is None else json.loads(meas_json),
         id=id_,

@@ -1,0 +1,113 @@
+"""Load a model from a zoo name, a ``package.module:factory`` spec or a saved ExportedProgram (``.pt2``)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from host.errors import ModelError
+from host.models.zoo import available_models, create_model
+
+log = logging.getLogger(__name__)
+
+def _spec_hint() -> str:
+    return (f"use a zoo name ({', '.join(available_models())}), 'package.module:factory' "
+            "or a path to a .pt2 file saved with torch.export.save")
+
+
+def load_model(spec: str, *, checkpoint: str | Path | None = None, num_classes: int = 10, in_channels: int = 3,
+               image_size: int = 32, width: float = 1.0) -> nn.Module:
+    """Build the model named by ``spec`` and optionally load a state-dict ``checkpoint`` into it.
+
+    ``spec`` is a zoo name, ``package.module:factory`` (the factory is called with whichever of
+    num_classes/in_channels/image_size/width it accepts) or a path to an ExportedProgram ``.pt2`` (whose
+    sizes are fixed by the saved program). The model is returned in eval mode.
+    """
+    sizes = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size, "width": width}
+    if spec.lower() in available_models():
+        model = create_model(spec, **sizes)
+    elif spec.endswith(".pt2") or Path(spec).is_file():
+        model = _load_exported(Path(spec))
+    elif ":" in spec:
+        model = _load_factory(spec, sizes)
+    else:
+        raise ModelError(f"unknown model '{spec}'", hint=_spec_hint())
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    with contextlib.suppress(NotImplementedError):  # an ExportedProgram's module keeps its exported mode
+        model.eval()
+    return model
+
+
+def load_checkpoint(model: nn.Module, checkpoint: str | Path) -> None:
+    """Load a state dict (optionally wrapped as ``{"state_dict": ...}``) into ``model`` strictly."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ModelError(f"checkpoint not found: {path}", hint="pass the path of a file saved with torch.save")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types (pickle, zip, runtime) for a bad file
+        raise ModelError(f"cannot read checkpoint {path}: {exc}",
+                         hint="the checkpoint must be a state dict saved with torch.save(model.state_dict())") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict",
+                         hint="save it with torch.save(model.state_dict(), path)")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"checkpoint {path} does not fit the model: {exc}".splitlines()[0],
+                         hint="check the model name and --num-classes/--in-channels/--image-size used "
+                              "when the checkpoint was trained") from exc
+
+
+def _load_exported(path: Path) -> nn.Module:
+    if not path.is_file():
+        raise ModelError(f"ExportedProgram file not found: {path}", hint=_spec_hint())
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # corrupt archive, wrong format, version skew
+        raise ModelError(f"cannot load ExportedProgram {path}: {exc}",
+                         hint="save it with torch.export.save(torch.export.export(model, (x,)), 'model.pt2')") from exc
+    return program.module()
+
+
+def _load_factory(spec: str, sizes: dict[str, float]) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ModelError(f"bad model spec '{spec}'", hint=_spec_hint())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelError(f"cannot import '{module_name}' for model '{spec}': {exc}",
+                         hint="make sure the package is importable (installed, or its folder on PYTHONPATH); "
+                              + _spec_hint()) from exc
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise ModelError(f"'{module_name}' has no attribute '{attr}'", hint=_spec_hint())
+    if not callable(factory):
+        raise ModelError(f"'{spec}' is not callable", hint="point at a function or class that returns an nn.Module")
+    try:
+        params = inspect.signature(factory).parameters
+        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        kwargs = {k: v for k, v in sizes.items() if accepts_any or k in params}
+    except (TypeError, ValueError):  # builtins without a signature
+        kwargs = {}
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:
+        raise ModelError(f"factory '{spec}' failed: {exc}", hint="call it by hand to debug it") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"factory '{spec}' returned {type(model).__name__}, not a torch.nn.Module",
+                         hint="the factory must return an nn.Module")
+    log.info("loaded %s via factory with %s", spec, sorted(kwargs))
+    return model

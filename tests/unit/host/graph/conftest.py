@@ -1,0 +1,1 @@
+from tests.fixtures.models import *  # noqa: F403  (session fixtures until registered globally)

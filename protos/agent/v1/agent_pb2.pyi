@@ -69,7 +69,7 @@ class Temperature(_message.Message):
     def __init__(self, zone: _Optional[str] = ..., celsius: _Optional[float] = ...) -> None: ...
 
 class DeviceInfo(_message.Message):
-    __slots__ = ("agent_version", "protocol_version", "fingerprint", "hostname", "machine", "os", "board", "cpu_model", "cpu_count", "governor", "cpu_freq_mhz", "cpu_freq_min_mhz", "cpu_freq_max_mhz", "memory_total_bytes", "memory_available_bytes", "temperatures", "runtimes", "energy_meters", "max_artifact_bytes", "store_bytes_used", "store_capacity_bytes", "queue_depth", "queue_capacity")
+    __slots__ = ("agent_version", "protocol_version", "fingerprint", "hostname", "machine", "os", "board", "cpu_model", "cpu_count", "governor", "cpu_freq_mhz", "cpu_freq_min_mhz", "cpu_freq_max_mhz", "memory_total_bytes", "memory_available_bytes", "temperatures", "runtimes", "energy_meters", "max_artifact_bytes", "store_bytes_used", "store_capacity_bytes", "queue_depth", "queue_capacity", "energy_unavailable_reason")
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class DeviceInfo(_message.Message):
     STORE_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_UNAVAILABLE_REASON_FIELD_NUMBER: _ClassVar[int]
     agent_version: str
     protocol_version: int
     fingerprint: str
@@ -116,7 +117,8 @@ class DeviceInfo(_message.Message):
     store_capacity_bytes: int
     queue_depth: int
     queue_capacity: int
-    def __init__(self, agent_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., fingerprint: _Optional[str] = ..., hostname: _Optional[str] = ..., machine: _Optional[str] = ..., os: _Optional[str] = ..., board: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_count: _Optional[int] = ..., governor: _Optional[str] = ..., cpu_freq_mhz: _Optional[_Iterable[float]] = ..., cpu_freq_min_mhz: _Optional[float] = ..., cpu_freq_max_mhz: _Optional[float] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., temperatures: _Optional[_Iterable[_Union[Temperature, _Mapping]]] = ..., runtimes: _Optional[_Iterable[_Union[RuntimeInfo, _Mapping]]] = ..., energy_meters: _Optional[_Iterable[str]] = ..., max_artifact_bytes: _Optional[int] = ..., store_bytes_used: _Optional[int] = ..., store_capacity_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ...) -> None: ...
+    energy_unavailable_reason: str
+    def __init__(self, agent_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., fingerprint: _Optional[str] = ..., hostname: _Optional[str] = ..., machine: _Optional[str] = ..., os: _Optional[str] = ..., board: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_count: _Optional[int] = ..., governor: _Optional[str] = ..., cpu_freq_mhz: _Optional[_Iterable[float]] = ..., cpu_freq_min_mhz: _Optional[float] = ..., cpu_freq_max_mhz: _Optional[float] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., temperatures: _Optional[_Iterable[_Union[Temperature, _Mapping]]] = ..., runtimes: _Optional[_Iterable[_Union[RuntimeInfo, _Mapping]]] = ..., energy_meters: _Optional[_Iterable[str]] = ..., max_artifact_bytes: _Optional[int] = ..., store_bytes_used: _Optional[int] = ..., store_capacity_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., energy_unavailable_reason: _Optional[str] = ...) -> None: ...
 
 class HasArtifactRequest(_message.Message):
     __slots__ = ("sha256",)
@@ -261,7 +263,7 @@ class Energy(_message.Message):
     def __init__(self, available: _Optional[bool] = ..., meter: _Optional[str] = ..., method: _Optional[str] = ..., unavailable_reason: _Optional[str] = ..., sample_count: _Optional[int] = ..., mean_power_w: _Optional[float] = ..., idle_power_w: _Optional[float] = ..., joules_per_inference: _Optional[float] = ..., joules_per_inference_idle_subtracted: _Optional[float] = ...) -> None: ...
 
 class BenchmarkResult(_message.Message):
-    __slots__ = ("job_id", "artifact_sha256", "runtime", "runtime_version", "threads", "latencies_ms", "stats", "load_ms", "first_run_ms", "warmup_runs", "timed_window_s", "peak_rss_bytes", "outputs", "output_sha256", "temperatures_before", "temperatures_after", "throttled", "throttle_reason", "energy", "fingerprint", "queued_s")
+    __slots__ = ("job_id", "artifact_sha256", "runtime", "runtime_version", "threads", "latencies_ms", "stats", "load_ms", "first_run_ms", "warmup_runs", "timed_window_s", "peak_rss_bytes", "outputs", "output_sha256", "temperatures_before", "temperatures_after", "throttled", "throttle_reason", "energy", "fingerprint", "queued_s", "load_cached")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
@@ -283,6 +285,7 @@ class BenchmarkResult(_message.Message):
     ENERGY_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     QUEUED_S_FIELD_NUMBER: _ClassVar[int]
+    LOAD_CACHED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     artifact_sha256: str
     runtime: str
@@ -304,4 +307,5 @@ class BenchmarkResult(_message.Message):
     energy: Energy
     fingerprint: str
     queued_s: float
-    def __init__(self, job_id: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., runtime: _Optional[str] = ..., runtime_version: _Optional[str] = ..., threads: _Optional[int] = ..., latencies_ms: _Optional[_Iterable[float]] = ..., stats: _Optional[_Union[LatencyStats, _Mapping]] = ..., load_ms: _Optional[float] = ..., first_run_ms: _Optional[float] = ..., warmup_runs: _Optional[int] = ..., timed_window_s: _Optional[float] = ..., peak_rss_bytes: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., output_sha256: _Optional[_Iterable[str]] = ..., temperatures_before: _Optional[_Iterable[_Union[Temperature, _Mapping]]] = ..., temperatures_after: _Optional[_Iterable[_Union[Temperature, _Mapping]]] = ..., throttled: _Optional[bool] = ..., throttle_reason: _Optional[str] = ..., energy: _Optional[_Union[Energy, _Mapping]] = ..., fingerprint: _Optional[str] = ..., queued_s: _Optional[float] = ...) -> None: ...
+    load_cached: bool
+    def __init__(self, job_id: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., runtime: _Optional[str] = ..., runtime_version: _Optional[str] = ..., threads: _Optional[int] = ..., latencies_ms: _Optional[_Iterable[float]] = ..., stats: _Optional[_Union[LatencyStats, _Mapping]] = ..., load_ms: _Optional[float] = ..., first_run_ms: _Optional[float] = ..., warmup_runs: _Optional[int] = ..., timed_window_s: _Optional[float] = ..., peak_rss_bytes: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., output_sha256: _Optional[_Iterable[str]] = ..., temperatures_before: _Optional[_Iterable[_Union[Temperature, _Mapping]]] = ..., temperatures_after: _Optional[_Iterable[_Union[Temperature, _Mapping]]] = ..., throttled: _Optional[bool] = ..., throttle_reason: _Optional[str] = ..., energy: _Optional[_Union[Energy, _Mapping]] = ..., fingerprint: _Optional[str] = ..., queued_s: _Optional[float] = ..., load_cached: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,251 @@
+"""The agent's core, independent of gRPC transport: store, queue, workers, meters and device facts.
+
+Works on the protocol messages directly (they are the agent's own wire types); ``service.py`` only adapts
+errors to status codes, and ``sculpt-agent bench`` uses this class without any network.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+
+from device_agent import __version__, sysinfo
+from device_agent.artifact import PTE, TFLITE
+from device_agent.bench import Policy
+from device_agent.config import AgentConfig
+from device_agent.energy import detect_meter
+from device_agent.energy.sampler import Sampler, Window, measure_idle
+from device_agent.errors import invalid, precondition
+from device_agent.queue import BenchQueue
+from device_agent.runtimes import all_statuses, resolve
+from device_agent.store import ArtifactStore
+from device_agent.workers import WorkerPool
+from protos.agent.v1 import PROTOCOL_VERSION
+from protos.agent.v1 import agent_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+KIND_TO_PROTO = {PTE: pb.ARTIFACT_KIND_PTE, TFLITE: pb.ARTIFACT_KIND_TFLITE}
+PROTO_TO_KIND = {v: k for k, v in KIND_TO_PROTO.items()}
+DTYPES = {pb.DTYPE_FLOAT32: "float32", pb.DTYPE_FLOAT16: "float16", pb.DTYPE_INT8: "int8",
+          pb.DTYPE_UINT8: "uint8", pb.DTYPE_INT32: "int32", pb.DTYPE_INT64: "int64", pb.DTYPE_BOOL: "bool"}
+DTYPE_TO_PROTO = {v: k for k, v in DTYPES.items()}
+MAX_TIMEOUT_S = 24 * 3600.0
+
+
+class Agent:
+    """Everything the daemon does, callable in-process."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.store = ArtifactStore(config.store_dir, config.store_capacity_bytes, config.max_artifact_bytes)
+        self.queue = BenchQueue(config.queue_capacity, config.results_kept)
+        self.workers = WorkerPool(config.worker_start_timeout_s, config.programs_cached)
+        self.meter, self.meter_reason = detect_meter(config.energy)
+        self.platform = sysinfo.platform_info(config.sysfs_root)
+        runtimes = {s.name: s.version for s in all_statuses() if s.available}
+        self.fingerprint = sysinfo.fingerprint(self.platform, runtimes, __version__)
+        if self.meter is not None:
+            log.info("energy meter: %s (%s)", self.meter.name, self.meter.method)
+        else:
+            log.info("energy unavailable: %s", self.meter_reason)
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        self.workers.stop_all()
+
+    # -- GetInfo -------------------------------------------------------------------------------------------
+    def info(self) -> pb.DeviceInfo:
+        """The device fingerprint and live state."""
+        root = self.config.sysfs_root
+        freqs, fmin, fmax = sysinfo.cpu_frequencies(root)
+        total, available = sysinfo.memory()
+        plat = self.platform
+        return pb.DeviceInfo(
+            agent_version=__version__, protocol_version=PROTOCOL_VERSION, fingerprint=self.fingerprint,
+            hostname=plat.hostname, machine=plat.machine, os=plat.os, board=plat.board, cpu_model=plat.cpu_model,
+            cpu_count=plat.cpu_count, governor=sysinfo.governor(root), cpu_freq_mhz=freqs, cpu_freq_min_mhz=fmin,
+            cpu_freq_max_mhz=fmax, memory_total_bytes=total, memory_available_bytes=available,
+            temperatures=_temps(sysinfo.temperatures(root)),
+            runtimes=[pb.RuntimeInfo(name=s.name, version=s.version, available=s.available,
+                                     artifact_kind=KIND_TO_PROTO[s.kind], unavailable_reason=s.unavailable_reason)
+                      for s in all_statuses()],
+            energy_meters=[self.meter.name] if self.meter is not None else [],
+            energy_unavailable_reason=self.meter_reason,
+            max_artifact_bytes=self.config.max_artifact_bytes, store_bytes_used=self.store.bytes_used,
+            store_capacity_bytes=self.config.store_capacity_bytes, queue_depth=self.queue.depth,
+            queue_capacity=self.config.queue_capacity,
+        )
+
+    # -- artifacts -----------------------------------------------------------------------------------------
+    def has_artifact(self, sha256: str) -> pb.HasArtifactResponse:
+        """Whether the store holds this artifact."""
+        art = self.store.get(sha256)
+        return pb.HasArtifactResponse(present=art is not None, size_bytes=art.size_bytes if art else 0)
+
+    def upload(self, chunks: Iterator[pb.ArtifactChunk]) -> pb.UploadArtifactResponse:
+        """Store an uploaded artifact: first chunk is the header, the rest is data."""
+        first = next(chunks, None)
+        if first is None or first.WhichOneof("payload") != "header":
+            raise invalid("an upload must start with an ArtifactHeader message")
+        header = first.header
+
+        def data() -> Iterator[bytes]:
+            for chunk in chunks:
+                if chunk.WhichOneof("payload") != "data":
+                    raise invalid("only the first upload message may carry a header")
+                yield chunk.data
+
+        art, present = self.store.put(header.sha256, header.size_bytes, data())
+        if header.kind and PROTO_TO_KIND.get(header.kind) not in (None, art.kind):
+            log.warning("upload %s declared kind %s but is a .%s", art.sha256[:12], header.kind, art.kind)
+        return pb.UploadArtifactResponse(sha256=art.sha256, size_bytes=art.size_bytes, already_present=present)
+
+    def store_file(self, data: bytes) -> str:
+        """Put bytes into the store directly (``sculpt-agent bench``); returns the SHA-256."""
+        import hashlib
+
+        sha = hashlib.sha256(data).hexdigest()
+        self.store.put(sha, len(data), iter([data]))
+        return sha
+
+    # -- Benchmark -----------------------------------------------------------------------------------------
+    def benchmark(self, req: pb.BenchmarkRequest, is_active=lambda: True) -> pb.BenchmarkResult:
+        """Validate, queue and run one benchmark; see the protocol for the semantics of every field."""
+        art = self.store.get(req.artifact_sha256)
+        if art is None:
+            raise precondition(f"artifact {req.artifact_sha256} is not on this agent: upload it first")
+        spec = resolve(req.runtime, art.kind)
+        policy = _policy(req)
+        timeout = req.timeout_seconds or self.config.default_timeout_s
+        if not 0 < timeout <= MAX_TIMEOUT_S:
+            raise invalid(f"timeout_seconds must be in (0, {MAX_TIMEOUT_S:.0f}]")
+        inputs = [_tensor_in(i, t) for i, t in enumerate(req.inputs)]
+        if req.threads > 1024:
+            raise invalid(f"threads={req.threads} is not sensible; use 0 for the runtime default")
+        job_id = req.job_id or uuid.uuid4().hex
+        request = {"sha256": art.sha256, "path": str(art.path), "threads": req.threads, "inputs": inputs,
+                   "seed": req.input_seed, "policy": policy.__dict__, "return_outputs": req.return_outputs}
+
+        def run(queued_s: float) -> pb.BenchmarkResult:
+            self.store.pin(art.sha256)
+            try:
+                return self._run(job_id, spec.name, request, req, policy, timeout, queued_s)
+            finally:
+                self.store.unpin(art.sha256)
+
+        return self.queue.submit(job_id, run, is_active)
+
+    def _run(self, job_id, runtime, request, req, policy: Policy, timeout, queued_s) -> pb.BenchmarkResult:
+        root = self.config.sysfs_root
+        gate_note = self._cool_down(policy)
+        temps_before = sysinfo.temperatures(root)
+        throttles_before = sysinfo.throttle_count(root)
+        energy_on = req.measure_energy and self.meter is not None
+        idle: Window | None = None
+        if energy_on:
+            idle = measure_idle(self.meter, self.config.energy.idle_seconds, self.config.energy.sample_interval_s)
+        sampler = Sampler(self.meter, self.config.energy.sample_interval_s) if energy_on else None
+
+        def on_phase(phase: str) -> None:
+            if phase == "timed" and sampler is not None:
+                sampler.start()
+
+        worker = self.workers.get(runtime)
+        try:
+            out = worker.run(request, timeout, on_phase)
+        finally:
+            window = sampler.stop() if sampler is not None and sampler.started else None
+        temps_after = sysinfo.temperatures(root)
+        throttles_after = sysinfo.throttle_count(root)
+        reasons = [gate_note] if gate_note else []
+        if throttles_before is not None and throttles_after is not None and throttles_after > throttles_before:
+            reasons.append(f"CPU thermal throttle counters rose by {throttles_after - throttles_before}")
+        if policy.max_temperature_c and temps_after and max(temps_after.values()) > policy.max_temperature_c:
+            reasons.append(f"temperature reached {max(temps_after.values()):.1f} C, over the gate of "
+                           f"{policy.max_temperature_c:.1f} C")
+        result = pb.BenchmarkResult(
+            job_id=job_id, artifact_sha256=request["sha256"], runtime=runtime,
+            runtime_version=out["runtime_version"], threads=int(out["threads"]), latencies_ms=out["latencies_ms"],
+            stats=pb.LatencyStats(**out["stats"]), load_ms=out["load_ms"], first_run_ms=out["first_run_ms"],
+            warmup_runs=out["warmup_runs"], timed_window_s=out["timed_window_s"],
+            peak_rss_bytes=out["peak_rss_bytes"], output_sha256=out["output_sha256"],
+            outputs=[pb.Tensor(shape=s, dtype=DTYPE_TO_PROTO.get(d, pb.DTYPE_UNSPECIFIED), data=b)
+                     for s, d, b in out["outputs"]],
+            temperatures_before=_temps(temps_before), temperatures_after=_temps(temps_after),
+            throttled=bool(reasons), throttle_reason="; ".join(reasons), fingerprint=self.fingerprint,
+            queued_s=queued_s, load_cached=out["load_cached"],
+            energy=self._energy(req.measure_energy, idle, window, out),
+        )
+        return result
+
+    def _energy(self, wanted: bool, idle: Window | None, window: Window | None, out: dict) -> pb.Energy:
+        if not wanted:
+            return pb.Energy(available=False, unavailable_reason="not requested (measure_energy=false)")
+        if self.meter is None:
+            return pb.Energy(available=False, unavailable_reason=self.meter_reason)
+        if window is None or idle is None:
+            return pb.Energy(available=False, meter=self.meter.name, unavailable_reason="sampling did not start")
+        runs = max(1, len(out["latencies_ms"]))
+        busy_s = out["timed_window_s"]
+        return pb.Energy(
+            available=True, meter=self.meter.name,
+            method=self.meter.method + "; idle power measured first, mean power over the timed window",
+            sample_count=window.sample_count, mean_power_w=window.mean_power_w, idle_power_w=idle.mean_power_w,
+            joules_per_inference=window.mean_power_w * busy_s / runs,
+            joules_per_inference_idle_subtracted=(window.mean_power_w - idle.mean_power_w) * busy_s / runs,
+        )
+
+    def _cool_down(self, policy: Policy) -> str:
+        """Wait for the board to cool below the policy's gate; returns a note when it did not in time."""
+        if not policy.max_temperature_c:
+            return ""
+        deadline = time.monotonic() + policy.cooldown_timeout_seconds
+        while True:
+            temps = sysinfo.temperatures(self.config.sysfs_root)
+            if not temps:
+                return ""
+            hottest = max(temps.values())
+            if hottest <= policy.max_temperature_c:
+                return ""
+            if time.monotonic() >= deadline:
+                return (f"started at {hottest:.1f} C: did not cool below {policy.max_temperature_c:.1f} C within "
+                        f"{policy.cooldown_timeout_seconds:g} s")
+            time.sleep(0.5)
+
+
+def _temps(temps: dict[str, float]) -> list[pb.Temperature]:
+    return [pb.Temperature(zone=zone, celsius=c) for zone, c in temps.items()]
+
+
+def _policy(req: pb.BenchmarkRequest) -> Policy:
+    """The request's policy; an absent policy means the search-mode defaults."""
+    if not req.HasField("policy"):
+        return Policy()
+    p = req.policy
+    values = {"warmup_runs": p.warmup_runs, "warmup_seconds": p.warmup_seconds, "min_runs": p.min_runs,
+              "min_seconds": p.min_seconds, "max_runs": p.max_runs or Policy.max_runs,
+              "max_seconds": p.max_seconds, "max_temperature_c": p.max_temperature_c,
+              "cooldown_timeout_seconds": p.cooldown_timeout_seconds or Policy.cooldown_timeout_seconds}
+    for key, value in values.items():
+        if not np.isfinite(value) or value < 0:
+            raise invalid(f"policy.{key} = {value} must be a finite number >= 0")
+    if values["max_runs"] > 10_000_000:
+        raise invalid("policy.max_runs is over 10,000,000; lower it")
+    return Policy(**values)
+
+
+def _tensor_in(i: int, t: pb.Tensor) -> tuple[list[int], str, bytes]:
+    dtype = DTYPES.get(t.dtype)
+    if dtype is None:
+        raise invalid(f"input {i} has no dtype (set Tensor.dtype)")
+    if any(d < 0 for d in t.shape) or len(t.shape) > 8:
+        raise invalid(f"input {i} has an invalid shape {list(t.shape)}")
+    count = int(np.prod(t.shape)) if t.shape else 1
+    if count * np.dtype(dtype).itemsize > 1 << 30:
+        raise invalid(f"input {i} of shape {list(t.shape)} is over 1 GiB")
+    return list(t.shape), dtype, bytes(t.data)

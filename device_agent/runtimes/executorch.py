@@ -1,0 +1,107 @@
+"""ExecuTorch adapter: runs XNNPACK-delegated ``.pte`` programs through ``executorch.runtime``.
+
+The only module of the agent that imports torch, and only inside the worker process.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from device_agent.errors import invalid
+from device_agent.runtimes import TensorSpec, check_inputs
+
+log = logging.getLogger(__name__)
+NAME = "executorch"
+
+# c10::ScalarType codes reported by MethodMeta.
+_SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32",
+                 7: "float64", 11: "bool"}
+_default_threads: int | None = None
+_current_threads: int | None = None
+
+
+def version() -> str:
+    """Installed ExecuTorch version."""
+    return importlib.metadata.version("executorch")
+
+
+def warm_up_import() -> None:
+    """Import the runtime (and torch) once when the worker starts, not inside the first benchmark."""
+    global _default_threads, _current_threads
+    import executorch.extension.pybindings.portable_lib as lib
+    import torch  # noqa: F401
+    from executorch.runtime import Runtime
+
+    Runtime.get()
+    _default_threads = _current_threads = lib._threadpool_get_thread_count()
+
+
+def set_threads(threads: int) -> None:
+    # The XNNPACK threadpool is process-global; resetting it is only safe between runs, which is the case
+    # here because the worker runs one benchmark at a time.
+    global _current_threads
+    import executorch.extension.pybindings.portable_lib as lib
+
+    want = threads or _default_threads or lib._threadpool_get_thread_count()
+    if want != _current_threads:
+        lib._unsafe_reset_threadpool(int(want))
+        _current_threads = want
+
+
+def current_threads() -> int:
+    """Threads the XNNPACK pool uses now."""
+    return int(_current_threads or 0)
+
+
+class ExecuTorchModel:
+    """A loaded ``forward`` method."""
+
+    def __init__(self, path: Path) -> None:
+        from executorch.runtime import Runtime, Verification
+
+        try:
+            program = Runtime.get().load_program(str(path), verification=Verification.InternalConsistency)
+            if "forward" not in program.method_names:
+                raise invalid(f"program has no 'forward' method (methods: {sorted(program.method_names)})")
+            self._method = program.load_method("forward")
+        except RuntimeError as exc:
+            raise invalid(f"ExecuTorch cannot load this program: {exc}") from exc
+        self._program = program  # keeps the program alive as long as the method
+        meta = self._method.metadata
+        self._specs = []
+        for i in range(meta.num_inputs()):
+            info = meta.input_tensor_meta(i)
+            dtype = _SCALAR_TYPES.get(info.dtype())
+            if dtype is None:
+                raise invalid(f"input {i} has ExecuTorch scalar type {info.dtype()}, which the agent cannot feed")
+            self._specs.append(TensorSpec(tuple(int(s) for s in info.sizes()), dtype))
+        self._inputs: list = []
+        self._outputs: list = []
+
+    def input_specs(self) -> list[TensorSpec]:
+        return list(self._specs)
+
+    def bind(self, inputs: list[np.ndarray]) -> None:
+        import torch
+
+        check_inputs(self._specs, inputs)
+        self._inputs = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs]
+
+    def invoke(self) -> None:
+        try:
+            self._outputs = self._method.execute(self._inputs)
+        except RuntimeError as exc:
+            raise invalid(f"ExecuTorch failed to run the program: {exc}") from exc
+
+    def outputs(self) -> list[np.ndarray]:
+        return [o.detach().numpy().copy() if hasattr(o, "numpy") else np.asarray(o) for o in self._outputs]
+
+
+def load(path: Path, threads: int) -> ExecuTorchModel:
+    """Load ``path`` with ``threads`` XNNPACK threads (0 = the runtime default)."""
+    set_threads(threads)
+    return ExecuTorchModel(path)

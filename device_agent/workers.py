@@ -1,0 +1,149 @@
+"""Daemon-side handles of the isolated worker processes (one per runtime), restarted after a crash or hang."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable
+
+from device_agent.errors import AgentError
+from device_agent.worker import worker_main
+
+log = logging.getLogger(__name__)
+
+# 'spawn': never fork a process that runs gRPC threads.
+_CTX = multiprocessing.get_context("spawn")
+
+
+class WorkerHandle:
+    """One worker process for one runtime. Not thread-safe: the agent runs one benchmark at a time."""
+
+    def __init__(self, runtime: str, start_timeout_s: float, programs_cached: int) -> None:
+        self.runtime = runtime
+        self.start_timeout_s = start_timeout_s
+        self.programs_cached = programs_cached
+        self.version = ""
+        self.restarts = 0
+        self._proc = None
+        self._conn = None
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running worker, or None."""
+        return self._proc.pid if self._proc is not None and self._proc.is_alive() else None
+
+    def start(self) -> None:
+        """Start the worker if it is not running and wait until its runtime is imported."""
+        if self._proc is not None and self._proc.is_alive():
+            return
+        if self._proc is not None:
+            self.restarts += 1
+        self.stop()
+        parent, child = _CTX.Pipe()
+        proc = _CTX.Process(target=worker_main, args=(child, self.runtime, self.programs_cached),
+                            name=f"sculpt-agent-worker-{self.runtime}", daemon=True)
+        proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+        if not parent.poll(self.start_timeout_s):
+            self.stop()
+            raise AgentError("UNAVAILABLE", f"the {self.runtime} worker did not start within "
+                             f"{self.start_timeout_s:.0f} s; raise worker_start_timeout_s in the agent config")
+        try:
+            msg = parent.recv()
+        except EOFError:
+            code = proc.exitcode
+            self.stop()
+            raise AgentError("INTERNAL", f"the {self.runtime} worker died while starting (exit code {code})") from None
+        if msg[0] != "ready":
+            self.stop()
+            raise AgentError(msg[1], msg[2])
+        self.version = msg[1]
+        log.info("started %s worker pid %d (%s)", self.runtime, proc.pid, self.version)
+
+    def run(self, request: dict, timeout_s: float, on_phase: Callable[[str], None] | None = None) -> dict:
+        """Send one benchmark request and wait at most ``timeout_s`` for its result."""
+        with self._lock:
+            self.start()
+            assert self._conn is not None  # start() guarantees it; not user input
+            self._conn.send(request)
+            deadline = time.monotonic() + timeout_s
+            phase = "loading"
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._conn.poll(remaining):
+                    self.stop(force=True)
+                    raise AgentError(
+                        "DEADLINE_EXCEEDED",
+                        f"benchmark did not finish within {timeout_s:g} s (while {phase}); the worker was "
+                        "restarted. Raise the request's timeout (BenchSpec.timeout_s / --timeout) or the agent's "
+                        "default_timeout_s, or lower the policy's max_runs / max_seconds",
+                    )
+                try:
+                    msg = self._conn.recv()
+                except (EOFError, OSError):
+                    code = self._exitcode()
+                    self.stop(force=True)
+                    raise AgentError(
+                        "INVALID_ARGUMENT" if phase == "loading" else "INTERNAL",
+                        f"the {self.runtime} runtime crashed (exit code {code}) while {phase} the artifact; "
+                        "the agent restarted its worker. The artifact is probably corrupt: re-export it",
+                    ) from None
+                if msg[0] == "phase":
+                    phase = msg[1]
+                    if on_phase is not None:
+                        on_phase(phase)
+                elif msg[0] == "result":
+                    return msg[1]
+                else:
+                    raise AgentError(msg[1], msg[2])
+
+    def _exitcode(self) -> int | None:
+        if self._proc is None:
+            return None
+        self._proc.join(timeout=2)
+        return self._proc.exitcode
+
+    def stop(self, force: bool = False) -> None:
+        """Stop the worker: ask it to exit (unless ``force``), then kill it if it is still alive."""
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if force and proc is not None and proc.is_alive():
+            proc.kill()
+        if conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+            conn.close()
+        if proc is not None:
+            proc.join(timeout=1)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+
+
+class WorkerPool:
+    """Lazily started workers, one per runtime name."""
+
+    def __init__(self, start_timeout_s: float, programs_cached: int) -> None:
+        self._start_timeout_s = start_timeout_s
+        self._programs_cached = programs_cached
+        self._workers: dict[str, WorkerHandle] = {}
+        self._lock = threading.Lock()
+
+    def get(self, runtime: str) -> WorkerHandle:
+        """The handle for ``runtime`` (created, not started, on first use)."""
+        with self._lock:
+            if runtime not in self._workers:
+                self._workers[runtime] = WorkerHandle(runtime, self._start_timeout_s, self._programs_cached)
+            return self._workers[runtime]
+
+    def stop_all(self) -> None:
+        """Stop every worker."""
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            worker.stop()

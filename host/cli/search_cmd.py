@@ -1,0 +1,163 @@
+"""``sculpt-host search``: the GNN + RL pruning search with a hardware-aware reward.
+
+With no arguments it runs the built-in default (ResNet-20 on the 5k MNIST digits, the local agent, the
+latency objective at 0.5x dense) into ``runs/search``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = "runs/search"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "search",
+        help="search per-layer pruning patterns with a GNN + PPO policy, rewarded by measured latency",
+        description="Search per-layer pruning patterns for a model with a GNN + PPO policy. Rewards use the "
+        "validation accuracy and the latency/energy measured on the device(s); the best plans are "
+        "fine-tuned, exported and benchmarked. With no arguments: resnet20 on mnist, local agent.",
+    )
+    p.add_argument("--model", default="resnet20", help="zoo name, package.module:factory, or .pt2 (default resnet20)")
+    p.add_argument("--data", default="mnist", help="dataset name (default mnist)")
+    p.add_argument("--checkpoint", help="trained state dict of the model (default: train and cache one)")
+    p.add_argument("--data-root", help="folder of a local dataset (cifar10, imagefolder)")
+    p.add_argument("--image-size", type=int, default=16, help="input size in pixels (default 16)")
+    p.add_argument("--channels", type=int, default=1, choices=(1, 3), help="input channels (default 1)")
+    p.add_argument("--width", type=float, default=1.0, help="zoo model width multiplier (default 1)")
+    p.add_argument("--data-limit", type=int, help="use a stratified subset of N images")
+    p.add_argument("--device", action="append", dest="devices", metavar="ADDRESS",
+                   help="device to measure on: local, grpc[s]://host:port, user@host (repeat for several)")
+    p.add_argument("--budget", type=int, default=24, help="candidates to evaluate in the search (default 24)")
+    p.add_argument("--objective", choices=("latency", "energy", "flops"), default="latency")
+    p.add_argument("--target-flops", type=float, default=0.5, help="MAC reduction for --objective flops (0.5)")
+    p.add_argument("--target-latency", "--target", dest="target", default=None,
+                   help="latency/energy target: 0.5x of dense (default) or absolute like 12ms / 3mJ")
+    p.add_argument("--constraint", choices=("soft", "hard"), default="soft", help="MnasNet constraint shape")
+    p.add_argument("--aggregate", choices=("worst", "weighted"), default="worst",
+                   help="how several devices combine (default: worst case)")
+    p.add_argument("--final-top", type=int, default=2, help="Pareto-front plans to fine-tune and verify (2)")
+    p.add_argument("--finetune-epochs", type=int, default=2, help="masked fine-tuning epochs per final plan (2)")
+    p.add_argument("--train-epochs", type=int, default=6, help="epochs when a checkpoint must be trained (6)")
+    p.add_argument("--bench-runs", type=int, default=20,
+                   help="timed runs per candidate measurement (default 20; final models use 50)")
+    p.add_argument("--policy", dest="policy_file", help="start from a trained policy.pt (any model size)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or finished run (its config is reused)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help=f"run directory (default {DEFAULT_OUT})")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """SearchConfig from the parsed flags."""
+    from dataclasses import replace
+
+    from host.search.config import EvalConfig, ModelSpec, SearchConfig
+    from host.search.finetune import FinetuneConfig
+
+    spec = ModelSpec(
+        model=args.model, data=args.data, image_size=args.image_size, in_channels=args.channels, width=args.width,
+        data_limit=args.data_limit, data_root=args.data_root, checkpoint=args.checkpoint,
+        train_epochs=args.train_epochs,
+    )
+    base = SearchConfig()
+    return replace(
+        base,
+        out=Path(args.out or DEFAULT_OUT),
+        model=spec,
+        devices=tuple(args.devices or ("local",)),
+        budget=args.budget,
+        objective=args.objective,
+        target_flops=args.target_flops,
+        target=args.target or ("0.5x" if args.objective != "flops" else None),
+        constraint=args.constraint,
+        aggregate=args.aggregate,
+        seed=args.seed,
+        policy_file=args.policy_file,
+        final_top=args.final_top,
+        finetune=FinetuneConfig(epochs=args.finetune_epochs, distill_alpha=0.5),
+        evaluation=replace(EvalConfig(), min_runs=args.bench_runs, warmup_runs=max(2, args.bench_runs // 4)),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from host.search.runner import SearchRunner
+
+    with _Display(enabled=not args.json) as display:
+        if args.resume:
+            runner = SearchRunner.resume(Path(args.resume), progress=display.update)
+        else:
+            runner = SearchRunner.start(build_config(args), progress=display.update)
+        try:
+            result = runner.run()
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: resume with  sculpt-host search --resume {runner.run_dir}", file=sys.stderr)
+            raise
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        _print_human(result, runner.run_dir)
+    return 0
+
+
+def _print_human(result: dict[str, Any], run_dir: Path) -> None:
+    dense = result["dense"]
+    print(f"{result['model']} on {result['dataset']}: objective {result['objective']}, target {result['target']}")
+    print(f"evaluated {result['candidates_evaluated']} candidates, {result['measurements_taken']} device measurements,"
+          f" {result['seconds']:.0f} s")
+
+    def line(m: dict[str, Any]) -> str:
+        cut = 1 - m["macs"] / dense["macs"] if dense["macs"] else 0.0
+        lat = ", ".join(f"{d} {ms:.3f} ms ({dense['latency_ms'][d] / ms:.2f}x)" for d, ms in m["latency_ms"].items()
+                        if ms > 0 and d in dense["latency_ms"])
+        test = "" if m.get("test_accuracy") is None else f" test {100 * m['test_accuracy']:.2f}%"
+        return f"  {m['name']:<12} val {100 * m['val_accuracy']:.2f}%{test}  MAC cut {100 * cut:.1f}%  {lat}"
+
+    print(line(dense))
+    for m in result["finals"]:
+        print(line(m))
+    print(f"report: {run_dir / 'report.md'}")
+
+
+class _Display:
+    """A rich progress bar on stderr: stage, candidates done, best reward so far, ETA."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _Display:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.fields[stage]:<8}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                console=Console(stderr=True), transient=False,
+            )
+            self._progress.__enter__()
+        return self
+
+    def update(self, p: Any) -> None:
+        if self._progress is None:
+            return
+        task = self._tasks.get(p.stage)
+        info = p.message
+        if p.best is not None:
+            info = f"best reward {p.best.reward:.4f} (val {100 * p.best.accuracy:.1f}%)"
+        if task is None:
+            task = self._progress.add_task(p.stage, total=max(p.total, 1), stage=p.stage, info=info)
+            self._tasks[p.stage] = task
+        self._progress.update(task, completed=p.done, total=max(p.total, 1), info=info)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)

@@ -1,0 +1,231 @@
+"""Candidate evaluation: plan -> masks on a copy of the trained model -> BN recalibration -> validation
+accuracy -> exact MACs/params -> realize -> export -> measured latency/energy -> reward -> journal.
+
+Measurements are cached in the journal by (artifact sha256, device fingerprint); a plan already in the
+journal is not evaluated again (its row is reused). The test split is never touched here.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from host.search.devices import BenchSettings, DeviceHandle, measure
+from host.search.finetune import accuracy, recalibrate_bn
+from host.search.journal import CandidateRecord, Journal, canonical_json, plan_hash
+from host.search.reward import Objective
+from host.search.space import SearchSpace
+
+logger = logging.getLogger(__name__)
+
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """The tensors candidate evaluation needs, cut once: a few training batches and the validation set."""
+
+    example_input: torch.Tensor
+    bn_batches: Batches
+    val_batches: Batches
+
+    @classmethod
+    def from_splits(cls, splits: Any, bn_batches: int, batch_size: int, val_limit: int | None, seed: int) -> EvalData:
+        x_train, y_train = splits.train.tensors()
+        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))
+        bn = [
+            (x_train[order[i : i + batch_size]], y_train[order[i : i + batch_size]])
+            for i in range(0, min(len(order), bn_batches * batch_size), batch_size)
+        ]
+        x_val, y_val = splits.val.tensors()
+        if val_limit is not None:
+            x_val, y_val = x_val[:val_limit], y_val[:val_limit]
+        val = [(x_val[i : i + 256], y_val[i : i + 256]) for i in range(0, len(x_val), 256)]
+        return cls(example_input=x_val[:1].clone(), bn_batches=bn, val_batches=val)
+
+
+def plan_record_data(space: SearchSpace, choices: np.ndarray) -> tuple[Any, dict[str, Any]]:
+    """(Plan, the JSON stored in the journal: per-layer choice names plus the plan itself)."""
+    plan, names = space.decode(choices)
+    import json
+
+    return plan, {"choices": names, "plan": json.loads(plan.to_json(indent=None))}
+
+
+class CandidateEvaluator:
+    """Scores plans for one search run; see the module docstring for the pipeline."""
+
+    def __init__(
+        self,
+        base_model: nn.Module,
+        space: SearchSpace,
+        data: EvalData,
+        journal: Journal,
+        objective: Objective,
+        devices: Sequence[DeviceHandle],
+        bench: BenchSettings,
+        measure_min_accuracy_drop: float | None = None,
+    ) -> None:
+        self.base_model = base_model.eval()
+        self.space = space
+        self.data = data
+        self.journal = journal
+        self.objective = objective
+        self.devices = list(devices)
+        self.bench = bench
+        self.measure_min_accuracy_drop = measure_min_accuracy_drop
+        self.dense: CandidateRecord | None = None
+        self.measurements_taken = 0
+        self._workdir = Path(tempfile.mkdtemp(prefix="sculpt-candidates-"))
+
+    # -- references ----------------------------------------------------------------------------------
+    def evaluate_dense(self) -> CandidateRecord:
+        """Evaluate (or reload) the dense model: the reference of relative targets and MAC cuts."""
+        found = self.journal.candidates("dense")
+        if found:
+            self.dense = found[0]
+            return self.dense
+        self.dense = self.evaluate(self.space.dense_choices(), phase="dense", force_measure=True)
+        return self.dense
+
+    def dense_figures(self) -> dict[str, float]:
+        """Per-device figure (ms or mJ) of the dense model that the objective compares against."""
+        if self.dense is None:
+            raise RuntimeError("evaluate_dense() first")
+        return self._figures(self.dense.measurement)
+
+    # -- one candidate -------------------------------------------------------------------------------
+    def evaluate(self, choices: np.ndarray, phase: str = "search", force_measure: bool = False) -> CandidateRecord:
+        """Evaluate a plan given as per-layer choice indices, record it in the journal and return the row."""
+        plan, plan_data = plan_record_data(self.space, choices)
+        key = plan_hash(plan_data)
+        known = self.journal.find(key, phase if phase != "search" else None)
+        if known is not None and known.phase in ("search", "floor", "dense") and phase in ("search", "floor"):
+            logger.debug("plan %s already evaluated (row %s); reusing", key[:12], known.id)
+            return self.journal.record(
+                CandidateRecord(
+                    phase=phase, plan=known.plan, accuracy=known.accuracy, macs=known.macs, params=known.params,
+                    reward=self._reward(known.accuracy, known.macs, known.measurement), eval_seconds=0.0,
+                    artifact_sha256=known.artifact_sha256, measurement=known.measurement, reused=True,
+                )
+            )
+        start = time.perf_counter()
+        model, masks = self.masked_model(plan)
+        acc = accuracy(model, self.data.val_batches)
+        cost = self.count(model, masks)
+        sha, measurement = None, None
+        if self.devices and (force_measure or self._worth_measuring(acc)):
+            sha, measurement = self.measure_plan(model, plan, key)
+        reward = self._reward(acc, cost.macs, measurement) if phase != "dense" else 0.0
+        record = CandidateRecord(
+            phase=phase, plan=plan_data, accuracy=acc, macs=int(cost.macs), params=int(cost.params),
+            reward=reward, eval_seconds=time.perf_counter() - start, artifact_sha256=sha, measurement=measurement,
+        )
+        record = self.journal.record(record)
+        logger.info(
+            "%s candidate %s: acc %.4f macs %d measured %s reward %.4f (%.1fs)", phase, record.id, acc,
+            cost.macs, None if measurement is None else self._figures(measurement), reward, record.eval_seconds,
+        )
+        return record
+
+    def masked_model(self, plan: Any) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        """A copy of the base model with the plan's masks applied and BatchNorm recalibrated."""
+        import patterns
+
+        model = copy.deepcopy(self.base_model)
+        masks = patterns.apply_masks(model, plan, self.data.example_input)
+        recalibrate_bn(model, self.data.bn_batches, num_batches=len(self.data.bn_batches))
+        return model, mask_dict(masks)
+
+    def count(self, model: nn.Module, masks: Any) -> Any:
+        import patterns
+
+        return patterns.count(model, self.data.example_input, masks=masks or None)
+
+    def measure_plan(self, model: nn.Module, plan: Any, key: str) -> tuple[str, dict[str, Any]]:
+        """Realize and export the plan, then measure it on every device (cache first)."""
+        import patterns
+        from host.export import export_pte
+
+        realized = patterns.realize(model, plan, self.data.example_input)
+        path = self._workdir / f"{key[:16]}.pte"
+        artifact = export_pte(realized, (self.data.example_input,), path)
+        try:
+            measurement = self.measure_artifact(artifact.path, artifact.sha256, self.bench)
+        finally:
+            Path(artifact.path).unlink(missing_ok=True)
+        return artifact.sha256, measurement
+
+    def measure_artifact(self, path: Path, sha256: str, bench: BenchSettings, use_cache: bool = True) -> dict[str, Any]:
+        """{device name: summary} for an exported artifact, from the cache where possible."""
+        result: dict[str, Any] = {}
+        for device in self.devices:
+            cached = self.journal.cached_measurement(sha256, device.fingerprint) if use_cache else None
+            if cached is None:
+                cached = measure(device, path, bench)
+                self.measurements_taken += 1
+                if use_cache:
+                    self.journal.store_measurement(sha256, device.fingerprint, cached)
+            result[device.name] = cached
+        return result
+
+    # -- reward --------------------------------------------------------------------------------------
+    def _figures(self, measurement: Any) -> dict[str, float]:
+        key = "energy_mj" if self.objective.name == "energy" else "p50_ms"
+        if not measurement:
+            return {}
+        return {dev: float(m[key]) for dev, m in measurement.items() if m.get(key) is not None}
+
+    def _worth_measuring(self, acc: float) -> bool:
+        if not self.objective.needs_measurement:
+            return False
+        if self.measure_min_accuracy_drop is None or self.dense is None:
+            return True
+        return acc >= self.dense.accuracy - self.measure_min_accuracy_drop
+
+    def _reward(self, acc: float, macs: int, measurement: Any) -> float:
+        dense_macs = self.dense.macs if self.dense is not None else macs
+        if not self.objective.needs_measurement:
+            return self.objective.reward(acc, macs, dense_macs)
+        dense = self.dense_figures()
+        figures = self._figures(measurement)
+        if not figures:
+            # not measured (far too inaccurate to compete): estimate the figure from the MAC ratio; the
+            # journal keeps measurement=None so nothing downstream mistakes this for a measurement
+            figures = {dev: value * macs / dense_macs for dev, value in dense.items()}
+        return self.objective.reward(acc, macs, dense_macs, measured=figures, dense_measured=dense)
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+def mask_dict(masks: Any) -> dict[str, torch.Tensor]:
+    """Parameter-name -> 0/1 mask from whatever ``patterns.apply_masks`` returned."""
+    if masks is None:
+        return {}
+    if isinstance(masks, dict):
+        return dict(masks)
+    for attr in ("param_masks", "masks", "by_param"):
+        value = getattr(masks, attr, None)
+        if isinstance(value, dict):
+            return dict(value)
+    if hasattr(masks, "items"):
+        return dict(masks.items())
+    raise TypeError(f"cannot read masks of type {type(masks).__name__}")
+
+
+def json_size(data: Any) -> int:
+    """Bytes of the canonical JSON of ``data`` (for logging plan sizes)."""
+    return len(canonical_json(data))

@@ -1,0 +1,142 @@
+"""The search space of one model: its graph as the policy sees it, and choices -> Plan.
+
+Actions index :data:`patterns.registry.PATTERN_VOCAB` (``keep`` first, then each family's patterns
+together). A layer's valid choices come from :func:`patterns.registry.layer_choices`, restricted to the
+families the search uses (default: kernel, channel, vit — the ones that realize into smaller dense layers;
+``nm`` and ``block`` stay masks on XNNPACK and would only waste device measurements).
+
+Coupled groups: channel pruning removes channels from a whole coupled group at once, so only the group's
+root layer (its first producer) carries channel choices; the other producers of a shared group (e.g. the
+convs feeding one residual add) cannot pick a second, conflicting channel ratio — the root's ratio is the
+group's ratio. Other families act inside one layer and need no coupling.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from host.errors import SearchError
+from host.search.env import GraphObservation
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FAMILIES = ("kernel", "channel", "vit")
+
+
+class SearchSpace:
+    """Graph observation, per-layer choice masks and plan decoding for one model."""
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, families: tuple[str, ...] = DEFAULT_FAMILIES,
+                 name: str | None = None) -> None:
+        from host.graph import build_model_graph
+        from patterns.registry import KEEP, PATTERN_VOCAB, layer_choices
+        from patterns.structure import coupled_groups
+
+        self.model_name = name
+        self.vocab_ids: tuple[tuple[str, str], ...] = tuple(PATTERN_VOCAB)
+        self.vocab = [f"{f}:{p}" for f, p in self.vocab_ids]
+        self.keep_index = self.vocab_ids.index(KEEP)
+        self.graph = build_model_graph(model, example_input)
+        node_of = _node_index(self.graph)
+        choices = layer_choices(model, example_input)
+        followers = set()
+        for group in coupled_groups(model, example_input):
+            followers.update(p for p in group.producers if p != group.root)
+        self.layer_names = [name for name in choices if name in node_of]
+        missing = [name for name in choices if name not in node_of]
+        if missing:
+            logger.warning("layers without a graph node are left dense: %s", ", ".join(missing))
+        if not self.layer_names:
+            raise SearchError("the model has no prunable layer the search can address",
+                              hint="the search prunes Conv2d and Linear layers")
+        allowed = set(families) | {KEEP[0]}
+        mask = np.zeros((len(self.layer_names), len(self.vocab_ids)), bool)
+        for i, layer in enumerate(self.layer_names):
+            for fam, pat in choices[layer]:
+                if fam not in allowed or (fam == "channel" and layer in followers):
+                    continue
+                mask[i, self.vocab_ids.index((fam, pat))] = True
+            mask[i, self.keep_index] = True
+        self.choice_mask = mask
+        self.layer_nodes = np.array([node_of[name] for name in self.layer_names], np.int64)
+        self.example_input = example_input
+        self.graph_model = model
+        self._floor: np.ndarray | None = None
+
+    @property
+    def num_choices(self) -> int:
+        return len(self.vocab_ids)
+
+    def observation(self, plan: Any = None) -> GraphObservation:
+        """The graph (with ``plan``'s patterns in the node features) for the policy."""
+        data = self.graph.to_pyg(plan)
+        edge_type = getattr(data, "edge_type", None)
+        if edge_type is None:
+            edge_type = torch.zeros(data.edge_index.shape[1], dtype=torch.long)
+        return GraphObservation(
+            node_features=data.x.detach().float().numpy(),
+            edge_index=data.edge_index.detach().long().numpy(),
+            edge_type=edge_type.detach().long().numpy(),
+            layer_nodes=self.layer_nodes,
+            choice_mask=self.choice_mask,
+        )
+
+    def decode(self, choices: np.ndarray) -> tuple[Any, dict[str, str]]:
+        """(Plan, {layer: "family:pattern"}) for per-layer choice indices; ``keep`` layers stay out of the plan."""
+        from patterns.plan import LayerAssignment, Plan
+
+        choices = np.asarray(choices, np.int64)
+        if choices.shape != (len(self.layer_names),):
+            raise ValueError(f"expected {len(self.layer_names)} choices, got shape {choices.shape}")
+        assignments, names = {}, {}
+        for layer, index, valid in zip(self.layer_names, choices, self.choice_mask, strict=True):
+            if not valid[index]:
+                raise ValueError(f"choice {self.vocab[index]} is not valid for layer {layer}")
+            names[layer] = self.vocab[index]
+            if index != self.keep_index:
+                family, pattern = self.vocab_ids[index]
+                assignments[layer] = LayerAssignment(family, pattern)
+        return Plan.from_mapping(assignments, model=self.model_name), names
+
+    def dense_choices(self) -> np.ndarray:
+        return np.full(len(self.layer_names), self.keep_index, np.int64)
+
+    def floor_choices(self) -> np.ndarray:
+        """The most aggressive valid plan: per layer the choice removing the most MACs (on its own)."""
+        import copy
+
+        import patterns
+
+        if self._floor is not None:
+            return self._floor
+        floor = self.dense_choices()
+        model = self.graph_model
+        for i, _layer in enumerate(self.layer_names):
+            best, best_macs = self.keep_index, None
+            for index in np.flatnonzero(self.choice_mask[i]):
+                if index == self.keep_index:
+                    continue
+                trial = self.dense_choices()
+                trial[i] = index
+                plan, _ = self.decode(trial)
+                candidate = copy.deepcopy(model)
+                masks = patterns.apply_masks(candidate, plan, self.example_input)
+                macs = patterns.count(candidate, self.example_input, masks=masks).macs
+                if best_macs is None or macs < best_macs:
+                    best, best_macs = index, macs
+            floor[i] = best
+        self._floor = floor
+        return floor
+
+
+def _node_index(graph: Any) -> dict[str, int]:
+    """Layer name -> node index of the graph."""
+    names = getattr(graph, "node_names", None)
+    if names is None:
+        names = [getattr(layer, "name", str(layer)) for layer in graph.layers]
+    return {str(name): i for i, name in enumerate(names)}

@@ -1,0 +1,45 @@
+"""SearchConfig: validated at construction, round-trips through the journal's JSON, CLI flags map onto it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from host.errors import ConfigError
+from host.search.config import SearchConfig
+
+
+def test_round_trip_through_json():
+    config = SearchConfig(out=Path("runs/x"), budget=7, objective="energy", target="3mJ", devices=("local", "pi@b"))
+    data = json.loads(json.dumps(config.to_dict()))
+    assert SearchConfig.from_dict(data) == config
+
+
+def test_bad_values_fail_at_once():
+    with pytest.raises(ConfigError, match="budget"):
+        SearchConfig(budget=0)
+    with pytest.raises(ConfigError, match="objective is latency"):
+        SearchConfig(objective="latency", target="3mJ")
+    with pytest.raises(ConfigError, match="needs a device"):
+        SearchConfig(devices=())
+    SearchConfig(devices=(), objective="flops")  # flops needs no device
+    with pytest.raises(ConfigError, match="another AutoSculpt version"):
+        SearchConfig.from_dict({**SearchConfig().to_dict(), "surprise": 1})
+
+
+def test_cli_flags_build_the_config():
+    from host.cli.main import build_parser
+    from host.cli.search_cmd import build_config
+
+    args = build_parser().parse_args(
+        ["search", "--model", "vgg16", "--device", "local", "--device", "grpc://10.0.0.5:50051", "--budget", "9",
+         "--objective", "flops", "--target-flops", "0.6", "--bench-runs", "8", "--out", "runs/y"]
+    )
+    config = build_config(args)
+    assert config.model.model == "vgg16" and config.budget == 9 and config.target_flops == 0.6
+    assert config.devices == ("local", "grpc://10.0.0.5:50051")
+    assert config.evaluation.min_runs == 8 and config.out == Path("runs/y")
+    default = build_config(build_parser().parse_args(["search"]))
+    assert default.model.model == "resnet20" and default.devices == ("local",) and default.target == "0.5x"

@@ -76,14 +76,18 @@ def _connect(text: str) -> Iterator[Any]:
 
 def measure(handle: DeviceHandle, artifact_path: Path, settings: BenchSettings) -> dict[str, Any]:
     """Benchmark an artifact (uploaded only if the device lacks it); return a JSON-able summary."""
-    from host.devices.results import BenchSpec
+    from host.devices.results import BenchPolicy, BenchSpec
 
-    spec = BenchSpec(
+    policy = BenchPolicy(
         warmup_runs=settings.warmup_runs,
+        warmup_seconds=min(0.2, settings.min_time_s),
         min_runs=settings.min_runs,
         min_seconds=settings.min_time_s,
-        threads=settings.threads,
-        measure_energy=settings.measure_energy and handle.has_energy,
+        max_runs=max(settings.min_runs * 20, 200),
+        max_seconds=max(10.0, settings.min_time_s * 4),
+    )
+    spec = BenchSpec(
+        threads=settings.threads, policy=policy, measure_energy=settings.measure_energy and handle.has_energy
     )
     return summarize(handle.client.benchmark_file(Path(artifact_path), spec))
 

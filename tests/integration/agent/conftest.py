@@ -1,0 +1,1 @@
+from tests.fixtures.agent import *  # noqa: F403 - session fixtures of the agent area

@@ -8,6 +8,7 @@ re-establishes a dropped connection and retries with backoff, but only calls tha
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import uuid
@@ -25,12 +26,10 @@ from host.errors import ConfigError, DeviceUnreachableError, ProtocolMismatchErr
 
 if TYPE_CHECKING:
     from host.devices.client import AgentClient
+    from host.devices.results import BenchSpec, Measurement
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-PROTOCOL_VERSION = 1  # protos.agent.v1 ProtocolVersion.PROTOCOL_VERSION_CURRENT
-
 
 @dataclass(frozen=True)
 class ConnectOptions:
@@ -83,20 +82,28 @@ class _DirectEndpoint(_Endpoint):
         self.address, self.options = address, options
 
     def open(self) -> AgentClient:
-        from host.devices.client import AgentClient
+        import grpc
+
+        from host.devices.client import MAX_MESSAGE_BYTES, AgentClient
 
         token = _read_token(self.options.token_file)
-        root_cert = _read_bytes(self.options.ca_cert, "CA certificate")
-        if self.address.kind == "grpcs":
-            if token is None:
-                raise ConfigError(
-                    f"{self.address} needs the agent's bearer token",
-                    hint="pass --token-file FILE (or token_file in the fleet file)",
-                )
-            return AgentClient(
-                self.address.target, token=token, root_cert=root_cert or b"", timeout=self.options.timeout
+        if self.address.kind == "grpc":
+            return AgentClient(self.address.target, token=token, timeout=self.options.timeout)
+        if token is None:
+            raise ConfigError(
+                f"{self.address} needs the agent's bearer token",
+                hint="pass --token-file FILE (or token_file in the fleet file)",
             )
-        return AgentClient(self.address.target, token=token, timeout=self.options.timeout)
+        # root_certificates=None means the system's trusted roots, for agents with a public certificate.
+        root = _read_bytes(self.options.ca_cert, "CA certificate")
+        channel = grpc.secure_channel(
+            self.address.target,
+            grpc.ssl_channel_credentials(root_certificates=root),
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+        )
+        return AgentClient.from_channel(channel, token=token, timeout=self.options.timeout,
+                                        target=self.address.target)
 
 
 class _LocalEndpoint(_Endpoint):
@@ -221,25 +228,18 @@ class DeviceHandle:
                 client = self._endpoint.open()
                 try:
                     self.info = client.get_info()
-                    self._check_protocol(self.info)
+                except ProtocolMismatchError as exc:
+                    client.close()
+                    self._endpoint.close()
+                    raise ProtocolMismatchError(
+                        f"{self.label}: {exc.message}", hint=f"upgrade the agent: {self._endpoint.upgrade_hint()}"
+                    ) from None
                 except BaseException:
                     client.close()
                     self._endpoint.close()
                     raise
                 self._client = client
             return self._client
-
-    def _check_protocol(self, info) -> None:
-        remote = int(getattr(info, "protocol_version", PROTOCOL_VERSION))
-        if remote != PROTOCOL_VERSION:
-            newer = remote > PROTOCOL_VERSION
-            raise ProtocolMismatchError(
-                f"{self.label} runs sculpt-agent {getattr(info, 'agent_version', '?')} speaking protocol "
-                f"v{remote}; this host speaks v{PROTOCOL_VERSION}",
-                hint="upgrade this host: pip install --upgrade 'autosculpt[host]'"
-                if newer
-                else f"upgrade the agent: {self._endpoint.upgrade_hint()}",
-            )
 
     def _drop(self) -> None:
         with self._lock:
@@ -278,12 +278,13 @@ class DeviceHandle:
         """True when the agent's standard health service reports SERVING."""
         return bool(self.call(lambda c: c.health(), idempotent=True))
 
-    def benchmark_file(self, path: Path, spec, job_id: str | None = None):
-        """Upload ``path`` when the agent lacks it and benchmark it; safe to retry (hash + job id)."""
-        if getattr(spec, "job_id", None) == "" or (hasattr(spec, "job_id") and spec.job_id is None):
-            import dataclasses
+    def benchmark_file(self, path: Path, spec: BenchSpec | None = None) -> Measurement:
+        """Upload ``path`` when the agent lacks it and benchmark it; retried safely (by hash and job id)."""
+        from host.devices.results import BenchSpec
 
-            spec = dataclasses.replace(spec, job_id=job_id or uuid.uuid4().hex)
+        spec = spec or BenchSpec()
+        if spec.job_id is None:  # one id for every retry, so the agent runs the job at most once
+            spec = dataclasses.replace(spec, job_id=uuid.uuid4().hex)
         return self.call(lambda c: c.ensure_and_benchmark(Path(path), spec), idempotent=True)
 
     def stop_remote_agent(self) -> bool:

@@ -1,0 +1,114 @@
+"""A pool of connected devices that hands out idle ones, so the search can spread candidates across
+identical boards. One job per device at a time; a device that keeps failing at transport level is taken
+out of the pool and its job moves to another device."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TypeVar
+
+from host.devices.connect import DeviceHandle
+from host.devices.retry import classify
+from host.errors import DeviceUnreachableError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class DevicePool:
+    """Hands out idle, online devices. Not the owner of the handles unless ``close`` is called."""
+
+    def __init__(self, handles: Iterable[DeviceHandle], offline_after: int = 2) -> None:
+        self.handles = list(handles)
+        if not self.handles:
+            raise ValueError("a device pool needs at least one device")
+        self.offline_after = offline_after
+        self._idle = list(self.handles)
+        self._failures = {h.label: 0 for h in self.handles}
+        self.offline: set[str] = set()
+        self._cond = threading.Condition()
+
+    def online(self) -> list[DeviceHandle]:
+        return [h for h in self.handles if h.label not in self.offline]
+
+    def fingerprints(self) -> dict[str, str]:
+        """Fingerprint per online device, from its last GetInfo; identical boards share one."""
+        return {h.label: getattr(h.info, "fingerprint", "") or "" for h in self.online()}
+
+    @contextmanager
+    def acquire(self, timeout: float | None = None) -> Iterator[DeviceHandle]:
+        """Wait for an idle online device and lend it; failures inside the block count against it."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._idle or not self.online(), timeout=timeout):
+                raise DeviceUnreachableError(f"no device became idle within {timeout}s")
+            if not self._idle:
+                raise DeviceUnreachableError(
+                    "every device of the pool is offline: " + ", ".join(sorted(self.offline)),
+                    hint="check the boards with `sculpt-host devices ping ADDRESS`",
+                )
+            handle = self._idle.pop(0)
+        ok = False
+        try:
+            yield handle
+            ok = True
+        except Exception as exc:
+            self._failed(handle, exc)
+            raise
+        finally:
+            with self._cond:
+                if ok:
+                    self._failures[handle.label] = 0
+                if handle.label not in self.offline:
+                    self._idle.append(handle)
+                self._cond.notify_all()
+
+    def _failed(self, handle: DeviceHandle, exc: BaseException) -> None:
+        kind = classify(exc)
+        if kind == "failed":  # the job failed on a working device
+            with self._cond:
+                self._failures[handle.label] = 0
+            return
+        with self._cond:
+            self._failures[handle.label] += 1
+            if kind == "fatal" or self._failures[handle.label] >= self.offline_after:
+                self.offline.add(handle.label)
+                log.warning("device %s taken out of the pool: %s", handle.label, exc)
+            self._cond.notify_all()
+
+    def run(self, fn: Callable[[DeviceHandle], R]) -> R:
+        """Run ``fn`` on an idle device; when the device fails at transport level, try another one.
+
+        ``fn`` must be safe to repeat (benchmarks by artifact hash and job id are).
+        """
+        while True:
+            try:
+                with self.acquire() as handle:
+                    return fn(handle)
+            except Exception as exc:
+                if classify(exc) != "transient" or not self.online():
+                    raise
+                log.info("retrying on another device after: %s", exc)
+
+    def map(self, fn: Callable[[DeviceHandle, T], R], items: Iterable[T]) -> list[R | BaseException]:
+        """Run ``fn(handle, item)`` for every item, all devices busy at once; results (or the exception of
+        an item that failed everywhere) in item order."""
+        items = list(items)
+
+        def one(item: T) -> R | BaseException:
+            try:
+                return self.run(lambda h: fn(h, item))
+            except Exception as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=max(1, len(self.handles))) as ex:
+            return list(ex.map(one, items))
+
+    def close(self) -> None:
+        """Close every handle."""
+        for h in self.handles:
+            h.close()

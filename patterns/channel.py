@@ -1,0 +1,83 @@
+"""Filter/channel pruning across coupled groups, removed physically by torch-pruning.
+
+The pattern sets the share of a group's channels that go (``ratio`` overrides it). Channels are ranked by
+the L2 norm of every parameter slice the group ties together (producers' filters, BN, consumers' input
+weights), smallest first, ties to the lower index. Groups that pass through a LayerNorm (the ViT residual
+stream) are excluded: a LayerNorm mixes channels, so a masked channel is not equivalent to a removed one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from host.errors import PlanError
+from patterns.family import Context, Decision, Family, count_for_ratio, stable_order
+from patterns.plan import LayerAssignment
+from patterns.structure import CoupledGroup
+
+PATTERNS = {"prune25": 0.25, "prune50": 0.5, "prune75": 0.75}
+
+
+class ChannelFamily(Family):
+    """Remove whole output channels of a Conv2d together with everything coupled to them."""
+
+    name = "channel"
+    description = "filter/channel pruning over coupled groups (physical removal with torch-pruning)"
+
+    def patterns(self) -> tuple[str, ...]:
+        return tuple(PATTERNS)
+
+    def applies_to(self, module: nn.Module, *, role: str = "") -> bool:
+        return isinstance(module, nn.Conv2d) and module.out_channels > 1
+
+    def choices(self, module: nn.Module, *, role: str = "", group: CoupledGroup | None = None) -> list[str]:
+        if not self.applies_to(module, role=role) or (group is not None and group.has_layernorm):
+            return []
+        return list(PATTERNS)
+
+    def decide(self, ctx: Context, layer: str, assignment: LayerAssignment) -> Decision:
+        self.check_pattern(layer, assignment)
+        conv = ctx.module(layer)
+        if not self.applies_to(conv):
+            raise PlanError(f"layer '{layer}' ({type(conv).__name__}) cannot take channel pruning",
+                            hint="channel pruning applies to Conv2d layers; use 'vit' patterns for "
+                                 "attention/MLP linears")
+        tp_group, group = ctx.group(layer)
+        if group.has_layernorm:
+            raise PlanError(f"layer '{layer}': its channels pass through a LayerNorm "
+                            f"({', '.join(m.name for m in group.members if m.module_type == 'LayerNorm')})",
+                            hint="channel pruning there is not exact; use 'vit' head/hidden patterns instead")
+        ratio = PATTERNS[assignment.pattern] if assignment.ratio is None else assignment.ratio
+        n = conv.out_channels
+        k = count_for_ratio(n, ratio)
+        if k >= n:
+            raise PlanError(f"layer '{layer}': removing {ratio:.0%} of its {n} channels deletes all of them",
+                            hint="use a ratio below 1 (at least one channel must stay)")
+        if k == 0:
+            return Decision({})
+        drop = sorted(stable_order(_group_norms(ctx, tp_group, n))[:k])
+        return Decision(ctx.group_masks(layer, drop), removals=((layer, tuple(drop)),))
+
+
+def _group_norms(ctx: Context, tp_group, n: int) -> torch.Tensor:
+    """Per-channel L2 norm over all parameter slices the group ties together."""
+    total = torch.zeros(n, dtype=torch.float64)
+    for dep, idxs in tp_group:
+        module = dep.target.module
+        if not isinstance(module, nn.Module) or module not in ctx.names or len(idxs) != n:
+            continue  # flatten-expanded consumers index more than n entries: skip them, producers decide
+        handler = getattr(dep.handler, "__name__", "")
+        index = torch.as_tensor(list(idxs), dtype=torch.long)
+        for pname, param in module.named_parameters(recurse=False):
+            data = param.detach().double()
+            if isinstance(module, nn.Conv2d | nn.Linear) and "in_channels" in handler:
+                if pname != "weight":
+                    continue
+                if isinstance(module, nn.Conv2d) and module.groups != 1:
+                    total += data[index].pow(2).flatten(1).sum(1)
+                else:
+                    total += data[:, index].pow(2).transpose(0, 1).flatten(1).sum(1)
+            else:
+                total += data[index].pow(2).reshape(n, -1).sum(1)
+    return total.sqrt()

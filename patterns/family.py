@@ -1,0 +1,155 @@
+"""What every pattern family provides, and the shared context and decision types.
+
+A family turns one layer's :class:`~patterns.plan.LayerAssignment` into a :class:`Decision` computed from
+the ORIGINAL weights: boolean keep-masks (for accuracy evaluation and masked fine-tuning, and from which
+the exact cost follows), channel removals that torch-pruning performs physically, and rewrites that
+replace a layer with a smaller dense form. Realization always starts from the masked model, so a rewrite
+only removes entries that are already zero and the realized output equals the masked output.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from host.errors import PlanError
+from patterns.plan import LayerAssignment
+from patterns.structure import CoupledGroup, build_dependency_graph, describe_group, group_of
+
+# A rewrite runs on the model copy after channel removals. ``state`` maps layer name -> kept ORIGINAL
+# output / input indices so decisions made on the original model can be mapped onto the shrunken one.
+Rewrite = Callable[[nn.Module, "RealizeState"], None]
+
+
+@dataclass
+class RealizeState:
+    """Bookkeeping shared by the rewrites of one realization."""
+
+    kept_out: dict[str, list[int]] = field(default_factory=dict)
+    kept_in: dict[str, list[int]] = field(default_factory=dict)
+    groups: dict[str, CoupledGroup] = field(default_factory=dict)  # of the ORIGINAL model, by layer
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Everything one layer's assignment does.
+
+    ``masks`` maps parameter qualified names to bool keep-masks; ``removals`` lists (producer layer, output
+    indices) that torch-pruning removes physically with their whole coupled group; ``rewrites`` are
+    (priority, function) pairs run in priority order after the removals.
+    """
+
+    masks: dict[str, torch.Tensor]
+    removals: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    rewrites: tuple[tuple[int, Rewrite], ...] = ()
+    note: str = ""
+
+
+class Context:
+    """The base model plus lazily built structure (dependency graph, coupled groups) for decisions."""
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor | None) -> None:
+        self.model = model
+        self.example_input = example_input
+        self.names = {module: name for name, module in model.named_modules()}
+        self._dg = None
+        self._groups: dict[str, tuple[object, CoupledGroup]] = {}
+
+    def module(self, name: str) -> nn.Module:
+        try:
+            return self.model.get_submodule(name)
+        except AttributeError as exc:
+            raise PlanError(f"the plan names layer '{name}', which the model does not have",
+                            hint="use a name from `sculpt-host inspect --model NAME` "
+                                 "(qualified module names)") from exc
+
+    @property
+    def dg(self):
+        if self._dg is None:
+            if self.example_input is None:
+                raise PlanError("this plan needs the model's channel coupling, but no example input was given",
+                                hint="pass example_input (a tensor of the model's input shape)")
+            self._dg = build_dependency_graph(self.model, self.example_input)
+        return self._dg
+
+    def group(self, layer: str) -> tuple[object, CoupledGroup]:
+        """torch-pruning group (all channels) and its description for ``layer``'s outputs."""
+        if layer not in self._groups:
+            module = self.module(layer)
+            tp_group = group_of(self.dg, module, self.names)
+            channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+            self._groups[layer] = (tp_group, describe_group(tp_group, self.names, layer, channels))
+        return self._groups[layer]
+
+    def group_masks(self, layer: str, idxs: list[int]) -> dict[str, torch.Tensor]:
+        """Keep-masks that zero output channels ``idxs`` of ``layer`` across its whole coupled group."""
+        tp_group = group_of(self.dg, self.module(layer), self.names, idxs)
+        masks: dict[str, torch.Tensor] = {}
+        for dep, dep_idxs in tp_group:
+            module = dep.target.module
+            if not isinstance(module, nn.Module) or module not in self.names:
+                continue
+            name = self.names[module]
+            handler = getattr(dep.handler, "__name__", "")
+            index = torch.as_tensor(list(dep_idxs), dtype=torch.long)
+            for pname, param in module.named_parameters(recurse=False):
+                mask = torch.ones_like(param, dtype=torch.bool)
+                if isinstance(module, nn.Conv2d | nn.Linear) and "in_channels" in handler:
+                    if pname != "weight":
+                        continue
+                    if isinstance(module, nn.Conv2d) and module.groups != 1:
+                        mask[index] = False  # depthwise: input channel c is filter c
+                    else:
+                        mask[:, index] = False
+                else:
+                    mask[index] = False
+                key = f"{name}.{pname}" if name else pname
+                masks[key] = masks[key] & mask if key in masks else mask
+        return masks
+
+
+class Family(ABC):
+    """A pattern family: one module per family, registered in :mod:`patterns.registry`."""
+
+    name: str = ""
+    description: str = ""
+
+    @abstractmethod
+    def patterns(self) -> tuple[str, ...]:
+        """Every pattern id of this family, in a stable order."""
+
+    @abstractmethod
+    def applies_to(self, module: nn.Module, *, role: str = "") -> bool:
+        """Whether the family can act on ``module`` (``role``: "attention" / "mlp" for ViT sub-layers)."""
+
+    def choices(self, module: nn.Module, *, role: str = "", group: CoupledGroup | None = None) -> list[str]:
+        """Patterns offered for this module (default: all, when the family applies)."""
+        return list(self.patterns()) if self.applies_to(module, role=role) else []
+
+    @abstractmethod
+    def decide(self, ctx: Context, layer: str, assignment: LayerAssignment) -> Decision:
+        """Masks, removals and rewrites for ``layer`` under ``assignment`` (raise PlanError when invalid)."""
+
+    def check_pattern(self, layer: str, assignment: LayerAssignment) -> None:
+        if assignment.pattern not in self.patterns():
+            raise PlanError(f"layer '{layer}': family '{self.name}' has no pattern '{assignment.pattern}'",
+                            hint=f"patterns of '{self.name}': {', '.join(self.patterns())}")
+
+
+def weight_key(layer: str, pname: str = "weight") -> str:
+    return f"{layer}.{pname}" if layer else pname
+
+
+def stable_order(values: torch.Tensor) -> list[int]:
+    """Indices sorting ``values`` ascending; ties go to the lower index, so plans replay bit for bit."""
+    return torch.sort(values.detach().double(), stable=True).indices.tolist()
+
+
+def count_for_ratio(total: int, ratio: float) -> int:
+    """How many of ``total`` items a share ``ratio`` selects (round half up, deterministic)."""
+    return int(ratio * total + 0.5 + 1e-9)

@@ -1,0 +1,337 @@
+"""Kernel patterns on k x k convolutions (the paper's family, with per-layer control).
+
+Per filter, a shape keeps a sub-rectangle of the kernel: the paper's six choices on 3x3 are drop, keep 1
+column, keep 1 row, keep 2 columns, keep 2 rows, keep all. A layer's pattern is a *mix*: a share of the
+filters for each shape, heaviest shapes to the filters with the smallest L2 norm. ``ratio`` (default 1)
+is the share of filters (smallest norm first) that receive the mix; the rest stay whole. Per layer and
+shape, the kept window (which row/column) is the one keeping the most weight energy over the filters that
+got that shape, so one shape gives one dense sub-conv.
+
+Realization: filters sharing a shape become one dense k1 x k2 conv reading the input at the right offset
+(the padding/cropping is worked out per window, stride included); the sub-convs' outputs are concatenated.
+When the layer's channels are private (one producer, consumed by plain convs through BN/activations) the
+new channel order and the dropped filters are folded into the BN and the consumers' input weights; when
+they are shared (residual add, depthwise consumer), the layer pays an explicit gather and dropped filters
+become zero channels. ``patdnn4`` (PatDNN-style 4-entry patterns) has no dense form: it stays a mask and
+realization says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from host.errors import PlanError
+from patterns.family import (
+    Context,
+    Decision,
+    Family,
+    RealizeState,
+    count_for_ratio,
+    stable_order,
+    weight_key,
+)
+from patterns.plan import LayerAssignment
+from patterns.structure import CoupledGroup
+
+log = logging.getLogger(__name__)
+
+# Shape ids, heaviest first. (rows, cols) of the kept window as a function of the kernel size; None = drop.
+SHAPES = ("drop", "col1", "row1", "col2", "row2", "full")
+
+# Pattern -> ((shape, share of the affected filters), ...), heaviest shape first.
+MIXES: dict[str, tuple[tuple[str, float], ...]] = {
+    "row2": (("row2", 1.0),),
+    "col2": (("col2", 1.0),),
+    "row1": (("row1", 1.0),),
+    "col1": (("col1", 1.0),),
+    "rowcol": (("col1", 0.25), ("row1", 0.25), ("col2", 0.25), ("row2", 0.25)),
+    "paper6": tuple((shape, 1 / 6) for shape in SHAPES),
+}
+MASK_ONLY = ("patdnn4",)
+
+
+def _window(shape: str, kh: int, kw: int) -> tuple[int, int]:
+    return {"col1": (kh, 1), "row1": (1, kw), "col2": (kh, 2), "row2": (2, kw), "full": (kh, kw)}[shape]
+
+
+def _patdnn_library(kh: int, kw: int) -> list[Tensor]:
+    """The four 4-entry patterns of PatDNN on 3x3: the centre plus three of its four direct neighbours."""
+    centre = (kh // 2, kw // 2)
+    neighbours = [(centre[0] - 1, centre[1]), (centre[0], centre[1] + 1), (centre[0] + 1, centre[1]),
+                  (centre[0], centre[1] - 1)]
+    library = []
+    for skip in range(4):
+        mask = torch.zeros(kh, kw, dtype=torch.bool)
+        mask[centre] = True
+        for index, (r, c) in enumerate(neighbours):
+            if index != skip:
+                mask[r, c] = True
+        library.append(mask)
+    return library
+
+
+@dataclass(frozen=True)
+class FilterShape:
+    """One filter's kept window: rows [r0, r0+kh), cols [c0, c0+kw); ``kh == 0`` means dropped."""
+
+    r0: int
+    c0: int
+    kh: int
+    kw: int
+
+    @property
+    def dropped(self) -> bool:
+        return self.kh == 0
+
+
+DROPPED = FilterShape(0, 0, 0, 0)
+
+
+def _best_offset(energy: Tensor, kh: int, kw: int) -> tuple[int, int]:
+    """Window offset keeping the most energy; ties go to the window closest to the centre, then top-left."""
+    full_h, full_w = energy.shape
+    best: tuple[float, int, int, int] | None = None
+    for r0 in range(full_h - kh + 1):
+        for c0 in range(full_w - kw + 1):
+            score = float(energy[r0:r0 + kh, c0:c0 + kw].sum())
+            off_centre = abs(2 * r0 + kh - full_h) + abs(2 * c0 + kw - full_w)
+            key = (-score, off_centre, r0, c0)
+            if best is None or key < best:
+                best = key
+    assert best is not None  # kh <= full_h and kw <= full_w by construction
+    return best[2], best[3]
+
+
+def assign_shapes(weight: Tensor, pattern: str, ratio: float) -> list[FilterShape]:
+    """Per-filter kept windows for a rectangular mix (deterministic in the weights)."""
+    out_ch, _, kh, kw = weight.shape
+    norms = weight.detach().double().pow(2).sum(dim=(1, 2, 3))
+    affected = stable_order(norms)[:count_for_ratio(out_ch, ratio)]
+    shapes = [FilterShape(0, 0, kh, kw)] * out_ch
+    by_shape: dict[str, list[int]] = {}
+    start = 0
+    cumulative = 0.0
+    for shape, share in MIXES[pattern]:
+        cumulative += share
+        stop = min(len(affected), count_for_ratio(len(affected), min(cumulative, 1.0)))
+        by_shape[shape] = affected[start:stop]
+        start = stop
+    energy_all = weight.detach().double().pow(2).sum(dim=1)  # (out, kh, kw)
+    for shape, filters in by_shape.items():
+        if not filters:
+            continue
+        if shape == "drop":
+            for f in filters:
+                shapes[f] = DROPPED
+            continue
+        wh, ww = _window(shape, kh, kw)
+        r0, c0 = _best_offset(energy_all[filters].sum(dim=0), wh, ww)
+        for f in filters:
+            shapes[f] = FilterShape(r0, c0, wh, ww)
+    return shapes
+
+
+class PatternConv(nn.Module):
+    """A k x k conv rewritten as dense sub-convs, one per kept window, reading the input at an offset.
+
+    ``index`` (optional) gathers the concatenated outputs (plus ``zeros`` zero channels for dropped filters)
+    back into the original channel order, for layers whose order cannot be folded downstream.
+    """
+
+    def __init__(self, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                 windows: list[tuple[int, int]], convs: list[nn.Conv2d], zeros: int = 0,
+                 index: Tensor | None = None) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.windows = list(windows)
+        self.convs = nn.ModuleList(convs)
+        self.zeros = zeros
+        if index is not None:
+            self.register_buffer("index", index.to(torch.long), persistent=True)
+        else:
+            self.index = None
+
+    def _branch(self, x: Tensor, conv: nn.Conv2d, r0: int, c0: int) -> Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        out_h = (height + 2 * ph - kh) // sh + 1
+        out_w = (width + 2 * pw - kw) // sw + 1
+        wh, ww = conv.kernel_size
+        # Rows [top, bottom) of the unpadded input that the window reads (may stick out on either side).
+        top = r0 - ph
+        bottom = top + sh * (out_h - 1) + wh
+        left = c0 - pw
+        right = left + sw * (out_w - 1) + ww
+        if top <= 0 and left <= 0 and \
+                (height - 2 * top - wh) // sh + 1 == out_h and (width - 2 * left - ww) // sw + 1 == out_w:
+            return F.conv2d(x, conv.weight, conv.bias, (sh, sw), (-top, -left))
+        if top > 0 or left > 0 or bottom < height or right < width:
+            x = x[:, :, max(top, 0):min(bottom, height), max(left, 0):min(right, width)]
+        pads = (max(-left, 0), max(right - width, 0), max(-top, 0), max(bottom - height, 0))
+        if any(pads):
+            x = F.pad(x, pads)
+        return F.conv2d(x, conv.weight, conv.bias, (sh, sw), 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        outs = [self._branch(x, conv, r0, c0) for conv, (r0, c0) in zip(self.convs, self.windows, strict=True)]
+        if self.zeros:
+            ref = outs[0]
+            outs.append(ref.new_zeros(ref.shape[0], self.zeros, ref.shape[2], ref.shape[3]))
+        y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        if self.index is not None:
+            y = torch.index_select(y, 1, self.index)
+        return y
+
+
+class KernelFamily(Family):
+    """Per-filter kernel shapes on k x k convs (k >= 2, groups == 1)."""
+
+    name = "kernel"
+    description = "per-filter kernel sub-rectangles (paper's six 3x3 choices) and PatDNN 4-entry patterns"
+
+    def patterns(self) -> tuple[str, ...]:
+        return (*MIXES, *MASK_ONLY)
+
+    def applies_to(self, module: nn.Module, *, role: str = "") -> bool:
+        return (isinstance(module, nn.Conv2d) and module.groups == 1 and min(module.kernel_size) >= 2
+                and module.dilation == (1, 1) and module.padding_mode == "zeros"
+                and not isinstance(module.padding, str))
+
+    def choices(self, module: nn.Module, *, role: str = "", group: CoupledGroup | None = None) -> list[str]:
+        if not self.applies_to(module, role=role):
+            return []
+        square3 = tuple(module.kernel_size) == (3, 3)
+        return [p for p in self.patterns() if p != "patdnn4" or square3]
+
+    def decide(self, ctx: Context, layer: str, assignment: LayerAssignment) -> Decision:
+        self.check_pattern(layer, assignment)
+        conv = ctx.module(layer)
+        if not self.applies_to(conv):
+            raise PlanError(f"layer '{layer}' ({type(conv).__name__}) cannot take kernel patterns",
+                            hint="kernel patterns need a Conv2d with groups=1, kernel >= 2x2, no dilation")
+        ratio = 1.0 if assignment.ratio is None else assignment.ratio
+        weight = conv.weight.detach()
+        if assignment.pattern == "patdnn4":
+            return self._decide_patdnn(conv, layer, weight, ratio)
+        shapes = assign_shapes(weight, assignment.pattern, ratio)
+        dropped = [f for f, s in enumerate(shapes) if s.dropped]
+        if len(dropped) == len(shapes):
+            raise PlanError(f"layer '{layer}': kernel pattern '{assignment.pattern}' with ratio {ratio} drops "
+                            f"all {len(shapes)} filters", hint="lower the ratio or pick a pattern without 'drop'")
+        mask = torch.zeros_like(weight, dtype=torch.bool)
+        for f, s in enumerate(shapes):
+            if not s.dropped:
+                mask[f, :, s.r0:s.r0 + s.kh, s.c0:s.c0 + s.kw] = True
+        masks = {weight_key(layer): mask}
+        if conv.bias is not None:
+            masks[weight_key(layer, "bias")] = torch.tensor([not s.dropped for s in shapes])
+        private = ctx.group(layer)[1].private if ctx.example_input is not None else False
+        removals: tuple[tuple[str, tuple[int, ...]], ...] = ()
+        if dropped and private:
+            for key, group_mask in ctx.group_masks(layer, dropped).items():
+                masks[key] = masks[key] & group_mask if key in masks else group_mask
+            removals = ((layer, tuple(dropped)),)
+        plan = _KernelRewrite(layer, shapes, private)
+        return Decision(masks, removals, ((20, plan.fold), (30, plan.replace)))
+
+    def _decide_patdnn(self, conv: nn.Conv2d, layer: str, weight: Tensor, ratio: float) -> Decision:
+        out_ch, _, kh, kw = weight.shape
+        library = _patdnn_library(kh, kw)
+        energy = weight.double().pow(2).sum(dim=1)
+        norms = energy.sum(dim=(1, 2))
+        mask = torch.ones_like(weight, dtype=torch.bool)
+        for f in stable_order(norms)[:count_for_ratio(out_ch, ratio)]:
+            kept = [float(energy[f][p].sum()) for p in library]
+            best = max(range(len(library)), key=lambda i: (kept[i], -i))
+            mask[f] = library[best].expand_as(mask[f])
+        return Decision({weight_key(layer): mask},
+                        note=f"{layer}: patdnn4 has no dense form on XNNPACK; realized as a masked dense conv")
+
+
+class _KernelRewrite:
+    """Folds (private layers) and replaces one conv by a :class:`PatternConv` on the realized copy."""
+
+    def __init__(self, layer: str, shapes: list[FilterShape], private: bool) -> None:
+        self.layer = layer
+        self.shapes = shapes
+        self.private = private
+        self.order: list[int] | None = None
+
+    def _branches(self, state: RealizeState) -> tuple[list[tuple[FilterShape, list[int]]], list[int]]:
+        """(window, current filter positions) per sub-conv in a fixed order, and dropped positions."""
+        kept = state.kept_out.get(self.layer, list(range(len(self.shapes))))
+        groups: dict[FilterShape, list[int]] = {}
+        dropped = []
+        for position, original in enumerate(kept):
+            shape = self.shapes[original]
+            if shape.dropped:
+                dropped.append(position)
+            else:
+                groups.setdefault(shape, []).append(position)
+        ordered = sorted(groups.items(), key=lambda item: (item[0].kh * item[0].kw, item[0].kh, item[0].r0,
+                                                           item[0].c0))
+        return ordered, dropped
+
+    def fold(self, model: nn.Module, state: RealizeState) -> None:
+        if not self.private:
+            return
+        branches, dropped = self._branches(state)
+        if dropped:  # private drops were removed physically before this step
+            raise RuntimeError(f"{self.layer}: dropped filters survived channel removal")
+        self.order = [p for _, positions in branches for p in positions]
+        if self.order == sorted(self.order):
+            return
+        perm = torch.tensor(self.order, dtype=torch.long)
+        for member in state.groups[self.layer].members:
+            module = model.get_submodule(member.name)
+            if member.name == self.layer:
+                continue
+            if isinstance(module, nn.BatchNorm2d) and member.kind == "out":
+                for tensor in (module.weight, module.bias, module.running_mean, module.running_var):
+                    if tensor is not None:
+                        tensor.data = tensor.data[perm].clone()
+            elif isinstance(module, nn.Conv2d) and member.kind == "in" and module.groups == 1:
+                module.weight.data = module.weight.data[:, perm].clone()
+            else:
+                raise RuntimeError(f"cannot fold channel order of {self.layer} into {member.name}")
+
+    def replace(self, model: nn.Module, state: RealizeState) -> None:
+        conv = model.get_submodule(self.layer)
+        branches, dropped = self._branches(state)
+        windows, convs, order = [], [], []
+        for shape, positions in branches:
+            index = torch.tensor(positions, dtype=torch.long)
+            weight = conv.weight.data[index][:, :, shape.r0:shape.r0 + shape.kh, shape.c0:shape.c0 + shape.kw]
+            sub = nn.Conv2d(conv.in_channels, len(positions), (shape.kh, shape.kw), conv.stride, 0,
+                            bias=conv.bias is not None)
+            sub.weight.data = weight.clone().contiguous()
+            if conv.bias is not None:
+                sub.bias.data = conv.bias.data[index].clone()
+            windows.append((shape.r0, shape.c0))
+            convs.append(sub)
+            order.extend(positions)
+        gather = None
+        if not self.private:
+            source = {p: i for i, p in enumerate(order + dropped)}
+            gather = torch.tensor([source[p] for p in range(len(order) + len(dropped))], dtype=torch.long)
+            if gather.equal(torch.arange(len(gather))):
+                gather = None
+            if gather is not None:
+                state.notes.append(f"{self.layer}: channel order shared with other layers; paying a gather")
+        new = PatternConv(tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding), windows, convs,
+                          zeros=len(dropped) if not self.private else 0, index=gather)
+        new.train(conv.training)
+        _set_submodule(model, self.layer, new)
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

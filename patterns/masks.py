@@ -1,0 +1,52 @@
+"""MaskSet: boolean keep-masks by parameter name, applied in place (and re-applied after optimizer steps)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+
+from host.errors import PlanError
+
+
+class MaskSet(Mapping[str, torch.Tensor]):
+    """Keep-masks (True = keep) for the parameters a plan touches; read-only mapping."""
+
+    def __init__(self, masks: Mapping[str, torch.Tensor] | None = None) -> None:
+        self._masks = {name: mask.to(torch.bool) for name, mask in (masks or {}).items()}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._masks[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def combine(self, other: Mapping[str, torch.Tensor]) -> MaskSet:
+        """Both sets of masks (an entry is kept only when both keep it)."""
+        merged = dict(self._masks)
+        for name, mask in other.items():
+            merged[name] = merged[name] & mask if name in merged else mask.to(torch.bool)
+        return MaskSet(merged)
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Zero every masked entry of ``model``'s parameters in place (call after each optimizer step)."""
+        params = dict(model.named_parameters())
+        for name, mask in self._masks.items():
+            param = params.get(name)
+            if param is None:
+                raise PlanError(f"mask for '{name}' does not match any parameter of the model",
+                                hint="apply masks to the model they were computed for")
+            if param.shape != mask.shape:
+                raise PlanError(f"mask for '{name}' has shape {tuple(mask.shape)}, parameter has "
+                                f"{tuple(param.shape)}", hint="apply masks to the model they were computed for")
+            param.mul_(mask.to(device=param.device, dtype=param.dtype))
+        return model
+
+    def zeroed(self) -> int:
+        """How many parameter entries the masks remove."""
+        return sum(int((~mask).sum()) for mask in self._masks.values())

@@ -1,0 +1,142 @@
+"""From a Plan to masks and to a smaller dense module.
+
+``decide`` asks each family for its :class:`~patterns.family.Decision` on the ORIGINAL weights.
+``realize`` then (1) applies every mask to a copy, (2) removes whole zero channels physically with
+torch-pruning, merged per coupled group, and (3) runs the families' rewrites (head/hidden shrinking,
+folding of channel orders, kernel sub-convs, input gathers). Each step only deletes entries that are
+already zero, so the realized output equals the masked output.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import nn
+
+from host.errors import PlanError
+from patterns.family import Context, Decision, RealizeState
+from patterns.masks import MaskSet
+from patterns.plan import Plan
+from patterns.registry import KEEP, get_family
+from patterns.structure import build_dependency_graph, group_of, prunable_layers
+
+log = logging.getLogger(__name__)
+
+
+def decide(model: nn.Module, plan: Plan, example_input: torch.Tensor | None,
+           ctx: Context | None = None) -> tuple[Context, dict[str, Decision]]:
+    """Every layer's decision (validating the plan on the way)."""
+    ctx = ctx or Context(model, example_input)
+    layers = set(prunable_layers(model))
+    decisions: dict[str, Decision] = {}
+    for name, assignment in plan:
+        if name not in layers:
+            ctx.module(name)  # raises the "no such layer" error when the name is unknown
+            raise PlanError(f"layer '{name}' is a {type(ctx.module(name)).__name__}, not a prunable layer",
+                            hint="plans address Conv2d and Linear layers; see `sculpt-host inspect`")
+        if (assignment.family, assignment.pattern) == KEEP:
+            continue
+        if assignment.family == KEEP[0]:
+            raise PlanError(f"layer '{name}': the keep family only has pattern 'dense'", hint='use "dense"')
+        decisions[name] = get_family(assignment.family).decide(ctx, name, assignment)
+    return ctx, decisions
+
+
+def plan_masks(decisions: dict[str, Decision]) -> MaskSet:
+    masks = MaskSet()
+    for decision in decisions.values():
+        masks = masks.combine(decision.masks)
+    return masks
+
+
+def apply_masks(model: nn.Module, plan: Plan, example_input: torch.Tensor | None) -> MaskSet:
+    """Compute the plan's masks from ``model``'s weights and zero ``model`` in place (pass a copy)."""
+    _, decisions = decide(model, plan, example_input)
+    masks = plan_masks(decisions)
+    masks.apply(model)
+    return masks
+
+
+def validate(plan: Plan, model: nn.Module, example_input: torch.Tensor | None = None) -> None:
+    """Raise PlanError naming the layer and what to change when ``plan`` does not fit ``model``.
+
+    Without ``example_input``, checks that need the channel coupling (channel pruning) are skipped.
+    """
+    for name, assignment in plan:
+        if example_input is None and assignment.family == "channel":
+            ctx = Context(model, None)
+            ctx.module(name)
+            get_family("channel").check_pattern(name, assignment)
+            continue
+        decide(model, Plan(((name, assignment),)), example_input)
+    if example_input is not None:
+        realize(model, plan, example_input, check_only=True)
+
+
+def _merge_removals(ctx: Context, decisions: dict[str, Decision]) -> list[tuple[str, list[int]]]:
+    """Union the channel removals that fall into the same coupled group."""
+    merged: dict[tuple[str, ...], tuple[str, set[int]]] = {}
+    for decision in decisions.values():
+        for layer, idxs in decision.removals:
+            group = ctx.group(layer)[1]
+            key = tuple(sorted(m.name for m in group.members if m.kind == "out"))
+            root, acc = merged.setdefault(key, (layer, set()))
+            acc.update(idxs)
+            if len(acc) >= group.channels:
+                raise PlanError(f"the plan removes all {group.channels} channels coupled to layer '{layer}' "
+                                f"(group of {', '.join(group.producers)})",
+                                hint="lower the ratios of the assignments on these layers")
+    return [(root, sorted(acc)) for root, acc in merged.values()]
+
+
+def realize(model: nn.Module, plan: Plan, example_input: torch.Tensor, *, check_only: bool = False) -> nn.Module:
+    """A smaller dense module computing the same function as ``model`` masked by ``plan``.
+
+    ``model`` is not modified. Patterns without a dense form (N:M, tiles, PatDNN) stay masked dense
+    layers; the returned module's ``sculpt_notes`` lists every such fallback and every gather paid.
+    """
+    ctx, decisions = decide(model, plan, example_input)
+    masks = plan_masks(decisions)
+    removals = _merge_removals(ctx, decisions)
+    if check_only:
+        return model
+    realized = copy.deepcopy(model).eval()
+    masks.apply(realized)
+    state = RealizeState(groups={name: group for name, (_, group) in ctx._groups.items()})
+    state.notes.extend(d.note for d in decisions.values() if d.note)
+    if removals:
+        _remove_channels(realized, removals, state, example_input)
+    rewrites = sorted(((priority, index, fn) for index, decision in enumerate(decisions.values())
+                       for priority, fn in decision.rewrites), key=lambda item: (item[0], item[1]))
+    for _, _, fn in rewrites:
+        fn(realized, state)
+    for note in state.notes:
+        log.info("realize: %s", note)
+    realized.sculpt_notes = list(state.notes)
+    return realized
+
+
+def _remove_channels(realized: nn.Module, removals: list[tuple[str, list[int]]], state: RealizeState,
+                     example_input: torch.Tensor) -> None:
+    dg = build_dependency_graph(realized, example_input)
+    names = {module: name for name, module in realized.named_modules()}
+    for layer, idxs in removals:
+        tp_group = group_of(dg, realized.get_submodule(layer), names, idxs)
+        for dep, dep_idxs in tp_group:
+            module = dep.target.module
+            if not isinstance(module, nn.Conv2d | nn.Linear) or module not in names:
+                continue
+            name = names[module]
+            handler = getattr(dep.handler, "__name__", "")
+            removed = set(int(i) for i in dep_idxs)
+            if "in_channels" in handler and not (isinstance(module, nn.Conv2d) and module.groups != 1):
+                size = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+                kept = state.kept_in.get(name, list(range(size)))
+                state.kept_in[name] = [orig for pos, orig in enumerate(kept) if pos not in removed]
+            else:
+                size = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+                kept = state.kept_out.get(name, list(range(size)))
+                state.kept_out[name] = [orig for pos, orig in enumerate(kept) if pos not in removed]
+        tp_group.prune()

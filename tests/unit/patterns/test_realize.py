@@ -1,0 +1,119 @@
+"""Property tests: on every zoo model, seeded random plans realize to a dense module that equals the masked
+model and whose direct cost equals the masked model's non-zero cost."""
+
+import copy
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from host.errors import PlanError
+from patterns import LayerAssignment, Plan, apply_masks, count, layer_choices, realize, validate
+
+zoo = pytest.importorskip("host.models.zoo")
+
+MODELS = ["resnet20", "resnet56", "resnet110", "vgg16", "vgg19", "mobilenetv2", "vit_tiny"]
+
+
+def _model(name: str, size: int = 16) -> nn.Module:
+    torch.manual_seed(0)
+    model = zoo.create_model(name, width=0.25 if name.startswith(("vgg", "mobilenet")) else 0.5,
+                             image_size=size).eval()
+    with torch.no_grad():  # trained-looking BN statistics so BN folding/permutation is exercised
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+def _random_plan(choices: dict, seed: int, dense_share: float = 0.3) -> Plan:
+    rng = random.Random(seed)
+    layers = {}
+    for layer, options in choices.items():
+        if rng.random() < dense_share:
+            continue
+        family, pattern = rng.choice(options)
+        ratio = rng.choice([None, None, 0.5, 1.0]) if family == "kernel" else None
+        layers[layer] = LayerAssignment(family, pattern, ratio=ratio)
+    return Plan.from_mapping(layers)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_random_plans_realize_exactly(name):
+    model = _model(name)
+    x = torch.randn(2, 3, 16, 16)
+    choices = layer_choices(model, x)
+    base = count(model, x)
+    examples = 2 if name in ("resnet110", "vgg19") else 3
+    for seed in range(examples):
+        plan = _random_plan(choices, seed)
+        masked = copy.deepcopy(model)
+        masks = apply_masks(masked, plan, x)
+        realized = realize(model, plan, x)
+        with torch.no_grad():
+            torch.testing.assert_close(realized(x), masked(x), atol=1e-4, rtol=0)
+        masked_cost, realized_cost = count(masked, x), count(realized, x)
+        assert realized_cost.macs == masked_cost.macs
+        assert realized_cost.params == masked_cost.params
+        assert count(model, x, masks).macs == masked_cost.macs  # virtual masks == applied masks
+        assert masked_cost.macs < base.macs or not plan.layers
+        # Only mask-only patterns leave zeros in the realized module.
+        mask_only = [n for n, a in plan if a.pattern in ("2:4", "1:4", "tile4_50", "tile4_75", "patdnn4")]
+        if not mask_only:
+            assert realized_cost.dense_macs == masked_cost.macs
+
+
+def test_same_plan_rebuilds_bit_for_bit():
+    model = _model("resnet20")
+    x = torch.randn(1, 3, 16, 16)
+    plan = _random_plan(layer_choices(model, x), seed=7, dense_share=0.0)
+    plan = Plan.from_json(plan.to_json())
+    first, second = realize(model, plan, x), realize(copy.deepcopy(model), plan, x)
+    for (n1, t1), (n2, t2) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
+        assert n1 == n2 and torch.equal(t1, t2)
+
+
+def test_kernel_row_costs_a_third_and_drop_removes_downstream_work():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 3, 3, padding=1, bias=False)).eval()
+    x = torch.randn(1, 2, 5, 5)
+    base = count(model, x)
+    assert base.macs == (4 * 2 * 9 + 3 * 4 * 9) * 25
+    row = Plan.from_mapping({"0": LayerAssignment("kernel", "row1")})
+    assert count(realize(model, row, x), x).dense_macs == (4 * 2 * 3 + 3 * 4 * 9) * 25
+    # paper6 on 6 filters: one is dropped, so the next conv loses that input channel too.
+    model6 = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+                           nn.Conv2d(6, 3, 3, padding=1, bias=False)).eval()
+    plan6 = Plan.from_mapping({"0": LayerAssignment("kernel", "paper6")})
+    realized = realize(model6, plan6, x)
+    kept_per_filter = 3 + 3 + 6 + 6 + 9  # col1, row1, col2, row2, full; the dropped filter costs 0
+    assert count(realized, x).dense_macs == (2 * kept_per_filter + 3 * 5 * 9) * 25
+    assert not realized.sculpt_notes  # private layer: order folded, no gather
+
+
+@pytest.mark.parametrize("layers, fragment", [
+    ({"nope": LayerAssignment("kernel", "row1")}, "does not have"),
+    ({"conv1": LayerAssignment("kernel", "bogus")}, "no pattern 'bogus'"),
+    ({"conv1": LayerAssignment("magic", "x")}, "unknown pattern family"),
+    ({"fc": LayerAssignment("kernel", "row1")}, "cannot take kernel patterns"),
+    ({"conv1": LayerAssignment("channel", "prune50", ratio=1.0)}, "deletes all"),
+    ({"layer1.0.conv1": LayerAssignment("kernel", "paper6", ratio=0.0),
+      "bn1": LayerAssignment("nm", "2:4")}, "not a prunable layer"),
+])
+def test_bad_plans_name_the_layer_and_the_fix(layers, fragment):
+    model = _model("resnet20")
+    with pytest.raises(PlanError, match=fragment) as info:
+        validate(Plan.from_mapping(layers), model, torch.randn(1, 3, 16, 16))
+    assert info.value.hint
+
+
+def test_column_blocks_that_remove_every_input_are_rejected():
+    model = nn.Sequential(nn.Linear(8, 4)).eval()
+    plan = Plan.from_mapping({"0": LayerAssignment("block", "cols4_50", ratio=1.0)})
+    with pytest.raises(PlanError, match="removes every input"):
+        realize(model, plan, torch.randn(1, 8))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import resource
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -147,3 +148,17 @@ def _benchmark(adapter, cache, programs_cached: int, req: dict, conn) -> dict:
         "outputs": [(list(o.shape), o.dtype.name, np.ascontiguousarray(o).tobytes()) for o in outputs]
         if req["return_outputs"] else [],
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m device_agent.worker RUNTIME FD PROGRAMS_CACHED``: serve on the inherited socket ``FD``."""
+    from multiprocessing.connection import Connection
+
+    runtime, fd, programs_cached = (argv or sys.argv[1:])[:3]
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
+    worker_main(Connection(int(fd)), runtime, int(programs_cached))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

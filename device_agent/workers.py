@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 
 from device_agent.errors import AgentError
-from device_agent.worker import worker_main
 
 log = logging.getLogger(__name__)
-
-# 'spawn': never fork a process that runs gRPC threads.
-_CTX = multiprocessing.get_context("spawn")
 
 
 class WorkerHandle:
@@ -26,7 +25,7 @@ class WorkerHandle:
         self.start_timeout_s = start_timeout_s
         self.programs_cached = programs_cached
         self.version = ""
-        self.restarts = 0
+        self.restarts = 0  # workers replaced after a crash, a hang or an unexpected exit
         self._proc = None
         self._conn = None
         self._lock = threading.Lock()
@@ -34,20 +33,29 @@ class WorkerHandle:
     @property
     def pid(self) -> int | None:
         """PID of the running worker, or None."""
-        return self._proc.pid if self._proc is not None and self._proc.is_alive() else None
+        return self._proc.pid if self._alive() else None
+
+    def _alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> None:
         """Start the worker if it is not running and wait until its runtime is imported."""
-        if self._proc is not None and self._proc.is_alive():
+        if self._alive():
             return
         if self._proc is not None:
             self.restarts += 1
         self.stop()
-        parent, child = _CTX.Pipe()
-        proc = _CTX.Process(target=worker_main, args=(child, self.runtime, self.programs_cached),
-                            name=f"sculpt-agent-worker-{self.runtime}", daemon=True)
-        proc.start()
-        child.close()
+        # A fresh interpreter (never fork a process that runs gRPC threads), talking over a socketpair with
+        # multiprocessing's pickling Connection. Unlike multiprocessing's 'spawn' this does not re-import the
+        # parent's __main__, so embedding the agent in any script works.
+        ours, theirs = socket.socketpair()
+        cmd = [sys.executable, "-m", "device_agent.worker", self.runtime, str(theirs.fileno()),
+               str(self.programs_cached)]
+        try:
+            proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        parent = Connection(ours.detach())
         self._proc, self._conn = proc, parent
         if not parent.poll(self.start_timeout_s):
             self.stop()
@@ -56,7 +64,7 @@ class WorkerHandle:
         try:
             msg = parent.recv()
         except EOFError:
-            code = proc.exitcode
+            code = proc.wait(timeout=5)
             self.stop()
             raise AgentError("INTERNAL", f"the {self.runtime} worker died while starting (exit code {code})") from None
         if msg[0] != "ready":
@@ -77,6 +85,7 @@ class WorkerHandle:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._conn.poll(remaining):
                     self.stop(force=True)
+                    self.restarts += 1
                     raise AgentError(
                         "DEADLINE_EXCEEDED",
                         f"benchmark did not finish within {timeout_s:g} s (while {phase}); the worker was "
@@ -88,6 +97,7 @@ class WorkerHandle:
                 except (EOFError, OSError):
                     code = self._exitcode()
                     self.stop(force=True)
+                    self.restarts += 1
                     raise AgentError(
                         "INVALID_ARGUMENT" if phase == "loading" else "INTERNAL",
                         f"the {self.runtime} runtime crashed (exit code {code}) while {phase} the artifact; "
@@ -105,24 +115,27 @@ class WorkerHandle:
     def _exitcode(self) -> int | None:
         if self._proc is None:
             return None
-        self._proc.join(timeout=2)
-        return self._proc.exitcode
+        try:
+            return self._proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            return None
 
     def stop(self, force: bool = False) -> None:
         """Stop the worker: ask it to exit (unless ``force``), then kill it if it is still alive."""
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
-        if force and proc is not None and proc.is_alive():
+        if force and proc is not None and proc.poll() is None:
             proc.kill()
         if conn is not None:
             with contextlib.suppress(OSError, ValueError):
                 conn.send(None)
             conn.close()
         if proc is not None:
-            proc.join(timeout=1)
-            if proc.is_alive():
+            try:
+                proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.join(timeout=5)
+                proc.wait(timeout=5)
 
 
 class WorkerPool:

@@ -1,0 +1,193 @@
+"""Bad input never takes the agent down: malformed artifacts, crashes and hangs of the runtime worker."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from device_agent.config import AgentConfig
+from device_agent.server import create_server, stop_server
+from host.devices.client import AgentClient
+from host.devices.results import BenchPolicy, BenchSpec
+from host.errors import BenchmarkError
+from protos.agent.v1 import agent_pb2 as pb
+from protos.agent.v1 import agent_pb2_grpc
+from tests.fixtures.tflite_builder import conv_net
+
+pytestmark = pytest.mark.integration
+ONE_RUN = BenchPolicy(warmup_runs=0, warmup_seconds=0, min_runs=1, min_seconds=0, max_runs=1, max_seconds=0)
+# Codes a malformed artifact may legitimately produce; UNKNOWN / UNAVAILABLE would mean the daemon broke.
+BAD_INPUT_CODES = {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "INTERNAL"}
+
+
+@pytest.fixture()
+def small_agent(tmp_path):
+    """A private agent with an 8 MiB upload cap and a one-slot queue."""
+    config = AgentConfig(port=0, store_dir=tmp_path / "store", max_artifact_bytes=8 * 2**20,
+                         store_capacity_bytes=64 * 2**20, queue_capacity=1, default_timeout_s=60.0)
+    server, port = create_server(config)
+    server.start()
+    try:
+        yield server, f"127.0.0.1:{port}"
+    finally:
+        stop_server(server, grace=0.5)
+
+
+def _raw_upload(stub, data: bytes, sha: str | None = None, size: int | None = None):
+    header = pb.ArtifactHeader(sha256=sha or hashlib.sha256(data).hexdigest(),
+                               size_bytes=len(data) if size is None else size)
+    chunks = [pb.ArtifactChunk(header=header)] + [pb.ArtifactChunk(data=data[i:i + 65536])
+                                                  for i in range(0, len(data), 65536)]
+    return stub.UploadArtifact(iter(chunks), timeout=30)
+
+
+def _code(fn) -> str:
+    try:
+        fn()
+    except grpc.RpcError as exc:
+        return exc.code().name
+    except BenchmarkError as exc:
+        return exc.code
+    return "OK"
+
+
+@pytest.mark.litert
+@pytest.mark.slow
+def test_200_malformed_artifacts_then_a_valid_benchmark(small_agent, tiny_tflite):
+    server, target = small_agent
+    good = tiny_tflite.read_bytes()
+    rng = np.random.default_rng(0)
+    channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 64 * 2**20)])
+    stub = agent_pb2_grpc.AgentStub(channel)
+    client = AgentClient.from_channel(channel, timeout=60)
+    codes: dict[str, list[str]] = {}
+
+    def record(label, fn):
+        codes.setdefault(label, []).append(_code(fn))
+
+    for _ in range(60):  # random bytes of random sizes
+        blob = rng.bytes(int(rng.integers(0, 4096)))
+        record("random", lambda b=blob: _raw_upload(stub, b))
+    for _ in range(20):  # random bytes behind a valid file identifier
+        blob = b"\x10\x00\x00\x00TFL3" + rng.bytes(int(rng.integers(8, 2048)))
+        record("random-with-ident", lambda b=blob: client.benchmark(_raw_upload(stub, b).sha256,
+                                                                   BenchSpec(policy=ONE_RUN)))
+    for _ in range(30):  # truncated copies
+        blob = good[: int(rng.integers(0, len(good) - 1))]
+        record("truncated", lambda b=blob: client.benchmark(_raw_upload(stub, b).sha256, BenchSpec(policy=ONE_RUN)))
+    for _ in range(20):  # hash mismatch
+        record("hash-mismatch", lambda: _raw_upload(stub, good[:4096], sha=hashlib.sha256(rng.bytes(8)).hexdigest()))
+    for size in (len(good) + 1, len(good) - 1, 0, 9 * 2**20, 2**40):  # wrong or oversize declared size
+        record("declared-size", lambda s=size: _raw_upload(stub, good, size=s))
+    record("oversize", lambda: _raw_upload(stub, good + rng.bytes(5 * 2**20)))
+    for bad_sha in ("", "xyz", "A" * 64, "0" * 63):
+        record("bad-sha", lambda s=bad_sha: stub.HasArtifact(pb.HasArtifactRequest(sha256=s), timeout=10))
+    record("no-header", lambda: stub.UploadArtifact(iter([pb.ArtifactChunk(data=b"abc")]), timeout=10))
+    record("two-headers", lambda: stub.UploadArtifact(iter([pb.ArtifactChunk(header=pb.ArtifactHeader()),
+                                                            pb.ArtifactChunk(header=pb.ArtifactHeader())]), timeout=10))
+    small = conv_net(size=8, channels=(3, 4))[0]  # mostly structure, few weights: flips hit the flatbuffer
+    for _ in range(60):  # bit flips past the header: these reach the runtime, which may fail or crash
+        flipped = bytearray(small)
+        for pos in rng.integers(8, len(small), size=int(rng.integers(1, 8))):
+            flipped[pos] ^= 1 << int(rng.integers(0, 8))
+        record("bit-flipped", lambda b=bytes(flipped): client.benchmark(_raw_upload(stub, b).sha256,
+                                                                        BenchSpec(policy=ONE_RUN)))
+    total = sum(len(v) for v in codes.values())
+    assert total >= 200
+    for label in ("random", "hash-mismatch", "declared-size", "bad-sha", "no-header", "two-headers"):
+        assert set(codes[label]) <= {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}, (label, codes[label])
+    assert codes["oversize"] == ["RESOURCE_EXHAUSTED"]
+    assert "RESOURCE_EXHAUSTED" in codes["declared-size"]
+    for label, got in codes.items():
+        assert set(got) <= BAD_INPUT_CODES | {"OK"}, (label, got)
+    # Some flips must have reached the runtime and been refused by it, not by the header check.
+    assert "INVALID_ARGUMENT" in codes["bit-flipped"] and "OK" in codes["bit-flipped"]
+    # The daemon is still up and a valid benchmark still works.
+    m = client.ensure_and_benchmark(good, BenchSpec(policy=ONE_RUN))
+    assert m.stats.count == 1 and client.health()
+    client.close()
+
+
+@pytest.mark.litert
+def test_hanging_benchmark_hits_the_deadline_and_the_worker_restarts(small_agent, tiny_tflite):
+    server, target = small_agent
+    with AgentClient(target, timeout=30) as client:
+        sha = client.upload(tiny_tflite).sha256
+        client.benchmark(sha, BenchSpec(policy=ONE_RUN))
+        first_pid = server.agent.workers.get("litert").pid
+        endless = BenchPolicy(warmup_runs=0, warmup_seconds=0, min_runs=10**6, min_seconds=600, max_runs=10**7)
+        with pytest.raises(BenchmarkError) as err:
+            client.benchmark(sha, BenchSpec(policy=endless, timeout_s=1.0))
+        assert err.value.code == "DEADLINE_EXCEEDED"
+        assert "timeout" in err.value.message and "default_timeout_s" in err.value.message
+        m = client.benchmark(sha, BenchSpec(policy=ONE_RUN))
+        assert m.stats.count == 1
+        assert server.agent.workers.get("litert").pid not in (None, first_pid)
+
+
+@pytest.mark.litert
+def test_worker_killed_mid_benchmark_is_reported_and_replaced(small_agent, tiny_tflite):
+    server, target = small_agent
+    with AgentClient(target, timeout=30) as client:
+        sha = client.upload(tiny_tflite).sha256
+        client.benchmark(sha, BenchSpec(policy=ONE_RUN))
+        pid = server.agent.workers.get("litert").pid
+        long = BenchPolicy(warmup_runs=0, warmup_seconds=0, min_runs=1, min_seconds=30, max_runs=10**7)
+        errors: list[BenchmarkError] = []
+
+        def run():
+            try:
+                client.benchmark(sha, BenchSpec(policy=long, timeout_s=60))
+            except BenchmarkError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        time.sleep(1.0)
+        os.kill(pid, signal.SIGKILL)
+        thread.join(30)
+        assert errors and errors[0].code == "INTERNAL" and "crashed" in errors[0].message
+        assert client.benchmark(sha, BenchSpec(policy=ONE_RUN)).stats.count == 1
+        assert server.agent.workers.get("litert").restarts >= 1
+
+
+@pytest.mark.litert
+def test_full_queue_answers_resource_exhausted(small_agent, tiny_tflite):
+    server, target = small_agent
+    with AgentClient(target, timeout=30) as client:
+        sha = client.upload(tiny_tflite).sha256
+        client.benchmark(sha, BenchSpec(policy=ONE_RUN))  # worker started
+        busy = BenchPolicy(warmup_runs=0, warmup_seconds=0, min_runs=1, min_seconds=1.5, max_runs=10**7)
+        thread = threading.Thread(target=lambda: client.benchmark(sha, BenchSpec(policy=busy)))
+        thread.start()
+        deadline = time.monotonic() + 10
+        while client.get_info().queue_depth < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(BenchmarkError) as err:
+            client.benchmark(sha, BenchSpec(policy=ONE_RUN))
+        thread.join()
+        assert err.value.code == "RESOURCE_EXHAUSTED" and "queue" in err.value.message
+        assert client.benchmark(sha, BenchSpec(policy=ONE_RUN)).stats.count == 1
+
+
+@pytest.mark.executorch
+def test_bit_flipped_programs_are_refused_by_executorch(agent_server, tiny_pte):
+    good = tiny_pte.read_bytes()
+    rng = np.random.default_rng(1)
+    codes = []
+    with AgentClient(agent_server, timeout=60) as client:
+        for _ in range(15):
+            flipped = bytearray(good)
+            for pos in rng.integers(8, 4096, size=int(rng.integers(1, 8))):  # the program's flatbuffer
+                flipped[pos] ^= 1 << int(rng.integers(0, 8))
+            codes.append(_code(lambda b=bytes(flipped): client.ensure_and_benchmark(b, BenchSpec(policy=ONE_RUN))))
+        assert set(codes) <= BAD_INPUT_CODES | {"OK"}
+        assert codes.count("INVALID_ARGUMENT") >= 5
+        assert client.ensure_and_benchmark(good, BenchSpec(policy=ONE_RUN)).stats.count == 1

@@ -8,6 +8,7 @@ journal is not evaluated again (its row is reused). The test split is never touc
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import tempfile
 import time
@@ -20,15 +21,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from host.errors import PlanError
 from host.search.devices import BenchSettings, DeviceHandle, measure
 from host.search.finetune import accuracy, recalibrate_bn
-from host.search.journal import CandidateRecord, Journal, canonical_json, plan_hash
+from host.search.journal import CandidateRecord, Journal, plan_hash
 from host.search.reward import Objective
 from host.search.space import SearchSpace
 
 logger = logging.getLogger(__name__)
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
+INVALID_REWARD = -1.0  # below every valid reward of the latency/energy objectives and the paper's "acc - 1"
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,6 @@ class EvalData:
 def plan_record_data(space: SearchSpace, choices: np.ndarray) -> tuple[Any, dict[str, Any]]:
     """(Plan, the JSON stored in the journal: per-layer choice names plus the plan itself)."""
     plan, names = space.decode(choices)
-    import json
-
     return plan, {"choices": names, "plan": json.loads(plan.to_json(indent=None))}
 
 
@@ -120,7 +121,19 @@ class CandidateEvaluator:
                 )
             )
         start = time.perf_counter()
-        model, masks = self.masked_model(plan)
+        try:
+            model, masks = self.masked_model(plan)
+        except PlanError as exc:
+            # a combination the pattern library refuses (e.g. every channel of a group removed): the worst
+            # reward, recorded so the policy learns from it and a resume does not retry it
+            logger.info("plan rejected: %s", exc)
+            return self.journal.record(
+                CandidateRecord(
+                    phase=phase, plan=plan_data, accuracy=0.0,
+                    macs=self.dense.macs if self.dense else 0, params=self.dense.params if self.dense else 0,
+                    reward=INVALID_REWARD, eval_seconds=time.perf_counter() - start,
+                )
+            )
         acc = accuracy(model, self.data.val_batches)
         cost = self.count(model, masks)
         sha, measurement = None, None
@@ -157,7 +170,11 @@ class CandidateEvaluator:
         import patterns
         from host.export import export_pte
 
-        realized = patterns.realize(model, plan, self.data.example_input)
+        # decisions (which filters get which shape) are made on the ORIGINAL weights, as in the plan's
+        # definition; the masked copy's weights would rank filters differently. Latency depends only on the
+        # structure, so the base model's weights are the right input here.
+        del model
+        realized = patterns.realize(self.base_model, plan, self.data.example_input)
         path = self._workdir / f"{key[:16]}.pte"
         artifact = export_pte(realized, (self.data.example_input,), path)
         try:
@@ -185,6 +202,14 @@ class CandidateEvaluator:
         if not measurement:
             return {}
         return {dev: float(m[key]) for dev, m in measurement.items() if m.get(key) is not None}
+
+    def cost_estimate(self, record: CandidateRecord) -> float:
+        """Worst-device figure of a candidate: measured, or MAC-proportional to dense when not measured."""
+        figures = self._figures(record.measurement)
+        if not figures:
+            dense = self.dense_figures()
+            figures = {dev: value * record.macs / self.dense.macs for dev, value in dense.items()}
+        return max(figures.values())
 
     def _worth_measuring(self, acc: float) -> bool:
         if not self.objective.needs_measurement:
@@ -225,7 +250,3 @@ def mask_dict(masks: Any) -> dict[str, torch.Tensor]:
         return dict(masks.items())
     raise TypeError(f"cannot read masks of type {type(masks).__name__}")
 
-
-def json_size(data: Any) -> int:
-    """Bytes of the canonical JSON of ``data`` (for logging plan sizes)."""
-    return len(canonical_json(data))

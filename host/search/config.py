@@ -55,6 +55,7 @@ class PPOSettings:
     ent_coef: float = 0.01
     hidden: int = 128
     gnn_layers: int = 2
+    keep_logit: float = 2.9  # initial preference for "keep" (see GraphActorCriticPolicy)
 
 
 @dataclass(frozen=True)

@@ -135,10 +135,20 @@ class ValueHead(nn.Module):
 class GraphActorCriticPolicy(ActorCriticPolicy):
     """ActorCriticPolicy whose actor is per node and whose critic reads the mean-pooled graph embedding."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, keep_logit: float = 0.0, keep_index: int = 0, **kwargs: Any) -> None:
+        # keep_logit: initial bias of the "keep" choice. With ~10 valid patterns per layer a uniform start
+        # prunes ~90% of the layers at once and nearly every early candidate collapses; a prior towards
+        # keep (2.9 -> ~65% of layers kept) makes the first rollouts informative. PPO moves it from there.
+        self.keep_logit = float(keep_logit)
+        self.keep_index = int(keep_index)
         kwargs.setdefault("features_extractor_class", GraphExtractor)
         kwargs.setdefault("share_features_extractor", True)
         super().__init__(*args, **kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(keep_logit=self.keep_logit, keep_index=self.keep_index)
+        return data
 
     def _build_mlp_extractor(self) -> None:
         fx = self.features_extractor
@@ -151,15 +161,21 @@ class GraphActorCriticPolicy(ActorCriticPolicy):
         # optimizer so it holds the parameters that are really used
         self.action_net = PerNodeActor(fx.hidden, fx.k)
         self.value_net = ValueHead(fx.hidden)
-        for module in (self.action_net.head[-1],):
-            nn.init.orthogonal_(module.weight, gain=0.01)
-            nn.init.zeros_(module.bias)
+        last = self.action_net.head[-1]
+        nn.init.orthogonal_(last.weight, gain=0.01)
+        nn.init.zeros_(last.bias)
+        with torch.no_grad():
+            last.bias[self.keep_index] = self.keep_logit
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
 
-def policy_kwargs(hidden: int = 128, layers: int = 2) -> dict[str, Any]:
+def policy_kwargs(hidden: int = 128, layers: int = 2, keep_logit: float = 0.0, keep_index: int = 0) -> dict[str, Any]:
     """The ``policy_kwargs`` to give PPO for the GNN policy."""
-    return {"features_extractor_kwargs": {"hidden": hidden, "layers": layers}}
+    return {
+        "features_extractor_kwargs": {"hidden": hidden, "layers": layers},
+        "keep_logit": keep_logit,
+        "keep_index": keep_index,
+    }
 
 
 def save_policy(policy: GraphActorCriticPolicy, path: Path, vocab: list[str]) -> None:

@@ -259,7 +259,7 @@ class SearchRunner:
                 GraphActorCriticPolicy, env, n_steps=settings.n_steps, batch_size=settings.batch_size,
                 n_epochs=settings.n_epochs, learning_rate=settings.learning_rate, ent_coef=settings.ent_coef,
                 gamma=0.0,  # one-step episodes: the return is the reward
-                policy_kwargs=policy_kwargs(settings.hidden, settings.gnn_layers), seed=cfg.seed, device="cpu",
+                policy_kwargs=policy_kwargs(settings.hidden, settings.gnn_layers, settings.keep_logit, space.keep_index), seed=cfg.seed, device="cpu",
                 verbose=0,
             )
             if cfg.policy_file:
@@ -289,11 +289,10 @@ class SearchRunner:
     def _final_candidates(self, evaluator) -> list[CandidateRecord]:
         from host.search.reward import pareto_front
 
-        rows = [r for r in self.journal.candidates("search") if not r.reused]
-        objective = self.config.reward_objective()
-        if objective.needs_measurement:
-            rows = [r for r in rows if r.measurement]
-            costs = [max(evaluator._figures(r.measurement).values()) for r in rows]
+        rows = [r for r in self.journal.candidates("search") if not r.reused and r.accuracy > 0]
+        if self.config.reward_objective().needs_measurement:
+            # measured figure where there is one, else the same MAC-proportional estimate the reward used
+            costs = [evaluator.cost_estimate(r) for r in rows]
         else:
             costs = [float(r.macs) for r in rows]
         front = [rows[i] for i in pareto_front([(r.accuracy, c) for r, c in zip(rows, costs, strict=True)])]
@@ -306,6 +305,7 @@ class SearchRunner:
         return unique[: self.config.final_top]
 
     def _final_stage(self, evaluator, space, splits, base_model, dense) -> list[dict[str, Any]]:
+        import patterns
         from host.search.finetune import accuracy, masked_finetune
         from host.search.journal import plan_hash
 
@@ -322,9 +322,15 @@ class SearchRunner:
             stored = self.journal.find(plan_hash(row.plan), "final")
             model, masks = evaluator.masked_model(plan)
             masked_finetune(model, masks, train_batches, self.config.finetune, teacher=base_model)
-            val = accuracy(model, evaluator.data.val_batches)
-            test = accuracy(model, test_batches)
-            artifacts, measurement, sha = self._export_final(evaluator, model, plan, name, stored)
+            masked_val = accuracy(model, evaluator.data.val_batches)
+            # accuracy is taken on the REALIZED module, i.e. exactly what gets exported and deployed
+            realized = patterns.realize(model, plan, evaluator.data.example_input)
+            val = accuracy(realized, evaluator.data.val_batches)
+            test = accuracy(realized, test_batches)
+            if abs(val - masked_val) > 0.005:
+                logger.warning("%s: realized val accuracy %.4f differs from the masked model's %.4f", name, val,
+                               masked_val)
+            artifacts, measurement, sha = self._export_final(evaluator, realized, plan, name, stored)
             record = stored or self.journal.record(
                 CandidateRecord(
                     phase="final", plan=row.plan, accuracy=val, macs=row.macs, params=row.params,
@@ -336,13 +342,11 @@ class SearchRunner:
         self.progress(Progress("final", len(chosen), len(chosen), "final models done"))
         return finals
 
-    def _export_final(self, evaluator, model, plan, name, stored):
-        import patterns
+    def _export_final(self, evaluator, realized, plan, name, stored):
         from host.errors import MissingDependencyError
         from host.export import export_pte
         from host.search.devices import BenchSettings
 
-        realized = patterns.realize(model, plan, evaluator.data.example_input)
         artifacts: dict[str, str] = {}
         pte = export_pte(realized, (evaluator.data.example_input,), self.run_dir / f"{name}.pte")
         artifacts["pte"] = str(pte.path)

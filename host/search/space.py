@@ -107,32 +107,38 @@ class SearchSpace:
         return np.full(len(self.layer_names), self.keep_index, np.int64)
 
     def floor_choices(self) -> np.ndarray:
-        """The most aggressive valid plan: per layer the choice removing the most MACs (on its own)."""
+        """A most aggressive valid plan, used to check that a target is reachable at all.
+
+        Each vocabulary choice is scored by the MACs left when EVERY layer that accepts it takes it (one
+        count per choice, not per layer x choice); each layer then gets the best-scoring choice it accepts.
+        Cross-layer effects make this approximate, which is fine for a reachability bound.
+        """
         import copy
 
         import patterns
+        from host.errors import PlanError
 
         if self._floor is not None:
             return self._floor
-        floor = self.dense_choices()
-        model = self.graph_model
-        for i, _layer in enumerate(self.layer_names):
-            best, best_macs = self.keep_index, None
-            for index in np.flatnonzero(self.choice_mask[i]):
-                if index == self.keep_index:
-                    continue
-                trial = self.dense_choices()
-                trial[i] = index
-                plan, _ = self.decode(trial)
-                candidate = copy.deepcopy(model)
+        scores: dict[int, int] = {}
+        for index in range(self.num_choices):
+            if index == self.keep_index or not self.choice_mask[:, index].any():
+                continue
+            uniform = np.where(self.choice_mask[:, index], index, self.keep_index)
+            plan, _ = self.decode(uniform)
+            candidate = copy.deepcopy(self.graph_model)
+            try:
                 masks = patterns.apply_masks(candidate, plan, self.example_input)
-                macs = patterns.count(candidate, self.example_input, masks=masks).macs
-                if best_macs is None or macs < best_macs:
-                    best, best_macs = index, macs
-            floor[i] = best
+            except PlanError as exc:
+                logger.debug("uniform plan %s is invalid: %s", self.vocab[index], exc)
+                continue
+            scores[index] = patterns.count(candidate, self.example_input, masks=masks).macs
+        ranking = sorted(scores, key=scores.get) + [self.keep_index]
+        floor = self.dense_choices()
+        for i in range(len(self.layer_names)):
+            floor[i] = next(j for j in ranking if self.choice_mask[i, j])
         self._floor = floor
         return floor
-
 
 def _node_index(graph: Any) -> dict[str, int]:
     """Layer name -> node index of the graph."""

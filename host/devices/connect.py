@@ -222,8 +222,9 @@ class DeviceHandle:
             if self._client is not None:
                 try:
                     self._endpoint.check()
-                except DeviceUnreachableError:
-                    self._drop()
+                except DeviceUnreachableError as exc:
+                    log.info("%s: %s; reconnecting", self.label, exc)
+                    self.reconnect()
             if self._client is None:
                 client = self._endpoint.open()
                 try:

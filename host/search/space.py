@@ -34,18 +34,17 @@ class SearchSpace:
     def __init__(self, model: nn.Module, example_input: torch.Tensor, families: tuple[str, ...] = DEFAULT_FAMILIES,
                  name: str | None = None) -> None:
         from host.graph import build_model_graph
-        from patterns.registry import KEEP, PATTERN_VOCAB, layer_choices
-        from patterns.structure import coupled_groups
+        from patterns.registry import KEEP, PATTERN_VOCAB
 
         self.model_name = name
         self.vocab_ids: tuple[tuple[str, str], ...] = tuple(PATTERN_VOCAB)
         self.vocab = [f"{f}:{p}" for f, p in self.vocab_ids]
         self.keep_index = self.vocab_ids.index(KEEP)
         self.graph = build_model_graph(model, example_input)
-        node_of = _node_index(self.graph)
-        choices = layer_choices(model, example_input)
+        node_of = {name: i for i, name in enumerate(self.graph.layer_names)}
+        choices = self.graph.choices  # patterns.registry.layer_choices, coupling and roles filled in
         followers = set()
-        for group in coupled_groups(model, example_input):
+        for group in self.graph.groups:
             followers.update(p for p in group.producers if p != group.root)
         self.layer_names = [name for name in choices if name in node_of]
         missing = [name for name in choices if name not in node_of]
@@ -113,36 +112,30 @@ class SearchSpace:
         count per choice, not per layer x choice); each layer then gets the best-scoring choice it accepts.
         Cross-layer effects make this approximate, which is fine for a reachability bound.
         """
-        import copy
-
         import patterns
         from host.errors import PlanError
+        from patterns.family import Context
+        from patterns.realization import decide, plan_masks
 
         if self._floor is not None:
             return self._floor
+        ctx = Context(self.graph_model, self.example_input)  # one dependency graph for every trial plan
         scores: dict[int, int] = {}
         for index in range(self.num_choices):
             if index == self.keep_index or not self.choice_mask[:, index].any():
                 continue
             uniform = np.where(self.choice_mask[:, index], index, self.keep_index)
             plan, _ = self.decode(uniform)
-            candidate = copy.deepcopy(self.graph_model)
             try:
-                masks = patterns.apply_masks(candidate, plan, self.example_input)
+                _, decisions = decide(self.graph_model, plan, self.example_input, ctx=ctx)
             except PlanError as exc:
                 logger.debug("uniform plan %s is invalid: %s", self.vocab[index], exc)
                 continue
-            scores[index] = patterns.count(candidate, self.example_input, masks=masks).macs
+            masks = plan_masks(decisions)  # counted virtually: the model itself is not touched
+            scores[index] = patterns.count(self.graph_model, self.example_input, masks=masks).macs
         ranking = sorted(scores, key=scores.get) + [self.keep_index]
         floor = self.dense_choices()
         for i in range(len(self.layer_names)):
             floor[i] = next(j for j in ranking if self.choice_mask[i, j])
         self._floor = floor
         return floor
-
-def _node_index(graph: Any) -> dict[str, int]:
-    """Layer name -> node index of the graph."""
-    names = getattr(graph, "node_names", None)
-    if names is None:
-        names = [getattr(layer, "name", str(layer)) for layer in graph.layers]
-    return {str(name): i for i, name in enumerate(names)}

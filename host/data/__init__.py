@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,12 +20,41 @@ log = logging.getLogger(__name__)
 
 DATASETS = ("mnist", "digits", "cifar10", "imagefolder")
 
-__all__ = ["DATASETS", "DatasetSplits", "ImageTensorDataset", "available_datasets", "load_dataset"]
+__all__ = ["DATASETS", "DatasetInfo", "DatasetSplits", "ImageTensorDataset", "available_datasets", "dataset_info",
+           "load_dataset"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset without loading it."""
+
+    name: str
+    channels: int  # native channel count
+    num_classes: int
+    native_size: int | None  # native square image size; None when images vary (imagefolder)
+
+
+_NATIVE = {"mnist": (1, 10, 28), "digits": (1, 10, 8), "cifar10": (3, 10, 32)}
 
 
 def available_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`."""
     return list(DATASETS)
+
+
+def dataset_info(name: str, *, root: str | Path | None = None) -> DatasetInfo:
+    """Channels, classes and native size of a dataset, read cheaply (imagefolder counts class folders)."""
+    key = name.lower()
+    if key not in DATASETS:
+        raise DataError(f"unknown dataset '{name}'", hint=f"available datasets: {', '.join(DATASETS)}")
+    if key in _NATIVE:
+        channels, classes, size = _NATIVE[key]
+        return DatasetInfo(key, channels, classes, size)
+    if root is None or not Path(root).is_dir():
+        raise DataError(f"image folder not found: {root}",
+                        hint="pass a folder that holds one sub-folder per class with .png/.jpg images")
+    classes = sum(1 for p in Path(root).iterdir() if p.is_dir())
+    return DatasetInfo(key, 3, classes, None)
 
 
 def load_dataset(name: str = "mnist", *, root: str | Path | None = None, image_size: int = 32, channels: int = 3,

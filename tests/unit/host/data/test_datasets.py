@@ -115,3 +115,15 @@ def test_bad_arguments():
         load_dataset("digits", val_fraction=0.5, test_fraction=0.5)
     with pytest.raises(DataError, match="channels"):
         load_dataset("digits", channels=2)
+
+
+def test_dataset_info_without_loading(tmp_path):
+    from host.data import dataset_info
+
+    assert (dataset_info("mnist").channels, dataset_info("mnist").num_classes) == (1, 10)
+    assert dataset_info("cifar10").native_size == 32
+    for cls in ("a", "b", "c"):
+        (tmp_path / cls).mkdir()
+    assert dataset_info("imagefolder", root=tmp_path).num_classes == 3
+    with pytest.raises(DataError, match="unknown dataset"):
+        dataset_info("svhn")

@@ -18,7 +18,7 @@ class Policy:
     """Warm-up and repetition policy; the defaults are the search-mode policy (~50 runs / 1 s)."""
 
     warmup_runs: int = 5
-    warmup_seconds: float = 0.2
+    warmup_seconds: float = 0.05  # counts against the agent overhead: keep it short in search mode
     min_runs: int = 50
     min_seconds: float = 1.0
     max_runs: int = 5000

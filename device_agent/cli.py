@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runtime", default="", help="executorch | litert (default: by file kind)")
     bench.add_argument("--threads", type=int, default=0, help="runtime threads (0 = runtime default)")
     bench.add_argument("--warmup", type=int, default=5, help="warm-up runs (default 5)")
+    bench.add_argument("--warmup-seconds", type=float, default=0.05, help="minimum warm-up time (default 0.05)")
     bench.add_argument("--runs", type=int, default=50, help="minimum timed runs (default 50)")
     bench.add_argument("--seconds", type=float, default=1.0, help="minimum timed seconds (default 1)")
     bench.add_argument("--max-runs", type=int, default=5000, help="cap on timed runs (default 5000)")
@@ -127,8 +128,8 @@ def _bench(args) -> int:
         agent = Agent(config)
         try:
             sha = agent.store_file(data)
-            policy = pb.BenchPolicy(warmup_runs=args.warmup, min_runs=args.runs, min_seconds=args.seconds,
-                                    max_runs=args.max_runs)
+            policy = pb.BenchPolicy(warmup_runs=args.warmup, warmup_seconds=args.warmup_seconds,
+                                    min_runs=args.runs, min_seconds=args.seconds, max_runs=args.max_runs)
             result = agent.benchmark(pb.BenchmarkRequest(
                 artifact_sha256=sha, runtime=args.runtime, threads=args.threads, policy=policy,
                 timeout_seconds=args.timeout, measure_energy=args.energy))

@@ -1,0 +1,75 @@
+"""Temperature gate, cool-down and throttling detection, on a thermal sysfs tree the test writes and changes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from device_agent.config import AgentConfig, EnergyConfig
+from device_agent.server import create_server, stop_server
+from host.devices.client import AgentClient
+from host.devices.results import BenchPolicy, BenchSpec
+
+pytestmark = [pytest.mark.integration, pytest.mark.litert]
+
+
+@pytest.fixture()
+def board(tmp_path):
+    """An agent whose sysfs (thermal zone, throttle counter) is a tree under tmp_path."""
+    root = tmp_path / "sys-root"
+    zone = root / "sys/class/thermal/thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text("50000\n")
+    counter = root / "sys/devices/system/cpu/cpu0/thermal_throttle/core_throttle_count"
+    counter.parent.mkdir(parents=True)
+    counter.write_text("0\n")
+    config = AgentConfig(port=0, store_dir=tmp_path / "store", sysfs_root=root,
+                         energy=EnergyConfig(meter="none"))
+    server, port = create_server(config)
+    server.start()
+    try:
+        yield zone / "temp", counter, f"127.0.0.1:{port}"
+    finally:
+        stop_server(server, grace=0.2)
+
+
+def _policy(**kw):
+    return BenchPolicy(warmup_runs=1, warmup_seconds=0, min_runs=5, min_seconds=0, **kw)
+
+
+def test_temperatures_are_reported_before_and_after(board, tiny_tflite):
+    temp, _, target = board
+    with AgentClient(target) as client:
+        assert client.get_info().temperatures == {"cpu-thermal": 50.0}
+        m = client.ensure_and_benchmark(tiny_tflite, BenchSpec(policy=_policy()))
+    assert m.temperatures_before == {"cpu-thermal": 50.0} == m.temperatures_after
+    assert not m.throttled and m.throttle_reason == ""
+
+
+def test_gate_waits_for_the_board_to_cool(board, tiny_tflite):
+    temp, _, target = board
+    temp.write_text("85000\n")
+    threading.Timer(0.8, lambda: temp.write_text("60000\n")).start()
+    with AgentClient(target) as client:
+        t = time.monotonic()
+        m = client.ensure_and_benchmark(tiny_tflite, BenchSpec(policy=_policy(max_temperature_c=70,
+                                                                              cooldown_timeout_seconds=20)))
+        waited = time.monotonic() - t
+    assert waited >= 0.8 and m.temperatures_before == {"cpu-thermal": 60.0} and not m.throttled
+
+
+def test_hot_board_and_throttle_counter_are_flagged(board, tiny_tflite):
+    temp, counter, target = board
+    temp.write_text("90000\n")
+    with AgentClient(target) as client:
+        m = client.ensure_and_benchmark(tiny_tflite, BenchSpec(policy=_policy(max_temperature_c=70,
+                                                                              cooldown_timeout_seconds=0.3)))
+        assert m.throttled and "did not cool below 70.0 C" in m.throttle_reason
+        temp.write_text("50000\n")
+        threading.Timer(0.2, lambda: counter.write_text("3\n")).start()
+        m = client.ensure_and_benchmark(tiny_tflite, BenchSpec(policy=BenchPolicy(
+            warmup_runs=0, warmup_seconds=0, min_runs=1, min_seconds=0.6)))
+    assert m.throttled and "throttle counters rose by 3" in m.throttle_reason

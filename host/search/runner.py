@@ -305,9 +305,9 @@ class SearchRunner:
         return unique[: self.config.final_top]
 
     def _final_stage(self, evaluator, space, splits, base_model, dense) -> list[dict[str, Any]]:
-        import patterns
         from host.search.finetune import accuracy, masked_finetune
         from host.search.journal import plan_hash
+        from host.search.realize import realize_trained
 
         chosen = self._final_candidates(evaluator)
         finals: list[dict[str, Any]] = []
@@ -324,7 +324,7 @@ class SearchRunner:
             masked_finetune(model, masks, train_batches, self.config.finetune, teacher=base_model)
             masked_val = accuracy(model, evaluator.data.val_batches)
             # accuracy is taken on the REALIZED module, i.e. exactly what gets exported and deployed
-            realized = patterns.realize(model, plan, evaluator.data.example_input)
+            realized = realize_trained(base_model, model, plan, evaluator.data.example_input)
             val = accuracy(realized, evaluator.data.val_batches)
             test = accuracy(realized, test_batches)
             if abs(val - masked_val) > 0.005:

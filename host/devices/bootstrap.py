@@ -22,6 +22,8 @@ DEFAULT_VENV = "~/.local/share/autosculpt/venv"
 DEFAULT_STATE_DIR = "~/.cache/autosculpt/agent"
 SYSTEMD_UNIT = "autosculpt-agent.service"
 SYSTEMD_PORT = 50051  # the port the installed user unit binds on the board's loopback
+SYSTEM_UNIT = "sculpt-agent.service"  # system-wide unit of deploy/install-agent.sh (loopback, port 50051)
+SYSTEM_VENV = "/opt/autosculpt"
 
 
 class AgentNotInstalledError(DeviceError):
@@ -52,7 +54,7 @@ class RemoteAgent:
     version: str
     port: int
     started: bool
-    how: str  # "running" | "systemd" | "detached"
+    how: str  # "running" | "system" | "systemd" | "detached"
 
 
 def sh_path(path: str) -> str:
@@ -69,7 +71,8 @@ def locate_agent(client, launch: AgentLaunch, address_text: str) -> str:
     if launch.command:
         candidates = [launch.command]
     else:
-        candidates = [f"{DEFAULT_VENV}/bin/sculpt-agent", "~/.local/bin/sculpt-agent", "sculpt-agent"]
+        candidates = [f"{DEFAULT_VENV}/bin/sculpt-agent", f"{SYSTEM_VENV}/bin/sculpt-agent",
+                      "~/.local/bin/sculpt-agent", "sculpt-agent"]
     checks = " ".join(sh_path(c) for c in candidates)
     script = (
         f'for c in {checks}; do if [ -x "$c" ]; then echo "$c"; exit 0; fi; '
@@ -108,6 +111,17 @@ def running_port(client, launch: AgentLaunch) -> int | None:
     result = run_command(client, script, timeout=30)
     text = result.stdout.strip()
     return int(text) if result.exit_status == 0 and text.isdigit() else None
+
+
+def system_unit_port(client, launch: AgentLaunch) -> int | None:
+    """Port of the system-wide agent (deploy/install-agent.sh) when its unit is active, else None.
+
+    Starting a second agent next to it would make two daemons compete for the CPU being measured.
+    """
+    if not launch.use_systemd:
+        return None
+    result = run_command(client, f"systemctl is-active --quiet {SYSTEM_UNIT} 2>/dev/null", timeout=30)
+    return SYSTEMD_PORT if result.exit_status == 0 else None
 
 
 def _systemd_port(client, launch: AgentLaunch) -> int | None:
@@ -179,6 +193,9 @@ def ensure_agent(client, launch: AgentLaunch, address_text: str) -> RemoteAgent:
     port = running_port(client, launch)
     if port is not None:
         return RemoteAgent(command, version, port, started=False, how="running")
+    port = system_unit_port(client, launch)
+    if port is not None:
+        return RemoteAgent(command, version, port, started=False, how="system")
     port = _systemd_port(client, launch)
     if port is not None:
         log.info("started the agent on %s through systemd (port %d)", address_text, port)

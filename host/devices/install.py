@@ -152,13 +152,13 @@ def install_agent(
     if options.runtime not in RUNTIME_EXTRAS:
         raise ConfigError(f"unknown runtime {options.runtime!r}", hint=f"use one of {', '.join(RUNTIME_EXTRAS)}")
     with tempfile.TemporaryDirectory(prefix="sculpt-wheel-") as tmp:
-        step("building the wheel of this checkout")
-        wheel = build_wheel(Path(tmp))
         step(f"connecting to {address}")
         ssh = open_ssh(address, connect_options.ssh)
         try:
             step("checking Python, venv and disk space on the board")
             _preflight(ssh, options)
+            step("building the wheel of this checkout")
+            wheel = build_wheel(Path(tmp))
             remote_dir = ".cache/autosculpt/wheels"  # SFTP paths are relative to the login directory
             _check(run_command(ssh, f"mkdir -p {remote_dir}"), "creating the wheel directory")
             step(f"copying {wheel.name} ({wheel.stat().st_size // 1024} KiB) over SFTP")

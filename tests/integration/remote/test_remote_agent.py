@@ -173,3 +173,36 @@ def test_devices_install_from_this_checkout_then_benchmark(sshd, venv_bin, tmp_p
 def _base_python() -> str:
     """The interpreter this venv was made from: what a board's python3 would be."""
     return getattr(sys, "_base_executable", None) or "python3"
+
+
+@pytest.fixture()
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs filled to the last byte: the board's disk is full."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        subprocess.run(["dd", "if=/dev/zero", f"of={mount / 'filler'}", "bs=64k"], capture_output=True)
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_full_disk_on_the_board_gives_clear_errors(board, full_disk):
+    import dataclasses
+
+    from host.devices.bootstrap import AgentStartError
+    from host.devices.install import InstallError, InstallOptions, install_agent
+
+    address, options = board
+    # Starting the agent: its state directory lives on the full disk.
+    no_room = dataclasses.replace(options, agent=dataclasses.replace(options.agent, state_dir=str(full_disk / "st")))
+    with pytest.raises(AgentStartError) as err:
+        connect(address, dataclasses.replace(no_room, retry=RetryPolicy(attempts=1)))
+    assert "free disk space" in err.value.hint
+    # Installing: the pre-flight check refuses before copying anything.
+    with pytest.raises(InstallError) as err:
+        install_agent(address, options, InstallOptions(venv=str(full_disk / "venv"), python=_base_python()))
+    assert "MB free on the board" in err.value.message and "free disk space" in err.value.hint

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -131,3 +132,15 @@ def test_errors_keep_the_agent_message(client, tiny_tflite):
     with pytest.raises(BenchmarkError) as missing:
         client.benchmark("ab" * 32, BenchSpec(policy=QUICK))
     assert missing.value.code == "FAILED_PRECONDITION" and "upload it first" in missing.value.message
+
+
+def test_missing_runtime_is_failed_precondition(client, tiny_tflite, monkeypatch):
+    sha = client.upload(tiny_tflite).sha256
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # as if ai-edge-litert were not installed
+    monkeypatch.setitem(sys.modules, "tflite_runtime", None)
+    with pytest.raises(BenchmarkError) as err:
+        client.benchmark(sha, BenchSpec(policy=QUICK))
+    assert err.value.code == "FAILED_PRECONDITION" and "autosculpt[agent,litert]" in err.value.message
+    assert "install the missing runtime" in err.value.hint
+    info = client.get_info()
+    assert not info.runtime("litert").available and "pip install" in info.runtime("litert").unavailable_reason

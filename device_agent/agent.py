@@ -147,19 +147,33 @@ class Agent:
         throttles_before = sysinfo.throttle_count(root)
         energy_on = req.measure_energy and self.meter is not None
         idle: Window | None = None
+        meter_error = ""
         if energy_on:
-            idle = measure_idle(self.meter, self.config.energy.idle_seconds, self.config.energy.sample_interval_s)
+            try:
+                idle = measure_idle(self.meter, self.config.energy.idle_seconds,
+                                    self.config.energy.sample_interval_s)
+            except Exception as exc:  # noqa: BLE001 - a failing meter must not fail the benchmark
+                meter_error, energy_on = f"reading {self.meter.name} failed: {exc}", False
         sampler = Sampler(self.meter, self.config.energy.sample_interval_s) if energy_on else None
 
         def on_phase(phase: str) -> None:
+            nonlocal meter_error
             if phase == "timed" and sampler is not None:
-                sampler.start()
+                try:
+                    sampler.start()
+                except Exception as exc:  # noqa: BLE001
+                    meter_error = f"reading {self.meter.name} failed: {exc}"
 
         worker = self.workers.get(runtime)
+        window: Window | None = None
         try:
             out = worker.run(request, timeout, on_phase)
         finally:
-            window = sampler.stop() if sampler is not None and sampler.started else None
+            if sampler is not None and sampler.started:
+                try:
+                    window = sampler.stop()
+                except Exception as exc:  # noqa: BLE001
+                    meter_error = f"reading {self.meter.name} failed: {exc}"
         temps_after = sysinfo.temperatures(root)
         throttles_after = sysinfo.throttle_count(root)
         reasons = [gate_note] if gate_note else []
@@ -179,15 +193,18 @@ class Agent:
             temperatures_before=_temps(temps_before), temperatures_after=_temps(temps_after),
             throttled=bool(reasons), throttle_reason="; ".join(reasons), fingerprint=self.fingerprint,
             queued_s=queued_s, load_cached=out["load_cached"],
-            energy=self._energy(req.measure_energy, idle, window, out),
+            energy=self._energy(req.measure_energy, idle, window, out, meter_error),
         )
         return result
 
-    def _energy(self, wanted: bool, idle: Window | None, window: Window | None, out: dict) -> pb.Energy:
+    def _energy(self, wanted: bool, idle: Window | None, window: Window | None, out: dict,
+                meter_error: str) -> pb.Energy:
         if not wanted:
             return pb.Energy(available=False, unavailable_reason="not requested (measure_energy=false)")
         if self.meter is None:
             return pb.Energy(available=False, unavailable_reason=self.meter_reason)
+        if meter_error:
+            return pb.Energy(available=False, meter=self.meter.name, unavailable_reason=meter_error)
         if window is None or idle is None:
             return pb.Energy(available=False, meter=self.meter.name, unavailable_reason="sampling did not start")
         runs = max(1, len(out["latencies_ms"]))

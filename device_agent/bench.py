@@ -5,6 +5,7 @@ Pure functions of an ``invoke`` callable, timed with the monotonic ``perf_counte
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -61,19 +62,27 @@ def run_policy(invoke: Callable[[], None], policy: Policy, *, first_run: bool = 
     max_ns = policy.max_seconds * 1e9
     min_ns = policy.min_seconds * 1e9
     samples: list[float] = []
-    start = clock()
-    while True:
-        t = clock()
-        invoke()
-        end = clock()
-        samples.append((end - t) / 1e6)
-        elapsed = end - start
-        n = len(samples)
-        if n >= max_runs or (max_ns and elapsed >= max_ns):
-            break
-        if n >= policy.min_runs and elapsed >= min_ns:
-            break
-    return Timing(first_ms, warm, samples, (clock() - start) / 1e9)
+    # Like timeit: no garbage collection pauses inside the timed window.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = clock()
+        while True:
+            t = clock()
+            invoke()
+            end = clock()
+            samples.append((end - t) / 1e6)
+            elapsed = end - start
+            n = len(samples)
+            if n >= max_runs or (max_ns and elapsed >= max_ns):
+                break
+            if n >= policy.min_runs and elapsed >= min_ns:
+                break
+        window_s = (clock() - start) / 1e9
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return Timing(first_ms, warm, samples, window_s)
 
 
 @dataclass(frozen=True)

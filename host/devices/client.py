@@ -133,8 +133,17 @@ class AgentClient:
         return Measurement.from_proto(reply)
 
     def ensure_and_benchmark(self, artifact: Path | str | bytes, spec: BenchSpec | None = None) -> Measurement:
-        """Upload if needed, then benchmark."""
-        return self.benchmark(self.upload(artifact).sha256, spec)
+        """Upload if needed, then benchmark; re-uploads once if the agent evicted it in between."""
+        data = artifact if isinstance(artifact, bytes) else _read(Path(artifact))
+        sha = self.upload(data).sha256
+        try:
+            return self.benchmark(sha, spec)
+        except BenchmarkError as exc:
+            if exc.code != "FAILED_PRECONDITION" or "upload it first" not in exc.message:
+                raise
+            log.info("artifact %s was evicted before its benchmark; uploading it again", sha[:12])
+            self.upload(data)
+            return self.benchmark(sha, spec)
 
     # -- plumbing ------------------------------------------------------------------------------------------
     def _call(self, name: str, method, request, deadline: float):

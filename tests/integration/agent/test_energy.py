@@ -56,3 +56,24 @@ def test_energy_is_sampled_over_the_timed_window_with_wrapping_counter(tmp_path,
     assert e.joules_per_inference == pytest.approx(e.mean_power_w * m.timed_window_s / m.stats.count)
     assert abs(e.joules_per_inference_idle_subtracted) < 0.5 * e.joules_per_inference
     assert not off.energy.available and "not requested" in off.energy.unavailable_reason
+
+
+def test_a_failing_meter_makes_energy_unavailable_not_the_benchmark(tmp_path, tiny_tflite):
+    zone = tmp_path / "tree/sys/class/powercap/intel-rapl:0"
+    zone.mkdir(parents=True)
+    (zone / "name").write_text("package-0\n")
+    (zone / "max_energy_range_uj").write_text(f"{MAX_RANGE_UJ}\n")
+    (zone / "energy_uj").write_text("0\n")
+    energy = EnergyConfig(meter="rapl", root=tmp_path / "tree", sample_interval_s=0.02, idle_seconds=0.05)
+    server, port = create_server(AgentConfig(port=0, store_dir=tmp_path / "store", energy=energy))
+    server.start()
+    try:
+        (zone / "energy_uj").unlink()  # the meter disappears after detection
+        with AgentClient(f"127.0.0.1:{port}") as client:
+            m = client.ensure_and_benchmark(tiny_tflite, BenchSpec(
+                policy=BenchPolicy(warmup_runs=0, warmup_seconds=0, min_runs=3, min_seconds=0), measure_energy=True))
+    finally:
+        stop_server(server, grace=0.2)
+    assert m.stats.count == 3
+    assert not m.energy.available and "reading rapl:package-0 failed" in m.energy.unavailable_reason
+    assert m.energy.joules_per_inference is None

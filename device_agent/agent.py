@@ -7,6 +7,7 @@ errors to status codes, and ``sculpt-agent bench`` uses this class without any n
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 import uuid
 from collections.abc import Iterator
@@ -47,6 +48,9 @@ class Agent:
         self.workers = WorkerPool(config.worker_start_timeout_s, config.programs_cached)
         self.meter, self.meter_reason = detect_meter(config.energy)
         self.platform = sysinfo.platform_info(config.sysfs_root)
+        # Raspberry Pi firmware throttle flags, read with the same vcgencmd the PMIC meter uses.
+        self._vcgencmd = shlex.split(config.energy.vcgencmd)
+        self._is_pi = sysinfo.pi_throttled_flags(self._vcgencmd) is not None
         runtimes = {s.name: s.version for s in all_statuses() if s.available}
         self.fingerprint = sysinfo.fingerprint(self.platform, runtimes, __version__)
         if self.meter is not None:
@@ -145,6 +149,7 @@ class Agent:
         gate_note = self._cool_down(policy)
         temps_before = sysinfo.temperatures(root)
         throttles_before = sysinfo.throttle_count(root)
+        pi_before = sysinfo.pi_throttled_flags(self._vcgencmd) if self._is_pi else None
         energy_on = req.measure_energy and self.meter is not None
         idle: Window | None = None
         meter_error = ""
@@ -176,7 +181,11 @@ class Agent:
                     meter_error = f"reading {self.meter.name} failed: {exc}"
         temps_after = sysinfo.temperatures(root)
         throttles_after = sysinfo.throttle_count(root)
+        pi_after = sysinfo.pi_throttled_flags(self._vcgencmd) if self._is_pi else None
         reasons = [gate_note] if gate_note else []
+        pi_note = sysinfo.describe_pi_throttling(pi_before, pi_after)
+        if pi_note:
+            reasons.append(pi_note)
         if throttles_before is not None and throttles_after is not None and throttles_after > throttles_before:
             reasons.append(f"CPU thermal throttle counters rose by {throttles_after - throttles_before}")
         if policy.max_temperature_c and temps_after and max(temps_after.values()) > policy.max_temperature_c:

@@ -139,3 +139,33 @@ def fingerprint(plat: Platform, runtime_versions: dict[str, str], agent_version:
     parts = [plat.machine, plat.os, plat.board, plat.cpu_model, str(plat.cpu_count), agent_version]
     parts += [f"{name}={version}" for name, version in sorted(runtime_versions.items())]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+# Raspberry Pi firmware throttle flags (`vcgencmd get_throttled`): bits 0-3 are "now", bits 16-19 "since boot".
+_PI_FLAGS = {0: "under-voltage", 1: "ARM frequency capped", 2: "throttled", 3: "soft temperature limit"}
+
+
+def pi_throttled_flags(vcgencmd: list[str]) -> int | None:
+    """The firmware's throttle bitmask on a Raspberry Pi, or None when the command is missing or fails."""
+    import subprocess
+
+    try:
+        proc = subprocess.run([*vcgencmd, "get_throttled"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"throttled=(0x[0-9a-fA-F]+|\d+)", proc.stdout)
+    if proc.returncode != 0 or not match:
+        return None
+    return int(match.group(1), 0)
+
+
+def describe_pi_throttling(before: int | None, after: int | None) -> str:
+    """Why a window counts as throttled on a Pi: a 'now' flag set after it, or a sticky flag that appeared."""
+    if after is None:
+        return ""
+    reasons = [name for bit, name in _PI_FLAGS.items() if after & (1 << bit)]
+    if before is not None:
+        new_sticky = (after & ~before) >> 16
+        reasons += [f"{name} occurred" for bit, name in _PI_FLAGS.items()
+                    if new_sticky & (1 << bit) and name not in reasons]
+    return ("Raspberry Pi firmware reports " + ", ".join(reasons)) if reasons else ""

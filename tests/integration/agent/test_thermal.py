@@ -73,3 +73,25 @@ def test_hot_board_and_throttle_counter_are_flagged(board, tiny_tflite):
         m = client.ensure_and_benchmark(tiny_tflite, BenchSpec(policy=BenchPolicy(
             warmup_runs=0, warmup_seconds=0, min_runs=1, min_seconds=0.6)))
     assert m.throttled and "throttle counters rose by 3" in m.throttle_reason
+
+
+def test_raspberry_pi_firmware_throttling_is_flagged(tmp_path, tiny_tflite):
+    flags = tmp_path / "flags"
+    flags.write_text("0x0")
+    script = tmp_path / "vcgencmd"
+    script.write_text(f'#!/bin/sh\n[ "$1" = get_throttled ] || exit 1\necho "throttled=$(cat {flags})"\n')
+    script.chmod(0o755)
+    config = AgentConfig(port=0, store_dir=tmp_path / "store", sysfs_root=tmp_path / "empty",
+                         energy=EnergyConfig(meter="none", vcgencmd=str(script)))
+    server, port = create_server(config)
+    server.start()
+    try:
+        with AgentClient(f"127.0.0.1:{port}") as client:
+            calm = client.ensure_and_benchmark(tiny_tflite, BenchSpec(policy=_policy()))
+            threading.Timer(0.2, lambda: flags.write_text("0x20002")).start()  # capped now + since boot
+            hot = client.ensure_and_benchmark(tiny_tflite, BenchSpec(policy=BenchPolicy(
+                warmup_runs=0, warmup_seconds=0, min_runs=1, min_seconds=0.6)))
+    finally:
+        stop_server(server, grace=0.2)
+    assert not calm.throttled
+    assert hot.throttled and "ARM frequency capped" in hot.throttle_reason

@@ -54,3 +54,24 @@ def test_fingerprint_is_stable_and_sensitive():
     fp = sysinfo.fingerprint(plat, {"litert": "2.3.0"}, "0.1.0")
     assert fp == sysinfo.fingerprint(same, {"litert": "2.3.0"}, "0.1.0") and len(fp) == 16
     assert fp != sysinfo.fingerprint(plat, {"litert": "2.4.0"}, "0.1.0")
+
+
+def test_pi_throttle_flags_from_the_configured_command(tmp_path):
+    script = tmp_path / "vcgencmd"
+    script.write_text('#!/bin/sh\n[ "$1" = get_throttled ] && echo "throttled=$(cat ' + str(tmp_path / "flags") + ')"\n')
+    script.chmod(0o755)
+    (tmp_path / "flags").write_text("0x0")
+    assert sysinfo.pi_throttled_flags([str(script)]) == 0
+    (tmp_path / "flags").write_text("0x50005")
+    assert sysinfo.pi_throttled_flags([str(script)]) == 0x50005
+    assert sysinfo.pi_throttled_flags([str(tmp_path / "missing")]) is None
+
+
+def test_pi_throttle_description():
+    assert sysinfo.describe_pi_throttling(0, 0) == ""
+    assert sysinfo.describe_pi_throttling(None, None) == ""
+    now = sysinfo.describe_pi_throttling(0, 0x4)
+    assert "throttled" in now
+    sticky = sysinfo.describe_pi_throttling(0x0, 0x80000)  # soft temperature limit occurred meanwhile
+    assert "soft temperature limit occurred" in sticky
+    assert sysinfo.describe_pi_throttling(0x80000, 0x80000) == ""  # happened before the window: not ours

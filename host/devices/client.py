@@ -125,11 +125,11 @@ class AgentClient:
         return UploadResult(reply.sha256, sent[0], reply.already_present)
 
     def benchmark(self, sha256: str, spec: BenchSpec | None = None) -> Measurement:
-        """Benchmark a stored artifact. The RPC deadline is the spec's worker timeout plus the client timeout
-        (queueing behind other benchmarks counts against it)."""
+        """Benchmark a stored artifact. The RPC deadline is ``spec.rpc_deadline_s(client timeout)``: the worker
+        timeout plus cool-down and idle-power time plus the client timeout (queueing counts against it)."""
         spec = spec or BenchSpec()
         request = spec.to_proto(sha256)
-        reply = self._call("Benchmark", self._stub.Benchmark, request, spec.timeout_s + self.timeout)
+        reply = self._call("Benchmark", self._stub.Benchmark, request, spec.rpc_deadline_s(self.timeout))
         return Measurement.from_proto(reply)
 
     def ensure_and_benchmark(self, artifact: Path | str | bytes, spec: BenchSpec | None = None) -> Measurement:

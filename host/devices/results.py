@@ -71,10 +71,9 @@ class BenchPolicy:
         return cls(warmup_runs=20, warmup_seconds=1.0, min_runs=200, min_seconds=5.0, max_runs=20000,
                    max_seconds=60.0)
 
-    def worst_case_s(self) -> float:
-        """An upper bound guess of the benchmark's duration for choosing a deadline (0 when unbounded)."""
-        return self.warmup_seconds + max(self.min_seconds, self.max_seconds) + self.cooldown_timeout_seconds * (
-            self.max_temperature_c > 0)
+    def gate_wait_s(self) -> float:
+        """Longest the agent may wait for the board to cool before timing (0 without a temperature gate)."""
+        return self.cooldown_timeout_seconds if self.max_temperature_c > 0 else 0.0
 
     def to_proto(self) -> pb.BenchPolicy:
         return pb.BenchPolicy(**self.__dict__)
@@ -94,6 +93,10 @@ class BenchSpec:
     timeout_s: float = 120.0
     measure_energy: bool = False
     runtime: str = ""  # "" = by artifact kind; "executorch" | "litert"
+
+    def rpc_deadline_s(self, client_timeout: float) -> float:
+        """Deadline of the Benchmark call: worker timeout + cool-down wait + idle-power window + slack."""
+        return self.timeout_s + self.policy.gate_wait_s() + (5.0 if self.measure_energy else 0.0) + client_timeout
 
     def to_proto(self, sha256: str) -> pb.BenchmarkRequest:
         """The request message for artifact ``sha256``."""

@@ -140,3 +140,11 @@ def test_spec_defaults_are_search_mode():
     assert BenchSpec(job_id="fixed").to_proto("a" * 64).job_id == "fixed"
     with pytest.raises(ValueError, match="dtype"):
         BenchSpec(inputs=(np.ones(2, np.complex64),)).to_proto("a" * 64)
+
+
+def test_rpc_deadline_covers_worker_timeout_gate_and_energy():
+    plain = BenchSpec(timeout_s=100)
+    assert plain.rpc_deadline_s(30) == 130
+    gated = BenchSpec(timeout_s=100, measure_energy=True,
+                      policy=BenchPolicy(max_temperature_c=70, cooldown_timeout_seconds=60))
+    assert gated.rpc_deadline_s(30) == 100 + 60 + 5 + 30

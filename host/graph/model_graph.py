@@ -166,16 +166,22 @@ def build_model_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGra
 
 def _build(work: nn.Module, example_input: torch.Tensor, names: list[str]) -> ModelGraph:
     from patterns.registry import PATTERN_VOCAB, choices_for
-    from patterns.structure import coupled_groups
+    from patterns.structure import build_dependency_graph, coupled_groups
     from patterns.vit import role_of
 
-    traced = trace_model(work, example_input, names)
+    dependency: dict[str, object] = {}
+
+    def forward_once() -> None:
+        # torch-pruning's DependencyGraph runs the model once; our shape hooks ride along on that pass
+        dependency["graph"] = build_dependency_graph(work, example_input)
+
+    traced = trace_model(work, example_input, names, run_forward=forward_once)
     batch = int(example_input.shape[0]) if example_input.ndim else 1
     layers = _layers(work, traced, names, batch)
     index = {layer.name: layer.index for layer in layers}
     edges = [Edge(index[a], index[b], kind) for (a, b), kind in sorted(traced.edges.items(),
                                                                         key=lambda item: (index[item[0][0]], index[item[0][1]]))]
-    groups = tuple(coupled_groups(work, example_input))
+    groups = tuple(coupled_groups(work, example_input, dg=dependency["graph"]))
     group_info, group_by_layer = {}, {}
     for group in groups:
         producers = group.producers

@@ -2,14 +2,16 @@
 
 torch.fx keeps ``nn.Conv2d``/``nn.Linear`` calls as ``call_module`` nodes named by their qualified module
 name, which is exactly how plans address layers; it traces ResNet-110 in ~0.1 s, far faster than
-torch.export. Layer shapes come from forward hooks during one eager run on the example input, which is
-several times cheaper than interpreting the graph node by node (fx ShapeProp).
+torch.export. Layer shapes come from forward hooks during one eager run on the example input (cheaper
+than interpreting the graph node by node with fx ShapeProp); the caller may supply that run, so the forward
+that torch-pruning needs anyway for its DependencyGraph also yields the shapes.
 """
 
 from __future__ import annotations
 
 import operator
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -37,8 +39,13 @@ class TracedModel:
     roles: dict[str, set[str]] = field(default_factory=dict)  # layer -> {"q", "k", "v", "out"}
 
 
-def trace_model(model: nn.Module, example_input: torch.Tensor, layer_names: list[str]) -> TracedModel:
-    """Symbolically trace ``model``, propagate shapes, and find layer-to-layer dataflow and attention roles."""
+def trace_model(model: nn.Module, example_input: torch.Tensor, layer_names: list[str],
+                run_forward: Callable[[], object] | None = None) -> TracedModel:
+    """Symbolically trace ``model``, record layer shapes, and find layer-to-layer dataflow and attention roles.
+
+    ``run_forward`` runs ``model`` once on ``example_input`` (default: a plain no-grad call); only its
+    first forward pass is recorded.
+    """
     try:
         graph_module = fx.symbolic_trace(model)
     except Exception as exc:  # fx raises TraceError, TypeError, NotImplementedError... for dynamic code
@@ -48,7 +55,7 @@ def trace_model(model: nn.Module, example_input: torch.Tensor, layer_names: list
                  "(if x.sum() > 0), or wrap such code in a submodule marked with torch.fx.wrap; "
                  "see https://pytorch.org/docs/stable/fx.html#limitations-of-symbolic-tracing",
         ) from exc
-    shapes = _layer_shapes(model, example_input, layer_names)
+    shapes = _layer_shapes(model, example_input, layer_names, run_forward)
     wanted = set(layer_names)
     layer_nodes: dict[str, list[fx.Node]] = defaultdict(list)
     for node in graph_module.graph.nodes:
@@ -59,21 +66,37 @@ def trace_model(model: nn.Module, example_input: torch.Tensor, layer_names: list
     return traced
 
 
-def _layer_shapes(model: nn.Module, example_input: torch.Tensor, names: list[str]) -> dict:
-    """(input shape, output shape) of every call of every named layer, from one eager forward."""
-    shapes: dict[str, list] = defaultdict(list)
+def _layer_shapes(model: nn.Module, example_input: torch.Tensor, names: list[str],
+                  run_forward: Callable[[], object] | None) -> dict:
+    """(input shape, output shape) of every call of every named layer, from the first forward pass that
+    completes (torch-pruning first tries ``model(*inputs)``, which may fail half-way)."""
+    passes: list[dict[str, list]] = []
+    completed: list[dict[str, list]] = []
+
+    def start_pass(_module, _args):
+        passes.append(defaultdict(list))
+
+    def end_pass(_module, _args, _output):
+        completed.append(passes[-1])
 
     def hook(name):
         def record(_module, args, output):
+            if not passes:
+                return
             first = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            shapes[name].append((tuple(first.shape) if first is not None else (),
-                                 tuple(output.shape) if isinstance(output, torch.Tensor) else ()))
+            passes[-1][name].append((tuple(first.shape) if first is not None else (),
+                                     tuple(output.shape) if isinstance(output, torch.Tensor) else ()))
         return record
 
     handles = [model.get_submodule(name).register_forward_hook(hook(name)) for name in names]
+    handles.append(model.register_forward_pre_hook(start_pass))
+    handles.append(model.register_forward_hook(end_pass))
     try:
-        with torch.no_grad():
-            model(example_input)
+        if run_forward is None:
+            with torch.no_grad():
+                model(example_input)
+        else:
+            run_forward()
     except Exception as exc:  # shape errors from the user's model
         raise ModelError(f"the model fails on an input of shape {tuple(example_input.shape)}: {exc}",
                          hint="pass an example input of the shape the model expects (--image-size, "
@@ -81,7 +104,10 @@ def _layer_shapes(model: nn.Module, example_input: torch.Tensor, names: list[str
     finally:
         for handle in handles:
             handle.remove()
-    return dict(shapes)
+    if not completed:
+        raise ModelError("the model's forward never completed on the example input",
+                         hint="check that the model runs on an input of this shape")
+    return dict(completed[0])
 
 
 # Ops whose result is a shape, size or other non-tensor value; arithmetic on such values stays non-tensor.

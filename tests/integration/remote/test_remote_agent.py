@@ -67,12 +67,18 @@ def test_benchmark_tiny_pte_through_the_tunnel_and_reconnect(board, tiny_pte):
         handle._endpoint._ssh.close()
         second = handle.benchmark_file(tiny_pte, QUICK)
         assert second.stats.count >= 10 and handle.reconnects >= 1
-        # The agent dies on the board: the next call reconnects and the bootstrap starts a new agent.
-        old_pid = (handle._endpoint.remote.port, handle.stop_remote_agent())
-        assert old_pid[1] is True
-        third = handle.benchmark_file(tiny_pte, QUICK)
-        assert third.output_sha256 == first.output_sha256  # same input seed, same program, same output
-        assert handle._endpoint.remote.started
+        assert second.output_sha256 == first.output_sha256  # same input seed, same program, same output
+
+
+@pytest.mark.litert
+def test_agent_that_died_on_the_board_is_restarted(board, tiny_tflite):
+    address, options = board
+    with connect(address, options) as handle:
+        first = handle.benchmark_file(tiny_tflite, QUICK)
+        assert handle.stop_remote_agent() is True  # the agent dies on the board
+        again = handle.benchmark_file(tiny_tflite, QUICK)  # reconnect; the bootstrap starts a new agent
+        assert handle._endpoint.remote.started and handle._endpoint.remote.how == "detached"
+        assert again.output_sha256 == first.output_sha256
 
 
 def test_agent_left_running_is_reused(board):

@@ -22,7 +22,7 @@ from device_agent.energy import detect_meter
 from device_agent.energy.sampler import Sampler, Window, measure_idle
 from device_agent.errors import invalid, precondition
 from device_agent.queue import BenchQueue
-from device_agent.runtimes import all_statuses, resolve
+from device_agent.runtimes import RUNTIMES, all_statuses, resolve
 from device_agent.store import ArtifactStore
 from device_agent.workers import WorkerPool
 from protos.agent.v1 import PROTOCOL_VERSION
@@ -36,6 +36,7 @@ DTYPES = {pb.DTYPE_FLOAT32: "float32", pb.DTYPE_FLOAT16: "float16", pb.DTYPE_INT
           pb.DTYPE_UINT8: "uint8", pb.DTYPE_INT32: "int32", pb.DTYPE_INT64: "int64", pb.DTYPE_BOOL: "bool"}
 DTYPE_TO_PROTO = {v: k for k, v in DTYPES.items()}
 MAX_TIMEOUT_S = 24 * 3600.0
+RUNTIME_KINDS = {name: spec.kind for name, spec in RUNTIMES.items()}
 
 
 class Agent:
@@ -57,6 +58,20 @@ class Agent:
             log.info("energy meter: %s (%s)", self.meter.name, self.meter.method)
         else:
             log.info("energy unavailable: %s", self.meter_reason)
+
+    def preload(self) -> None:
+        """Start the configured runtime workers in the background so the first benchmark does not wait."""
+        import threading
+
+        def start(name: str) -> None:
+            try:
+                resolve(name, RUNTIME_KINDS[name])
+                self.workers.get(name).start()
+            except Exception as exc:  # noqa: BLE001 - the first benchmark will report it properly
+                log.warning("could not preload the %s worker: %s", name, exc)
+
+        for name in self.config.preload_runtimes:
+            threading.Thread(target=start, args=(name,), name=f"preload-{name}", daemon=True).start()
 
     def close(self) -> None:
         """Stop the worker processes."""

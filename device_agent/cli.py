@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", type=Path, help="PEM server certificate (needed off loopback)")
     serve.add_argument("--tls-key", type=Path, help="PEM server private key")
     serve.add_argument("--tls-client-ca", type=Path, help="PEM CA for client certificates (enables mTLS)")
+    serve.add_argument("--preload", default=None, metavar="RUNTIMES",
+                       help="comma-separated runtimes whose workers start at launch (executorch,litert)")
     _common(serve)
     serve.set_defaults(func=_serve)
 
@@ -75,7 +77,8 @@ def _serve(args) -> int:
     elif args.tls_client_ca:
         raise AgentConfigError("--tls-client-ca needs --tls-cert and --tls-key")
     token = read_token_file(args.token_file) if args.token_file else None
-    config = _config(args, host=args.host, port=args.port, token=token, tls=tls)
+    preload = tuple(r.strip() for r in args.preload.split(",") if r.strip()) if args.preload else None
+    config = _config(args, host=args.host, port=args.port, token=token, tls=tls, preload_runtimes=preload)
     from device_agent.server import serve
 
     serve(config)

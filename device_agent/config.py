@@ -61,6 +61,7 @@ class AgentConfig:
     programs_cached: int = 4  # loaded programs a worker keeps, by sha256 and threads
     results_kept: int = 256  # finished job results kept for idempotent repeats
     sysfs_root: Path = Path("/")  # thermal zones, cpufreq, throttle counters
+    preload_runtimes: tuple[str, ...] = ()  # start these workers at launch, not on the first benchmark
     token: str | None = field(default=None, repr=False)
     tls: TlsConfig | None = None
     energy: EnergyConfig = field(default_factory=EnergyConfig)
@@ -74,6 +75,10 @@ class AgentConfig:
         """Refuse unsafe or meaningless settings, saying which flag or key fixes them."""
         if not 0 <= self.port <= 65535:
             raise AgentConfigError(f"port {self.port} is out of range 0..65535")
+        unknown = set(self.preload_runtimes) - {"executorch", "litert"}
+        if unknown:
+            raise AgentConfigError(f"unknown runtime(s) to preload: {', '.join(sorted(unknown))}; "
+                                   "use executorch and/or litert")
         if self.queue_capacity < 1:
             raise AgentConfigError("queue_capacity must be at least 1")
         if self.max_artifact_bytes <= 0 or self.store_capacity_bytes < self.max_artifact_bytes:
@@ -121,7 +126,7 @@ def read_token_file(path: Path) -> str:
 
 _TOP_KEYS = {"host", "port", "store_dir", "max_artifact_mib", "store_capacity_mib", "queue_capacity",
              "default_timeout_s", "worker_start_timeout_s", "programs_cached", "results_kept", "sysfs_root",
-             "token_file", "tls", "energy"}
+             "token_file", "tls", "energy", "preload_runtimes"}
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> AgentConfig:
@@ -158,6 +163,8 @@ def _from_toml(data: dict[str, Any], base: Path) -> dict[str, Any]:
             out[key] = data[key]
     if "store_dir" in data:
         out["store_dir"] = path_of(data["store_dir"])
+    if "preload_runtimes" in data:
+        out["preload_runtimes"] = tuple(data["preload_runtimes"])
     if "sysfs_root" in data:
         out["sysfs_root"] = path_of(data["sysfs_root"])
     if "max_artifact_mib" in data:

@@ -75,6 +75,7 @@ def serve(config: AgentConfig, announce=print) -> None:
     """Run until SIGINT/SIGTERM; prints ``listening on HOST:PORT`` (flushed) once serving."""
     server, port = create_server(config)
     server.start()
+    server.agent.preload()
     announce(f"listening on {config.host}:{port}", flush=True)
     log.info("agent serving on %s:%d (store %s, tls=%s, token=%s)", config.host, port, config.store_dir,
              config.tls is not None, bool(config.token))

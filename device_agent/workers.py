@@ -40,6 +40,10 @@ class WorkerHandle:
 
     def start(self) -> None:
         """Start the worker if it is not running and wait until its runtime is imported."""
+        with self._lock:
+            self._start()
+
+    def _start(self) -> None:
         if self._alive():
             return
         if self._proc is not None:
@@ -76,7 +80,7 @@ class WorkerHandle:
     def run(self, request: dict, timeout_s: float, on_phase: Callable[[str], None] | None = None) -> dict:
         """Send one benchmark request and wait at most ``timeout_s`` for its result."""
         with self._lock:
-            self.start()
+            self._start()
             assert self._conn is not None  # start() guarantees it; not user input
             self._conn.send(request)
             deadline = time.monotonic() + timeout_s

@@ -23,11 +23,13 @@ _LISTENING = re.compile(r"^listening on (?P<host>\S+):(?P<port>\d+)\s*$")
 class LocalAgent:
     """Starts an agent bound to 127.0.0.1 on a free port with its own temporary store; stops it on exit.
 
-    ``store_dir`` keeps artifacts across runs when given; ``config`` is an agent TOML file.
+    ``store_dir`` keeps artifacts across runs when given; ``config`` is an agent TOML file; ``preload`` names
+    runtimes ("executorch", "litert") whose workers start right away instead of on the first benchmark.
     """
 
     def __init__(self, *, store_dir: Path | None = None, config: Path | None = None,
-                 startup_timeout: float = 60.0, python: str | None = None) -> None:
+                 startup_timeout: float = 60.0, python: str | None = None, preload: tuple[str, ...] = ()) -> None:
+        self.preload = tuple(preload)
         self.store_dir = store_dir
         self.config = config
         self.startup_timeout = startup_timeout
@@ -52,6 +54,8 @@ class LocalAgent:
                "--store", str(store)]
         if self.config is not None:
             cmd += ["--config", str(self.config)]
+        if self.preload:
+            cmd += ["--preload", ",".join(self.preload)]
         log.info("starting local agent: %s", " ".join(cmd))
         err = self._log_path.open("wb")
         try:

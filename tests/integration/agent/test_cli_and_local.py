@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import time
 
 import psutil
 import pytest
@@ -81,3 +83,28 @@ def test_bench_rejects_a_file_that_is_not_a_model(venv_bin, tmp_path):
                           timeout=60)
     assert proc.returncode == 3
     assert "INVALID_ARGUMENT" in proc.stderr and "file identifier" in proc.stderr
+
+
+def test_preloaded_worker_starts_without_a_benchmark():
+    with LocalAgent(preload=("litert",)) as agent:
+        daemon = psutil.Process(agent.pid)
+        deadline = time.monotonic() + 60
+        while not daemon.children() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (worker,) = daemon.children()
+        assert "device_agent.worker" in " ".join(worker.cmdline()) and "litert" in worker.cmdline()
+
+
+def test_serve_on_a_busy_port_fails_clearly(venv_bin, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        proc = subprocess.run([venv_bin / "sculpt-agent", "serve", "--port", str(busy.getsockname()[1]),
+                               "--store", str(tmp_path / "s")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "cannot bind" in proc.stderr and "--port" in proc.stderr
+
+
+def test_serve_rejects_unknown_preload(venv_bin, tmp_path):
+    proc = subprocess.run([venv_bin / "sculpt-agent", "serve", "--port", "0", "--preload", "tvm",
+                           "--store", str(tmp_path / "s")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown runtime(s) to preload: tvm" in proc.stderr

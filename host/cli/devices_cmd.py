@@ -283,8 +283,8 @@ def run_list(args) -> int:
     for r in rows:
         cells = [r["name"], r["address"], ",".join(r["tags"]), r["runtime"] or "any", str(r["threads"] or "default")]
         if args.probe:
-            detail = ", ".join(r.get("runtimes", [])) if r["status"] == "online" else r.get("message", "")
+            detail = ", ".join(r.get("runtimes", [])) if r["status"] == "online" else r.get("error", "")
             cells += [r["status"], r.get("agent_version", ""), r.get("fingerprint", ""), detail]
         table.add_row(*cells)
-    Console().print(table)
+    Console(width=max(Console().width, 120)).print(table)
     return 0 if not args.probe or all(r["status"] == "online" for r in rows) else 1

@@ -133,5 +133,5 @@ def _print_table(records) -> None:
         table.add_row(r.device, r.artifact, r.status,
                       f"{r.p50_ms:.3f}" if ok else "", f"{r.p90_ms:.3f}" if ok else "",
                       f"{r.cv:.3f}" if ok and r.cv is not None else "", str(r.runs or "") if ok else "",
-                      "" if ok else f"{r.error_kind or ''} {r.error_code or r.error_type or ''}: {r.message[:80]}")
-    Console().print(table)
+                      "" if ok else f"{r.error_kind or ''}: {r.error_code or r.error_type or ''}")
+    Console(width=max(Console().width, 120)).print(table)

@@ -73,6 +73,7 @@ class SearchConfig:
     aggregate: str = "worst"
     seed: int = 0
     policy_file: str | None = None
+    strategy: str = "ppo"  # "ppo" (the GNN policy) or "random" (same prior, no learning: a baseline)
     final_top: int = 2
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=2, distill_alpha=0.5))
     evaluation: EvalConfig = field(default_factory=EvalConfig)
@@ -85,6 +86,8 @@ class SearchConfig:
             raise ConfigError(
                 f"the {self.objective} objective needs a device to measure on", hint="add --device local"
             )
+        if self.strategy not in ("ppo", "random"):
+            raise ConfigError(f"unknown search strategy {self.strategy!r}", hint="use 'ppo' or 'random'")
         if self.final_top < 0:
             raise ConfigError("final_top must be >= 0", hint="0 skips the final fine-tuning stage")
         self.reward_objective()  # validates objective, targets and constraint early

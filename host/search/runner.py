@@ -243,6 +243,9 @@ class SearchRunner:
         self.progress(Progress("search", done, budget, "searching", best))
         if done >= budget:
             return
+        if cfg.strategy == "random":
+            self._random_search(evaluator, space, done, budget)
+            return
 
         def evaluate(choices: np.ndarray) -> StepOutcome:
             record = evaluator.evaluate(choices, phase="search")
@@ -280,6 +283,20 @@ class SearchRunner:
 
         model.learn(total_timesteps=budget - done + settings.n_steps, callback=Budget(), reset_num_timesteps=False)
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)
+
+    def _random_search(self, evaluator, space, done: int, budget: int) -> None:
+        """Baseline: plans drawn from the untrained policy's prior (same keep preference), no learning."""
+        rng = np.random.default_rng(self.config.seed + done)  # a resumed run continues a different stream
+        keep_logit = self.config.ppo.keep_logit
+        for _ in range(done, budget):
+            choices = np.empty(len(space.layer_names), np.int64)
+            for i, valid in enumerate(space.choice_mask):
+                logits = np.where(valid, 0.0, -np.inf)
+                logits[space.keep_index] = keep_logit
+                probs = np.exp(logits - logits.max())
+                choices[i] = rng.choice(len(probs), p=probs / probs.sum())
+            evaluator.evaluate(choices, phase="search")
+            self.progress(Progress("search", self.journal.count("search"), budget, "random search", self._best()))
 
     def _best(self) -> CandidateRecord | None:
         rows = [r for r in self.journal.candidates("search") if not r.reused]

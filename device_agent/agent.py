@@ -135,6 +135,9 @@ class Agent:
     # -- Benchmark -----------------------------------------------------------------------------------------
     def benchmark(self, req: pb.BenchmarkRequest, is_active=lambda: True) -> pb.BenchmarkResult:
         """Validate, queue and run one benchmark; see the protocol for the semantics of every field."""
+        done = self.queue.finished(req.job_id)
+        if done is not None:  # a retry of a finished job: its result, even if the artifact was evicted since
+            return done
         art = self.store.get(req.artifact_sha256)
         if art is None:
             raise precondition(f"artifact {req.artifact_sha256} is not on this agent: upload it first")
@@ -151,13 +154,13 @@ class Agent:
                    "seed": req.input_seed, "policy": policy.__dict__, "return_outputs": req.return_outputs}
 
         def run(queued_s: float) -> pb.BenchmarkResult:
-            self.store.pin(art.sha256)
-            try:
-                return self._run(job_id, spec.name, request, req, policy, timeout, queued_s)
-            finally:
-                self.store.unpin(art.sha256)
+            return self._run(job_id, spec.name, request, req, policy, timeout, queued_s)
 
-        return self.queue.submit(job_id, run, is_active)
+        self.store.pin(art.sha256)  # from now on, not even a long wait in the queue lets it be evicted
+        try:
+            return self.queue.submit(job_id, run, is_active)
+        finally:
+            self.store.unpin(art.sha256)
 
     def _run(self, job_id, runtime, request, req, policy: Policy, timeout, queued_s) -> pb.BenchmarkResult:
         root = self.config.sysfs_root

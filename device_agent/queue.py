@@ -38,6 +38,13 @@ class BenchQueue:
         with self._lock:
             return self._depth
 
+    def finished(self, job_id: str):
+        """The stored result of a finished job, or None."""
+        if not job_id:
+            return None
+        with self._lock:
+            return self._done.get(job_id)
+
     def submit(self, job_id: str, fn: Callable[[float], T], is_active: Callable[[], bool] = lambda: True) -> T:
         """Run ``fn(queued_seconds)`` in turn and return its result (or raise its error).
 

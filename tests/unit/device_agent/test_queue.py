@@ -109,3 +109,12 @@ def test_a_caller_that_goes_away_leaves_the_queue():
     release.set()
     t.join()
     assert queue.submit("next", lambda _q: "ran") == "ran"  # the skipped ticket did not block the queue
+
+
+def test_finished_results_are_kept_up_to_the_limit():
+    queue = BenchQueue(capacity=2, results_kept=2)
+    for name in ("a", "b", "c"):
+        queue.submit(name, lambda _q, n=name: n.upper())
+    assert queue.finished("a") is None  # oldest forgotten
+    assert queue.finished("b") == "B" and queue.finished("c") == "C"
+    assert queue.finished("") is None

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from device_agent import __version__ as HOST_VERSION
 from host.devices.address import DeviceAddress
 from host.devices.bootstrap import AgentLaunch, ensure_agent, stop_agent
 from host.devices.retry import RetryPolicy, call_with_retry
@@ -142,6 +143,10 @@ class _SSHEndpoint(_Endpoint):
         self._ssh = open_ssh(self.address, self.options.ssh)
         try:
             self.remote = ensure_agent(self._ssh, self.options.agent, str(self.address))
+            if self.remote.version != HOST_VERSION:
+                # The protocol version decides compatibility (checked on GetInfo); this is only a nudge.
+                log.warning("%s runs sculpt-agent %s, this host is %s; to align: %s", self.address,
+                            self.remote.version, HOST_VERSION, self.upgrade_hint())
             self._tunnel = Tunnel(self._ssh.get_transport(), "127.0.0.1", self.remote.port)
             client = AgentClient(self._tunnel.target, timeout=self.options.timeout)
             if not self.remote.started and not _healthy(client):

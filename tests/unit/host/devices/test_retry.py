@@ -94,3 +94,4 @@ def test_call_with_retry_gives_up_after_attempts_and_on_fatal():
     with pytest.raises(DeviceUnreachableError):
         call_with_retry(down, policy, idempotent=False, sleep=waits.append)
     assert len(waits) == 2  # no new waits: never retried
+

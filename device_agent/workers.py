@@ -56,7 +56,9 @@ class WorkerHandle:
         cmd = [sys.executable, "-m", "device_agent.worker", self.runtime, str(theirs.fileno()),
                str(self.programs_cached)]
         try:
-            proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+            # The runtimes log on stdout; keep the daemon's stdout for its own "listening on" line.
+            proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                    stdout=_stderr_fd())
         finally:
             theirs.close()
         parent = Connection(ours.detach())
@@ -140,6 +142,13 @@ class WorkerHandle:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
+
+
+def _stderr_fd() -> int | None:
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # e.g. pytest's captured stderr has no descriptor
+        return None
 
 
 class WorkerPool:

@@ -39,6 +39,7 @@ class LocalAgent:
         self._proc: subprocess.Popen | None = None
         self._tmp: str | None = None
         self._log_path: Path | None = None
+        self._reader: threading.Thread | None = None
 
     @property
     def pid(self) -> int | None:
@@ -79,13 +80,16 @@ class LocalAgent:
             assert self._proc is not None and self._proc.stdout is not None  # set by start()
             for raw in self._proc.stdout:
                 match = _LISTENING.match(raw.decode(errors="replace"))
-                if match:
+                if match and not found:
                     found.append(int(match["port"]))
-                    return
+                # Keep draining: an agent blocked on a full stdout pipe would stop answering.
 
-        thread = threading.Thread(target=reader, daemon=True)
+        thread = threading.Thread(target=reader, daemon=True, name="local-agent-stdout")
         thread.start()
-        thread.join(self.startup_timeout)
+        self._reader = thread
+        deadline = time.monotonic() + self.startup_timeout
+        while not found and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
         if not found:
             raise self._failed(f"did not report its port within {self.startup_timeout:.0f} s")
         return found[0]
@@ -127,6 +131,9 @@ class LocalAgent:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout=10)
+            if self._reader is not None:
+                self._reader.join(timeout=5)  # EOF after the exit; then the pipe can be closed
+                self._reader = None
             if proc.stdout is not None:
                 proc.stdout.close()
         if self._tmp is not None:

@@ -226,10 +226,16 @@ class Journal:
         row = self._conn.execute(sql + " AND reused=0 ORDER BY id LIMIT 1", args).fetchone()
         return None if row is None else _row_to_record(row)
 
-    def count(self, phase: str | None = None) -> int:
-        if phase is None:
-            return self._conn.execute("SELECT count(*) FROM candidates").fetchone()[0]
-        return self._conn.execute("SELECT count(*) FROM candidates WHERE phase=?", (phase,)).fetchone()[0]
+    def count(self, phase: str | None = None, *, evaluated_only: bool = False) -> int:
+        """Rows (of one phase); ``evaluated_only`` leaves out steps that reused an earlier result."""
+        sql = "SELECT count(*) FROM candidates WHERE 1=1"
+        args: tuple[Any, ...] = ()
+        if phase is not None:
+            sql += " AND phase=?"
+            args += (phase,)
+        if evaluated_only:
+            sql += " AND reused=0"
+        return self._conn.execute(sql, args).fetchone()[0]
 
     def _iter(self, phase: str | None) -> Iterator[CandidateRecord]:
         if phase is None:

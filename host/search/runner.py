@@ -238,7 +238,10 @@ class SearchRunner:
 
         cfg = self.config
         budget = cfg.budget
-        done = self.journal.count("search")
+        # the budget counts EVALUATED candidates; steps that drew an already evaluated plan are free, but
+        # capped so a policy that keeps proposing the same plans cannot loop forever
+        done = self.journal.count("search", evaluated_only=True)
+        max_steps = 3 * budget
         best = self._best()
         self.progress(Progress("search", done, budget, "searching", best))
         if done >= budget:
@@ -272,23 +275,25 @@ class SearchRunner:
 
         class Budget(BaseCallback):
             def _on_step(self) -> bool:
-                count = runner.journal.count("search")
+                count = runner.journal.count("search", evaluated_only=True)
                 runner.progress(Progress("search", count, budget, "searching", runner._best()))
-                return count < budget
+                return count < budget and runner.journal.count("search") < max_steps
 
             def _on_rollout_end(self) -> None:
                 tmp = ppo_path.with_suffix(".tmp.zip")
                 self.model.save(tmp)
                 os.replace(tmp, ppo_path)  # atomic: a kill never leaves half a policy
 
-        model.learn(total_timesteps=budget - done + settings.n_steps, callback=Budget(), reset_num_timesteps=False)
+        model.learn(total_timesteps=max_steps, callback=Budget(), reset_num_timesteps=False)
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)
 
     def _random_search(self, evaluator, space, done: int, budget: int) -> None:
         """Baseline: plans drawn from the untrained policy's prior (same keep preference), no learning."""
         rng = np.random.default_rng(self.config.seed + done)  # a resumed run continues a different stream
         keep_logit = self.config.ppo.keep_logit
-        for _ in range(done, budget):
+        steps = self.journal.count("search")
+        while self.journal.count("search", evaluated_only=True) < budget and steps < 3 * budget:
+            steps += 1
             choices = np.empty(len(space.layer_names), np.int64)
             for i, valid in enumerate(space.choice_mask):
                 logits = np.where(valid, 0.0, -np.inf)
@@ -296,7 +301,8 @@ class SearchRunner:
                 probs = np.exp(logits - logits.max())
                 choices[i] = rng.choice(len(probs), p=probs / probs.sum())
             evaluator.evaluate(choices, phase="search")
-            self.progress(Progress("search", self.journal.count("search"), budget, "random search", self._best()))
+            done = self.journal.count("search", evaluated_only=True)
+            self.progress(Progress("search", done, budget, "random search", self._best()))
 
     def _best(self) -> CandidateRecord | None:
         rows = [r for r in self.journal.candidates("search") if not r.reused]
@@ -411,7 +417,7 @@ class SearchRunner:
             model=cfg.model.model, dataset=cfg.model.data, objective=objective.name,
             target=str(objective.target) if objective.target else f"{cfg.target_flops:.0%} MAC reduction",
             devices={d.name: d.fingerprint for d in devices}, budget=cfg.budget,
-            candidates_evaluated=len(self.journal.candidates("search")),
+            candidates_evaluated=self.journal.count("search", evaluated_only=True),
             measurements_taken=self.journal.measurement_count(), seconds=time.perf_counter() - self.started,
             dense=figures("dense", dense), best_search=figures("best-search", best) if best else None,
             finals=tuple(

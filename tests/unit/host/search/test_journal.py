@@ -87,5 +87,6 @@ def test_reused_rows_are_counted_but_never_found_as_originals(tmp_path):
     original = journal.record(_record(0.8))
     journal.record(CandidateRecord(**{**_record(0.8).__dict__, "reused": True, "eval_seconds": 0.0}))
     assert journal.count("search") == 2
+    assert journal.count("search", evaluated_only=True) == 1
     assert journal.find(original.plan_hash).id == original.id
     assert [r.reused for r in journal.candidates()] == [False, True]

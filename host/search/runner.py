@@ -366,20 +366,23 @@ class SearchRunner:
         return finals
 
     def _export_final(self, evaluator, realized, plan, name, stored):
-        from host.errors import MissingDependencyError
+        from host.errors import ExportError, MissingDependencyError
         from host.export import export_pte
         from host.search.devices import BenchSettings
 
         artifacts: dict[str, str] = {}
         pte = export_pte(realized, (evaluator.data.example_input,), self.run_dir / f"{name}.pte")
         artifacts["pte"] = str(pte.path)
-        try:
+        if self.config.export_tflite:
             from host.export import export_tflite
 
-            tfl = export_tflite(realized, (evaluator.data.example_input,), self.run_dir / f"{name}.tflite")
-            artifacts["tflite"] = str(tfl.path)
-        except (ImportError, MissingDependencyError) as exc:
-            logger.info("no .tflite for %s: %s", name, exc)
+            try:
+                tfl = export_tflite(realized, (evaluator.data.example_input,), self.run_dir / f"{name}.tflite")
+                artifacts["tflite"] = str(tfl.path)
+            except MissingDependencyError as exc:
+                logger.info("no .tflite for %s: %s", name, exc)
+            except ExportError as exc:  # the .pte is the main artifact; a failed .tflite is reported, not fatal
+                logger.warning("no .tflite for %s: %s", name, exc)
         plan.save(self.run_dir / f"{name}.plan.json")
         artifacts["plan"] = str(self.run_dir / f"{name}.plan.json")
         measurement = None

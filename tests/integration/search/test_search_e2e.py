@@ -1,0 +1,125 @@
+"""A tiny search end to end against a real local agent: graph, masks, export, ExecuTorch measurement,
+PPO, journal, final fine-tuning and the report. Then a real search process is SIGKILLed and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+
+from host.search.journal import JOURNAL_NAME, Journal
+
+pytestmark = [pytest.mark.integration, pytest.mark.executorch, pytest.mark.slow]
+
+TINY = ["--image-size", "16", "--channels", "1", "--data-limit", "1500", "--bench-runs", "5",
+        "--finetune-epochs", "1", "--seed", "0"]
+
+
+def _tiny_config(tmp_path, checkpoint, **changes):
+    from host.search.config import EvalConfig, ModelSpec, PPOSettings, SearchConfig
+    from host.search.finetune import FinetuneConfig
+
+    spec = ModelSpec(model="resnet20", data="mnist", image_size=16, in_channels=1, data_limit=1500,
+                     checkpoint=str(checkpoint))
+    config = SearchConfig(
+        out=tmp_path / "run", model=spec, devices=("local",), budget=4, objective="latency", target="0.7x",
+        final_top=1, export_tflite=False, finetune=FinetuneConfig(epochs=1, max_batches_per_epoch=4, distill_alpha=0.5),
+        evaluation=EvalConfig(bn_batches=2, warmup_runs=2, min_runs=5, min_time_s=0.05),
+        ppo=PPOSettings(n_steps=2, batch_size=2, n_epochs=1, hidden=32),
+    )
+    return replace(config, **changes)
+
+
+def test_tiny_latency_search_end_to_end(tmp_path, trained_resnet20_mnist):
+    from host.search.runner import SearchRunner
+
+    config = _tiny_config(tmp_path, trained_resnet20_mnist)
+    progress = []
+    result = SearchRunner.start(config, progress=progress.append).run()
+    run = config.out
+    assert result["candidates_evaluated"] == 4
+    dense = result["dense"]
+    assert dense["latency_ms"]["local"] > 0 and dense["val_accuracy"] > 0.5
+    assert len(result["finals"]) == 1
+    final = result["finals"][0]
+    assert final["latency_ms"]["local"] > 0 and final["test_accuracy"] is not None
+    assert final["macs"] < dense["macs"]
+    for name in ("result.json", "report.md", "pareto.png", "patterns.png", "reward_curve.png", "policy.pt",
+                 "final-1.pte", "final-1.plan.json"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    with Journal.open(run) as journal:
+        assert journal.count("dense") == 1 and journal.count("search") == 4
+        measured = [r for r in journal.candidates("search") if r.measurement and not r.reused]
+        # every measured artifact is cached under (sha, fingerprint)
+        assert journal.measurement_count() >= len({r.artifact_sha256 for r in measured})
+    assert {p.stage for p in progress} >= {"prepare", "dense", "search", "final", "report"}
+    assert json.loads((run / "result.json").read_text())["budget"] == 4
+
+
+def test_unreachable_flops_target_fails_before_the_search(tmp_path, trained_resnet20_mnist):
+    from host.errors import SearchError
+    from host.search.runner import SearchRunner
+
+    config = _tiny_config(tmp_path, trained_resnet20_mnist, objective="flops", target=None, target_flops=0.995)
+    with pytest.raises(SearchError, match="no plan reaches"):
+        SearchRunner.start(config).run()
+    with Journal.open(config.out) as journal:
+        assert journal.count("search") == 0
+
+
+def _rows(run_dir):
+    conn = sqlite3.connect(run_dir / JOURNAL_NAME)
+    try:
+        return conn.execute("SELECT id, phase, plan_hash, created, reused FROM candidates ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_sigkill_then_resume_does_not_reevaluate(tmp_path, trained_resnet20_mnist):
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "host.cli.main", "search", "--model", "resnet20", "--data", "mnist",
+           "--checkpoint", str(trained_resnet20_mnist), "--device", "local", "--budget", "6",
+           "--final-top", "1", "--out", str(run_dir), "--json", *TINY]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            if (run_dir / JOURNAL_NAME).is_file() and sum(r[1] == "search" for r in _rows(run_dir)) >= 2:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"search exited early: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.2)
+        else:
+            pytest.fail("search did not record 2 candidates in time")
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: the search and its private agent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    before = _rows(run_dir)
+    done_before = sum(r[1] == "search" for r in before)
+    assert 2 <= done_before < 6
+
+    resumed = subprocess.run([sys.executable, "-m", "host.cli.main", "search", "--resume", str(run_dir), "--json"],
+                             env=env, capture_output=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    result = json.loads(resumed.stdout)
+    after = _rows(run_dir)
+    assert after[: len(before)] == before  # rows written before the kill are untouched
+    new = after[len(before):]
+    # the budget counts evaluated candidates, including those done before the kill
+    assert sum(r[1] == "search" and r[4] == 0 for r in after) == 6
+    assert not any(r[1] == "dense" for r in new)  # the dense reference was not evaluated again
+    old_hashes = {r[2] for r in before}
+    # a plan evaluated before the kill is never evaluated again: at most reused (reused=1) rows
+    assert all(r[4] == 1 for r in new if r[1] == "search" and r[2] in old_hashes)
+    assert result["candidates_evaluated"] == 6

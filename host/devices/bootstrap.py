@@ -158,11 +158,14 @@ def start_detached(client, launch: AgentLaunch, command: str) -> int:
 d={d}
 mkdir -p "$d" || exit 5
 cd "$d" || exit 5
+# Two hosts connecting at once must not start two agents (they would compete for the CPU being measured).
+if command -v flock >/dev/null 2>&1; then exec 9> start.lock; flock -w {int(launch.start_timeout)} 9; fi
+if [ -f agent.pid ] && kill -0 "$(cat agent.pid)" 2>/dev/null && [ -s agent.port ]; then cat agent.port; exit 0; fi
 : > agent.log || exit 5
 rm -f agent.port
 S=; command -v setsid >/dev/null 2>&1 && S=setsid
 PYTHONUNBUFFERED=1 nohup $S {shlex.quote(command)} serve --host 127.0.0.1 --port {launch.port} {args} \
-  >> agent.log 2>&1 < /dev/null &
+  >> agent.log 2>&1 < /dev/null 9>&- &
 pid=$!
 echo $pid > agent.pid
 i=0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +32,22 @@ def _stop(state_dir) -> None:
         subprocess.run(["kill", pid_file.read_text().strip()], check=False, capture_output=True)
 
 
+def agents_using(marker: str) -> list[int]:
+    """PIDs of `sculpt-agent serve` processes whose command line contains ``marker`` (our store path)."""
+    import os
+
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "serve" in cmdline and "sculpt-agent" in cmdline and marker in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
 @pytest.fixture()
 def board(sshd, venv_bin, tmp_path):
     """Connection options for the sshd 'board' running this checkout's agent; stops the agent afterwards."""
@@ -44,6 +61,8 @@ def board(sshd, venv_bin, tmp_path):
     )
     yield parse_device(sshd.address), options
     _stop(state)
+    for pid in agents_using(str(tmp_path / "store")):  # anything that escaped the pid file
+        subprocess.run(["kill", str(pid)], check=False, capture_output=True)
 
 
 def _cli(venv_bin, sshd, *args, state=None, timeout=300):
@@ -89,6 +108,22 @@ def test_agent_left_running_is_reused(board):
     with connect(address, options) as handle:
         assert handle._endpoint.remote.port == port and not handle._endpoint.remote.started
         assert handle.health()
+
+
+def test_concurrent_connects_start_one_agent(board):
+    from concurrent.futures import ThreadPoolExecutor
+
+    address, options = board
+
+    def port_of(_):
+        with connect(address, options) as handle:
+            return handle._endpoint.remote.port
+
+    with ThreadPoolExecutor(max_workers=3) as ex:
+        ports = list(ex.map(port_of, range(3)))
+    assert len(set(ports)) == 1, ports
+    store = next(a for a in options.agent.extra_args if a.endswith("store"))
+    assert len(agents_using(store)) == 1
 
 
 def test_wrong_key_is_refused_with_device_auth_error(board, sshd):

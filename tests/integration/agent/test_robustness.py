@@ -183,11 +183,11 @@ def test_bit_flipped_programs_are_refused_by_executorch(agent_server, tiny_pte):
     rng = np.random.default_rng(1)
     codes = []
     with AgentClient(agent_server, timeout=60) as client:
-        for _ in range(15):
+        for _ in range(10):
             flipped = bytearray(good)
             for pos in rng.integers(8, 4096, size=int(rng.integers(1, 8))):  # the program's flatbuffer
                 flipped[pos] ^= 1 << int(rng.integers(0, 8))
             codes.append(_code(lambda b=bytes(flipped): client.ensure_and_benchmark(b, BenchSpec(policy=ONE_RUN))))
         assert set(codes) <= BAD_INPUT_CODES | {"OK"}
-        assert codes.count("INVALID_ARGUMENT") >= 5
+        assert codes.count("INVALID_ARGUMENT") >= 3
         assert client.ensure_and_benchmark(good, BenchSpec(policy=ONE_RUN)).stats.count == 1

@@ -122,6 +122,7 @@ class SearchRunner:
         self.run_dir = Path(config.out)
         self.progress = progress or (lambda _p: None)
         self.started = time.perf_counter()
+        self.fresh = False  # True when this process created the journal (see run())
 
     # -- entry points --------------------------------------------------------------------------------
     @classmethod
@@ -129,7 +130,9 @@ class SearchRunner:
         """A new run: checks names first, then creates the journal with the config and versions."""
         check_names(config)
         journal = Journal.create(config.out, {"config": config.to_dict(), "versions": _versions()})
-        return cls(config, journal, progress)
+        runner = cls(config, journal, progress)
+        runner.fresh = True
+        return runner
 
     @classmethod
     def resume(cls, run_dir: Path, progress: ProgressFn | None = None, budget: int | None = None) -> SearchRunner:
@@ -158,6 +161,14 @@ class SearchRunner:
                         hint="use --objective latency there, or a board with a meter (Jetson, Pi 5, RAPL)",
                     )
                 return self._run_with(devices, objective)
+        except BaseException:
+            if self.fresh and self.journal.count() == 0:
+                # failed before any candidate (bad device, unreachable target...): leave no half-made run
+                # behind, so the corrected command can reuse the same --out
+                self.journal.close()
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(self.journal.path) + suffix).unlink(missing_ok=True)
+            raise
         finally:
             self.journal.close()
 

@@ -1,0 +1,38 @@
+"""Bad input to `sculpt-host search` fails fast with a clear message and leaves no run behind."""
+
+from __future__ import annotations
+
+import time
+
+from host.cli.main import main
+from host.search.journal import JOURNAL_NAME
+
+
+def test_unknown_model_and_dataset(tmp_path, capsys):
+    assert main(["search", "--model", "resnet7", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'resnet7'" in err and "resnet20" in err
+    assert main(["search", "--data", "imagenet", "--out", str(tmp_path / "b")]) == 2
+    assert "unknown dataset 'imagenet'" in capsys.readouterr().err
+    assert not (tmp_path / "a" / JOURNAL_NAME).exists()
+
+
+def test_bad_target(tmp_path, capsys):
+    assert main(["search", "--target-latency", "fast", "--out", str(tmp_path / "c")]) == 2
+    assert "cannot read target 'fast'" in capsys.readouterr().err
+
+
+def test_unreachable_device_fails_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AUTOSCULPT_CACHE_DIR", str(tmp_path / "cache"))
+    start = time.monotonic()
+    code = main(["search", "--device", "grpc://127.0.0.1:9", "--out", str(tmp_path / "d")])
+    assert code == 3
+    assert "127.0.0.1:9" in capsys.readouterr().err
+    assert time.monotonic() - start < 120
+    assert not (tmp_path / "cache").exists()  # no checkpoint training started
+    assert not (tmp_path / "d" / JOURNAL_NAME).exists()
+
+
+def test_resume_of_a_missing_run(tmp_path, capsys):
+    assert main(["search", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "no search journal" in capsys.readouterr().err

@@ -1,0 +1,9 @@
+"""The GNN + RL pruning search with a hardware-aware reward (``sculpt-host search``).
+
+Modules, in pipeline order: ``config`` (SearchConfig), ``space`` (graph observation, choices -> Plan),
+``env`` (Gymnasium env over padded graphs), ``policy`` (GATv2 actor-critic for SB3 PPO), ``candidate``
+(plan -> masks -> BN recalibration -> val accuracy -> MACs -> realize -> export -> measurement),
+``reward`` (paper flops reward, MnasNet latency/energy constraint), ``journal`` (SQLite, resume, measurement
+cache), ``finetune`` (masked fine-tuning, distillation, BN recalibration), ``realize`` (fine-tuned finals),
+``devices`` (open/measure), ``runner`` (the loop and the final stage). Heavy imports stay inside modules.
+"""

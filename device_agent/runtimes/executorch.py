@@ -83,21 +83,25 @@ class ExecuTorchModel:
         self._outputs: list = []
 
     def input_specs(self) -> list[TensorSpec]:
+        """Shapes and dtypes of the model's inputs."""
         return list(self._specs)
 
     def bind(self, inputs: list[np.ndarray]) -> None:
+        """Check and hold the inputs for the following invokes (outside the timed loop)."""
         import torch
 
         check_inputs(self._specs, inputs)
         self._inputs = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs]
 
     def invoke(self) -> None:
+        """Run the model once on the bound inputs (the only thing inside the timed loop)."""
         try:
             self._outputs = self._method.execute(self._inputs)
         except RuntimeError as exc:
             raise invalid(f"ExecuTorch failed to run the program: {exc}") from exc
 
     def outputs(self) -> list[np.ndarray]:
+        """Outputs of the last invoke, as numpy arrays."""
         return [o.detach().numpy().copy() if hasattr(o, "numpy") else np.asarray(o) for o in self._outputs]
 
 

@@ -57,20 +57,24 @@ class LiteRTModel:
         self._specs = [TensorSpec(tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]).name) for d in self._in]
 
     def input_specs(self) -> list[TensorSpec]:
+        """Shapes and dtypes of the model's inputs."""
         return list(self._specs)
 
     def bind(self, inputs: list[np.ndarray]) -> None:
+        """Check and hold the inputs for the following invokes (outside the timed loop)."""
         check_inputs(self._specs, inputs)
         for detail, arr in zip(self._in, inputs, strict=True):
             self._interp.set_tensor(detail["index"], np.ascontiguousarray(arr))
 
     def invoke(self) -> None:
+        """Run the model once on the bound inputs (the only thing inside the timed loop)."""
         try:
             self._interp.invoke()
         except (ValueError, RuntimeError) as exc:
             raise invalid(f"LiteRT failed to run the model: {exc}") from exc
 
     def outputs(self) -> list[np.ndarray]:
+        """Outputs of the last invoke, as numpy arrays."""
         return [np.array(self._interp.get_tensor(d["index"])) for d in self._out]
 
 

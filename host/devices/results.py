@@ -42,6 +42,7 @@ class InputSpec:
     dtype: str = "float32"
 
     def to_proto(self) -> pb.Tensor:
+        """A data-less protocol tensor: the agent fills it with seeded random values."""
         if np.dtype(self.dtype).name not in _TO_PROTO:
             raise ValueError(f"dtype {self.dtype} is not supported; use one of {sorted(_TO_PROTO)}")
         return pb.Tensor(shape=list(self.shape), dtype=_TO_PROTO[np.dtype(self.dtype).name])
@@ -76,6 +77,7 @@ class BenchPolicy:
         return self.cooldown_timeout_seconds if self.max_temperature_c > 0 else 0.0
 
     def to_proto(self) -> pb.BenchPolicy:
+        """The protocol message."""
         return pb.BenchPolicy(**self.__dict__)
 
 
@@ -155,6 +157,7 @@ class DeviceInfo:
 
     @classmethod
     def from_proto(cls, m: pb.DeviceInfo) -> DeviceInfo:
+        """Convert the agent's ``DeviceInfo`` message."""
         return cls(
             agent_version=m.agent_version, protocol_version=m.protocol_version, fingerprint=m.fingerprint,
             hostname=m.hostname, machine=m.machine, os=m.os, board=m.board, cpu_model=m.cpu_model,
@@ -186,6 +189,7 @@ class LatencyStats:
 
     @classmethod
     def from_proto(cls, m: pb.LatencyStats) -> LatencyStats:
+        """Convert the agent's ``LatencyStats`` message."""
         return cls(m.count, m.mean_ms, m.std_ms, m.cv, m.min_ms, m.p50_ms, m.p90_ms, m.p99_ms, m.max_ms)
 
 
@@ -205,6 +209,7 @@ class Energy:
 
     @classmethod
     def from_proto(cls, m: pb.Energy) -> Energy:
+        """Convert the agent's ``Energy`` message."""
         if not m.available:
             return cls(False, meter=m.meter, unavailable_reason=m.unavailable_reason or "not reported")
         return cls(True, m.meter, m.method, "", m.sample_count, m.mean_power_w, m.idle_power_w,
@@ -255,6 +260,7 @@ class Measurement:
 
     @classmethod
     def from_proto(cls, m: pb.BenchmarkResult) -> Measurement:
+        """Convert the agent's ``BenchmarkResult`` message."""
         return cls(
             job_id=m.job_id, artifact_sha256=m.artifact_sha256, runtime=m.runtime,
             runtime_version=m.runtime_version, threads=m.threads, latencies_ms=tuple(m.latencies_ms),

@@ -114,8 +114,8 @@ def test_concurrent_requests_run_one_at_a_time(client, tiny_tflite):
     for t in threads:
         t.join()
     assert len(results) == 3
-    # Serialized: somebody waited for at least the two others' timed windows.
-    assert max(r.queued_s for r in results) >= 0.5
+    # Serialized: somebody waited at least for another one's whole timed window.
+    assert max(r.queued_s for r in results) >= 0.25
 
 
 def test_errors_keep_the_agent_message(client, tiny_tflite):

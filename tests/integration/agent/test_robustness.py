@@ -153,7 +153,8 @@ def test_worker_killed_mid_benchmark_is_reported_and_replaced(small_agent, tiny_
         time.sleep(1.0)
         os.kill(pid, signal.SIGKILL)
         thread.join(30)
-        assert errors and errors[0].code == "INTERNAL" and "crashed" in errors[0].message
+        # INTERNAL while running; INVALID_ARGUMENT if a very loaded machine had not even bound the inputs yet.
+        assert errors and errors[0].code in {"INTERNAL", "INVALID_ARGUMENT"} and "crashed" in errors[0].message
         assert client.benchmark(sha, BenchSpec(policy=ONE_RUN)).stats.count == 1
         assert server.agent.workers.get("litert").restarts >= 1
 

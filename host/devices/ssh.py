@@ -42,6 +42,7 @@ class SSHTarget:
     identity_files: tuple[str, ...]
     known_hosts: Path
     proxy_command: str | None
+    proxy_jump: str | None = None  # first hop of ProxyJump, e.g. "me@bastion:22"
 
     @property
     def known_hosts_name(self) -> str:
@@ -87,7 +88,15 @@ def resolve_target(address: DeviceAddress, options: SSHOptions) -> SSHTarget:
         identity_files=identities,
         known_hosts=known,
         proxy_command=entry.get("proxycommand"),
+        proxy_jump=_first_jump(entry.get("proxyjump")),
     )
+
+
+def _first_jump(value: str | None) -> str | None:
+    """The first hop of a ProxyJump value; later hops are the first hop's own business (its ssh config)."""
+    if not value or value.lower() == "none":
+        return None
+    return value.split(",")[0].strip().removeprefix("ssh://")
 
 
 def _local_user() -> str:
@@ -128,7 +137,27 @@ def open_ssh(address: DeviceAddress, options: SSHOptions):
     if target.known_hosts.is_file():
         client.load_host_keys(str(target.known_hosts))
     client.set_missing_host_key_policy(_host_key_policy(options.accept_new_host_key, target.known_hosts))
-    sock = paramiko.ProxyCommand(target.proxy_command) if target.proxy_command else None
+    sock, jump = None, None
+    if target.proxy_jump:
+        # ProxyJump: reach the board through a bastion; the board's SSH runs inside a channel of the jump's.
+        from host.devices.address import parse_device
+
+        jump_text = target.proxy_jump if "@" in target.proxy_jump else f"ssh://{target.proxy_jump}"
+        jump = open_ssh(parse_device(jump_text), options)
+        try:
+            sock = jump.get_transport().open_channel(
+                "direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0), timeout=options.connect_timeout
+            )
+        except Exception as exc:
+            jump.close()
+            raise DeviceUnreachableError(
+                f"the jump host {target.proxy_jump} cannot reach {target.hostname}:{target.port}: {exc}",
+                hint=f"check the address from the jump host: ssh -J {target.proxy_jump} {target.user}@{target.hostname}",
+            ) from None
+    elif target.proxy_command:
+        sock = paramiko.ProxyCommand(target.proxy_command)
+    if jump is not None:
+        _close_with(client, jump)  # every close below (and the caller's) also ends the jump connection
     try:
         client.connect(
             target.hostname,
@@ -176,6 +205,17 @@ def open_ssh(address: DeviceAddress, options: SSHOptions):
         transport.set_keepalive(15)  # notice dead links instead of hanging on them
     log.info("SSH connected to %s@%s:%d", target.user, target.hostname, target.port)
     return client
+
+
+def _close_with(client, jump) -> None:
+    """Make ``client.close()`` also close the jump host's connection under it."""
+    original = client.close
+
+    def close() -> None:
+        original()
+        jump.close()
+
+    client.close = close
 
 
 @dataclass(frozen=True)

@@ -142,3 +142,26 @@ def test_closed_port_is_unreachable(sshd):
     with pytest.raises(DeviceUnreachableError) as err:
         open_ssh(parse_device(f"root@127.0.0.1:{free_port()}"), _options(sshd, connect_timeout=3))
     assert "ssh -p" in err.value.hint
+
+
+def test_proxy_jump_from_ssh_config(sshd, tmp_path, echo_server):
+    """A board behind a bastion: ProxyJump in ~/.ssh/config (here the bastion is the same sshd)."""
+    config = tmp_path / "config"
+    config.write_text(
+        f"Host board-behind-nat\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n"
+        f"  ProxyJump {sshd.user}@127.0.0.1:{sshd.port}\n"
+    )
+    logins_before = sshd.log.read_text().count("Accepted publickey")
+    client = open_ssh(parse_device("ssh://board-behind-nat"), _options(sshd, config_path=config))
+    tunnel = Tunnel(client.get_transport(), "127.0.0.1", echo_server)
+    try:
+        assert run_command(client, "echo $SSH_CONNECTION").stdout.startswith("127.0.0.1 ")
+        with socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=10) as s:
+            s.sendall(b"through two hops")
+            s.shutdown(socket.SHUT_WR)
+            assert b"".join(iter(lambda: s.recv(1024), b"")) == b"THROUGH TWO HOPS"
+    finally:
+        tunnel.close()
+        client.close()
+    # Two logins: the jump host's and, through it, the board's.
+    assert sshd.log.read_text().count("Accepted publickey") - logins_before == 2

@@ -46,7 +46,7 @@ class Agent:
         self.config = config
         self.store = ArtifactStore(config.store_dir, config.store_capacity_bytes, config.max_artifact_bytes)
         self.queue = BenchQueue(config.queue_capacity, config.results_kept)
-        self.workers = WorkerPool(config.worker_start_timeout_s, config.programs_cached)
+        self.workers = WorkerPool(config.worker_start_timeout_s, config.programs_cached, config.worker_cpus)
         self.meter, self.meter_reason = detect_meter(config.energy)
         self.platform = sysinfo.platform_info(config.sysfs_root)
         # Raspberry Pi firmware throttle flags, read with the same vcgencmd the PMIC meter uses.

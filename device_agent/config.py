@@ -62,6 +62,7 @@ class AgentConfig:
     results_kept: int = 256  # finished job results kept for idempotent repeats
     sysfs_root: Path = Path("/")  # thermal zones, cpufreq, throttle counters
     preload_runtimes: tuple[str, ...] = ()  # start these workers at launch, not on the first benchmark
+    worker_cpus: tuple[int, ...] = ()  # pin runtime workers to these CPUs (e.g. the big cores); () = any
     token: str | None = field(default=None, repr=False)
     tls: TlsConfig | None = None
     energy: EnergyConfig = field(default_factory=EnergyConfig)
@@ -79,6 +80,9 @@ class AgentConfig:
         if unknown:
             raise AgentConfigError(f"unknown runtime(s) to preload: {', '.join(sorted(unknown))}; "
                                    "use executorch and/or litert")
+        if self.worker_cpus and not set(self.worker_cpus) <= set(range(os.cpu_count() or 1)):
+            raise AgentConfigError(f"worker_cpus {list(self.worker_cpus)} names CPUs this machine lacks "
+                                   f"(it has 0..{(os.cpu_count() or 1) - 1})")
         if self.queue_capacity < 1:
             raise AgentConfigError("queue_capacity must be at least 1")
         if self.max_artifact_bytes <= 0 or self.store_capacity_bytes < self.max_artifact_bytes:
@@ -126,7 +130,7 @@ def read_token_file(path: Path) -> str:
 
 _TOP_KEYS = {"host", "port", "store_dir", "max_artifact_mib", "store_capacity_mib", "queue_capacity",
              "default_timeout_s", "worker_start_timeout_s", "programs_cached", "results_kept", "sysfs_root",
-             "token_file", "tls", "energy", "preload_runtimes"}
+             "token_file", "tls", "energy", "preload_runtimes", "worker_cpus"}
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> AgentConfig:
@@ -163,6 +167,8 @@ def _from_toml(data: dict[str, Any], base: Path) -> dict[str, Any]:
             out[key] = data[key]
     if "store_dir" in data:
         out["store_dir"] = path_of(data["store_dir"])
+    if "worker_cpus" in data:
+        out["worker_cpus"] = tuple(int(c) for c in data["worker_cpus"])
     if "preload_runtimes" in data:
         out["preload_runtimes"] = tuple(data["preload_runtimes"])
     if "sysfs_root" in data:

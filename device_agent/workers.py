@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 class WorkerHandle:
     """One worker process for one runtime. Not thread-safe: the agent runs one benchmark at a time."""
 
-    def __init__(self, runtime: str, start_timeout_s: float, programs_cached: int) -> None:
+    def __init__(self, runtime: str, start_timeout_s: float, programs_cached: int,
+                 cpus: tuple[int, ...] = ()) -> None:
         self.runtime = runtime
+        self.cpus = cpus
         self.start_timeout_s = start_timeout_s
         self.programs_cached = programs_cached
         self.version = ""
@@ -54,7 +56,7 @@ class WorkerHandle:
         # parent's __main__, so embedding the agent in any script works.
         ours, theirs = socket.socketpair()
         cmd = [sys.executable, "-m", "device_agent.worker", self.runtime, str(theirs.fileno()),
-               str(self.programs_cached)]
+               str(self.programs_cached), ",".join(map(str, self.cpus))]
         try:
             # The runtimes log on stdout; keep the daemon's stdout for its own "listening on" line.
             proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
@@ -154,7 +156,8 @@ def _stderr_fd() -> int | None:
 class WorkerPool:
     """Lazily started workers, one per runtime name."""
 
-    def __init__(self, start_timeout_s: float, programs_cached: int) -> None:
+    def __init__(self, start_timeout_s: float, programs_cached: int, cpus: tuple[int, ...] = ()) -> None:
+        self._cpus = cpus
         self._start_timeout_s = start_timeout_s
         self._programs_cached = programs_cached
         self._workers: dict[str, WorkerHandle] = {}
@@ -164,7 +167,8 @@ class WorkerPool:
         """The handle for ``runtime`` (created, not started, on first use)."""
         with self._lock:
             if runtime not in self._workers:
-                self._workers[runtime] = WorkerHandle(runtime, self._start_timeout_s, self._programs_cached)
+                self._workers[runtime] = WorkerHandle(runtime, self._start_timeout_s, self._programs_cached,
+                                                      self._cpus)
             return self._workers[runtime]
 
     def stop_all(self) -> None:

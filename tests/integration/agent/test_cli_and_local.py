@@ -108,3 +108,21 @@ def test_serve_rejects_unknown_preload(venv_bin, tmp_path):
     proc = subprocess.run([venv_bin / "sculpt-agent", "serve", "--port", "0", "--preload", "tvm",
                            "--store", str(tmp_path / "s")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown runtime(s) to preload: tvm" in proc.stderr
+
+
+def test_workers_are_pinned_to_the_configured_cpus(tmp_path, tiny_tflite):
+    from device_agent.config import AgentConfig
+    from device_agent.server import create_server, stop_server
+    from host.devices.client import AgentClient
+
+    server, port = create_server(AgentConfig(port=0, store_dir=tmp_path / "s", worker_cpus=(0,)))
+    server.start()
+    try:
+        with AgentClient(f"127.0.0.1:{port}") as client:
+            client.ensure_and_benchmark(tiny_tflite, BenchSpec(policy=BenchPolicy(min_runs=1, min_seconds=0)))
+        worker = psutil.Process(server.agent.workers.get("litert").pid)
+        assert worker.cpu_affinity() == [0]
+        # Every thread of the runtime's pool inherited the mask (Linux accepts thread ids here).
+        assert all(os.sched_getaffinity(t.id) == {0} for t in worker.threads())
+    finally:
+        stop_server(server, grace=0.2)

@@ -72,3 +72,9 @@ def test_validation_errors(tmp_path):
         AgentConfig(store_dir=tmp_path, max_artifact_bytes=10, store_capacity_bytes=5).validate()
     with pytest.raises(AgentConfigError, match="does not exist"):
         AgentConfig(store_dir=tmp_path, tls=TlsConfig(Path("/nope.pem"), Path("/nope.key"))).validate()
+
+
+def test_worker_cpus_must_exist(tmp_path):
+    AgentConfig(store_dir=tmp_path, worker_cpus=(0,)).validate()
+    with pytest.raises(AgentConfigError, match="lacks"):
+        AgentConfig(store_dir=tmp_path, worker_cpus=(0, 4096)).validate()

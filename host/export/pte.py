@@ -1,0 +1,115 @@
+"""ExecuTorch export: torch.export -> to_edge_transform_and_lower(XnnpackPartitioner) -> .pte.
+
+Optional int8: post-training quantization with the XNNPACK quantizer (PT2E, symmetric, per-channel
+weights), calibrated on the example inputs (or ``calibration`` batches). Every artifact is loaded with the
+real ``executorch.runtime`` and compared with the reference outputs; a mismatch raises ExportError.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from host.errors import ExportError, MissingDependencyError
+from host.export.artifact import Artifact, file_digest
+
+log = logging.getLogger(__name__)
+
+FP32_TOLERANCE = 1e-3  # relative to the output's scale: XNNPACK reorders float sums
+INT8_TOLERANCE = 0.05  # int8 kernels round differently from the PyTorch reference of the quantized graph
+
+
+def _tolerance(reference: torch.Tensor, rel: float) -> float:
+    return rel * max(1.0, float(reference.abs().max()))
+
+
+def export_pte(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: str | Path, *,
+               quantize: bool = False, calibration: Sequence[Sequence[torch.Tensor]] | None = None) -> Artifact:
+    """Export ``module`` to an XNNPACK-delegated ``.pte`` at ``path`` and verify it with the runtime."""
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+    except ImportError as exc:
+        raise MissingDependencyError("executorch", "executorch", "export to .pte") from exc
+    path = Path(path)
+    inputs = tuple(example_inputs)
+    module = module.eval()
+    timings: list[tuple[str, float]] = []
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            reference = module(*inputs)
+            program = torch.export.export(module, inputs)
+            timings.append(("torch.export", time.perf_counter() - start))
+            if quantize:
+                start = time.perf_counter()
+                program, reference = _quantize(program, inputs, calibration)
+                timings.append(("quantize", time.perf_counter() - start))
+            start = time.perf_counter()
+            edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+            timings.append(("lower", time.perf_counter() - start))
+            start = time.perf_counter()
+            buffer = edge.to_executorch().buffer
+            timings.append(("to_executorch", time.perf_counter() - start))
+    except Exception as exc:  # export failures surface as many torch/ExecuTorch exception types
+        raise ExportError(f"exporting to .pte failed: {type(exc).__name__}: {exc}",
+                          hint="the module must be torch.export-able with static shapes; run it once on the "
+                               "example input to check") from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer)
+    start = time.perf_counter()
+    outputs = run_pte(path, inputs)
+    timings.append(("verify", time.perf_counter() - start))
+    err = _compare(reference, outputs, INT8_TOLERANCE if quantize else FP32_TOLERANCE, path)
+    sha, size = file_digest(path)
+    log.info("exported %s (%d bytes, max |err| %.2e) in %.2fs", path, size, err, sum(t for _, t in timings))
+    return Artifact(path, "pte", sha, size, err, tuple(tuple(t.shape) for t in inputs), quantize, tuple(timings))
+
+
+def _quantize(program, inputs, calibration):
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(program.module(), quantizer)
+    for batch in calibration or [inputs]:
+        prepared(*batch)
+    converted = convert_pt2e(prepared)
+    reference = converted(*inputs)
+    return torch.export.export(converted, inputs), reference
+
+
+def run_pte(path: str | Path, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Run the ``forward`` method of a .pte with the real ExecuTorch runtime."""
+    from executorch.runtime import Runtime
+
+    runtime = Runtime.get()
+    program = runtime.load_program(Path(path))
+    method = program.load_method("forward")
+    return [torch.as_tensor(out) for out in method.execute(list(inputs))]
+
+
+def _compare(reference, outputs: list[torch.Tensor], rel: float, path: Path) -> float:
+    refs = list(reference) if isinstance(reference, list | tuple) else [reference]
+    if len(refs) != len(outputs):
+        raise ExportError(f"{path} returned {len(outputs)} outputs, eager returned {len(refs)}",
+                          hint="export a module with a single tensor (or tuple of tensors) output")
+    worst = 0.0
+    for ref, out in zip(refs, outputs, strict=True):
+        if tuple(ref.shape) != tuple(out.shape):
+            raise ExportError(f"{path} output shape {tuple(out.shape)} differs from eager {tuple(ref.shape)}")
+        err = float((ref.float() - out.float()).abs().max()) if ref.numel() else 0.0
+        if not err <= _tolerance(ref, rel):
+            raise ExportError(f"{path} disagrees with eager PyTorch: max |err| {err:.3g} > "
+                              f"{_tolerance(ref, rel):.3g}",
+                              hint="report this model; try without --quantize or another runtime version")
+        worst = max(worst, err)
+    return worst

@@ -1,0 +1,79 @@
+"""LiteRT export: PyTorch -> .tflite through litert-torch (the ``tflite-export`` extra), verified with the
+``ai_edge_litert`` Interpreter. Without litert-torch this raises MissingDependencyError naming the extra."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from host.errors import ExportError, MissingDependencyError
+from host.export.artifact import Artifact, file_digest
+from host.export.pte import FP32_TOLERANCE, _compare
+
+log = logging.getLogger(__name__)
+
+
+def _converter():
+    try:
+        return importlib.import_module("litert_torch")
+    except ImportError as exc:
+        raise MissingDependencyError("litert-torch", "tflite-export", "export to .tflite") from exc
+
+
+def export_tflite(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: str | Path, *,
+                  quantize: bool = False) -> Artifact:
+    """Convert ``module`` to ``.tflite`` at ``path`` and check it with the LiteRT interpreter."""
+    if quantize:
+        raise ExportError("int8 .tflite export is not supported yet", hint="export fp32, or use --format pte "
+                                                                            "--quantize for int8")
+    converter = _converter()
+    path = Path(path)
+    inputs = tuple(example_inputs)
+    module = module.eval()
+    timings: list[tuple[str, float]] = []
+    start = time.perf_counter()
+    try:
+        # litert-torch prints progress on stdout; keep stdout clean for `--json` callers.
+        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
+            reference = module(*inputs)
+            edge_model = converter.convert(module, inputs)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.redirect_stdout(sys.stderr):
+            edge_model.export(str(path))
+    except Exception as exc:  # litert-torch raises many internal exception types
+        raise ExportError(f"exporting to .tflite failed: {type(exc).__name__}: {exc}",
+                          hint="the module must be torch.export-able with static shapes") from exc
+    timings.append(("convert", time.perf_counter() - start))
+    start = time.perf_counter()
+    outputs = run_tflite(path, inputs)
+    timings.append(("verify", time.perf_counter() - start))
+    err = _compare(reference, outputs, FP32_TOLERANCE, path)
+    sha, size = file_digest(path)
+    return Artifact(path, "tflite", sha, size, err, tuple(tuple(t.shape) for t in inputs), False, tuple(timings))
+
+
+def run_tflite(path: str | Path, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Run a .tflite with the ai_edge_litert Interpreter (inputs in signature order)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as exc:
+        raise MissingDependencyError("ai-edge-litert", "litert", "running .tflite files") from exc
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    details = interpreter.get_input_details()
+    if len(details) != len(inputs):
+        raise ExportError(f"{path} takes {len(details)} inputs, got {len(inputs)}")
+    for detail, tensor in zip(details, inputs, strict=True):
+        interpreter.set_tensor(detail["index"], tensor.detach().numpy().astype(detail["dtype"]))
+    interpreter.invoke()
+    return [torch.from_numpy(np.array(interpreter.get_tensor(d["index"])))
+            for d in interpreter.get_output_details()]

@@ -9,11 +9,14 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from host.devices.connect import DeviceHandle
+from host.devices.connect import ConnectOptions, DeviceHandle
 from host.devices.retry import classify
 from host.errors import DeviceUnreachableError
+
+if TYPE_CHECKING:
+    from host.devices.fleet import Fleet
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,6 +35,38 @@ class DevicePool:
         self._failures = {h.label: 0 for h in self.handles}
         self.offline: set[str] = set()
         self._cond = threading.Condition()
+
+    @classmethod
+    def open(
+        cls,
+        addresses: Iterable[str],
+        options: ConnectOptions | None = None,
+        *,
+        fleet: Fleet | None = None,
+        require_all: bool = True,
+        offline_after: int = 2,
+    ) -> DevicePool:
+        """Connect to every device (addresses or fleet names) at once, e.g. for the search's ``--device``.
+
+        With ``require_all`` the first failure is raised (after closing the rest); otherwise unreachable
+        devices are logged and left out, and only a pool with no device at all is an error.
+        """
+        from host.devices.address import parse_device
+        from host.devices.connect import connect
+
+        texts = list(addresses)
+        addrs = [parse_device(t, fleet) for t in texts]  # bad text fails before any connection
+        with ThreadPoolExecutor(max_workers=max(1, len(addrs))) as ex:
+            outcomes = list(ex.map(lambda a: _try(lambda: connect(a, options)), addrs))
+        handles = [o for o in outcomes if isinstance(o, DeviceHandle)]
+        errors = [(t, o) for t, o in zip(texts, outcomes, strict=True) if not isinstance(o, DeviceHandle)]
+        if errors and (require_all or not handles):
+            for h in handles:
+                h.close()
+            raise errors[0][1]
+        for text, exc in errors:
+            log.warning("device %s left out of the pool: %s", text, exc)
+        return cls(handles, offline_after=offline_after)
 
     def online(self) -> list[DeviceHandle]:
         return [h for h in self.handles if h.label not in self.offline]
@@ -112,3 +147,10 @@ class DevicePool:
         """Close every handle."""
         for h in self.handles:
             h.close()
+
+
+def _try(fn: Callable[[], T]) -> T | Exception:
+    try:
+        return fn()
+    except Exception as exc:  # collected and re-raised (or logged) by the caller
+        return exc

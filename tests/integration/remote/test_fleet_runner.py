@@ -147,3 +147,19 @@ def test_protocol_mismatch_names_the_upgrade():
         assert "v2" in err.value.message and "upgrade the agent" in err.value.hint
     finally:
         server.stop(0)
+
+
+def test_pool_open_connects_all_or_reports(two_agents):
+    dead = f"grpc://127.0.0.1:{free_port()}"
+    pool = DevicePool.open(two_agents, FAST_RETRY)
+    try:
+        assert len(pool.online()) == 2 and all(h.info.protocol_version == 1 for h in pool.handles)
+    finally:
+        pool.close()
+    with pytest.raises(DeviceUnreachableError):
+        DevicePool.open([*two_agents, dead], FAST_RETRY)
+    partial = DevicePool.open([two_agents[0], dead], FAST_RETRY, require_all=False)
+    try:
+        assert [h.label for h in partial.handles] == [two_agents[0]]
+    finally:
+        partial.close()

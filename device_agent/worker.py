@@ -151,22 +151,10 @@ def _benchmark(adapter, cache, programs_cached: int, req: dict, conn) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m device_agent.worker RUNTIME FD PROGRAMS_CACHED [CPUS]``: serve on the inherited socket ``FD``.
-
-    ``CPUS`` (e.g. ``4,5,6,7``) pins the process before the runtime starts its thread pool.
-    """
-    import os
+    """``RUNTIME FD PROGRAMS_CACHED``: serve on the inherited socket ``FD`` (see ``worker_launch``)."""
     from multiprocessing.connection import Connection
 
-    args = list(argv or sys.argv[1:])
-    runtime, fd, programs_cached = args[:3]
-    cpus = {int(c) for c in args[3].split(",") if c} if len(args) > 3 else set()
-    if cpus:
-        os.sched_setaffinity(0, cpus)
+    runtime, fd, programs_cached = list(argv or sys.argv[1:])[:3]
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
     worker_main(Connection(int(fd)), runtime, int(programs_cached))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

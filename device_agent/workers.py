@@ -55,7 +55,7 @@ class WorkerHandle:
         # multiprocessing's pickling Connection. Unlike multiprocessing's 'spawn' this does not re-import the
         # parent's __main__, so embedding the agent in any script works.
         ours, theirs = socket.socketpair()
-        cmd = [sys.executable, "-m", "device_agent.worker", self.runtime, str(theirs.fileno()),
+        cmd = [sys.executable, "-m", "device_agent.worker_launch", self.runtime, str(theirs.fileno()),
                str(self.programs_cached), ",".join(map(str, self.cpus))]
         try:
             # The runtimes log on stdout; keep the daemon's stdout for its own "listening on" line.

@@ -92,7 +92,7 @@ def test_preloaded_worker_starts_without_a_benchmark():
         while not daemon.children() and time.monotonic() < deadline:
             time.sleep(0.1)
         (worker,) = daemon.children()
-        assert "device_agent.worker" in " ".join(worker.cmdline()) and "litert" in worker.cmdline()
+        assert "device_agent.worker_launch" in " ".join(worker.cmdline()) and "litert" in worker.cmdline()
 
 
 def test_serve_on_a_busy_port_fails_clearly(venv_bin, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import device_agent
 
 MODULES = ["device_agent", "device_agent.cli", "device_agent.server", "device_agent.agent",
-           "device_agent.worker", "device_agent.energy", "device_agent.runtimes", "device_agent.runtimes.litert"]
+           "device_agent.worker", "device_agent.worker_launch", "device_agent.energy", "device_agent.runtimes", "device_agent.runtimes.litert"]
 
 
 def test_importing_the_agent_pulls_neither_host_patterns_nor_torch():

@@ -218,6 +218,7 @@ class DeviceHandle:
 
     @property
     def label(self) -> str:
+        """Name shown to users (fleet name or address)."""
         return self.address.label
 
     @property

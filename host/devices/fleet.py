@@ -62,6 +62,7 @@ class Fleet:
     devices: tuple[FleetDevice, ...]
 
     def names(self) -> list[str]:
+        """Device names in file order."""
         return [d.name for d in self.devices]
 
     def find(self, name: str) -> FleetDevice | None:

@@ -36,6 +36,7 @@ def summary(records: list[JobRecord]) -> dict:
 
 
 def write_csv(records: list[JobRecord], path: Path) -> Path:
+    """One row per job, every JobRecord field as a column (written atomically)."""
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
@@ -47,6 +48,7 @@ def write_csv(records: list[JobRecord], path: Path) -> Path:
 
 
 def write_json(records: list[JobRecord], path: Path) -> Path:
+    """``{"summary": ..., "results": [...]}`` (written atomically)."""
     doc = {"summary": summary(records), "results": [r.to_json() for r in records]}
     _atomic_write(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return path

@@ -51,14 +51,17 @@ class Artifact:
 
     @property
     def name(self) -> str:
+        """File name, as reports show it."""
         return self.path.name
 
     @property
     def runtime(self) -> str | None:
+        """Runtime the artifact kind needs (by suffix), or None when unknown."""
         return ARTIFACT_RUNTIME.get(self.path.suffix.lower())
 
     @classmethod
     def from_path(cls, path: str | Path) -> Artifact:
+        """Hash the file (streamed) and describe it."""
         path = Path(path)
         digest = hashlib.sha256()
         with path.open("rb") as fh:
@@ -95,6 +98,7 @@ class JobRecord:
     finished_at: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
+        """Plain, JSON-ready dict of every field."""
         return dataclasses.asdict(self)
 
 
@@ -115,6 +119,7 @@ class ResultLog:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def append(self, record: JobRecord) -> None:
+        """Append one record durably (flush + fsync), safe from several threads."""
         line = json.dumps(record.to_json(), sort_keys=True)
         with self._lock, self.path.open("a") as fh:
             fh.write(line + "\n")
@@ -173,6 +178,7 @@ class FleetRunner:
         self._lock = threading.Lock()
 
     def jobs_for(self, target: FleetTarget) -> list[Artifact]:
+        """Artifacts to run on ``target``, in order."""
         return list(self.artifacts)
 
     def run(self) -> list[JobRecord]:

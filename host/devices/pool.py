@@ -69,6 +69,7 @@ class DevicePool:
         return cls(handles, offline_after=offline_after)
 
     def online(self) -> list[DeviceHandle]:
+        """Handles not taken out of the pool."""
         return [h for h in self.handles if h.label not in self.offline]
 
     def fingerprints(self) -> dict[str, str]:

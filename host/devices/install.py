@@ -198,7 +198,7 @@ def install_agent(
                         "mkdir -p ~/.config/systemd/user && cat > ~/.config/systemd/user/" + SYSTEMD_UNIT
                         + f" && mkdir -p {sh_path(connect_options.agent.state_dir)} && echo {SYSTEMD_PORT} > "
                         f"{sh_path(connect_options.agent.state_dir)}/systemd.port && systemctl --user daemon-reload"
-                        f" && systemctl --user enable --now {SYSTEMD_UNIT} && "
+                        f" && systemctl --user enable {SYSTEMD_UNIT} && systemctl --user restart {SYSTEMD_UNIT} && "
                         "(loginctl enable-linger \"$USER\" 2>/dev/null || true)",
                         stdin_data=unit.encode(),
                     ),

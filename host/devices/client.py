@@ -40,16 +40,19 @@ def _kind(head: bytes) -> int:
 
 
 class AgentClient:
-    """A connection to one agent. ``target`` is ``host:port``; TLS when ``root_cert`` is given.
+    """A connection to one agent. ``target`` is ``host:port``; TLS when ``root_cert`` is given
+    (``tls_server_name`` checks the certificate against that name instead of the dialled address).
 
     Use as a context manager, or call :meth:`close`.
     """
 
     def __init__(self, target: str, *, token: str | None = None, root_cert: bytes | Path | None = None,
                  client_cert: bytes | Path | None = None, client_key: bytes | Path | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, tls_server_name: str | None = None) -> None:
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        if tls_server_name:  # the certificate names the board (pi5.local) but we dial its IP address
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
         if (client_cert is None) != (client_key is None):
             raise ConfigError("client_cert and client_key go together (mutual TLS)")
         if root_cert is not None or client_cert is not None:

@@ -101,6 +101,11 @@ def test_tls_with_token_and_mutual_tls(tmp_path, pki):
             assert client.get_info().protocol_version == 1
         with AgentClient(target, token=TOKEN, timeout=3) as plaintext, pytest.raises(DeviceUnreachableError):
             plaintext.get_info()
+        with AgentClient(target, token=TOKEN, root_cert=pki["ca_cert"], tls_server_name="localhost") as named:
+            assert named.get_info().protocol_version == 1
+        with AgentClient(target, token=TOKEN, root_cert=pki["ca_cert"], tls_server_name="other.example",
+                         timeout=3) as wrong_name, pytest.raises(DeviceUnreachableError):
+            wrong_name.get_info()
     finally:
         stop_server(server, grace=0.2)
     mtls = TlsConfig(pki["server_cert"], pki["server_key"], client_ca=pki["ca_cert"])

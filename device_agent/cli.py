@@ -14,9 +14,10 @@ from device_agent.config import AgentConfig, TlsConfig, load_config, read_token_
 from device_agent.errors import AgentConfigError, AgentError
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser,
+            store_help: str = "artifact store directory (default ~/.cache/sculpt-agent/store)") -> None:
     parser.add_argument("--config", type=Path, help="agent config file (TOML); see deploy/agent.example.toml")
-    parser.add_argument("--store", type=Path, help="artifact store directory (default ~/.cache/sculpt-agent/store)")
+    parser.add_argument("--store", type=Path, help=store_help)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
 
 
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-runs", type=int, default=5000, help="cap on timed runs (default 5000)")
     bench.add_argument("--timeout", type=float, default=0.0, help="worker deadline in s (0 = agent default)")
     bench.add_argument("--energy", action="store_true", help="also measure energy, when a meter exists")
-    _common(bench)
+    _common(bench, store_help="artifact store directory (default: a temporary one, removed afterwards)")
     bench.set_defaults(func=_bench)
     return parser
 

@@ -91,18 +91,22 @@ def _merge_removals(ctx: Context, decisions: dict[str, Decision]) -> list[tuple[
     return [(root, sorted(acc)) for root, acc in merged.values()]
 
 
-def realize(model: nn.Module, plan: Plan, example_input: torch.Tensor, *, check_only: bool = False) -> nn.Module:
+def realize(model: nn.Module, plan: Plan, example_input: torch.Tensor, *, check_only: bool = False,
+            weights_from: nn.Module | None = None, context: Context | None = None) -> nn.Module:
     """A smaller dense module computing the same function as ``model`` masked by ``plan``.
 
     ``model`` is not modified. Patterns without a dense form (N:M, tiles, PatDNN) stay masked dense
     layers; the returned module's ``sculpt_notes`` lists every such fallback and every gather paid.
+    ``weights_from`` (same architecture, e.g. the masked fine-tuned model) supplies the weights while the
+    decisions (which filters get which shape, which channels go) are still made on ``model``, the base
+    the masks were derived from. ``context`` reuses a :class:`Context` built for ``model``.
     """
-    ctx, decisions = decide(model, plan, example_input)
+    ctx, decisions = decide(model, plan, example_input, ctx=context)
     masks = plan_masks(decisions)
     removals = _merge_removals(ctx, decisions)
     if check_only:
         return model
-    realized = copy.deepcopy(model).eval()
+    realized = copy.deepcopy(weights_from if weights_from is not None else model).eval()
     masks.apply(realized)
     state = RealizeState(groups={name: group for name, (_, group) in ctx._groups.items()})
     state.notes.extend(d.note for d in decisions.values() if d.note)

@@ -117,3 +117,19 @@ def test_column_blocks_that_remove_every_input_are_rejected():
     plan = Plan.from_mapping({"0": LayerAssignment("block", "cols4_50", ratio=1.0)})
     with pytest.raises(PlanError, match="removes every input"):
         realize(model, plan, torch.randn(1, 8))
+
+
+def test_realize_with_weights_from_a_finetuned_copy_keeps_base_decisions():
+    model = _model("resnet20")
+    x = torch.randn(1, 3, 16, 16)
+    plan = Plan.from_mapping({"layer1.0.conv1": LayerAssignment("kernel", "paper6"),
+                              "layer2.0.conv1": LayerAssignment("channel", "prune50")})
+    tuned = copy.deepcopy(model)
+    masks = apply_masks(tuned, plan, x)
+    with torch.no_grad():  # "fine-tuning" that reorders filter norms, then re-masking
+        for p in tuned.parameters():
+            p.mul_(torch.rand_like(p) * 2)
+    masks.apply(tuned)
+    realized = realize(model, plan, x, weights_from=tuned)
+    with torch.no_grad():
+        torch.testing.assert_close(realized(x), tuned(x), atol=1e-4, rtol=0)

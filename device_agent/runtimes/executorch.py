@@ -29,10 +29,42 @@ def version() -> str:
     return importlib.metadata.version("executorch")
 
 
+def _import_bindings_without_exporter():
+    """Import the runtime bindings without running ``executorch.exir.__init__``.
+
+    The bindings import ``executorch.exir._warnings`` (two small decorators) and the ``executorch.exir``
+    package's ``__init__`` imports the whole exporter and torchao: ~10 s more per worker start on this
+    machine, for code the runtime never calls. The package is registered as a bare namespace while the
+    bindings load, then unregistered, so a later ``import executorch.exir`` still gets the real package.
+    """
+    import importlib.util
+    import sys
+    import types
+
+    if "executorch.exir" in sys.modules:
+        import executorch.extension.pybindings.portable_lib as lib
+
+        return lib
+    spec = importlib.util.find_spec("executorch.exir")
+    if spec is None or not spec.submodule_search_locations:  # another layout: import it the slow way
+        import executorch.extension.pybindings.portable_lib as lib
+
+        return lib
+    bare = types.ModuleType("executorch.exir")
+    bare.__path__ = list(spec.submodule_search_locations)
+    sys.modules["executorch.exir"] = bare
+    try:
+        import executorch.extension.pybindings.portable_lib as lib
+    finally:
+        if sys.modules.get("executorch.exir") is bare:
+            del sys.modules["executorch.exir"]
+    return lib
+
+
 def warm_up_import() -> None:
     """Import the runtime (and torch) once when the worker starts, not inside the first benchmark."""
     global _default_threads, _current_threads
-    import executorch.extension.pybindings.portable_lib as lib
+    lib = _import_bindings_without_exporter()
     import torch  # noqa: F401
     from executorch.runtime import Runtime
 

@@ -35,3 +35,18 @@ def test_missing_runtime_is_failed_precondition_naming_the_extra(monkeypatch):
     with pytest.raises(AgentError) as err:
         resolve("", TFLITE)
     assert err.value.code == "FAILED_PRECONDITION" and "pip install 'autosculpt[agent,litert]'" in err.value.message
+
+
+@pytest.mark.executorch
+def test_executorch_worker_imports_the_runtime_but_not_the_exporter():
+    import subprocess
+
+    code = ("import sys\nfrom device_agent.runtimes import executorch as et\net.warm_up_import()\n"
+            "print(sorted(m for m in ('torchao', 'executorch.exir', 'executorch.runtime') if m in sys.modules))\n"
+            "print(et.current_threads() >= 1)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    lines = proc.stdout.strip().splitlines()
+    # The runtime is loaded; neither torchao nor the exporter package is, and no bare stand-in is left
+    # behind, so a later `import executorch.exir` would run the real package.
+    assert lines[-2] == "['executorch.runtime']"
+    assert lines[-1] == "True"

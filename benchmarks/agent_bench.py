@@ -1,6 +1,6 @@
 """Device agent measurement quality on this machine, through a real `sculpt-agent serve` subprocess.
 
-    .venv/bin/python benchmarks/agent_bench.py [--model MODEL.pte|.tflite] [--repeats 5]
+    .venv/bin/python benchmarks/agent_bench.py [--model MODEL.pte|.tflite] [--repeats 5] [--threads 1]
 
 Prints one table:
 - CV of p50 across N repeated benchmarks of one artifact (search-mode policy, model >= 1 ms);
@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="artifact to benchmark (default: export the tiny conv net)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0)
+    # One thread by default: on a shared machine, other processes' load changes how many cores a 2-thread
+    # run gets (p50 moved 1.3 -> 0.7 ms between runs here), which is the machine's noise, not the agent's.
+    parser.add_argument("--threads", type=int, default=1, help="runtime threads (0 = runtime default)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or default_model(Path(tmp))

@@ -11,6 +11,14 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# Session fixtures shared across areas are registered once here, so each is built once per test run.
+pytest_plugins = [
+    "tests.fixtures.agent",
+    "tests.fixtures.models",
+    "tests.fixtures.sshd",
+    "tests.fixtures.netns",
+]
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:

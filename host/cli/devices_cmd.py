@@ -13,20 +13,6 @@ from pathlib import Path
 from host.errors import DeviceError
 
 
-def logs_to_stderr() -> None:
-    """Keep stdout for results (--json): point rich log handlers at stderr."""
-    import logging
-
-    try:
-        from rich.console import Console
-        from rich.logging import RichHandler
-    except ImportError:
-        return
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, RichHandler):
-            handler.console = Console(stderr=True)
-
-
 def add_connection_args(parser: argparse.ArgumentParser) -> None:
     """Flags every command that reaches a device shares."""
     g = parser.add_argument_group("connection")
@@ -122,7 +108,6 @@ def info_dict(info) -> dict:
 
 
 def run_install(args) -> int:
-    logs_to_stderr()
     from rich.console import Console
 
     from host.devices.bootstrap import DEFAULT_VENV
@@ -175,7 +160,6 @@ def _describe(info) -> list[str]:
 
 
 def run_info(args) -> int:
-    logs_to_stderr()
     from host.devices.connect import connect
 
     address, options = resolve(args, args.device)
@@ -191,7 +175,6 @@ def run_info(args) -> int:
 
 
 def run_ping(args) -> int:
-    logs_to_stderr()
     from host.devices.connect import connect
 
     address, options = resolve(args, args.device)
@@ -224,7 +207,6 @@ def run_ping(args) -> int:
 
 
 def run_stop(args) -> int:
-    logs_to_stderr()
     from host.devices.connect import connect
 
     address, options = resolve(args, args.device)
@@ -253,7 +235,6 @@ def _probe(args, device) -> dict:
 
 
 def run_list(args) -> int:
-    logs_to_stderr()
     from concurrent.futures import ThreadPoolExecutor
 
     from host.devices.fleet import load_fleet

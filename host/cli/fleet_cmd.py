@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from host.cli.devices_cmd import add_connection_args, connect_options, logs_to_stderr
+from host.cli.devices_cmd import add_connection_args, connect_options
 
 
 def register(subparsers) -> None:
@@ -41,7 +41,6 @@ def register(subparsers) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    logs_to_stderr()
     from host.devices.fleet import load_fleet
     from host.devices.fleet_report import summary, write_reports
     from host.devices.fleet_runner import Artifact, FleetRunConfig, FleetRunner, FleetTarget

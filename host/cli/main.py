@@ -48,12 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
 def configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     try:
+        from rich.console import Console
         from rich.logging import RichHandler
 
-        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=verbosity > 1)
+        # Logs go to stderr so that `--json` output on stdout stays machine-readable.
+        handler: logging.Handler = RichHandler(
+            console=Console(stderr=True), show_path=False, rich_tracebacks=verbosity > 1
+        )
         fmt = "%(message)s"
     except ImportError:  # the host extra ships rich; stay usable without it
-        handler = logging.StreamHandler()
+        handler = logging.StreamHandler(sys.stderr)
         fmt = "%(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, handlers=[handler])
 

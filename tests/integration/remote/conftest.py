@@ -1,5 +1,3 @@
-"""Fixtures of the remote-device tests: a real sshd, network-namespace agents and tiny real artifacts."""
-
-from tests.fixtures.agent import tiny_pte, tiny_tflite, tiny_tflite_model  # noqa: F401
-from tests.fixtures.netns import *  # noqa: F403
-from tests.fixtures.sshd import *  # noqa: F403
+"""The remote-device tests use the session fixtures registered in tests/conftest.py: a real sshd
+(tests.fixtures.sshd), network-namespace agents (tests.fixtures.netns) and tiny real artifacts
+(tests.fixtures.agent)."""

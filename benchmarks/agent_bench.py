@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {model.name} ({size / 1024:.0f} KiB), runtime {rows[0][0].runtime} {rows[0][0].runtime_version}, "
           f"{rows[0][0].threads} thread(s), policy: search (5 warm-up runs / 0.05 s, >= 50 runs / 1 s)")
     print(f"p50 per benchmark (ms): {', '.join(f'{p:.3f}' for p in p50s)}; runs per benchmark: "
-          f"{', '.join(str(m.stats.count) for m, _ in rows)}")
+          f"{', '.join(str(m.stats.count) for m, _ in rows)}; machine load (1 min): "
+          f"{', '.join(f'{m.load_average_1m:.1f}' for m, _ in rows)}")
     table = [
         ("metric", "value", "target"),
         ("CV of p50 across benchmarks", f"{cv * 100:.2f} %", "<= 3 %"),

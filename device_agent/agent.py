@@ -7,6 +7,7 @@ errors to status codes, and ``sculpt-agent bench`` uses this class without any n
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import time
 import uuid
@@ -219,7 +220,7 @@ class Agent:
                      for s, d, b in out["outputs"]],
             temperatures_before=_temps(temps_before), temperatures_after=_temps(temps_after),
             throttled=bool(reasons), throttle_reason="; ".join(reasons), fingerprint=self.fingerprint,
-            queued_s=queued_s, load_cached=out["load_cached"],
+            queued_s=queued_s, load_cached=out["load_cached"], load_average_1m=_load_average(),
             energy=self._energy(req.measure_energy, idle, window, out, meter_error),
         )
         return result
@@ -260,6 +261,13 @@ class Agent:
                 return (f"started at {hottest:.1f} C: did not cool below {policy.max_temperature_c:.1f} C within "
                         f"{policy.cooldown_timeout_seconds:g} s")
             time.sleep(0.5)
+
+
+def _load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return 0.0
 
 
 def _temps(temps: dict[str, float]) -> list[pb.Temperature]:

@@ -242,6 +242,7 @@ class Measurement:
     energy: Energy
     fingerprint: str
     queued_s: float
+    load_average_1m: float = 0.0  # the device's load when the window ended: high values mean noisy numbers
 
     @property
     def p50_ms(self) -> float:
@@ -271,7 +272,7 @@ class Measurement:
             temperatures_before={t.zone: t.celsius for t in m.temperatures_before},
             temperatures_after={t.zone: t.celsius for t in m.temperatures_after},
             throttled=m.throttled, throttle_reason=m.throttle_reason, energy=Energy.from_proto(m.energy),
-            fingerprint=m.fingerprint, queued_s=m.queued_s,
+            fingerprint=m.fingerprint, queued_s=m.queued_s, load_average_1m=m.load_average_1m,
         )
 
     def to_dict(self, with_samples: bool = True) -> dict:
@@ -288,7 +289,7 @@ class Measurement:
             "throttled": self.throttled, "throttle_reason": self.throttle_reason,
             "energy": {k: (None if isinstance(v, float) and math.isnan(v) else v)
                        for k, v in self.energy.__dict__.items()},
-            "fingerprint": self.fingerprint, "queued_s": self.queued_s,
+            "fingerprint": self.fingerprint, "queued_s": self.queued_s, "load_average_1m": self.load_average_1m,
         }
 
 

@@ -155,7 +155,8 @@ def _bench(args) -> int:
         f"(CV {s.cv * 100:.1f}%), {s.count} runs in {result.timed_window_s:.2f} s",
         f"load         {result.load_ms:.1f} ms, first run {result.first_run_ms:.2f} ms, {result.warmup_runs} warm-up runs",
         f"memory       peak RSS {result.peak_rss_bytes / 2**20:.1f} MiB",
-        f"throttled    {'yes: ' + result.throttle_reason if result.throttled else 'no'}",
+        f"throttled    {'yes: ' + result.throttle_reason if result.throttled else 'no'} "
+        f"(load average {result.load_average_1m:.2f})",
         f"energy       {energy}",
         f"outputs      {', '.join(d[:16] for d in result.output_sha256)}",
     ]))

@@ -5,7 +5,6 @@ Everything here is a frozen dataclass; no protobuf object leaves ``host.devices`
 
 from __future__ import annotations
 
-import math
 import uuid
 from dataclasses import dataclass, field
 
@@ -287,8 +286,7 @@ class Measurement:
             "output_shapes": [list(o.shape) for o in self.outputs], "output_sha256": list(self.output_sha256),
             "temperatures_before": self.temperatures_before, "temperatures_after": self.temperatures_after,
             "throttled": self.throttled, "throttle_reason": self.throttle_reason,
-            "energy": {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                       for k, v in self.energy.__dict__.items()},
+            "energy": dict(self.energy.__dict__),
             "fingerprint": self.fingerprint, "queued_s": self.queued_s, "load_average_1m": self.load_average_1m,
         }
 

@@ -214,7 +214,7 @@ class Agent:
             job_id=job_id, artifact_sha256=request["sha256"], runtime=runtime,
             runtime_version=out["runtime_version"], threads=int(out["threads"]), latencies_ms=out["latencies_ms"],
             stats=pb.LatencyStats(**out["stats"]), load_ms=out["load_ms"], first_run_ms=out["first_run_ms"],
-            warmup_runs=out["warmup_runs"], timed_window_s=out["timed_window_s"],
+            warmup_runs=out["warmup_runs"], warmup_s=out["warmup_s"], timed_window_s=out["timed_window_s"],
             peak_rss_bytes=out["peak_rss_bytes"], output_sha256=out["output_sha256"],
             outputs=[pb.Tensor(shape=s, dtype=DTYPE_TO_PROTO.get(d, pb.DTYPE_UNSPECIFIED), data=b)
                      for s, d, b in out["outputs"]],

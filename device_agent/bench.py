@@ -36,6 +36,7 @@ class Timing:
     warmup_runs: int
     latencies_ms: list[float]
     timed_window_s: float
+    warmup_s: float = 0.0
 
 
 def run_policy(invoke: Callable[[], None], policy: Policy, *, first_run: bool = True,
@@ -56,6 +57,7 @@ def run_policy(invoke: Callable[[], None], policy: Policy, *, first_run: bool = 
     while warm < policy.warmup_runs or (clock() - start) < warm_ns:
         invoke()
         warm += 1
+    warmup_s = (clock() - start) / 1e9
     if on_timed_start is not None:
         on_timed_start()
     max_runs = max(1, policy.max_runs)
@@ -82,7 +84,7 @@ def run_policy(invoke: Callable[[], None], policy: Policy, *, first_run: bool = 
     finally:
         if gc_was_enabled:
             gc.enable()
-    return Timing(first_ms, warm, samples, window_s)
+    return Timing(first_ms, warm, samples, window_s, warmup_s)
 
 
 @dataclass(frozen=True)

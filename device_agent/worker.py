@@ -142,6 +142,7 @@ def _benchmark(adapter, cache, programs_cached: int, req: dict, conn) -> dict:
         "first_run_ms": entry.first_run_ms,
         "load_cached": cached,
         "warmup_runs": timing.warmup_runs,
+        "warmup_s": timing.warmup_s,
         "timed_window_s": timing.timed_window_s,
         "peak_rss_bytes": _peak_rss_bytes(reset_ok),
         "output_sha256": [hashlib.sha256(np.ascontiguousarray(o).tobytes()).hexdigest() for o in outputs],

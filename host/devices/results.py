@@ -242,6 +242,7 @@ class Measurement:
     fingerprint: str
     queued_s: float
     load_average_1m: float = 0.0  # the device's load when the window ended: high values mean noisy numbers
+    warmup_s: float = 0.0  # wall time of the warm-up runs on the device
 
     @property
     def p50_ms(self) -> float:
@@ -272,6 +273,7 @@ class Measurement:
             temperatures_after={t.zone: t.celsius for t in m.temperatures_after},
             throttled=m.throttled, throttle_reason=m.throttle_reason, energy=Energy.from_proto(m.energy),
             fingerprint=m.fingerprint, queued_s=m.queued_s, load_average_1m=m.load_average_1m,
+            warmup_s=m.warmup_s,
         )
 
     def to_dict(self, with_samples: bool = True) -> dict:
@@ -288,6 +290,7 @@ class Measurement:
             "throttled": self.throttled, "throttle_reason": self.throttle_reason,
             "energy": dict(self.energy.__dict__),
             "fingerprint": self.fingerprint, "queued_s": self.queued_s, "load_average_1m": self.load_average_1m,
+            "warmup_s": self.warmup_s,
         }
 
 

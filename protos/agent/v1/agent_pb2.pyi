@@ -263,7 +263,7 @@ class Energy(_message.Message):
     def __init__(self, available: _Optional[bool] = ..., meter: _Optional[str] = ..., method: _Optional[str] = ..., unavailable_reason: _Optional[str] = ..., sample_count: _Optional[int] = ..., mean_power_w: _Optional[float] = ..., idle_power_w: _Optional[float] = ..., joules_per_inference: _Optional[float] = ..., joules_per_inference_idle_subtracted: _Optional[float] = ...) -> None: ...
 
 class BenchmarkResult(_message.Message):
-    __slots__ = ("job_id", "artifact_sha256", "runtime", "runtime_version", "threads", "latencies_ms", "stats", "load_ms", "first_run_ms", "warmup_runs", "timed_window_s", "peak_rss_bytes", "outputs", "output_sha256", "temperatures_before", "temperatures_after", "throttled", "throttle_reason", "energy", "fingerprint", "queued_s", "load_cached", "load_average_1m")
+    __slots__ = ("job_id", "artifact_sha256", "runtime", "runtime_version", "threads", "latencies_ms", "stats", "load_ms", "first_run_ms", "warmup_runs", "timed_window_s", "peak_rss_bytes", "outputs", "output_sha256", "temperatures_before", "temperatures_after", "throttled", "throttle_reason", "energy", "fingerprint", "queued_s", "load_cached", "load_average_1m", "warmup_s")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +287,7 @@ class BenchmarkResult(_message.Message):
     QUEUED_S_FIELD_NUMBER: _ClassVar[int]
     LOAD_CACHED_FIELD_NUMBER: _ClassVar[int]
     LOAD_AVERAGE_1M_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_S_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     artifact_sha256: str
     runtime: str
@@ -310,4 +311,5 @@ class BenchmarkResult(_message.Message):
     queued_s: float
     load_cached: bool
     load_average_1m: float
-    def __init__(self, job_id: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., runtime: _Optional[str] = ..., runtime_version: _Optional[str] = ..., threads: _Optional[int] = ..., latencies_ms: _Optional[_Iterable[float]] = ..., stats: _Optional[_Union[LatencyStats, _Mapping]] = ..., load_ms: _Optional[float] = ..., first_run_ms: _Optional[float] = ..., warmup_runs: _Optional[int] = ..., timed_window_s: _Optional[float] = ..., peak_rss_bytes: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., output_sha256: _Optional[_Iterable[str]] = ..., temperatures_before: _Optional[_Iterable[_Union[Temperature, _Mapping]]] = ..., temperatures_after: _Optional[_Iterable[_Union[Temperature, _Mapping]]] = ..., throttled: _Optional[bool] = ..., throttle_reason: _Optional[str] = ..., energy: _Optional[_Union[Energy, _Mapping]] = ..., fingerprint: _Optional[str] = ..., queued_s: _Optional[float] = ..., load_cached: _Optional[bool] = ..., load_average_1m: _Optional[float] = ...) -> None: ...
+    warmup_s: float
+    def __init__(self, job_id: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., runtime: _Optional[str] = ..., runtime_version: _Optional[str] = ..., threads: _Optional[int] = ..., latencies_ms: _Optional[_Iterable[float]] = ..., stats: _Optional[_Union[LatencyStats, _Mapping]] = ..., load_ms: _Optional[float] = ..., first_run_ms: _Optional[float] = ..., warmup_runs: _Optional[int] = ..., timed_window_s: _Optional[float] = ..., peak_rss_bytes: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., output_sha256: _Optional[_Iterable[str]] = ..., temperatures_before: _Optional[_Iterable[_Union[Temperature, _Mapping]]] = ..., temperatures_after: _Optional[_Iterable[_Union[Temperature, _Mapping]]] = ..., throttled: _Optional[bool] = ..., throttle_reason: _Optional[str] = ..., energy: _Optional[_Union[Energy, _Mapping]] = ..., fingerprint: _Optional[str] = ..., queued_s: _Optional[float] = ..., load_cached: _Optional[bool] = ..., load_average_1m: _Optional[float] = ..., warmup_s: _Optional[float] = ...) -> None: ...

@@ -12,6 +12,7 @@ Top-level API (see README "Patterns and plans"):
 """
 
 from patterns.accounting import Cost, count
+from patterns.fusion import fuse_batchnorm
 from patterns.masks import MaskSet
 from patterns.plan import SCHEMA_VERSION, LayerAssignment, Plan
 from patterns.realization import apply_masks, decide, realize, validate
@@ -20,6 +21,6 @@ from patterns.structure import CoupledGroup, coupled_groups, prunable_layers
 
 __all__ = [
     "PATTERN_VOCAB", "SCHEMA_VERSION", "CoupledGroup", "Cost", "LayerAssignment", "MaskSet", "Plan",
-    "apply_masks", "choices_for", "count", "coupled_groups", "decide", "families", "get_family",
+    "apply_masks", "choices_for", "count", "coupled_groups", "decide", "families", "fuse_batchnorm", "get_family",
     "layer_choices", "prunable_layers", "realize", "validate", "vocab_index",
 ]

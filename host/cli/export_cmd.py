@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from host.export import export_pte, export_tflite
-    from patterns import Plan, apply_masks, count, realize
+    from patterns import Plan, apply_masks, count, fuse_batchnorm, realize
 
     shape = _shape(args.input_shape)
     if args.quantize and args.format != "pte":
@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         module = realize(model, plan, example) if plan.layers else model
         notes = list(getattr(module, "sculpt_notes", []))
     cost = count(module, example)
+    if not args.masks_only:
+        fuse_batchnorm(module, example)  # BN after a concat of sub-convs would otherwise run separately
     exporter = export_pte if args.format == "pte" else export_tflite
     if not args.json:
         print(f"exporting {args.model} ({len(plan)} planned layers) to {args.out} ...", file=sys.stderr)

@@ -38,7 +38,9 @@ def export_pte(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
         raise MissingDependencyError("executorch", "executorch", "export to .pte") from exc
     path = Path(path)
     inputs = tuple(example_inputs)
-    module = module.eval()
+    # A top-level nn.Sequential names parameters "0.weight"; ExecuTorch's BN decomposition then fails on the
+    # digit-leading placeholder names, so every module is exported under a named attribute.
+    module = _Named(module.eval()).eval()
     timings: list[tuple[str, float]] = []
     start = time.perf_counter()
     try:
@@ -69,6 +71,15 @@ def export_pte(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     sha, size = file_digest(path)
     log.info("exported %s (%d bytes, max |err| %.2e) in %.2fs", path, size, err, sum(t for _, t in timings))
     return Artifact(path, "pte", sha, size, err, tuple(tuple(t.shape) for t in inputs), quantize, tuple(timings))
+
+
+class _Named(nn.Module):
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.model = module
+
+    def forward(self, *args):
+        return self.model(*args)
 
 
 def _quantize(program, inputs, calibration):

@@ -17,7 +17,7 @@ from torch import nn
 
 from host.errors import ExportError, MissingDependencyError
 from host.export.artifact import Artifact, file_digest
-from host.export.pte import FP32_TOLERANCE, _compare
+from host.export.pte import FP32_TOLERANCE, _compare, _Named
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def export_tflite(module: nn.Module, example_inputs: Sequence[torch.Tensor], pat
     converter = _converter()
     path = Path(path)
     inputs = tuple(example_inputs)
-    module = module.eval()
+    module = _Named(module.eval()).eval()
     timings: list[tuple[str, float]] = []
     start = time.perf_counter()
     try:

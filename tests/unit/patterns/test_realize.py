@@ -133,3 +133,21 @@ def test_realize_with_weights_from_a_finetuned_copy_keeps_base_decisions():
     realized = realize(model, plan, x, weights_from=tuned)
     with torch.no_grad():
         torch.testing.assert_close(realized(x), tuned(x), atol=1e-4, rtol=0)
+
+
+def test_fuse_batchnorm_keeps_outputs_and_removes_bn_after_pattern_convs():
+    from patterns import fuse_batchnorm
+    from patterns.kernel import PatternConv
+
+    model = _model("resnet20")
+    x = torch.randn(2, 3, 16, 16)
+    plan = Plan.from_mapping({"layer1.0.conv1": LayerAssignment("kernel", "paper6"),
+                              "layer1.0.conv2": LayerAssignment("kernel", "rowcol")})  # folded + gathered
+    realized = realize(model, plan, x)
+    with torch.no_grad():
+        expected = realized(x)
+        fused = fuse_batchnorm(realized, x)
+        torch.testing.assert_close(fused(x), expected, atol=1e-5, rtol=1e-5)
+    assert isinstance(fused.layer1[0].conv2, PatternConv) and fused.layer1[0].conv2.index is not None
+    assert isinstance(fused.layer1[0].bn1, nn.Identity) and isinstance(fused.layer1[0].bn2, nn.Identity)
+    assert isinstance(fused.layer1[1].bn1, nn.BatchNorm2d)  # plain convs are left to the engine

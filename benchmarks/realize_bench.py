@@ -1,0 +1,222 @@
+"""Measured ExecuTorch/XNNPACK latency of realized pruning patterns vs dense and masks-only.
+
+For each model (ResNet-20, ResNet-56, MobileNetV2 by default, full width, 32x32, batch 1), plans are tuned
+to about 50% MAC reduction (exact non-zero counting), realized, exported to .pte and timed IN-PROCESS with
+executorch.runtime, all variants of a model interleaved round-robin (median of many calls after warm-up),
+with the XNNPACK thread pool fixed. Prints one table; the target is speed-up >= 0.8 x MAC ratio for every
+realized form (masks-only is shown for contrast: it does the dense work).
+
+    .venv/bin/python benchmarks/realize_bench.py [--models resnet20,resnet56,mobilenetv2] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from host.export import export_pte
+from host.models.zoo import create_model
+from patterns import LayerAssignment, Plan, apply_masks, count, fuse_batchnorm, prunable_layers, realize
+from patterns.kernel import KernelFamily
+
+TARGET = 0.5
+
+
+@dataclass
+class Variant:
+    name: str
+    module: nn.Module
+    macs: int  # what the engine executes (dense count of the exported module)
+    nonzero_macs: int
+    notes: list[str]
+    path: Path | None = None
+    export_s: float = 0.0
+
+
+def _kernel_convs(model: nn.Module) -> list[str]:
+    family = KernelFamily()
+    return [n for n in prunable_layers(model) if family.applies_to(model.get_submodule(n)) and n != "conv1"
+            and not n.startswith("features.0.")]
+
+
+def _private(name: str) -> bool:
+    return name.endswith("conv1")  # ResNet: conv1 of a block feeds only conv2 (through BN/ReLU)
+
+
+def plans_for(model: nn.Module, name: str) -> dict[str, Callable[[float], Plan]]:
+    """Plan families parameterized by one strength knob, tuned below to ~50% MAC reduction."""
+    convs = _kernel_convs(model)
+    layers = prunable_layers(model)
+    plans: dict[str, Callable[[float], Plan]] = {}
+    if name.startswith("resnet"):
+        inner = [n for n in convs if _private(n)]
+        outer = [n for n in convs if not _private(n)]
+
+        def kernel_mix(r: float) -> Plan:  # the paper's six shapes on every 3x3: residual convs pay a gather
+            return Plan.from_mapping({n: LayerAssignment("kernel", "paper6", ratio=r) for n in convs})
+
+        def kernel_folded(r: float) -> Plan:
+            # Private convs (conv1) take the paper's mix: their channel order folds into BN and conv2.
+            # Residual convs (conv2) take ONE window per layer (row1 on the first share r of them, row2 on the
+            # rest), so their output order never changes and no gather is needed.
+            a = {n: LayerAssignment("kernel", "paper6") for n in inner}
+            cut = int(r * len(outer) + 0.5)
+            a.update({n: LayerAssignment("kernel", "row1" if i < cut else "row2") for i, n in enumerate(outer)})
+            return Plan.from_mapping(a)
+
+        def channel(r: float) -> Plan:
+            return Plan.from_mapping({n: LayerAssignment("channel", "prune50", ratio=r) for n in inner})
+
+        def mixed(r: float) -> Plan:
+            a = {n: LayerAssignment("channel", "prune50", ratio=r) for n in inner}
+            a.update({n: LayerAssignment("kernel", "row2", ratio=1.0) for n in outer})
+            return Plan.from_mapping(a)
+
+        plans.update({"kernel paper6 (gather)": kernel_mix, "kernel folded": kernel_folded,
+                      "channel": channel, "mixed chan+kernel": mixed})
+        plans["masks-only (paper6)"] = kernel_mix
+    else:
+        expand = [n for n in layers if n.endswith("conv.0.0") and model.get_submodule(n).kernel_size == (1, 1)]
+        project = [n for n in layers if n.endswith(".conv.2.0") or n.endswith(".conv.1.0") and
+                   model.get_submodule(n).kernel_size == (1, 1)]
+
+        def channel(r: float) -> Plan:
+            return Plan.from_mapping({n: LayerAssignment("channel", "prune50", ratio=r) for n in expand})
+
+        def mixed(r: float) -> Plan:
+            a = {n: LayerAssignment("channel", "prune50", ratio=r) for n in expand}
+            a["features.0.0"] = LayerAssignment("kernel", "row2")
+            a.update({n: LayerAssignment("block", "cols4_50", ratio=0.25) for n in project
+                      if model.get_submodule(n).in_channels % 4 == 0 and n not in a})
+            return Plan.from_mapping(a)
+
+        plans.update({"channel": channel, "mixed chan+kernel+cols": mixed})
+        plans["masks-only (channel)"] = channel
+    return plans
+
+
+def tune(model: nn.Module, x: torch.Tensor, make: Callable[[float], Plan], base: int) -> tuple[float, Plan]:
+    """Bisect the knob so the masked model's non-zero MACs are ~50% of dense."""
+    lo, hi = 0.0, 0.95
+    best = (hi, make(hi))
+    for _ in range(9):
+        mid = (lo + hi) / 2
+        plan = make(mid)
+        masked = copy.deepcopy(model)
+        apply_masks(masked, plan, x)
+        reduction = 1 - count(masked, x).macs / base
+        best = (mid, plan)
+        if abs(reduction - TARGET) < 0.01:
+            break
+        lo, hi = (mid, hi) if reduction < TARGET else (lo, mid)
+    return best
+
+
+def build_variants(name: str, x: torch.Tensor) -> list[Variant]:
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    with torch.no_grad():  # BN statistics of a trained net, so norms/BN are not degenerate
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_var.uniform_(0.5, 2.0)
+    base = count(model, x)
+    variants = [Variant("dense", model, base.dense_macs, base.macs, [])]
+    for label, make in plans_for(model, name).items():
+        _, plan = tune(model, x, make, base.dense_macs)
+        if label.startswith("masks-only"):
+            module = copy.deepcopy(model)
+            apply_masks(module, plan, x)
+            notes = []
+        else:
+            module = realize(model, plan, x)
+            notes = list(module.sculpt_notes)
+        cost = count(module, x)
+        if not label.startswith("masks-only"):
+            fuse_batchnorm(module, x)  # as the engine does for plain conv+BN
+        variants.append(Variant(label, module, cost.dense_macs, cost.macs, notes))
+    return variants
+
+
+def time_interleaved(variants: list[Variant], x: torch.Tensor, *, rounds: int, calls: int,
+                     warmup: int) -> dict[str, float]:
+    from executorch.runtime import Runtime
+
+    runtime = Runtime.get()
+    methods = {v.name: runtime.load_program(v.path).load_method("forward") for v in variants}
+    inputs = [x]
+    for method in methods.values():
+        for _ in range(warmup):
+            method.execute(inputs)
+    samples: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(rounds):
+        for name, method in methods.items():
+            for _ in range(calls):
+                start = time.perf_counter_ns()
+                method.execute(inputs)
+                samples[name].append((time.perf_counter_ns() - start) / 1e6)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="resnet20,resnet56,mobilenetv2")
+    parser.add_argument("--threads", type=int, default=1, help="XNNPACK threads (and torch threads)")
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--calls", type=int, default=5, help="calls per variant per round")
+    parser.add_argument("--warmup", type=int, default=20)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+    _unsafe_reset_threadpool(args.threads)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            variants = build_variants(name, x)
+            for v in variants:
+                start = time.perf_counter()
+                v.path = export_pte(v.module, (x,), Path(tmp) / f"{name}-{len(rows)}-{v.name[:8]}.pte").path
+                v.export_s = time.perf_counter() - start
+                rows.append(None)
+                print(f"[{name}] exported {v.name} in {v.export_s:.1f}s", file=sys.stderr, flush=True)
+            medians = time_interleaved(variants, x, rounds=args.rounds, calls=args.calls, warmup=args.warmup)
+            dense = variants[0]
+            for v in variants:
+                mac_ratio = dense.macs / v.macs
+                speedup = medians[dense.name] / medians[v.name]
+                realized = v.name not in ("dense",) and not v.name.startswith("masks-only")
+                verdict = ("PASS" if speedup >= 0.8 * mac_ratio else "MISS") if realized else "-"
+                rows.append((name, v.name, v.nonzero_macs / 1e6, v.macs / 1e6, 1 - v.nonzero_macs / dense.macs,
+                             medians[v.name], speedup, mac_ratio, verdict, v.export_s, len(v.notes)))
+    rows = [r for r in rows if r is not None]
+    print(f"\nExecuTorch {_version('executorch')} / XNNPACK, {args.threads} thread(s), input 1x3x32x32, "
+          f"median of {args.rounds * args.calls} interleaved calls after {args.warmup} warm-up calls")
+    header = ("model", "variant", "nz MMACs", "exec MMACs", "MAC cut", "median ms", "speed-up", "MAC ratio",
+              ">=0.8x?", "export s", "notes")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.0%} | {r[5]:.3f} | {r[6]:.2f}x | "
+              f"{r[7]:.2f}x | {r[8]} | {r[9]:.1f} | {r[10]} |")
+    return 0
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

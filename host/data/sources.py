@@ -117,7 +117,7 @@ def read_image_folder(root: str | Path | None, *, image_size: int, channels: int
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir())
     mode = "L" if channels == 1 else "RGB"
     images, labels, names = [], [], []
-    for cls_index, class_dir in enumerate(class_dirs):
+    for class_dir in class_dirs:
         files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             continue
@@ -131,7 +131,6 @@ def read_image_folder(root: str | Path | None, *, image_size: int, channels: int
                 raise DataError(f"cannot read image {path}: {exc}", hint="remove or replace the broken file") from exc
             images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
             labels.append(len(names) - 1)
-        del cls_index
     if len(names) < 2:
         raise DataError(f"{folder} holds {len(names)} class folder(s) with images; need at least 2",
                         hint="lay it out as root/<class_name>/<image>.png with one folder per class")

@@ -4,7 +4,7 @@ convertible to a ``torch_geometric.data.Data`` for the GNN policy."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -62,6 +62,7 @@ class ModelGraph:
         return structural_feature_names() + pattern_feature_names(self.vocab)
 
     def layer(self, name: str) -> LayerInfo:
+        """The layer called ``name`` (KeyError if it is not a prunable layer of the model)."""
         for layer in self.layers:
             if layer.name == name:
                 return layer
@@ -143,8 +144,8 @@ def _kind(module: nn.Module, roles: set[str]) -> str:
 def build_model_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
     """Trace ``model`` on ``example_input`` into a :class:`ModelGraph`.
 
-    The model runs once in eval mode (so BatchNorm statistics do not move) and gets its train/eval flags
-    back afterwards. Raises ModelError when the model cannot be traced or has no Conv2d/Linear layer.
+    The model runs once in eval mode (so BatchNorm statistics do not move) on one intra-op thread, and
+    gets its train/eval flags (and torch its thread count) back afterwards. Raises ModelError when the model cannot be traced or has no Conv2d/Linear layer.
     """
     from patterns.structure import prunable_layers
 
@@ -156,10 +157,15 @@ def build_model_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGra
                          hint="a .pt2 ExportedProgram has its layers flattened into ops: load the model from "
                               "Python instead ('package.module:factory')")
     modes = {module: module.training for module in model.modules()}
+    threads = torch.get_num_threads()
     work = model.eval()
     try:
+        # The one forward pass is tiny (batch 1); on a busy 2-core machine two OpenMP threads made it ~20x
+        # slower (ResNet-110: 6 s vs 0.28 s, benchmarks/graph_bench.py), one thread is never much slower.
+        torch.set_num_threads(1)
         return _build(work, example_input, names)
     finally:
+        torch.set_num_threads(threads)
         for module, training in modes.items():
             module.training = training
 
@@ -223,8 +229,4 @@ def _mark_mlp(layers: list[LayerInfo], traced: TracedModel) -> list[LayerInfo]:
     for (src, dst), kind in traced.edges.items():
         if kind == "sequential" and by_name[src].kind == "linear" and by_name[dst].kind == "linear":
             mlp.update((src, dst))
-    if not mlp:
-        return layers
-    from dataclasses import replace
-
     return [replace(layer, kind="mlp") if layer.name in mlp else layer for layer in layers]

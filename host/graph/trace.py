@@ -225,7 +225,7 @@ class _Dataflow:
                 continue
             if op.target in _CAT_OPS or len(args) < 2:
                 continue
-            first_layers, first_ops = self._upstream(op.args[0]) if isinstance(op.args[0], fx.Node) else (set(), set())
+            first_ops = self._upstream(op.args[0])[1] if isinstance(op.args[0], fx.Node) else set()
             if first_ops:
                 # softmax(q k^T) @ v: this op mixes values, the upstream op computed the scores
                 value_matmuls.add(op)
@@ -238,7 +238,6 @@ class _Dataflow:
                         if isinstance(arg, fx.Node):
                             for layer in self._upstream(arg)[0]:
                                 roles.setdefault(layer, set()).add(role)
-            del first_layers
         if not value_matmuls:
             return
         for name, nodes in self.traced.layer_nodes.items():

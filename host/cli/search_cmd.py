@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--target-flops", type=float, default=0.5, help="MAC reduction for --objective flops (0.5)")
     p.add_argument("--target-latency", "--target", dest="target", default=None,
                    help="latency/energy target: 0.5x of dense (default) or absolute like 12ms / 3mJ")
-    p.add_argument("--constraint", choices=("soft", "hard"), default="soft", help="MnasNet constraint shape")
+    p.add_argument("--constraint", choices=("soft", "mnasnet", "hard"), default="soft",
+                   help="reward shape acc*(m/T)^w: soft w=-0.5 (default), mnasnet w=-0.07, hard 0/-1")
     p.add_argument("--aggregate", choices=("worst", "weighted"), default="worst",
                    help="how several devices combine (default: worst case)")
     p.add_argument("--final-top", type=int, default=2, help="Pareto-front plans to fine-tune and verify (2)")

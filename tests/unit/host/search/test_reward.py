@@ -28,9 +28,11 @@ def test_flops_reward_matches_paper_band():
 
 def test_soft_constraint_is_smooth_and_prefers_accuracy():
     assert constrained_reward(0.9, 1.0) == pytest.approx(0.9)
-    assert constrained_reward(0.9, 2.0) == pytest.approx(0.9 * 2 ** -0.07)
+    assert constrained_reward(0.9, 2.0) == pytest.approx(0.9 * 2 ** -0.5)
+    mnas = Constraint.named("mnasnet")
+    assert constrained_reward(0.9, 2.0, mnas) == pytest.approx(0.9 * 2 ** -0.07)
     # just below and above the target agree (no cliff)
-    assert constrained_reward(0.9, 0.999) == pytest.approx(constrained_reward(0.9, 1.001), rel=1e-3)
+    assert constrained_reward(0.9, 0.9999) == pytest.approx(constrained_reward(0.9, 1.0001), rel=1e-3)
     # faster is better, more accurate is better
     assert constrained_reward(0.9, 0.5) > constrained_reward(0.9, 0.8)
     assert constrained_reward(0.95, 1.2) > constrained_reward(0.90, 1.2)
@@ -75,7 +77,7 @@ def test_objective_reward_uses_dense_reference_and_worst_device():
     obj = Objective("latency", target=Target(0.5, relative=True))
     # pi: 4ms vs target 0.5*8 = 4 -> ratio 1; jetson: 3ms vs 0.5*2=1 -> ratio 3 (worst)
     r = obj.reward(0.9, 10, 100, measured={"pi": 4.0, "jetson": 3.0}, dense_measured={"pi": 8.0, "jetson": 2.0})
-    assert r == pytest.approx(0.9 * 3 ** -0.07)
+    assert r == pytest.approx(0.9 * 3 ** -0.5)
     assert Objective("flops", target_flops=0.5).reward(0.9, 50, 100) == pytest.approx(90.0)
     with pytest.raises(ValueError):
         obj.reward(0.9, 10, 100)

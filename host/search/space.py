@@ -3,7 +3,7 @@
 Actions index :data:`patterns.registry.PATTERN_VOCAB` (``keep`` first, then each family's patterns
 together). A layer's valid choices come from :func:`patterns.registry.layer_choices`, restricted to the
 families the search uses (default: kernel, channel, vit — the ones that realize into smaller dense layers;
-``nm`` and ``block`` stay masks on XNNPACK and would only waste device measurements).
+``nm``, ``block`` and ``kernel:patdnn4`` stay masks on XNNPACK and would only waste device measurements).
 
 Coupled groups: channel pruning removes channels from a whole coupled group at once, so only the group's
 root layer (its first producer) carries channel choices; the other producers of a shared group (e.g. the
@@ -26,13 +26,15 @@ from host.search.env import GraphObservation
 logger = logging.getLogger(__name__)
 
 DEFAULT_FAMILIES = ("kernel", "channel", "vit")
+# Patterns with no dense form on XNNPACK (masks only): they can never be faster, so measuring them wastes budget.
+MASK_ONLY_PATTERNS = ("kernel:patdnn4",)
 
 
 class SearchSpace:
     """Graph observation, per-layer choice masks and plan decoding for one model."""
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, families: tuple[str, ...] = DEFAULT_FAMILIES,
-                 name: str | None = None) -> None:
+                 name: str | None = None, exclude: tuple[str, ...] = MASK_ONLY_PATTERNS) -> None:
         from host.graph import build_model_graph
         from patterns.registry import KEEP, PATTERN_VOCAB
 
@@ -57,7 +59,7 @@ class SearchSpace:
         mask = np.zeros((len(self.layer_names), len(self.vocab_ids)), bool)
         for i, layer in enumerate(self.layer_names):
             for fam, pat in choices[layer]:
-                if fam not in allowed or (fam == "channel" and layer in followers):
+                if fam not in allowed or f"{fam}:{pat}" in exclude or (fam == "channel" and layer in followers):
                     continue
                 mask[i, self.vocab_ids.index((fam, pat))] = True
             mask[i, self.keep_index] = True

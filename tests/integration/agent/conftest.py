@@ -1,1 +1,0 @@
-from tests.fixtures.agent import *  # noqa: F403 - session fixtures of the agent area

@@ -45,6 +45,7 @@ class ModelGraph:
     vocab: tuple[tuple[str, str], ...]
     input_shape: tuple[int, ...]
     total_params: int
+    tracer: str  # "fx" (symbolic tracing) or "export" (torch.export fallback)
     _structural: torch.Tensor = field(repr=False, compare=False)
 
     @property
@@ -114,6 +115,7 @@ class ModelGraph:
         """JSON-ready summary (used by ``sculpt-host inspect --json``)."""
         return {
             "input_shape": list(self.input_shape),
+            "tracer": self.tracer,
             "total_macs": self.total_macs,
             "total_params": self.total_params,
             "layers": [dict(layer.to_dict(), choices=[f"{f}:{p}" for f, p in self.choices.get(layer.name, ())])
@@ -199,7 +201,8 @@ def _build(work: nn.Module, example_input: torch.Tensor, names: list[str]) -> Mo
     structural = structural_features(layers, edges, group_info)
     return ModelGraph(layers=tuple(layers), edges=tuple(edges), groups=groups, choices=choices,
                       vocab=tuple(PATTERN_VOCAB), input_shape=tuple(example_input.shape[1:]),
-                      total_params=sum(p.numel() for p in work.parameters()), _structural=structural)
+                      total_params=sum(p.numel() for p in work.parameters()), tracer=traced.tracer,
+                      _structural=structural)
 
 
 def _layers(model: nn.Module, traced: TracedModel, names: list[str], batch: int) -> list[LayerInfo]:

@@ -2,13 +2,16 @@
 
 torch.fx keeps ``nn.Conv2d``/``nn.Linear`` calls as ``call_module`` nodes named by their qualified module
 name, which is exactly how plans address layers; it traces ResNet-110 in ~0.1 s, far faster than
-torch.export. Layer shapes come from forward hooks during one eager run on the example input (cheaper
+torch.export. Models that symbolic tracing cannot handle (Python control flow on shapes, ``len(x)``,
+non-torch calls on sizes) fall back to a non-strict ``torch.export``, whose ATen graph names each layer
+through its weight parameter. Layer shapes come from forward hooks during one eager run on the example input (cheaper
 than interpreting the graph node by node with fx ShapeProp); the caller may supply that run, so the forward
 that torch-pruning needs anyway for its DependencyGraph also yields the shapes.
 """
 
 from __future__ import annotations
 
+import logging
 import operator
 from collections import defaultdict
 from collections.abc import Callable
@@ -20,10 +23,17 @@ from torch import fx, nn
 from host.errors import ModelError
 from host.graph.layers import EDGE_TYPES
 
-_ADD_OPS = {operator.add, operator.iadd, operator.sub, torch.add, torch.sub}
-_CAT_OPS = {torch.cat, torch.concat, torch.stack}
-_MATMUL_OPS = {torch.matmul, operator.matmul, torch.bmm, torch.baddbmm, torch.einsum}
-_SDPA_OPS = {torch.nn.functional.scaled_dot_product_attention}
+log = logging.getLogger(__name__)
+
+_aten = torch.ops.aten
+# Python-level targets (torch.fx) and their ATen counterparts (torch.export fallback).
+_ADD_OPS = {operator.add, operator.iadd, operator.sub, torch.add, torch.sub, _aten.add.Tensor, _aten.add_.Tensor,
+            _aten.sub.Tensor}
+_CAT_OPS = {torch.cat, torch.concat, torch.stack, _aten.cat.default, _aten.stack.default}
+_MATMUL_OPS = {torch.matmul, operator.matmul, torch.bmm, torch.baddbmm, torch.einsum, _aten.matmul.default,
+               _aten.bmm.default, _aten.baddbmm.default, _aten.einsum.default}
+_SDPA_OPS = {torch.nn.functional.scaled_dot_product_attention, _aten.scaled_dot_product_attention.default}
+_LAYER_OPS = {_aten.conv2d.default, _aten.convolution.default, _aten.linear.default}
 _ADD_METHODS = {"add", "add_", "sub"}
 _MATMUL_METHODS = {"matmul", "bmm"}
 
@@ -33,7 +43,9 @@ class TracedModel:
     """The traced graph plus what the graph builder needs from it."""
 
     graph_module: fx.GraphModule
-    layer_nodes: dict[str, list[fx.Node]]  # layer name -> the call_module nodes that run it
+    layer_nodes: dict[str, list[fx.Node]]  # layer name -> the nodes that run it
+    inputs: set[fx.Node]  # the placeholders of the model's input (not of its parameters)
+    tracer: str  # "fx" or "export"
     shapes: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]  # layer -> (input, output) shape per call
     edges: dict[tuple[str, str], str] = field(default_factory=dict)  # (src, dst) -> edge type
     roles: dict[str, set[str]] = field(default_factory=dict)  # layer -> {"q", "k", "v", "out"}
@@ -46,24 +58,54 @@ def trace_model(model: nn.Module, example_input: torch.Tensor, layer_names: list
     ``run_forward`` runs ``model`` once on ``example_input`` (default: a plain no-grad call); only its
     first forward pass is recorded.
     """
-    try:
-        graph_module = fx.symbolic_trace(model)
-    except Exception as exc:  # fx raises TraceError, TypeError, NotImplementedError... for dynamic code
-        raise ModelError(
-            f"cannot trace the model with torch.fx: {type(exc).__name__}: {exc}".splitlines()[0],
-            hint="the forward must be symbolically traceable: avoid Python control flow on tensor values "
-                 "(if x.sum() > 0), or wrap such code in a submodule marked with torch.fx.wrap; "
-                 "see https://pytorch.org/docs/stable/fx.html#limitations-of-symbolic-tracing",
-        ) from exc
     shapes = _layer_shapes(model, example_input, layer_names, run_forward)
+    try:
+        traced = _fx_trace(model, layer_names, shapes)
+    except Exception as fx_exc:  # fx raises TraceError, TypeError, NotImplementedError... for dynamic code
+        log.info("torch.fx cannot trace the model (%s); falling back to torch.export", fx_exc)
+        try:
+            traced = _export_trace(model, example_input, layer_names, shapes)
+        except Exception as exc:  # export errors come from deep inside torch
+            raise ModelError(
+                f"cannot trace the model: torch.fx says {type(fx_exc).__name__}: {fx_exc}; torch.export says "
+                f"{type(exc).__name__}: {exc}".replace("\n", " ")[:600],
+                hint="the forward must be traceable: avoid Python control flow on tensor values "
+                     "(if x.sum() > 0: ...) or move it into torch.cond; see "
+                     "https://pytorch.org/docs/stable/fx.html#limitations-of-symbolic-tracing",
+            ) from exc
+    _Dataflow(traced).run()
+    return traced
+
+
+def _fx_trace(model: nn.Module, layer_names: list[str], shapes: dict) -> TracedModel:
+    graph_module = fx.symbolic_trace(model)
     wanted = set(layer_names)
     layer_nodes: dict[str, list[fx.Node]] = defaultdict(list)
     for node in graph_module.graph.nodes:
         if node.op == "call_module" and node.target in wanted:
             layer_nodes[str(node.target)].append(node)
-    traced = TracedModel(graph_module, dict(layer_nodes), shapes)
-    _Dataflow(traced).run()
-    return traced
+    inputs = {n for n in graph_module.graph.nodes if n.op == "placeholder"}
+    return TracedModel(graph_module, dict(layer_nodes), inputs, "fx", shapes)
+
+
+def _export_trace(model: nn.Module, example_input: torch.Tensor, layer_names: list[str],
+                  shapes: dict) -> TracedModel:
+    """ATen-level trace; a conv/linear op belongs to the layer whose ``weight`` parameter it reads."""
+    program = torch.export.export(model, (example_input,), strict=False)
+    signature = program.graph_signature
+    param_of = dict(signature.inputs_to_parameters)
+    wanted = {f"{name}.weight": name for name in layer_names}
+    user_inputs = set(signature.user_inputs)
+    graph = program.graph_module.graph
+    layer_nodes: dict[str, list[fx.Node]] = defaultdict(list)
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in _LAYER_OPS and len(node.args) > 1:
+            weight = node.args[1]
+            layer = wanted.get(param_of.get(weight.name, "")) if isinstance(weight, fx.Node) else None
+            if layer is not None:
+                layer_nodes[layer].append(node)
+    inputs = {n for n in graph.nodes if n.op == "placeholder" and n.name in user_inputs}
+    return TracedModel(program.graph_module, dict(layer_nodes), inputs, "export", shapes)
 
 
 def _layer_shapes(model: nn.Module, example_input: torch.Tensor, names: list[str],
@@ -143,7 +185,7 @@ class _Dataflow:
             elif inputs and node.op in ("call_function", "call_method") and all(a in scalar for a in inputs) \
                     and getattr(node.target, "__module__", None) in ("_operator", "operator", "builtins", None):
                 scalar.add(node)  # arithmetic or indexing on sizes
-            elif node.op == "placeholder" or any(a in dependent for a in inputs):
+            elif node in self.traced.inputs or (node.op != "placeholder" and any(a in dependent for a in inputs)):
                 dependent.add(node)
         return dependent
 
@@ -177,6 +219,8 @@ class _Dataflow:
         stack = [(user, 0) for user in start.users]
         while stack:
             node, level = stack.pop()
+            if node not in self.dependent:
+                continue  # a shape read (x.shape[0]) is not dataflow
             if node in self.layer_of:
                 key = (src, self.layer_of[node])
                 current = self.traced.edges.get(key)

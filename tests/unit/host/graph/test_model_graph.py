@@ -98,6 +98,8 @@ def test_vit_roles_and_attention_edges(vit_graph):
     assert _edge(graph, "blocks.0.mlp.fc1", "blocks.0.mlp.fc2") == "sequential"
     assert _edge(graph, "blocks.0.attn.proj", "blocks.0.mlp.fc1") == "residual"
     assert _edge(graph, "blocks.0.attn.q", "blocks.0.attn.k") is None
+    # reading x.shape for the head reshape is not dataflow into the output projection
+    assert _edge(graph, "patch_embed", "blocks.0.attn.proj") is None
     assert ("vit", "heads50") in graph.choices["blocks.0.attn.q"]
     assert ("vit", "hidden50") in graph.choices["blocks.0.mlp.fc1"]
 
@@ -206,6 +208,52 @@ class _Dynamic(nn.Module):
         if x.sum() > 0:  # data-dependent control flow defeats symbolic tracing
             return self.conv(x)
         return self.conv(-x)
+
+
+class _ShapeBranch(nn.Module):
+    """Python control flow on the input's shape: torch.fx cannot trace it, torch.export can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Conv2d(8, 8, 3, padding=1)
+        self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.stem(x)
+        if x.shape[-1] > 4:
+            y = nn.functional.max_pool2d(y, 2)
+        y = y + self.body(torch.relu(y))
+        t = y.flatten(2).transpose(1, 2)
+        attn = torch.softmax(self.q(t) @ self.k(t).transpose(1, 2), dim=-1)
+        return self.fc((attn @ self.v(t)).mean(dim=1))
+
+
+def test_torch_export_fallback_for_untraceable_by_fx():
+    graph = build_model_graph(_ShapeBranch(), torch.randn(1, 3, 8, 8))
+    assert graph.tracer == "export"
+    kinds = {layer.name: layer.kind for layer in graph.layers}
+    assert kinds == {"stem": "conv", "body": "conv", "q": "attn_q", "k": "attn_k", "v": "attn_v", "fc": "attn_out"}
+    assert _edge(graph, "stem", "body") == "sequential"
+    assert _edge(graph, "stem", "q") == "residual" and _edge(graph, "body", "q") == "residual"
+    assert _edge(graph, "q", "fc") == "attention"
+    assert graph.layer("body").in_size == (4, 4)  # the shape branch was taken
+    assert build_model_graph(create_model("resnet20", width=0.25), X16).tracer == "fx"
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "vit_tiny"])
+def test_fx_and_export_tracers_agree(name):
+    from host.graph.trace import _Dataflow, _export_trace, _fx_trace, _layer_shapes
+
+    model = create_model(name, width=0.25, image_size=16).eval()
+    names = prunable_layers(model)
+    shapes = _layer_shapes(model, X16, names, None)
+    by_fx, by_export = _fx_trace(model, names, shapes), _export_trace(model, X16, names, shapes)
+    _Dataflow(by_fx).run()
+    _Dataflow(by_export).run()
+    assert by_fx.edges == by_export.edges and by_fx.roles == by_export.roles
+    assert len(by_fx.edges) > len(names) - 2
 
 
 def test_errors_say_what_to_do(tmp_path):

@@ -37,8 +37,17 @@ def adapt_images(images: Tensor, *, image_size: int, channels: int) -> Tensor:
 
 
 def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images scaled to [0, 1] (std floored to avoid dividing by 0)."""
-    x = images.float() / 255.0
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    """Per-channel mean and std of uint8 images scaled to [0, 1] (std floored to avoid dividing by 0).
+
+    Accumulated in float64 chunks so that CIFAR-10 sized inputs never get a full float copy.
+    """
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for chunk in images.split(4096):
+        x = chunk.to(torch.float64) / 255.0
+        total += x.sum(dim=(0, 2, 3))
+        squares += (x * x).sum(dim=(0, 2, 3))
+    count = max(1, images.shape[0] * images.shape[2] * images.shape[3])
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)

@@ -78,8 +78,8 @@ def train(model: nn.Module, splits: DatasetSplits, config: TrainConfig, progress
     try:
         torch.manual_seed(config.seed)
         generator = torch.Generator().manual_seed(config.seed)
-        x_train, y_train = splits.train.tensors()
-        steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+        n_train = len(splits.train)
+        steps_per_epoch = math.ceil(n_train / config.batch_size)
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay, nesterov=config.momentum > 0)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
@@ -88,13 +88,14 @@ def train(model: nn.Module, splits: DatasetSplits, config: TrainConfig, progress
         losses, val_history = [], []
         for epoch in range(1, config.epochs + 1):
             model.train()
-            order = torch.randperm(len(x_train), generator=generator)
+            order = torch.randperm(n_train, generator=generator)
             total, count = 0.0, 0
             for begin in range(0, len(order), config.batch_size):
                 batch = order[begin : begin + config.batch_size]
                 if len(batch) < 2:  # BatchNorm cannot train on a single sample
                     continue
-                loss = F.cross_entropy(model(x_train[batch]), y_train[batch], label_smoothing=config.label_smoothing)
+                inputs, targets = splits.train.batch(batch)
+                loss = F.cross_entropy(model(inputs), targets, label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -118,8 +119,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 256
     """Top-1 accuracy in [0, 1] of ``model`` (put in eval mode) on a dataset or a loader of (x, y) batches."""
     model.eval()
     if isinstance(data, ImageTensorDataset):
-        x, y = data.tensors()
-        batches = ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size))
+        batches = (data.batch(slice(i, i + batch_size)) for i in range(0, len(data), batch_size))
     elif isinstance(data, DataLoader):
         batches = iter(data)
     else:

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-limit", type=int, help="use a stratified subset of N images")
     p.add_argument("--device", action="append", dest="devices", metavar="ADDRESS",
                    help="device to measure on: local, grpc[s]://host:port, user@host (repeat for several)")
-    p.add_argument("--budget", type=int, default=24, help="candidates to evaluate in the search (default 24)")
+    p.add_argument("--budget", type=int, default=16, help="candidates to evaluate in the search (default 16)")
     p.add_argument("--objective", choices=("latency", "energy", "flops"), default="latency")
     p.add_argument("--target-flops", type=float, default=0.5, help="MAC reduction for --objective flops (0.5)")
     p.add_argument("--target-latency", "--target", dest="target", default=None,
@@ -42,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="reward shape acc*(m/T)^w: soft w=-0.5 (default), mnasnet w=-0.07, hard 0/-1")
     p.add_argument("--aggregate", choices=("worst", "weighted"), default="worst",
                    help="how several devices combine (default: worst case)")
-    p.add_argument("--final-top", type=int, default=2, help="Pareto-front plans to fine-tune and verify (2)")
-    p.add_argument("--finetune-epochs", type=int, default=2, help="masked fine-tuning epochs per final plan (2)")
+    p.add_argument("--final-top", type=int, default=1, help="Pareto-front plans to fine-tune and verify (1)")
+    p.add_argument("--finetune-epochs", type=int, default=1, help="masked fine-tuning epochs per final plan (1)")
     p.add_argument("--train-epochs", type=int, default=6, help="epochs when a checkpoint must be trained (6)")
     p.add_argument("--bench-runs", type=int, default=20,
                    help="timed runs per candidate measurement (default 20; final models use 50)")

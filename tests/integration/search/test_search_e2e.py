@@ -16,7 +16,7 @@ import pytest
 
 from host.search.journal import JOURNAL_NAME, Journal
 
-pytestmark = [pytest.mark.integration, pytest.mark.executorch, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.executorch, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 TINY = ["--image-size", "16", "--channels", "1", "--data-limit", "1500", "--bench-runs", "5",
         "--finetune-epochs", "1", "--seed", "0"]

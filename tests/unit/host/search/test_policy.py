@@ -90,3 +90,30 @@ def test_save_and_load_into_a_policy_for_another_model(tmp_path):
         read_policy_file(tmp_path / "bad.pt")
     with pytest.raises(SearchError, match="does not exist"):
         read_policy_file(tmp_path / "missing.pt")
+
+
+def test_one_policy_on_two_real_model_graphs():
+    """ResNet-20 and MobileNetV2 graphs from host.graph: one policy object scores both, per layer."""
+    from host.models import create_model
+    from host.search.space import SearchSpace
+
+    x = torch.randn(1, 1, 16, 16)
+    spaces = [SearchSpace(create_model(name, in_channels=1, image_size=16, width=0.5).eval(), x)
+              for name in ("resnet20", "mobilenetv2")]
+    assert spaces[0].observation().num_nodes != spaces[1].observation().num_nodes
+    # SB3's action distribution has a fixed width (N_max); any graph up to N_max nodes fits the same object,
+    # and the weights themselves carry to any N_max (see test_save_and_load_into_a_policy_for_another_model)
+    padding = Padding.fitting(spaces[1].observation())
+    env = PruningEnv(spaces[0].observation(), _prefer_high, padding)
+    policy = PPO(GraphActorCriticPolicy, env, n_steps=8, batch_size=8, policy_kwargs=policy_kwargs(hidden=32),
+                 device="cpu").policy
+    for space in spaces:
+        graph = space.observation()
+        obs = _obs_tensor(graph, padding)
+        with torch.no_grad():
+            actions, values, _ = policy(obs, deterministic=True)
+        assert actions.shape == (1, padding.max_nodes) and values.shape == (1, 1)
+        chosen = actions[0].numpy()[graph.layer_nodes]
+        assert all(space.choice_mask[i, c] for i, c in enumerate(chosen))  # masked logits: only valid choices
+        plan, names = space.decode(chosen)
+        assert set(names) == set(space.layer_names)

@@ -74,6 +74,13 @@ def plans_for(model: nn.Module, name: str) -> dict[str, Callable[[float], Plan]]
             a.update({n: LayerAssignment("kernel", "row1" if i < cut else "row2") for i, n in enumerate(outer)})
             return Plan.from_mapping(a)
 
+        def kernel_uniform(r: float) -> Plan:
+            # ONE window per layer everywhere (row1 on the first share r of the 3x3 convs, row2 on the rest):
+            # one dense conv per layer, no concat, no gather.
+            cut = int(r * len(convs) + 0.5)
+            return Plan.from_mapping({n: LayerAssignment("kernel", "row1" if i < cut else "row2")
+                                      for i, n in enumerate(convs)})
+
         def channel(r: float) -> Plan:
             return Plan.from_mapping({n: LayerAssignment("channel", "prune50", ratio=r) for n in inner})
 
@@ -82,7 +89,8 @@ def plans_for(model: nn.Module, name: str) -> dict[str, Callable[[float], Plan]]
             a.update({n: LayerAssignment("kernel", "row2", ratio=1.0) for n in outer})
             return Plan.from_mapping(a)
 
-        plans.update({"kernel paper6 (gather)": kernel_mix, "kernel folded": kernel_folded,
+        plans.update({"kernel paper6 (gather)": kernel_mix, "kernel paper6 folded": kernel_folded,
+                      "kernel uniform": kernel_uniform,
                       "channel": channel, "mixed chan+kernel": mixed})
         plans["masks-only (paper6)"] = kernel_mix
     else:

@@ -232,7 +232,9 @@ class KernelFamily(Family):
         masks = {weight_key(layer): mask}
         if conv.bias is not None:
             masks[weight_key(layer, "bias")] = torch.tensor([not s.dropped for s in shapes])
-        private = ctx.group(layer)[1].private if ctx.example_input is not None else False
+        # Whether the layer's channels are private decides both the masks of dropped filters (the whole
+        # group goes) and fold-vs-gather, so it needs the coupling: Context raises without an example input.
+        private = ctx.group(layer)[1].private
         removals: tuple[tuple[str, tuple[int, ...]], ...] = ()
         if dropped and private:
             for key, group_mask in ctx.group_masks(layer, dropped).items():

@@ -62,13 +62,17 @@ def apply_masks(model: nn.Module, plan: Plan, example_input: torch.Tensor | None
 def validate(plan: Plan, model: nn.Module, example_input: torch.Tensor | None = None) -> None:
     """Raise PlanError naming the layer and what to change when ``plan`` does not fit ``model``.
 
-    Without ``example_input``, checks that need the channel coupling (channel pruning) are skipped.
+    Without ``example_input``, checks that need the channel coupling (channel pruning, kernel patterns) are
+    limited to names, patterns and layer types.
     """
     for name, assignment in plan:
-        if example_input is None and assignment.family == "channel":
+        if example_input is None and assignment.family in ("channel", "kernel"):
             ctx = Context(model, None)
-            ctx.module(name)
-            get_family("channel").check_pattern(name, assignment)
+            family = get_family(assignment.family)
+            family.check_pattern(name, assignment)
+            if not family.applies_to(ctx.module(name)):
+                raise PlanError(f"layer '{name}' ({type(ctx.module(name)).__name__}) cannot take "
+                                f"'{assignment.key}'", hint="see `sculpt-host inspect` for each layer's choices")
             continue
         decide(model, Plan(((name, assignment),)), example_input)
     if example_input is not None:

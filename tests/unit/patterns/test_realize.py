@@ -151,3 +151,13 @@ def test_fuse_batchnorm_keeps_outputs_and_removes_bn_after_pattern_convs():
     assert isinstance(fused.layer1[0].conv2, PatternConv) and fused.layer1[0].conv2.index is not None
     assert isinstance(fused.layer1[0].bn1, nn.Identity) and isinstance(fused.layer1[0].bn2, nn.Identity)
     assert isinstance(fused.layer1[1].bn1, nn.BatchNorm2d)  # plain convs are left to the engine
+
+
+def test_validate_without_example_input_checks_names_and_types():
+    model = _model("resnet20")
+    validate(Plan.from_mapping({"layer1.0.conv1": LayerAssignment("kernel", "row1"),
+                                "conv1": LayerAssignment("channel", "prune25")}), model)
+    with pytest.raises(PlanError, match="cannot take 'kernel:row1'"):
+        validate(Plan.from_mapping({"fc": LayerAssignment("kernel", "row1")}), model)
+    with pytest.raises(PlanError, match="example input"):
+        apply_masks(copy.deepcopy(model), Plan.from_mapping({"conv1": LayerAssignment("kernel", "row1")}), None)

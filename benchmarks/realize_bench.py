@@ -85,8 +85,15 @@ def plans_for(model: nn.Module, name: str) -> dict[str, Callable[[float], Plan]]
             return Plan.from_mapping({n: LayerAssignment("channel", "prune50", ratio=r) for n in inner})
 
         def mixed(r: float) -> Plan:
-            a = {n: LayerAssignment("channel", "prune50", ratio=r) for n in inner}
-            a.update({n: LayerAssignment("kernel", "row2", ratio=1.0) for n in outer})
+            # Even blocks lose channels (kept widths a multiple of 8), odd blocks take uniform kernel windows.
+            a: dict[str, LayerAssignment] = {}
+            for i, n in enumerate(inner):
+                block = n.rsplit(".", 1)[0]
+                if i % 2 == 0:
+                    a[n] = LayerAssignment("channel", "prune50", ratio=r, params=(("multiple", 8),))
+                else:
+                    a[n] = LayerAssignment("kernel", "row1")
+                    a[f"{block}.conv2"] = LayerAssignment("kernel", "row2")
             return Plan.from_mapping(a)
 
         plans.update({"kernel paper6 (gather)": kernel_mix, "kernel paper6 folded": kernel_folded,

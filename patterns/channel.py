@@ -51,6 +51,14 @@ class ChannelFamily(Family):
         ratio = PATTERNS[assignment.pattern] if assignment.ratio is None else assignment.ratio
         n = conv.out_channels
         k = count_for_ratio(n, ratio)
+        multiple = int(dict(assignment.params).get("multiple", 1))
+        if multiple < 1:
+            raise PlanError(f"layer '{layer}': params.multiple must be a positive integer, got {multiple}",
+                            hint='e.g. "params": {"multiple": 8}')
+        if multiple > 1 and n > multiple:
+            # Kernels tile output channels (XNNPACK: 8/16 wide); keeping a multiple avoids padded tiles.
+            keep = max(multiple, min(n, int((n - k) / multiple + 0.5) * multiple))
+            k = n - keep
         if k >= n:
             raise PlanError(f"layer '{layer}': removing {ratio:.0%} of its {n} channels deletes all of them",
                             hint="use a ratio below 1 (at least one channel must stay)")

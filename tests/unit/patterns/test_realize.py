@@ -161,3 +161,15 @@ def test_validate_without_example_input_checks_names_and_types():
         validate(Plan.from_mapping({"fc": LayerAssignment("kernel", "row1")}), model)
     with pytest.raises(PlanError, match="example input"):
         apply_masks(copy.deepcopy(model), Plan.from_mapping({"conv1": LayerAssignment("kernel", "row1")}), None)
+
+
+def test_channel_multiple_rounds_the_kept_width():
+    model = _model("resnet20")  # width 0.5: stage widths 8/16/32
+    x = torch.randn(1, 3, 16, 16)
+    plan = Plan.from_mapping({"layer3.0.conv1": LayerAssignment("channel", "prune25", params=(("multiple", 8),)),
+                              "layer2.0.conv1": LayerAssignment("channel", "prune25")})
+    realized = realize(model, plan, x)
+    assert realized.layer3[0].conv1.out_channels == 24  # 32 - 8, already a multiple of 8
+    assert realized.layer2[0].conv1.out_channels == 12
+    plan8 = Plan.from_mapping({"layer2.0.conv1": LayerAssignment("channel", "prune25", params=(("multiple", 8),))})
+    assert realize(model, plan8, x).layer2[0].conv1.out_channels == 16  # 12 rounds to 16: nothing removed

@@ -162,9 +162,9 @@ class SearchRunner:
                     )
                 return self._run_with(devices, objective)
         except BaseException:
-            if self.fresh and self.journal.count() == 0:
-                # failed before any candidate (bad device, unreachable target...): leave no half-made run
-                # behind, so the corrected command can reuse the same --out
+            if self.fresh and self.journal.count("search") == 0 and self.journal.count("final") == 0:
+                # failed before the search proper (bad device, unreachable target...): leave no half-made
+                # run behind, so the corrected command can reuse the same --out
                 self.journal.close()
                 for suffix in ("", "-wal", "-shm"):
                     Path(str(self.journal.path) + suffix).unlink(missing_ok=True)

@@ -64,11 +64,12 @@ def test_tiny_latency_search_end_to_end(tmp_path, trained_resnet20_mnist):
     assert json.loads((run / "result.json").read_text())["budget"] == 4
 
 
-def test_unreachable_flops_target_fails_before_the_search(tmp_path, trained_resnet20_mnist):
+def test_unreachable_latency_target_fails_before_the_search(tmp_path, trained_resnet20_mnist):
     from host.errors import SearchError
     from host.search.runner import SearchRunner
 
-    config = _tiny_config(tmp_path, trained_resnet20_mnist, objective="flops", target=None, target_flops=0.995)
+    # 0.1 us: below what even the most aggressive plan measures, so the search must not start
+    config = _tiny_config(tmp_path, trained_resnet20_mnist, target="0.0001ms")
     with pytest.raises(SearchError, match="no plan reaches"):
         SearchRunner.start(config).run()
     assert not (config.out / JOURNAL_NAME).exists()  # nothing half-made left: the same --out works again

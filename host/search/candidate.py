@@ -204,11 +204,8 @@ class CandidateEvaluator:
         return {dev: float(m[key]) for dev, m in measurement.items() if m.get(key) is not None}
 
     def cost_estimate(self, record: CandidateRecord) -> float:
-        """Worst-device figure of a candidate: measured, or MAC-proportional to dense when not measured."""
-        figures = self._figures(record.measurement)
-        if not figures:
-            dense = self.dense_figures()
-            figures = {dev: value * record.macs / self.dense.macs for dev, value in dense.items()}
+        """Worst-device figure of a candidate: measured, or the dense figure when it was not measured."""
+        figures = self._figures(record.measurement) or self.dense_figures()
         return max(figures.values())
 
     def _worth_measuring(self, acc: float) -> bool:
@@ -225,9 +222,11 @@ class CandidateEvaluator:
         dense = self.dense_figures()
         figures = self._figures(measurement)
         if not figures:
-            # not measured (far too inaccurate to compete): estimate the figure from the MAC ratio; the
-            # journal keeps measurement=None so nothing downstream mistakes this for a measurement
-            figures = {dev: value * macs / dense_macs for dev, value in dense.items()}
+            # not measured (far too inaccurate to compete): credit NO speed-up, i.e. the dense figure.
+            # A MAC-proportional guess was tried first and was far too optimistic (realized kernel patterns
+            # often run no faster than dense on small models), which taught the policy to prefer exactly
+            # the inaccurate candidates it never measured. The journal keeps measurement=None.
+            figures = dict(dense)
         return self.objective.reward(acc, macs, dense_macs, measured=figures, dense_measured=dense)
 
     def close(self) -> None:

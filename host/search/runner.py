@@ -325,7 +325,7 @@ class SearchRunner:
 
         rows = [r for r in self.journal.candidates("search") if not r.reused and r.accuracy > 0]
         if self.config.reward_objective().needs_measurement:
-            # measured figure where there is one, else the same MAC-proportional estimate the reward used
+            # measured figure where there is one, else the dense figure, as in the reward
             costs = [evaluator.cost_estimate(r) for r in rows]
         else:
             costs = [float(r.macs) for r in rows]
@@ -483,7 +483,7 @@ def _notes(cfg: SearchConfig, rows: list[CandidateRecord]) -> tuple[str, ...]:
     if cfg.objective != "flops" and unmeasured:
         notes.append(
             f"{unmeasured} candidate(s) were far less accurate than dense and were not measured; their reward "
-            "used a MAC-proportional latency estimate"
+            "assumed no speed-up (the dense figure)"
         )
     return tuple(notes)
 

@@ -51,9 +51,15 @@ def plan_masks(decisions: dict[str, Decision]) -> MaskSet:
     return masks
 
 
-def apply_masks(model: nn.Module, plan: Plan, example_input: torch.Tensor | None) -> MaskSet:
-    """Compute the plan's masks from ``model``'s weights and zero ``model`` in place (pass a copy)."""
-    _, decisions = decide(model, plan, example_input)
+def apply_masks(model: nn.Module, plan: Plan, example_input: torch.Tensor | None, *,
+                context: Context | None = None) -> MaskSet:
+    """Compute the plan's masks from ``model``'s weights and zero ``model`` in place (pass a copy).
+
+    ``context`` reuses the structure (dependency graph, groups) of a :class:`Context` built once for a model
+    with the same architecture and weights, e.g. the base model when masking many candidate copies of it;
+    the decisions are then read from ``context.model``.
+    """
+    _, decisions = decide(context.model if context is not None else model, plan, example_input, ctx=context)
     masks = plan_masks(decisions)
     masks.apply(model)
     return masks

@@ -51,8 +51,10 @@ def test_realized_zoo_model_exports_to_pte_matching_eager(name, tmp_path):
 
 def test_int8_pte_is_smaller_and_close_to_the_quantized_reference(tmp_path):
     torch.manual_seed(0)
-    model = zoo.create_model("vgg16", width=0.25, image_size=8).eval()
-    x = torch.randn(1, 3, 8, 8)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(64, 64, 3, padding=1)).eval()
+    x = torch.randn(1, 3, 16, 16)
     fp32 = export_pte(model, (x,), tmp_path / "fp32.pte")
     int8 = export_pte(model, (x,), tmp_path / "int8.pte", quantize=True)
     assert int8.quantized and not fp32.quantized

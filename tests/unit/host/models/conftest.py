@@ -1,1 +1,0 @@
-from tests.fixtures.models import *  # noqa: F403  (session fixtures until registered globally)

@@ -1,0 +1,135 @@
+"""Search benchmark (issue 5 "done when"): one run, same candidate budget, ResNet-20 on MNIST-5k.
+
+Rows:
+  latency  our search with the measured-latency objective (MnasNet soft constraint, target 0.5x dense)
+  flops    our search with the paper's reward (100*acc inside +-5 points of a 50% MAC cut, else acc-1)
+  random   plans drawn from the same prior as the untrained policy, same budget, same reward as `latency`
+  l1       uniform L1 channel pruning (torch-pruning) at the MAC cut of the latency result
+Every row is fine-tuned the same way (masked fine-tuning, distillation from dense), realized, exported to
+.pte and measured on the local agent with the final benchmark policy. Selection uses the validation split
+only; the test split is reported.
+
+    .venv/bin/python benchmarks/search_bench.py [--budget 24] [--out runs/search_bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+
+def _search(base_config, name: str, out: Path, **changes):
+    from host.search.runner import SearchRunner
+
+    config = replace(base_config, out=out / name, **changes)
+    start = time.perf_counter()
+    result = SearchRunner.start(config).run()
+    final = result["finals"][0] if result["finals"] else None
+    return result, final, time.perf_counter() - start
+
+
+def _uniform_l1(model, splits, target_cut: float, finetune, out: Path, bench_runs: int):
+    """torch-pruning magnitude (L1) channel pruning, the same ratio in every layer, MAC cut matched."""
+    import torch
+    import torch_pruning as tp
+
+    from host.export import export_pte
+    from host.search.devices import BenchSettings, measure, open_devices
+    from host.search.finetune import accuracy, masked_finetune
+    from patterns import count
+
+    x_val, y_val = splits.val.tensors()
+    example = x_val[:1]
+    dense_macs = count(model, example).macs
+
+    def pruned(ratio: float):
+        m = copy.deepcopy(model)
+        pruner = tp.pruner.MagnitudePruner(
+            m, example, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
+            ignored_layers=[m.fc], global_pruning=False,
+        )
+        pruner.step()
+        return m, 1 - count(m, example).macs / dense_macs
+
+    lo, hi = 0.0, 0.95
+    for _ in range(12):  # bisection on the per-layer ratio to reach the target MAC cut
+        mid = (lo + hi) / 2
+        _, cut = pruned(mid)
+        lo, hi = (mid, hi) if cut < target_cut else (lo, mid)
+    m, cut = pruned(hi)
+    x_tr, y_tr = splits.train.tensors()
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(x_tr), generator=g)
+    batches = [(x_tr[order[i:i + 128]], y_tr[order[i:i + 128]]) for i in range(0, len(order), 128)]
+    masked_finetune(m, {}, batches, finetune, teacher=model)
+    val = accuracy(m, [(x_val, y_val)])
+    test = accuracy(m, [splits.test.tensors()])
+    artifact = export_pte(m, (example,), out / "l1.pte")
+    with open_devices(["local"]) as devices:
+        summary = measure(devices[0], Path(artifact.path), BenchSettings(10, bench_runs, 1.0, 1))
+    return {"val": val, "test": test, "cut": cut, "latency_ms": summary["p50_ms"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=int, default=24)
+    parser.add_argument("--out", default="runs/search_bench")
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    from host.search.config import SearchConfig
+    from host.search.finetune import FinetuneConfig
+    from host.search.runner import load_trained
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        print(f"{out} is not empty; pass another --out", file=sys.stderr)
+        return 2
+    finetune = FinetuneConfig(epochs=args.finetune_epochs, distill_alpha=0.5)
+    base = SearchConfig(budget=args.budget, final_top=1, finetune=finetune, seed=args.seed)
+    rows = {}
+    for name, changes in (
+        ("latency", {"objective": "latency", "target": "0.5x"}),
+        ("flops", {"objective": "flops", "target": None, "target_flops": 0.5}),
+        ("random", {"objective": "latency", "target": "0.5x", "strategy": "random"}),
+    ):
+        result, final, seconds = _search(base, name, out, **changes)
+        dense = result["dense"]
+        rows["dense"] = {"val": dense["val_accuracy"], "test": None, "cut": 0.0,
+                         "latency_ms": dense["latency_ms"].get("local")}
+        if final is None:
+            rows[name] = None
+            continue
+        rows[name] = {"val": final["val_accuracy"], "test": final["test_accuracy"],
+                      "cut": 1 - final["macs"] / dense["macs"], "latency_ms": final["latency_ms"].get("local"),
+                      "seconds": seconds}
+    model, splits = load_trained(base, lambda _p: None)
+    if rows.get("latency"):
+        rows["l1"] = _uniform_l1(model, splits, rows["latency"]["cut"], finetune, out, 50)
+
+    print(f"\nResNet-20 / MNIST-5k (16 px), budget {args.budget} candidates per search, local agent (ExecuTorch XNNPACK)\n")
+    print("| method | val acc | test acc | MAC cut | p50 latency (ms) | speed-up vs dense |")
+    print("|---|---|---|---|---|---|")
+    dense_ms = rows["dense"]["latency_ms"]
+    for name in ("dense", "latency", "flops", "random", "l1"):
+        r = rows.get(name)
+        if not r:
+            print(f"| {name} | (no result) | | | | |")
+            continue
+        test = "-" if r["test"] is None else f"{100 * r['test']:.2f}%"
+        print(f"| {name} | {100 * r['val']:.2f}% | {test} | {100 * r['cut']:.1f}% | {r['latency_ms']:.4f} "
+              f"| {dense_ms / r['latency_ms']:.2f}x |")
+    (out / "bench.json").write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -51,6 +52,22 @@ def build_model(name: str, *, checkpoint: Path | None, shape: tuple[int, ...], n
                       image_size=shape[2], width=width)
 
 
+@contextlib.contextmanager
+def _status(message: str, *, quiet: bool):
+    """A spinner on stderr while the (10-60 s) export and runtime check run."""
+    if quiet:
+        yield
+        return
+    try:
+        from rich.console import Console
+    except ImportError:
+        print(message + " ...", file=sys.stderr)
+        yield
+        return
+    with Console(stderr=True).status(message + " ..."):
+        yield
+
+
 def run(args: argparse.Namespace) -> int:
     import copy
 
@@ -79,9 +96,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.masks_only:
         fuse_batchnorm(module, example)  # BN after a concat of sub-convs would otherwise run separately
     exporter = export_pte if args.format == "pte" else export_tflite
-    if not args.json:
-        print(f"exporting {args.model} ({len(plan)} planned layers) to {args.out} ...", file=sys.stderr)
-    artifact = exporter(module, (example,), args.out, quantize=args.quantize)
+    with _status(f"exporting {args.model} ({len(plan)} planned layers) to {args.out}", quiet=args.json):
+        artifact = exporter(module, (example,), args.out, quantize=args.quantize)
     result = {"artifact": artifact.to_dict(), "base_macs": base.dense_macs, "macs": cost.macs,
               "dense_macs": cost.dense_macs, "params": cost.params, "dense_params": cost.dense_params,
               "mac_reduction": round(cost.reduction(base, dense=True), 4), "notes": notes}

@@ -47,25 +47,30 @@ def pareto_plot(
 
 
 def pattern_map_plot(path: Path, models: Sequence[ModelFigures], vocab: Sequence[str]) -> Path:
-    """Heat map: one row per model, one column per prunable layer, colour = the layer's pattern choice."""
+    """Heat map: one row per model, one column per prunable layer, colour = the layer's pattern choice.
+
+    Only the choices that occur are in the legend (the full vocabulary has ~20 entries).
+    """
     layers: list[str] = []
     for m in models:
         for layer in m.choices:
             if layer not in layers:
                 layers.append(layer)
-    index = {name: i for i, name in enumerate(vocab)}
+    order = {name: i for i, name in enumerate(vocab)}
+    used = sorted({c for m in models for c in m.choices.values()}, key=lambda c: order.get(c, len(order)))
+    index = {name: i for i, name in enumerate(used)}
     grid = np.full((max(len(models), 1), max(len(layers), 1)), np.nan)
     for r, m in enumerate(models):
         for c, layer in enumerate(layers):
             if layer in m.choices:
-                grid[r, c] = index.get(m.choices[layer], np.nan)
-    fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(layers) + 2), 1.0 + 0.45 * len(models)))
-    cmap = plt.get_cmap("viridis", max(len(vocab), 1))
-    im = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=-0.5, vmax=max(len(vocab), 1) - 0.5)
+                grid[r, c] = index[m.choices[layer]]
+    fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(layers) + 3), 1.6 + 0.45 * len(models)))
+    cmap = plt.get_cmap("tab20", max(len(used), 1))
+    im = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=-0.5, vmax=max(len(used), 1) - 0.5)
     ax.set_yticks(range(len(models)), [m.name for m in models], fontsize=8)
     ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=6)
-    cbar = fig.colorbar(im, ax=ax, ticks=range(len(vocab)))
-    cbar.ax.set_yticklabels(list(vocab), fontsize=7)
+    cbar = fig.colorbar(im, ax=ax, ticks=range(len(used)))
+    cbar.ax.set_yticklabels(used, fontsize=7)
     ax.set_title("Pattern per layer")
     return _save(fig, path)
 

@@ -123,6 +123,7 @@ class SearchRunner:
         self.progress = progress or (lambda _p: None)
         self.started = time.perf_counter()
         self.fresh = False  # True when this process created the journal (see run())
+        self._dense_test: float | None = None
 
     # -- entry points --------------------------------------------------------------------------------
     @classmethod
@@ -349,6 +350,7 @@ class SearchRunner:
         train_batches = _batches(x_train, y_train, self.config.evaluation.batch_size, self.config.seed)
         test_x, test_y = splits.test.tensors()
         test_batches = _batches(test_x, test_y, 256, None)
+        self._dense_test = accuracy(base_model, test_batches)  # for the report only, never for choosing
         for i, row in enumerate(chosen, start=1):
             name = f"final-{i}"
             self.progress(Progress("final", i - 1, len(chosen), f"fine-tuning {name}"))
@@ -422,7 +424,8 @@ class SearchRunner:
                 name=name, val_accuracy=extra.pop("val", record.accuracy), macs=record.macs, params=record.params,
                 latency_ms={d: m["p50_ms"] for d, m in meas.items()},
                 energy_mj={d: m["energy_mj"] for d, m in meas.items() if m.get("energy_mj") is not None},
-                choices=dict(record.plan.get("choices", {})), reward=record.reward, **extra,
+                choices=_ordered(record.plan.get("choices", {}), space.layer_names), reward=record.reward,
+                **extra,
             )
 
         rows = [r for r in self.journal.candidates("search") if not r.reused]
@@ -433,7 +436,7 @@ class SearchRunner:
             devices={d.name: d.fingerprint for d in devices}, budget=cfg.budget,
             candidates_evaluated=self.journal.count("search", evaluated_only=True),
             measurements_taken=self.journal.measurement_count(), seconds=time.perf_counter() - self.started,
-            dense=figures("dense", dense), best_search=figures("best-search", best) if best else None,
+            dense=figures("dense", dense, test_accuracy=self._dense_test), best_search=figures("best-search", best) if best else None,
             finals=tuple(
                 figures(f["name"], f["search_row"], val=f["val"], test_accuracy=f["test"], artifacts=f["artifacts"],
                         measurement=f["measurement"])
@@ -461,12 +464,17 @@ class SearchRunner:
         return summary.to_dict()
 
 
+def _ordered(choices: dict[str, str], layer_names: list[str]) -> dict[str, str]:
+    """``choices`` in the model's layer order (the journal stores them sorted by name)."""
+    return {name: choices[name] for name in layer_names if name in choices}
+
+
 def _batches(x, y, batch_size: int, seed: int | None) -> list:
     import torch
 
     order = torch.arange(len(x)) if seed is None else torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     return [(x[order[i : i + batch_size]], y[order[i : i + batch_size]]) for i in range(0, len(x), batch_size)
-            if len(order[i : i + batch_size]) > 1]
+            if seed is None or len(order[i : i + batch_size]) > 1]  # BN cannot train on one sample
 
 
 def _plan_from_row(row: CandidateRecord):

@@ -32,6 +32,7 @@ class RealizeState:
     kept_out: dict[str, list[int]] = field(default_factory=dict)
     kept_in: dict[str, list[int]] = field(default_factory=dict)
     groups: dict[str, CoupledGroup] = field(default_factory=dict)  # of the ORIGINAL model, by layer
+    reordered: set[tuple[str, ...]] = field(default_factory=set)  # shared groups already given a new order
     notes: list[str] = field(default_factory=list)
 
 

@@ -241,7 +241,7 @@ class KernelFamily(Family):
                 masks[key] = masks[key] & group_mask if key in masks else group_mask
             removals = ((layer, tuple(dropped)),)
         plan = _KernelRewrite(layer, shapes, private)
-        return Decision(masks, removals, ((20, plan.fold), (30, plan.replace)))
+        return Decision(masks, removals, ((20, plan.fold), (25, plan.fold_shared), (30, plan.replace)))
 
     def _decide_patdnn(self, conv: nn.Conv2d, layer: str, weight: Tensor, ratio: float) -> Decision:
         out_ch, _, kh, kw = weight.shape
@@ -303,6 +303,55 @@ class _KernelRewrite:
                 module.weight.data = module.weight.data[:, perm].clone()
             else:
                 raise RuntimeError(f"cannot fold channel order of {self.layer} into {member.name}")
+
+    def fold_shared(self, model: nn.Module, state: RealizeState) -> None:
+        """Give a shared (e.g. residual) group this layer's channel order everywhere, so no gather is paid.
+
+        Every producer's filters, BN and consumer's input weights of the group are permuted the same way,
+        which leaves the network's function unchanged; this layer's sub-convs then emit channels in group
+        order. Only one layer per group can lead; other pattern layers in the group keep a gather.
+        """
+        if self.private:
+            return
+        group = state.groups.get(self.layer)
+        key = tuple(sorted(group.producers)) if group else ()
+        if group is None or key in state.reordered:
+            return
+        branches, dropped = self._branches(state)
+        order = [p for _, positions in branches for p in positions] + dropped
+        if order == sorted(order):
+            return
+        n = len(order)
+        members = [(m, model.get_submodule(m.name)) for m in group.members]
+        for member, module in members:  # check everything before touching anything
+            if member.kind == "out" and isinstance(module, nn.Conv2d) and module.out_channels == n:
+                continue
+            if member.kind == "out" and isinstance(module, nn.BatchNorm2d) and module.num_features == n:
+                continue
+            if member.kind == "in" and isinstance(module, nn.Conv2d) and module.groups == 1 and \
+                    module.in_channels == n:
+                continue
+            if member.kind == "in" and isinstance(module, nn.Linear) and module.in_features == n:
+                continue
+            return  # LayerNorm, concat, flatten of a spatial map...: keep the gather
+        perm = torch.tensor(order, dtype=torch.long)
+        for member, module in members:
+            if member.kind == "out" and isinstance(module, nn.Conv2d):
+                module.weight.data = module.weight.data[perm].clone()
+                if module.bias is not None:
+                    module.bias.data = module.bias.data[perm].clone()
+                kept = state.kept_out.get(member.name, list(range(n)))
+                state.kept_out[member.name] = [kept[p] for p in order]
+            elif member.kind == "out":
+                for tensor in (module.weight, module.bias, module.running_mean, module.running_var):
+                    if tensor is not None:
+                        tensor.data = tensor.data[perm].clone()
+            else:
+                module.weight.data = module.weight.data[:, perm].clone()
+                kept = state.kept_in.get(member.name, list(range(n)))
+                state.kept_in[member.name] = [kept[p] for p in order]
+        state.reordered.add(key)
+        state.notes.append(f"{self.layer}: channel order of its shared group re-ordered to match (no gather)")
 
     def replace(self, model: nn.Module, state: RealizeState) -> None:
         conv = model.get_submodule(self.layer)

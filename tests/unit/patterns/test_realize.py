@@ -143,15 +143,18 @@ def test_fuse_batchnorm_keeps_outputs_and_removes_bn_after_pattern_convs():
 
     model = _model("resnet20")
     x = torch.randn(2, 3, 16, 16)
-    plan = Plan.from_mapping({"layer1.0.conv1": LayerAssignment("kernel", "paper6"),
-                              "layer1.0.conv2": LayerAssignment("kernel", "rowcol")})  # folded + gathered
+    plan = Plan.from_mapping({"layer1.0.conv1": LayerAssignment("kernel", "paper6"),  # private: folded
+                              "layer1.0.conv2": LayerAssignment("kernel", "rowcol"),  # leads its residual group
+                              "layer1.1.conv2": LayerAssignment("kernel", "rowcol")})  # same group: gathers
     realized = realize(model, plan, x)
+    assert realized.layer1[0].conv2.index is None and realized.layer1[1].conv2.index is not None
     with torch.no_grad():
         expected = realized(x)
         fused = fuse_batchnorm(realized, x)
         torch.testing.assert_close(fused(x), expected, atol=1e-5, rtol=1e-5)
-    assert isinstance(fused.layer1[0].conv2, PatternConv) and fused.layer1[0].conv2.index is not None
+    assert isinstance(fused.layer1[0].conv2, PatternConv)
     assert isinstance(fused.layer1[0].bn1, nn.Identity) and isinstance(fused.layer1[0].bn2, nn.Identity)
+    assert isinstance(fused.layer1[1].bn2, nn.Identity)
     assert isinstance(fused.layer1[1].bn1, nn.BatchNorm2d)  # plain convs are left to the engine
 
 

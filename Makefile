@@ -6,6 +6,9 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.autosculpt-installed
 PIP     = $(BIN)/python -m pip --disable-pip-version-check -q
 RUN_OUT ?= runs/quickstart
+# pipefail: a failing pip must fail the recipe even though its output is filtered through grep.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 
 .PHONY: setup run test lint protos protos-check clean
 
@@ -14,9 +17,9 @@ setup: $(STAMP)
 # torch goes first and pinned: any requirement that admits a newer torch pulls multi-GB CUDA wheels.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install 'torch==2.13.0' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) install 'torch==2.13.0' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	$(BIN)/python -c 'import torch; assert torch.__version__.startswith("2.13.0"), torch.__version__'
-	$(PIP) install -c constraints.txt -e '.[host,dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) install -c constraints.txt -e '.[host,dev,tflite-export]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 

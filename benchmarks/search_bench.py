@@ -73,7 +73,22 @@ def _uniform_l1(model, splits, target_cut: float, finetune, out: Path, bench_run
     artifact = export_pte(m, (example,), out / "l1.pte")
     with open_devices(["local"]) as devices:
         summary = measure(devices[0], Path(artifact.path), BenchSettings(10, bench_runs, 1.0, 1))
-    return {"val": val, "test": test, "cut": cut, "latency_ms": summary["p50_ms"]}
+    return {"val": val, "test": test, "cut": cut, "latency_ms": summary["p50_ms"], "pte": str(artifact.path)}
+
+
+def _side_by_side(paths: dict[str, Path], rounds: int = 3) -> dict[str, float]:
+    """Median p50 of every artifact, measured in interleaved rounds in one session (load drifts over a
+    long run; separate sessions made the dense reference alone vary by 20% on this shared machine)."""
+    import statistics
+
+    from host.search.devices import BenchSettings, measure, open_devices
+
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    with open_devices(["local"]) as devices:
+        for _ in range(rounds):
+            for name, path in paths.items():
+                samples[name].append(measure(devices[0], path, BenchSettings(10, 50, 1.0, 1))["p50_ms"])
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     if rows.get("latency"):
         rows["l1"] = _uniform_l1(model, splits, rows["latency"]["cut"], finetune, out, 50)
 
-    print(f"\nResNet-20 / MNIST-5k (16 px), budget {args.budget} candidates per search, local agent (ExecuTorch XNNPACK)\n")
+    from host.export import export_pte
+
+    paths = {"dense": Path(export_pte(model, (splits.val.tensors()[0][:1],), out / "dense.pte").path)}
+    for name in ("latency", "flops", "random"):
+        if rows.get(name):
+            paths[name] = out / name / "final-1.pte"
+    if rows.get("l1"):
+        paths["l1"] = Path(rows["l1"]["pte"])
+    for name, ms in _side_by_side(paths).items():
+        rows[name]["latency_ms"] = ms
+
+    print(f"\nResNet-20 / MNIST-5k (16 px), budget {args.budget} candidates per search, local agent (ExecuTorch "
+          "XNNPACK, 1 thread); latency = median of 3 interleaved rounds of p50 over 50+ runs, side by side\n")
     print("| method | val acc | test acc | MAC cut | p50 latency (ms) | speed-up vs dense |")
     print("|---|---|---|---|---|---|")
     dense_ms = rows["dense"]["latency_ms"]

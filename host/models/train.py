@@ -69,6 +69,18 @@ def _set_threads(threads: int | None) -> int:
     return previous
 
 
+# Fewer optimizer steps than this and a one-cycle schedule has no room for its warm-up and annealing phases
+# (torch's OneCycleLR even divides by zero at exactly 4 steps with pct_start=0.25): keep the LR constant.
+_MIN_ONE_CYCLE_STEPS = 8
+
+
+def _schedule(optimizer: torch.optim.Optimizer, lr: float, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """One-cycle LR over ``total_steps`` (25% warm-up), or a constant LR for runs too short for one."""
+    if total_steps < _MIN_ONE_CYCLE_STEPS:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.25)
+
+
 def train(model: nn.Module, splits: DatasetSplits, config: TrainConfig, progress: ProgressFn | None = None) -> TrainResult:
     """Train ``model`` in place on ``splits.train``; report accuracy on ``splits.val`` after every epoch.
 
@@ -82,8 +94,7 @@ def train(model: nn.Module, splits: DatasetSplits, config: TrainConfig, progress
         steps_per_epoch = math.ceil(n_train / config.batch_size)
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay, nesterov=config.momentum > 0)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
-                                                        steps_per_epoch=steps_per_epoch, pct_start=0.25)
+        scheduler = _schedule(optimizer, config.lr, config.epochs * steps_per_epoch)
         start = time.perf_counter()
         losses, val_history = [], []
         for epoch in range(1, config.epochs + 1):

@@ -38,6 +38,18 @@ def test_training_is_reproducible():
     torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("batch_size", [456, 228, 114])
+def test_short_runs_train(batch_size):
+    """1 epoch of 2, 4 or 8 optimizer steps (911 training digits): too short for a one-cycle schedule (4 steps used to divide by zero)."""
+    splits = load_dataset("digits", image_size=8, channels=1, limit=1300)
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_channels=1, image_size=8, width=0.25)
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train(model, splits, TrainConfig(epochs=1, batch_size=batch_size))
+    assert result.epochs == 1 and len(result.train_loss) == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
 def test_evaluate_accepts_plain_datasets_and_loaders(mnist_splits):
     model = create_model("resnet20", num_classes=10, in_channels=1, image_size=16, width=0.25)
     direct = evaluate(model, mnist_splits.val)

@@ -22,8 +22,8 @@ class Policy:
     warmup_seconds: float = 0.05  # counts against the agent overhead: keep it short in search mode
     min_runs: int = 50
     min_seconds: float = 1.0
-    max_runs: int = 5000
-    max_seconds: float = 0.0  # 0 = no time cap beyond max_runs
+    max_runs: int = 2000
+    max_seconds: float = 10.0  # a slow model still returns within ~10 s; 0 = no time cap beyond max_runs
     max_temperature_c: float = 0.0  # 0 = no temperature gate
     cooldown_timeout_seconds: float = 60.0
 

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from device_agent import __version__
+from device_agent.bench import Policy
 from device_agent.config import AgentConfig, TlsConfig, load_config, read_token_file
 from device_agent.errors import AgentConfigError, AgentError
 
@@ -57,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup-seconds", type=float, default=0.05, help="minimum warm-up time (default 0.05)")
     bench.add_argument("--runs", type=int, default=50, help="minimum timed runs (default 50)")
     bench.add_argument("--seconds", type=float, default=1.0, help="minimum timed seconds (default 1)")
-    bench.add_argument("--max-runs", type=int, default=5000, help="cap on timed runs (default 5000)")
+    bench.add_argument("--max-runs", type=int, default=Policy.max_runs,
+                       help=f"cap on timed runs (default {Policy.max_runs})")
+    bench.add_argument("--max-seconds", type=float, default=Policy.max_seconds,
+                       help=f"cap on timed seconds (default {Policy.max_seconds:g}; 0 = none)")
     bench.add_argument("--timeout", type=float, default=0.0, help="worker deadline in s (0 = agent default)")
     bench.add_argument("--energy", action="store_true", help="also measure energy, when a meter exists")
     _common(bench, store_help="artifact store directory (default: a temporary one, removed afterwards)")
@@ -133,7 +137,8 @@ def _bench(args) -> int:
         try:
             sha = agent.store_file(data)
             policy = pb.BenchPolicy(warmup_runs=args.warmup, warmup_seconds=args.warmup_seconds,
-                                    min_runs=args.runs, min_seconds=args.seconds, max_runs=args.max_runs)
+                                    min_runs=args.runs, min_seconds=args.seconds, max_runs=args.max_runs,
+                                    max_seconds=args.max_seconds)
             result = agent.benchmark(pb.BenchmarkRequest(
                 artifact_sha256=sha, runtime=args.runtime, threads=args.threads, policy=policy,
                 timeout_seconds=args.timeout, measure_energy=args.energy))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from device_agent.bench import Policy
 from protos.agent.v1 import agent_pb2 as pb
 
 _DTYPES = {pb.DTYPE_FLOAT32: np.float32, pb.DTYPE_FLOAT16: np.float16, pb.DTYPE_INT8: np.int8,
@@ -48,17 +49,10 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
-class BenchPolicy:
-    """Warm-up and repetition policy. ``search()`` (the default) is ~50 runs / 1 s; ``final()`` is longer."""
-
-    warmup_runs: int = 5
-    warmup_seconds: float = 0.05  # counts against the agent overhead: keep it short in search mode
-    min_runs: int = 50
-    min_seconds: float = 1.0
-    max_runs: int = 2000
-    max_seconds: float = 10.0
-    max_temperature_c: float = 0.0  # 0 = no temperature gate
-    cooldown_timeout_seconds: float = 60.0
+class BenchPolicy(Policy):
+    """Warm-up and repetition policy: the agent's own :class:`device_agent.bench.Policy` (same fields and
+    defaults, one definition), plus presets and the protocol mapping. ``search()`` (the default) is ~50
+    runs / 1 s; ``final()`` is longer."""
 
     @classmethod
     def search(cls) -> BenchPolicy:

@@ -54,10 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.add_argument("--runtime", default="", help="executorch | litert (default: by file kind)")
     bench.add_argument("--threads", type=int, default=0, help="runtime threads (0 = runtime default)")
-    bench.add_argument("--warmup", type=int, default=5, help="warm-up runs (default 5)")
-    bench.add_argument("--warmup-seconds", type=float, default=0.05, help="minimum warm-up time (default 0.05)")
-    bench.add_argument("--runs", type=int, default=50, help="minimum timed runs (default 50)")
-    bench.add_argument("--seconds", type=float, default=1.0, help="minimum timed seconds (default 1)")
+    bench.add_argument("--warmup", type=int, default=Policy.warmup_runs,
+                       help=f"warm-up runs (default {Policy.warmup_runs})")
+    bench.add_argument("--warmup-seconds", type=float, default=Policy.warmup_seconds,
+                       help=f"minimum warm-up time (default {Policy.warmup_seconds:g})")
+    bench.add_argument("--runs", type=int, default=Policy.min_runs, help=f"minimum timed runs (default {Policy.min_runs})")
+    bench.add_argument("--seconds", type=float, default=Policy.min_seconds,
+                       help=f"minimum timed seconds (default {Policy.min_seconds:g})")
     bench.add_argument("--max-runs", type=int, default=Policy.max_runs,
                        help=f"cap on timed runs (default {Policy.max_runs})")
     bench.add_argument("--max-seconds", type=float, default=Policy.max_seconds,

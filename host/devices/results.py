@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from device_agent.bench import Policy
+from device_agent.bench import Policy, Stats
 from protos.agent.v1 import agent_pb2 as pb
 
 _DTYPES = {pb.DTYPE_FLOAT32: np.float32, pb.DTYPE_FLOAT16: np.float16, pb.DTYPE_INT8: np.int8,
@@ -167,18 +167,9 @@ class DeviceInfo:
 
 
 @dataclass(frozen=True)
-class LatencyStats:
-    """Summary of the timed runs, in milliseconds."""
-
-    count: int
-    mean_ms: float
-    std_ms: float
-    cv: float
-    min_ms: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
+class LatencyStats(Stats):
+    """Summary of the timed runs, in milliseconds: the agent's :class:`device_agent.bench.Stats`, read back
+    from the protocol."""
 
     @classmethod
     def from_proto(cls, m: pb.LatencyStats) -> LatencyStats:

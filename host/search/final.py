@@ -1,0 +1,208 @@
+"""The final stage of a search: the chosen plans are fine-tuned with masks held fixed (distillation from
+dense), realized, exported (``.pte``, and ``.tflite`` when available), benchmarked on the device(s) with the
+longer final policy, and reported (result.json, report.md, plots, TensorBoard).
+
+Which plans: the Pareto front of the search candidates in (validation accuracy, cost), best reward first.
+The test split is read here for the report only; it never chooses anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from host.search.config import SearchConfig
+from host.search.journal import CandidateRecord, Journal
+from host.search.progress import Progress, ProgressFn
+
+logger = logging.getLogger(__name__)
+
+FINAL_BENCH_RUNS = 50
+
+
+class FinalStage:
+    """Fine-tunes, verifies and reports the best plans of one run (``config.out``)."""
+
+    def __init__(self, config: SearchConfig, journal: Journal, progress: ProgressFn) -> None:
+        self.config = config
+        self.journal = journal
+        self.run_dir = Path(config.out)
+        self.progress = progress
+        self._dense_test: float | None = None
+
+    def candidates(self, evaluator) -> list[CandidateRecord]:
+        """The plans to finish: Pareto front in (val accuracy, cost), best reward first, at most final_top."""
+        from host.search.reward import pareto_front
+
+        rows = [r for r in self.journal.candidates("search") if not r.reused and r.accuracy > 0]
+        if self.config.reward_objective().needs_measurement:
+            # measured figure where there is one, else the dense figure, as in the reward
+            costs = [evaluator.cost_estimate(r) for r in rows]
+        else:
+            costs = [float(r.macs) for r in rows]
+        front = [rows[i] for i in pareto_front([(r.accuracy, c) for r, c in zip(rows, costs, strict=True)])]
+        front.sort(key=lambda r: r.reward, reverse=True)
+        unique, seen = [], set()
+        for r in front:
+            if r.plan_hash not in seen:
+                unique.append(r)
+                seen.add(r.plan_hash)
+        return unique[: self.config.final_top]
+
+    def run(self, evaluator, splits, base_model) -> list[dict[str, Any]]:
+        """Fine-tune, realize, export and measure every chosen plan; one dict per final model."""
+        from host.search.finetune import accuracy, masked_finetune
+        from host.search.journal import plan_hash
+        from host.search.realize import realize_trained
+
+        chosen = self.candidates(evaluator)
+        finals: list[dict[str, Any]] = []
+        x_train, y_train = splits.train.tensors()
+        train_batches = _batches(x_train, y_train, self.config.evaluation.batch_size, self.config.seed)
+        test_x, test_y = splits.test.tensors()
+        test_batches = _batches(test_x, test_y, 256, None)
+        self._dense_test = accuracy(base_model, test_batches)  # for the report only, never for choosing
+        for i, row in enumerate(chosen, start=1):
+            name = f"final-{i}"
+            self.progress(Progress("final", i - 1, len(chosen), f"fine-tuning {name}"))
+            plan = _plan_from_row(row)
+            stored = self.journal.find(plan_hash(row.plan), "final")
+            model, masks = evaluator.masked_model(plan)
+            masked_finetune(model, masks, train_batches, self.config.finetune, teacher=base_model)
+            masked_val = accuracy(model, evaluator.data.val_batches)
+            # accuracy is taken on the REALIZED module, i.e. exactly what gets exported and deployed
+            realized = realize_trained(base_model, model, plan, evaluator.data.example_input)
+            val = accuracy(realized, evaluator.data.val_batches)
+            test = accuracy(realized, test_batches)
+            if abs(val - masked_val) > 0.005:
+                logger.warning("%s: realized val accuracy %.4f differs from the masked model's %.4f", name, val,
+                               masked_val)
+            artifacts, measurement, sha = self._export_final(evaluator, realized, plan, name, stored)
+            record = stored or self.journal.record(
+                CandidateRecord(
+                    phase="final", plan=row.plan, accuracy=val, macs=row.macs, params=row.params,
+                    reward=row.reward, eval_seconds=0.0, artifact_sha256=sha, measurement=measurement,
+                )
+            )
+            finals.append({"name": name, "record": record, "val": val, "test": test, "artifacts": artifacts,
+                           "measurement": measurement, "search_row": row})
+        self.progress(Progress("final", len(chosen), len(chosen), "final models done"))
+        return finals
+
+    def _export_final(self, evaluator, realized, plan, name, stored):
+        from host.errors import ExportError, MissingDependencyError
+        from host.export import export_pte
+        from host.search.devices import BenchSettings
+
+        artifacts: dict[str, str] = {}
+        pte = export_pte(realized, (evaluator.data.example_input,), self.run_dir / f"{name}.pte")
+        artifacts["pte"] = str(pte.path)
+        if self.config.export_tflite:
+            from host.export import export_tflite
+
+            try:
+                tfl = export_tflite(realized, (evaluator.data.example_input,), self.run_dir / f"{name}.tflite")
+                artifacts["tflite"] = str(tfl.path)
+            except MissingDependencyError as exc:
+                logger.info("no .tflite for %s: %s", name, exc)
+            except ExportError as exc:  # the .pte is the main artifact; a failed .tflite is reported, not fatal
+                logger.warning("no .tflite for %s: %s", name, exc)
+        plan.save(self.run_dir / f"{name}.plan.json")
+        artifacts["plan"] = str(self.run_dir / f"{name}.plan.json")
+        measurement = None
+        if evaluator.devices:
+            if stored is not None and stored.measurement and stored.artifact_sha256 == pte.sha256:
+                measurement = stored.measurement
+            else:
+                ev = self.config.evaluation
+                bench = BenchSettings(ev.warmup_runs * 2, FINAL_BENCH_RUNS, 1.0, ev.threads,
+                                      self.config.objective == "energy")
+                measurement = evaluator.measure_artifact(Path(pte.path), pte.sha256, bench, use_cache=False)
+        return artifacts, measurement, pte.sha256
+
+    def report(self, evaluator, space, devices, finals, seconds: float) -> dict[str, Any]:
+        """Write result.json, report.md, plots and TensorBoard logs; return the summary as a dict."""
+        from host.report import ModelFigures, RunSummary, write_report, write_tensorboard
+
+        self.progress(Progress("report", 0, 1, "writing the report"))
+        cfg = self.config
+        objective = cfg.reward_objective()
+        dense = evaluator.dense
+
+        def figures(name: str, record: CandidateRecord, **extra: Any) -> ModelFigures:
+            meas = extra.pop("measurement", record.measurement) or {}
+            return ModelFigures(
+                name=name, val_accuracy=extra.pop("val", record.accuracy), macs=record.macs, params=record.params,
+                latency_ms={d: m["p50_ms"] for d, m in meas.items()},
+                energy_mj={d: m["energy_mj"] for d, m in meas.items() if m.get("energy_mj") is not None},
+                choices=_ordered(record.plan.get("choices", {}), space.layer_names), reward=record.reward,
+                **extra,
+            )
+
+        rows = [r for r in self.journal.candidates("search") if not r.reused]
+        best = max(rows, key=lambda r: r.reward) if rows else None
+        summary = RunSummary(
+            model=cfg.model.model, dataset=cfg.model.data, objective=objective.name,
+            target=str(objective.target) if objective.target else f"{cfg.target_flops:.0%} MAC reduction",
+            devices={d.name: d.fingerprint for d in devices}, budget=cfg.budget,
+            candidates_evaluated=self.journal.count("search", evaluated_only=True),
+            measurements_taken=self.journal.measurement_count(), seconds=seconds,
+            dense=figures("dense", dense, test_accuracy=self._dense_test), best_search=figures("best-search", best) if best else None,
+            finals=tuple(
+                figures(f["name"], f["search_row"], val=f["val"], test_accuracy=f["test"], artifacts=f["artifacts"],
+                        measurement=f["measurement"])
+                for f in finals
+            ),
+            vocab=tuple(space.vocab),
+            notes=_notes(cfg, rows),
+        )
+        if objective.needs_measurement:
+            cost_label = "energy (mJ)" if objective.name == "energy" else "latency p50 (ms)"
+            points = [(r.accuracy, max(evaluator._figures(r.measurement).values())) for r in rows if r.measurement]
+        else:
+            cost_label = "MACs"
+            points = [(r.accuracy, float(r.macs)) for r in rows]
+        write_report(self.run_dir, summary, points, [r.reward for r in rows], cost_label)
+        tb_rows = []
+        for r in rows:
+            row = {"reward": r.reward, "accuracy": r.accuracy, "macs": float(r.macs)}
+            figs = evaluator._figures(r.measurement)
+            if figs:
+                row["cost"] = max(figs.values())
+            tb_rows.append(row)
+        write_tensorboard(self.run_dir / "tensorboard", tb_rows)
+        self.progress(Progress("report", 1, 1, f"report written to {self.run_dir / 'report.md'}"))
+        return summary.to_dict()
+
+
+def _ordered(choices: dict[str, str], layer_names: list[str]) -> dict[str, str]:
+    """``choices`` in the model's layer order (the journal stores them sorted by name)."""
+    return {name: choices[name] for name in layer_names if name in choices}
+
+
+def _batches(x, y, batch_size: int, seed: int | None) -> list:
+    import torch
+
+    order = torch.arange(len(x)) if seed is None else torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    return [(x[order[i : i + batch_size]], y[order[i : i + batch_size]]) for i in range(0, len(x), batch_size)
+            if seed is None or len(order[i : i + batch_size]) > 1]  # BN cannot train on one sample
+
+
+def _plan_from_row(row: CandidateRecord):
+    import json
+
+    from patterns.plan import Plan
+
+    return Plan.from_json(json.dumps(row.plan["plan"]))
+
+
+def _notes(cfg: SearchConfig, rows: list[CandidateRecord]) -> tuple[str, ...]:
+    notes = []
+    unmeasured = sum(1 for r in rows if not r.measurement)
+    if cfg.objective != "flops" and unmeasured:
+        notes.append(
+            f"{unmeasured} candidate(s) were far less accurate than dense and were not measured; their reward "
+            "assumed no speed-up (the dense figure)"
+        )
+    return tuple(notes)

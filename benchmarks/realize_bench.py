@@ -60,19 +60,13 @@ def plans_for(model: nn.Module, name: str) -> dict[str, Callable[[float], Plan]]
     plans: dict[str, Callable[[float], Plan]] = {}
     if name.startswith("resnet"):
         inner = [n for n in convs if _private(n)]
-        outer = [n for n in convs if not _private(n)]
 
-        def kernel_mix(r: float) -> Plan:  # the paper's six shapes on every 3x3: residual convs pay a gather
-            return Plan.from_mapping({n: LayerAssignment("kernel", "paper6", ratio=r) for n in convs})
-
-        def kernel_folded(r: float) -> Plan:
-            # Private convs (conv1) take the paper's mix: their channel order folds into BN and conv2.
-            # Residual convs (conv2) take ONE window per layer (row1 on the first share r of them, row2 on the
-            # rest), so their output order never changes and no gather is needed.
-            a = {n: LayerAssignment("kernel", "paper6") for n in inner}
-            cut = int(r * len(outer) + 0.5)
-            a.update({n: LayerAssignment("kernel", "row1" if i < cut else "row2") for i, n in enumerate(outer)})
-            return Plan.from_mapping(a)
+        def kernel_mix(r: float, tile: int = 1, pattern: str = "paper6") -> Plan:
+            # The paper's six shapes on every 3x3. tile=1: the exact mix, residual convs pay a gather.
+            # tile>1: shares rounded to whole XNNPACK tiles (residual convs get contiguous blocks, no gather).
+            params = (("tile", tile),) if tile > 1 else ()
+            return Plan.from_mapping({n: LayerAssignment("kernel", pattern, ratio=r, params=params)
+                                      for n in convs})
 
         def kernel_uniform(r: float) -> Plan:
             # ONE window per layer everywhere (row1 on the first share r of the 3x3 convs, row2 on the rest):
@@ -96,8 +90,11 @@ def plans_for(model: nn.Module, name: str) -> dict[str, Callable[[float], Plan]]
                     a[f"{block}.conv2"] = LayerAssignment("kernel", "row2")
             return Plan.from_mapping(a)
 
-        plans.update({"kernel paper6 (gather)": kernel_mix, "kernel paper6 folded": kernel_folded,
-                      "kernel uniform": kernel_uniform,
+        plans.update({"kernel one window/layer": kernel_uniform,
+                      "kernel paper6 exact": kernel_mix,
+                      "kernel paper6 tile 8": lambda r: kernel_mix(r, 8),
+                      "kernel paper6 tile 16": lambda r: kernel_mix(r, 16),
+                      "kernel rowcol tile 16": lambda r: kernel_mix(r, 16, "rowcol"),
                       "channel": channel, "mixed chan+kernel": mixed})
         plans["masks-only (paper6)"] = kernel_mix
     else:

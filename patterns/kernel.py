@@ -53,6 +53,22 @@ MIXES: dict[str, tuple[tuple[str, float], ...]] = {
     "paper6": tuple((shape, 1 / 6) for shape in SHAPES),
 }
 MASK_ONLY = ("patdnn4",)
+# Default ``params.tile`` per pattern (1 = exact share per filter, as in the paper).
+DEFAULT_TILE: dict[str, int] = {}
+
+
+def _tile(layer: str, assignment: LayerAssignment) -> int:
+    """The assignment's ``params.tile`` (filters per shape rounded to multiples of it), checked."""
+    params = dict(assignment.params)
+    unknown = sorted(set(params) - {"tile"})
+    if unknown:
+        raise PlanError(f"layer '{layer}': kernel patterns take no params {unknown}",
+                        hint='the kernel family knows only "tile", e.g. "params": {"tile": 16}')
+    tile = params.get("tile", DEFAULT_TILE.get(assignment.pattern, 1))
+    if isinstance(tile, bool) or not isinstance(tile, int | float) or tile != int(tile) or tile < 1:
+        raise PlanError(f"layer '{layer}': params.tile must be a positive integer, got {tile!r}",
+                        hint="1 keeps the exact mix; 8 or 16 match XNNPACK's output-channel tiles")
+    return int(tile)
 
 
 def _window(shape: str, kh: int, kw: int) -> tuple[int, int]:
@@ -107,21 +123,51 @@ def _best_offset(energy: Tensor, kh: int, kw: int) -> tuple[int, int]:
     return best[2], best[3]
 
 
-def assign_shapes(weight: Tensor, pattern: str, ratio: float) -> list[FilterShape]:
-    """Per-filter kept windows for a rectangular mix (deterministic in the weights)."""
+def aligned_count(share: float, total: int, tile: int) -> int:
+    """How many of ``total`` filters a share selects, rounded to a multiple of ``tile`` (round half up).
+
+    ``tile == 1`` is :func:`~patterns.family.count_for_ratio`; a whole share (>= 1) always selects ``total``,
+    so a layer whose width is not a multiple of ``tile`` puts the remainder into its last group.
+    """
+    if tile == 1 or share >= 1.0:
+        return count_for_ratio(total, min(share, 1.0))
+    return min(total, tile * int(share * total / tile + 0.5 + 1e-9))
+
+
+def assign_shapes(weight: Tensor, pattern: str, ratio: float, *, tile: int = 1,
+                  blocks: bool = False) -> list[FilterShape]:
+    """Per-filter kept windows for a rectangular mix (deterministic in the weights).
+
+    ``tile`` rounds the number of filters per shape (and the affected share) to multiples of ``tile``.
+    ``blocks`` assigns shapes to contiguous blocks of ``tile`` filters instead of single filters, the blocks
+    ranked by their summed energy (smallest first, heaviest shapes to them), so every shape covers whole
+    runs of adjacent channels and the realized layer emits its channels in the original order.
+    """
     out_ch, _, kh, kw = weight.shape
+    energy_all = weight.detach().double().pow(2).sum(dim=1)  # (out, kh, kw)
     norms = weight.detach().double().pow(2).sum(dim=(1, 2, 3))
-    affected = stable_order(norms)[:count_for_ratio(out_ch, ratio)]
+    if blocks and tile > 1:
+        units = [list(range(start, min(start + tile, out_ch))) for start in range(0, out_ch, tile)]
+        unit_norms = torch.stack([norms[unit].sum() for unit in units])
+        affected = stable_order(unit_norms)[:count_for_ratio(len(units), ratio)]
+
+        def split(share: float) -> int:
+            return count_for_ratio(len(affected), share)
+    else:
+        units = [[f] for f in range(out_ch)]
+        affected = stable_order(norms)[:aligned_count(ratio, out_ch, tile)]
+
+        def split(share: float) -> int:
+            return aligned_count(share, len(affected), tile)
     shapes = [FilterShape(0, 0, kh, kw)] * out_ch
     by_shape: dict[str, list[int]] = {}
     start = 0
     cumulative = 0.0
     for shape, share in MIXES[pattern]:
         cumulative += share
-        stop = min(len(affected), count_for_ratio(len(affected), min(cumulative, 1.0)))
-        by_shape[shape] = affected[start:stop]
+        stop = min(len(affected), split(min(cumulative, 1.0)))
+        by_shape[shape] = [f for unit in affected[start:stop] for f in units[unit]]
         start = stop
-    energy_all = weight.detach().double().pow(2).sum(dim=1)  # (out, kh, kw)
     for shape, filters in by_shape.items():
         if not filters:
             continue
@@ -139,20 +185,28 @@ def assign_shapes(weight: Tensor, pattern: str, ratio: float) -> list[FilterShap
 class PatternConv(nn.Module):
     """A k x k conv rewritten as dense sub-convs, one per kept window, reading the input at an offset.
 
-    ``index`` (optional) gathers the concatenated outputs (plus ``zeros`` zero channels for dropped filters)
-    back into the original channel order, for layers whose order cannot be folded downstream.
+    The output is the concatenation of ``layout``'s pieces in order: an entry ``i >= 0`` is sub-conv ``i``'s
+    output, an entry ``-z`` is ``z`` zero channels (dropped filters of a layer whose channels cannot be
+    removed). Without ``layout``: every sub-conv in order, then ``zeros`` zero channels. ``index``
+    (optional) gathers the result back into the original channel order, for layers whose order can be
+    neither kept by the layout nor folded downstream.
     """
 
     def __init__(self, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                  windows: list[tuple[int, int]], convs: list[nn.Conv2d], zeros: int = 0,
-                 index: Tensor | None = None) -> None:
+                 index: Tensor | None = None, layout: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.kernel_size = kernel_size
         self.stride = stride
         self.padding = padding
         self.windows = list(windows)
         self.convs = nn.ModuleList(convs)
-        self.zeros = zeros
+        if layout is None:
+            layout = tuple(range(len(convs))) + ((-zeros,) if zeros else ())
+        if sorted(p for p in layout if p >= 0) != list(range(len(convs))):
+            raise ValueError(f"layout {layout} must name each of the {len(convs)} sub-convs once")
+        self.layout = tuple(layout)
+        self.zeros = sum(-p for p in self.layout if p < 0)
         if index is not None:
             self.register_buffer("index", index.to(torch.long), persistent=True)
         else:
@@ -181,10 +235,10 @@ class PatternConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         outs = [self._branch(x, conv, r0, c0) for conv, (r0, c0) in zip(self.convs, self.windows, strict=True)]
-        if self.zeros:
-            ref = outs[0]
-            outs.append(ref.new_zeros(ref.shape[0], self.zeros, ref.shape[2], ref.shape[3]))
-        y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        ref = outs[0]
+        pieces = [outs[p] if p >= 0 else ref.new_zeros(ref.shape[0], -p, ref.shape[2], ref.shape[3])
+                  for p in self.layout]
+        y = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
         if self.index is not None:
             y = torch.index_select(y, 1, self.index)
         return y
@@ -220,7 +274,13 @@ class KernelFamily(Family):
         weight = conv.weight.detach()
         if assignment.pattern == "patdnn4":
             return self._decide_patdnn(conv, layer, weight, ratio)
-        shapes = assign_shapes(weight, assignment.pattern, ratio)
+        tile = _tile(layer, assignment)
+        # Whether the layer's channels are private decides both the masks of dropped filters (the whole
+        # group goes) and fold-vs-gather, so it needs the coupling: Context raises without an example input.
+        private = ctx.group(layer)[1].private
+        # A shared layer cannot fold a per-filter order downstream; with tiles it keeps contiguous blocks.
+        blocks = tile > 1 and not private
+        shapes = assign_shapes(weight, assignment.pattern, ratio, tile=tile, blocks=blocks)
         dropped = [f for f, s in enumerate(shapes) if s.dropped]
         if len(dropped) == len(shapes):
             raise PlanError(f"layer '{layer}': kernel pattern '{assignment.pattern}' with ratio {ratio} drops "
@@ -232,15 +292,12 @@ class KernelFamily(Family):
         masks = {weight_key(layer): mask}
         if conv.bias is not None:
             masks[weight_key(layer, "bias")] = torch.tensor([not s.dropped for s in shapes])
-        # Whether the layer's channels are private decides both the masks of dropped filters (the whole
-        # group goes) and fold-vs-gather, so it needs the coupling: Context raises without an example input.
-        private = ctx.group(layer)[1].private
         removals: tuple[tuple[str, tuple[int, ...]], ...] = ()
         if dropped and private:
             for key, group_mask in ctx.group_masks(layer, dropped).items():
                 masks[key] = masks[key] & group_mask if key in masks else group_mask
             removals = ((layer, tuple(dropped)),)
-        plan = _KernelRewrite(layer, shapes, private)
+        plan = _KernelRewrite(layer, shapes, private, in_order=blocks)
         return Decision(masks, removals, ((20, plan.fold), (25, plan.fold_shared), (30, plan.replace)))
 
     def _decide_patdnn(self, conv: nn.Conv2d, layer: str, weight: Tensor, ratio: float) -> Decision:
@@ -258,13 +315,30 @@ class KernelFamily(Family):
 
 
 class _KernelRewrite:
-    """Folds (private layers) and replaces one conv by a :class:`PatternConv` on the realized copy."""
+    """Folds (private layers) and replaces one conv by a :class:`PatternConv` on the realized copy.
 
-    def __init__(self, layer: str, shapes: list[FilterShape], private: bool) -> None:
+    ``in_order``: the shapes cover runs of adjacent channels (block assignment), so the sub-convs follow the
+    channel order run by run and neither a fold nor a gather is needed.
+    """
+
+    def __init__(self, layer: str, shapes: list[FilterShape], private: bool, in_order: bool = False) -> None:
         self.layer = layer
         self.shapes = shapes
         self.private = private
+        self.in_order = in_order
         self.order: list[int] | None = None
+
+    def _runs(self, state: RealizeState) -> list[tuple[FilterShape, list[int]]]:
+        """(window, current positions) of each maximal run of adjacent channels sharing a window."""
+        kept = state.kept_out.get(self.layer, list(range(len(self.shapes))))
+        runs: list[tuple[FilterShape, list[int]]] = []
+        for position, original in enumerate(kept):
+            shape = self.shapes[original]
+            if runs and runs[-1][0] == shape:
+                runs[-1][1].append(position)
+            else:
+                runs.append((shape, [position]))
+        return runs
 
     def _branches(self, state: RealizeState) -> tuple[list[tuple[FilterShape, list[int]]], list[int]]:
         """(window, current filter positions) per sub-conv in a fixed order, and dropped positions."""
@@ -282,7 +356,7 @@ class _KernelRewrite:
         return ordered, dropped
 
     def fold(self, model: nn.Module, state: RealizeState) -> None:
-        if not self.private:
+        if not self.private or self.in_order:
             return
         branches, dropped = self._branches(state)
         if dropped:  # private drops were removed physically before this step
@@ -311,7 +385,7 @@ class _KernelRewrite:
         which leaves the network's function unchanged; this layer's sub-convs then emit channels in group
         order. Only one layer per group can lead; other pattern layers in the group keep a gather.
         """
-        if self.private:
+        if self.private or self.in_order:
             return
         group = state.groups.get(self.layer)
         key = tuple(sorted(group.producers)) if group else ()
@@ -355,18 +429,14 @@ class _KernelRewrite:
 
     def replace(self, model: nn.Module, state: RealizeState) -> None:
         conv = model.get_submodule(self.layer)
+        if self.in_order:
+            self._replace_in_order(model, conv, state)
+            return
         branches, dropped = self._branches(state)
         windows, convs, order = [], [], []
         for shape, positions in branches:
-            index = torch.tensor(positions, dtype=torch.long)
-            weight = conv.weight.data[index][:, :, shape.r0:shape.r0 + shape.kh, shape.c0:shape.c0 + shape.kw]
-            sub = nn.Conv2d(conv.in_channels, len(positions), (shape.kh, shape.kw), conv.stride, 0,
-                            bias=conv.bias is not None)
-            sub.weight.data = weight.clone().contiguous()
-            if conv.bias is not None:
-                sub.bias.data = conv.bias.data[index].clone()
             windows.append((shape.r0, shape.c0))
-            convs.append(sub)
+            convs.append(_sub_conv(conv, shape, positions))
             order.extend(positions)
         gather = None
         if not self.private:
@@ -380,6 +450,34 @@ class _KernelRewrite:
                           zeros=len(dropped) if not self.private else 0, index=gather)
         new.train(conv.training)
         _set_submodule(model, self.layer, new)
+
+    def _replace_in_order(self, model: nn.Module, conv: nn.Conv2d, state: RealizeState) -> None:
+        windows, convs, layout = [], [], []
+        for shape, positions in self._runs(state):
+            if shape.dropped:
+                layout.append(-len(positions))
+                continue
+            layout.append(len(convs))
+            windows.append((shape.r0, shape.c0))
+            convs.append(_sub_conv(conv, shape, positions))
+        if not convs:
+            raise RuntimeError(f"{self.layer}: every filter is dropped")
+        new = PatternConv(tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding), windows, convs,
+                          layout=tuple(layout))
+        new.train(conv.training)
+        _set_submodule(model, self.layer, new)
+
+
+def _sub_conv(conv: nn.Conv2d, shape: FilterShape, positions: list[int]) -> nn.Conv2d:
+    """A dense conv holding filters ``positions`` of ``conv`` cut to ``shape``'s window (no padding)."""
+    index = torch.tensor(positions, dtype=torch.long)
+    weight = conv.weight.data[index][:, :, shape.r0:shape.r0 + shape.kh, shape.c0:shape.c0 + shape.kw]
+    sub = nn.Conv2d(conv.in_channels, len(positions), (shape.kh, shape.kw), conv.stride, 0,
+                    bias=conv.bias is not None)
+    sub.weight.data = weight.clone().contiguous()
+    if conv.bias is not None:
+        sub.bias.data = conv.bias.data[index].clone()
+    return sub
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -35,3 +35,67 @@ def test_smallest_filters_get_the_heaviest_shapes():
     half = assign_shapes(weight, "row1", 0.5)
     assert [s.kh for s in half] == [1, 1, 1, 3, 3, 3]
     assert half[0] == FilterShape(1, 0, 1, 3)  # equal energy everywhere -> the centred row
+
+
+@pytest.mark.parametrize("total", [1, 5, 16, 20, 32, 64])
+@pytest.mark.parametrize("share", [0.0, 1 / 6, 0.25, 1 / 3, 0.5, 2 / 3, 0.8, 1.0])
+def test_aligned_count_rounds_to_whole_tiles(total, share):
+    from patterns.family import count_for_ratio
+    from patterns.kernel import aligned_count
+
+    assert aligned_count(share, total, 1) == count_for_ratio(total, share)  # tile 1: the exact share
+    got = aligned_count(share, total, 8)
+    assert got == total or got % 8 == 0
+    assert 0 <= got <= total
+    assert abs(got - share * total) <= 4 or got == total  # nearest multiple (or everything)
+
+
+@pytest.mark.parametrize("out_ch, tile, expected", [
+    # filters per shape (drop, col1, row1, col2, row2, full) of the paper's mix at ratio 1
+    (16, 8, [0, 8, 0, 0, 8, 0]),
+    (32, 16, [0, 16, 0, 0, 16, 0]),
+    (64, 16, [16, 0, 16, 16, 0, 16]),
+    (64, 1, [11, 10, 11, 11, 10, 11]),
+])
+def test_tiled_mix_counts(out_ch, tile, expected):
+    torch.manual_seed(0)
+    weight = torch.randn(out_ch, 4, 3, 3)
+    shapes = assign_shapes(weight, "paper6", 1.0, tile=tile)
+    keys = [(0, 0) if s.dropped else (s.kh, s.kw) for s in shapes]
+    counts = [keys.count(k) for k in [(0, 0), (3, 1), (1, 3), (3, 2), (2, 3), (3, 3)]]
+    assert counts == expected
+    # Heavier shapes still go to the smaller-norm filters.
+    norms = weight.pow(2).sum(dim=(1, 2, 3))
+    sizes = torch.tensor([s.kh * s.kw for s in shapes], dtype=torch.float64)
+    by_norm = sizes[torch.argsort(norms)]
+    assert torch.all(by_norm[1:] >= by_norm[:-1])
+
+
+def test_block_assignment_covers_whole_blocks_ranked_by_norm():
+    scale = torch.tensor([3.0, 1.0, 4.0, 2.0]).repeat_interleave(8)  # block b has norm ~ scale[b]
+    weight = torch.randn(32, 4, 3, 3, generator=torch.Generator().manual_seed(1)).abs() * scale.reshape(-1, 1, 1, 1)
+    shapes = assign_shapes(weight, "paper6", 1.0, tile=8, blocks=True)
+    for block in range(4):
+        assert len(set(shapes[block * 8:(block + 1) * 8])) == 1  # one window per block
+    size = [0 if shapes[b * 8].dropped else shapes[b * 8].kh * shapes[b * 8].kw for b in range(4)]
+    # 4 blocks over six shares: drop, row1, col2, full, heaviest to the block with the smallest norm
+    assert size == [6, 0, 9, 3]
+
+
+def test_layout_places_zero_blocks_in_line():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+    x = torch.randn(1, 3, 7, 7)
+    mask = torch.zeros_like(conv.weight)
+    mask[0:2, :, 1, :] = 1  # filters 0-1 keep the middle row, 2-3 are dropped, 4-5 keep everything
+    mask[4:6] = 1
+    expected = nn.functional.conv2d(x, conv.weight * mask, None, 1, 1)
+    row = nn.Conv2d(3, 2, (1, 3), bias=False)
+    row.weight.data = conv.weight.data[0:2, :, 1:2, :].clone()
+    full = nn.Conv2d(3, 2, 3, bias=False)
+    full.weight.data = conv.weight.data[4:6].clone()
+    realized = PatternConv((3, 3), (1, 1), (1, 1), [(1, 0), (0, 0)], [row, full], layout=(0, -2, 1))
+    assert realized.zeros == 2
+    torch.testing.assert_close(realized(x), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="each of the 2 sub-convs"):
+        PatternConv((3, 3), (1, 1), (1, 1), [(1, 0), (0, 0)], [row, full], layout=(0, -2))

@@ -39,7 +39,8 @@ def _random_plan(choices: dict, seed: int, dense_share: float = 0.3) -> Plan:
             continue
         family, pattern = rng.choice(options)
         ratio = rng.choice([None, None, 0.5, 1.0]) if family == "kernel" else None
-        layers[layer] = LayerAssignment(family, pattern, ratio=ratio)
+        tile = rng.choice([1, 1, 4, 8]) if family == "kernel" and pattern != "patdnn4" else 1
+        layers[layer] = LayerAssignment(family, pattern, ratio=ratio, params=(("tile", tile),) if tile > 1 else ())
     return Plan.from_mapping(layers)
 
 
@@ -178,3 +179,55 @@ def test_channel_multiple_rounds_the_kept_width():
     assert realized.layer2[0].conv1.out_channels == 12
     plan8 = Plan.from_mapping({"layer2.0.conv1": LayerAssignment("channel", "prune25", params=(("multiple", 8),))})
     assert realize(model, plan8, x).layer2[0].conv1.out_channels == 16  # 12 rounds to 16: nothing removed
+
+
+def test_tiled_mixes_realize_without_gathers():
+    model = _model("resnet20")  # width 0.5: stage widths 8/16/32
+    x = torch.randn(2, 3, 16, 16)
+    convs = [n for n in ("layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv2", "layer2.1.conv1", "layer2.1.conv2",
+                         "layer2.2.conv2", "layer3.0.conv2", "layer3.1.conv2", "layer3.2.conv1")]
+    plan = Plan.from_mapping({n: LayerAssignment("kernel", "paper6", params=(("tile", 8),)) for n in convs})
+    plan = Plan.from_json(plan.to_json())
+    masked = copy.deepcopy(model)
+    apply_masks(masked, plan, x)
+    realized = realize(model, plan, x)
+    assert not realized.sculpt_notes  # no gather anywhere, even with three pattern layers per residual group
+    with torch.no_grad():
+        torch.testing.assert_close(realized(x), masked(x), atol=1e-4, rtol=0)
+    assert count(realized, x).dense_macs == count(masked, x).macs
+    for name in convs:
+        layer = realized.get_submodule(name)
+        assert layer.index is None
+        assert all(conv.out_channels % 8 == 0 for conv in layer.convs)  # whole tiles only
+    assert realized.layer3[0].conv2.zeros == 8  # a dropped block of a residual conv stays as zero channels
+    again = realize(copy.deepcopy(model), plan, x)
+    for t1, t2 in zip(realized.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(t1, t2)
+
+
+@pytest.mark.parametrize("params, fragment", [
+    ((("tile", 0),), "positive integer"),
+    ((("tile", 2.5),), "positive integer"),
+    ((("tile", "8"),), "positive integer"),
+    ((("tiles", 8),), "no params"),
+])
+def test_bad_tile_params_are_rejected(params, fragment):
+    model = _model("resnet20")
+    plan = Plan.from_mapping({"layer1.0.conv1": LayerAssignment("kernel", "paper6", params=params)})
+    with pytest.raises(PlanError, match=fragment) as info:
+        validate(plan, model, torch.randn(1, 3, 16, 16))
+    assert info.value.hint
+
+
+def test_exact_leader_and_tiled_follower_in_one_residual_group():
+    model = _model("resnet20")
+    x = torch.randn(2, 3, 16, 16)
+    plan = Plan.from_mapping({"layer2.0.conv2": LayerAssignment("kernel", "paper6"),  # re-orders the group
+                              "layer2.1.conv2": LayerAssignment("kernel", "paper6", params=(("tile", 8),))})
+    masked = copy.deepcopy(model)
+    apply_masks(masked, plan, x)
+    realized = realize(model, plan, x)
+    with torch.no_grad():
+        torch.testing.assert_close(realized(x), masked(x), atol=1e-4, rtol=0)
+    assert count(realized, x).dense_macs == count(masked, x).macs
+    assert realized.layer2[0].conv2.index is None and realized.layer2[1].conv2.index is None

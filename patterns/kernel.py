@@ -53,6 +53,10 @@ MIXES: dict[str, tuple[tuple[str, float], ...]] = {
     "paper6": tuple((shape, 1 / 6) for shape in SHAPES),
 }
 MASK_ONLY = ("patdnn4",)
+# An off-centre window runs as ONE conv with symmetric padding whose extra border outputs are sliced off,
+# unless that computes more than this many times the needed outputs; then the input is cropped/padded
+# (XNNPACK pads only symmetrically, and an input copy per window cost more than the extra border rows).
+MAX_EXTRA_OUTPUT = 1.5
 # Default ``params.tile`` per pattern (1 = exact share per filter, as in the paper).
 DEFAULT_TILE: dict[str, int] = {}
 
@@ -182,6 +186,23 @@ def assign_shapes(weight: Tensor, pattern: str, ratio: float, *, tile: int = 1,
     return shapes
 
 
+def _symmetric_padding(size: int, start: int, out: int, window: int, stride: int) -> tuple[int, int, int] | None:
+    """(padding, first output index, conv output size) so that a conv with symmetric ``padding`` computes,
+    from output index on, the ``out`` outputs of a window whose first read is input index ``start``.
+
+    None when no padding up to one window plus one stride does it (e.g. the window must skip rows that
+    no padding can align with the stride).
+    """
+    for pad in range(max(0, -start), max(0, -start) + window + stride + 1):
+        if (start + pad) % stride:
+            continue
+        first = (start + pad) // stride
+        total = (size + 2 * pad - window) // stride + 1
+        if first + out <= total:
+            return pad, first, total
+    return None
+
+
 class PatternConv(nn.Module):
     """A k x k conv rewritten as dense sub-convs, one per kept window, reading the input at an offset.
 
@@ -223,9 +244,15 @@ class PatternConv(nn.Module):
         bottom = top + sh * (out_h - 1) + wh
         left = c0 - pw
         right = left + sw * (out_w - 1) + ww
-        if top <= 0 and left <= 0 and \
-                (height - 2 * top - wh) // sh + 1 == out_h and (width - 2 * left - ww) // sw + 1 == out_w:
-            return F.conv2d(x, conv.weight, conv.bias, (sh, sw), (-top, -left))
+        rows = _symmetric_padding(height, top, out_h, wh, sh)
+        cols = _symmetric_padding(width, left, out_w, ww, sw)
+        if rows is not None and cols is not None:
+            (pad_h, j0, conv_h), (pad_w, i0, conv_w) = rows, cols
+            if conv_h * conv_w <= MAX_EXTRA_OUTPUT * out_h * out_w:
+                y = F.conv2d(x, conv.weight, conv.bias, (sh, sw), (pad_h, pad_w))
+                if (j0, conv_h, i0, conv_w) != (0, out_h, 0, out_w):
+                    y = y[:, :, j0:j0 + out_h, i0:i0 + out_w]
+                return y
         if top > 0 or left > 0 or bottom < height or right < width:
             x = x[:, :, max(top, 0):min(bottom, height), max(left, 0):min(right, width)]
         pads = (max(-left, 0), max(right - width, 0), max(-top, 0), max(bottom - height, 0))

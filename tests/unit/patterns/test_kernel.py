@@ -4,11 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from patterns.kernel import FilterShape, PatternConv, assign_shapes
+from patterns.kernel import FilterShape, PatternConv, _symmetric_padding, assign_shapes
 
 
+@pytest.mark.parametrize("extra", [1.0, 1.5])  # 1.0: only exact symmetric padding, else crop/pad copies
 @pytest.mark.parametrize("stride, padding, size", [(1, 1, 8), (2, 1, 8), (2, 1, 7), (1, 0, 6), (2, 2, 9)])
-def test_every_window_matches_the_masked_conv(stride, padding, size):
+def test_every_window_matches_the_masked_conv(stride, padding, size, extra, monkeypatch):
+    monkeypatch.setattr("patterns.kernel.MAX_EXTRA_OUTPUT", extra)
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 1, 3, stride=stride, padding=padding, bias=True)
     x = torch.randn(2, 3, size, size)
@@ -99,3 +101,13 @@ def test_layout_places_zero_blocks_in_line():
     torch.testing.assert_close(realized(x), expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="each of the 2 sub-convs"):
         PatternConv((3, 3), (1, 1), (1, 1), [(1, 0), (0, 0)], [row, full], layout=(0, -2))
+
+
+def test_symmetric_padding_reads_the_window_rows():
+    # 3x3 conv, padding 1, 8 rows: a 2-row window at the top (first read row -1) -> pad 1, outputs 0..7 of 9
+    assert _symmetric_padding(8, -1, 8, 2, 1) == (1, 0, 9)
+    assert _symmetric_padding(8, 0, 8, 2, 1) == (1, 1, 9)  # rows 0..8 -> skip the first output
+    assert _symmetric_padding(8, 0, 8, 1, 1) == (0, 0, 8)  # the centre row of a 3x3: no padding, no slice
+    assert _symmetric_padding(8, -1, 8, 1, 1) == (1, 0, 10)  # the top row: 2 extra rows computed
+    assert _symmetric_padding(8, -1, 8, 3, 1) == (1, 0, 8)  # the full kernel: plain padding 1
+    assert _symmetric_padding(8, 1, 4, 1, 2) == (1, 1, 5)  # stride 2: pad so the first read aligns

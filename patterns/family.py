@@ -124,6 +124,14 @@ class Family(ABC):
     def patterns(self) -> tuple[str, ...]:
         """Every pattern id of this family, in a stable order."""
 
+    def appended_patterns(self) -> tuple[str, ...]:
+        """Patterns added after the vocabulary was first fixed (a suffix of :meth:`patterns`).
+
+        :data:`patterns.registry.PATTERN_VOCAB` lists them after every family's original patterns, so the
+        indices that trained policies and saved observations use never move.
+        """
+        return ()
+
     @abstractmethod
     def applies_to(self, module: nn.Module, *, role: str = "") -> bool:
         """Whether the family can act on ``module`` (``role``: "attention" / "mlp" for ViT sub-layers)."""

@@ -51,6 +51,7 @@ MIXES: dict[str, tuple[tuple[str, float], ...]] = {
     "col1": (("col1", 1.0),),
     "rowcol": (("col1", 0.25), ("row1", 0.25), ("col2", 0.25), ("row2", 0.25)),
     "paper6": tuple((shape, 1 / 6) for shape in SHAPES),
+    "paper6_tiled": tuple((shape, 1 / 6) for shape in SHAPES),  # the same mix, on whole tiles by default
 }
 MASK_ONLY = ("patdnn4",)
 # An off-centre window runs as ONE conv with symmetric padding whose extra border outputs are sliced off,
@@ -58,7 +59,10 @@ MASK_ONLY = ("patdnn4",)
 # (XNNPACK pads only symmetrically, and an input copy per window cost more than the extra border rows).
 MAX_EXTRA_OUTPUT = 1.5
 # Default ``params.tile`` per pattern (1 = exact share per filter, as in the paper).
-DEFAULT_TILE: dict[str, int] = {}
+# 16 is a multiple of every XNNPACK f32 GEMM tile width we know (NR = 8 on NEON/SSE, 16 on AVX2/AVX-512).
+DEFAULT_TILE: dict[str, int] = {"paper6_tiled": 16}
+# Patterns added after the vocabulary was first fixed: the registry appends them at its very end.
+APPENDED = ("paper6_tiled",)
 
 
 def _tile(layer: str, assignment: LayerAssignment) -> int:
@@ -278,7 +282,10 @@ class KernelFamily(Family):
     description = "per-filter kernel sub-rectangles (paper's six 3x3 choices) and PatDNN 4-entry patterns"
 
     def patterns(self) -> tuple[str, ...]:
-        return (*MIXES, *MASK_ONLY)
+        return (*[p for p in MIXES if p not in APPENDED], *MASK_ONLY, *APPENDED)
+
+    def appended_patterns(self) -> tuple[str, ...]:
+        return APPENDED
 
     def applies_to(self, module: nn.Module, *, role: str = "") -> bool:
         return (isinstance(module, nn.Conv2d) and module.groups == 1 and min(module.kernel_size) >= 2

@@ -26,7 +26,8 @@ _FAMILIES: dict[str, Family] = {f.name: f for f in (KernelFamily(), ChannelFamil
 
 PATTERN_VOCAB: tuple[tuple[str, str], ...] = (KEEP,) + tuple(
     (family.name, pattern) for family in _FAMILIES.values() for pattern in family.patterns()
-)
+    if pattern not in family.appended_patterns()
+) + tuple((family.name, pattern) for family in _FAMILIES.values() for pattern in family.appended_patterns())
 
 
 def families() -> list[str]:

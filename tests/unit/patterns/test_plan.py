@@ -60,3 +60,14 @@ def test_vocab_is_stable_and_complete():
     assert ("kernel", "paper6") in PATTERN_VOCAB and ("nm", "2:4") in PATTERN_VOCAB
     with pytest.raises(PlanError, match="unknown pattern family"):
         get_family("nope")
+
+
+def test_vocab_indices_never_move():
+    # The vocabulary as first fixed: later patterns are appended after it, never inserted.
+    first = [("keep", "dense"), ("kernel", "row2"), ("kernel", "col2"), ("kernel", "row1"), ("kernel", "col1"),
+             ("kernel", "rowcol"), ("kernel", "paper6"), ("kernel", "patdnn4"), ("channel", "prune25"),
+             ("channel", "prune50"), ("channel", "prune75"), ("nm", "2:4"), ("nm", "1:4"), ("block", "tile4_50"),
+             ("block", "tile4_75"), ("block", "cols4_50"), ("block", "cols4_75"), ("vit", "heads25"),
+             ("vit", "heads50"), ("vit", "hidden25"), ("vit", "hidden50"), ("vit", "hidden75")]
+    assert list(PATTERN_VOCAB[:len(first)]) == first
+    assert PATTERN_VOCAB[len(first)] == ("kernel", "paper6_tiled")

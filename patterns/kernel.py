@@ -7,13 +7,31 @@ is the share of filters (smallest norm first) that receive the mix; the rest sta
 shape, the kept window (which row/column) is the one keeping the most weight energy over the filters that
 got that shape, so one shape gives one dense sub-conv.
 
+Hardware-aligned granularity (``params.tile``, default 1 = the exact mix; 16 for ``paper6_tiled``): the
+number of filters per shape (and the affected share) is rounded to a multiple of ``tile``. Private layers
+still rank single filters; shared layers (residual adds) rank contiguous blocks of ``tile`` filters by
+their summed energy, so each shape covers whole runs of channels and the layer keeps its channel order.
+
 Realization: filters sharing a shape become one dense k1 x k2 conv reading the input at the right offset
-(the padding/cropping is worked out per window, stride included); the sub-convs' outputs are concatenated.
-When the layer's channels are private (one producer, consumed by plain convs through BN/activations) the
-new channel order and the dropped filters are folded into the BN and the consumers' input weights; when
-they are shared (residual add, depthwise consumer), the layer pays an explicit gather and dropped filters
-become zero channels. ``patdnn4`` (PatDNN-style 4-entry patterns) has no dense form: it stays a mask and
-realization says so.
+(worked out per window, stride included); the sub-convs' outputs are concatenated. An off-centre window
+runs as one conv with symmetric padding whose surplus border outputs are sliced off (XNNPACK pads only
+symmetrically). When the layer's channels are private (one producer, consumed by plain convs through
+BN/activations) the new channel order and the dropped filters are folded into the BN and the consumers'
+input weights. When they are shared, a tiled layer emits its runs in channel order (dropped runs become
+zero channels in the concat); an exact-mix layer re-orders the whole group if it is the group's first
+pattern layer, else pays an explicit gather. ``patdnn4`` (PatDNN-style 4-entry patterns) has no dense
+form: it stays a mask and realization says so.
+
+Why tiles (measured with ExecuTorch 1.4.1 / XNNPACK on this AVX-512 machine, 1 thread, one 3x3 layer
+with 16 in/out channels on 32x32): XNNPACK's f32 IGEMM micro-kernels compute 16 output channels at a
+time (NR = 16 with AVX-512, 8 on NEON), so the exact mix's five sub-convs of 2-3 filters each cost a full
+16-wide tile: 27 vs 9 kernel-taps x 16 channels, 3x the dense work for half the MACs. Measured: dense
+46 us, exact paper6 167 us, tile 8 (two 8-filter sub-convs, still half-empty tiles) 56 us, one 16-filter
+window 18-34 us. On 64 channels at 8x8 the exact mix ran 55 us vs 54 dense, of which ~14 us were per-window
+input crop/pad copies (a slice + pad per off-centre window, each a full copy of the input); slicing the
+conv output instead cut a 2x3 off-centre window from 16.6 to 10.8 us. Gathers (index_select, not
+delegated) split the ResNet-20 graph into 7 XNNPACK partitions. ``benchmarks/realize_bench.py`` has
+the whole-model table.
 """
 
 from __future__ import annotations

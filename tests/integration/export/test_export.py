@@ -88,3 +88,40 @@ def test_tflite_without_litert_torch_names_the_extra(monkeypatch, tmp_path):
     with pytest.raises(MissingDependencyError) as info:
         export_tflite(torch.nn.Linear(2, 2), (torch.randn(1, 2),), tmp_path / "x.tflite")
     assert info.value.extra == "tflite-export" and "tflite-export" in str(info.value)
+
+
+class _TwoBlocks(torch.nn.Module):
+    """Two residual blocks on 32 channels: private conv1s, conv2s sharing one residual group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.blocks = nn.ModuleList(nn.ModuleDict({"conv1": nn.Conv2d(32, 32, 3, padding=1, bias=False),
+                                                   "bn1": nn.BatchNorm2d(32),
+                                                   "conv2": nn.Conv2d(32, 32, 3, padding=1, bias=False),
+                                                   "bn2": nn.BatchNorm2d(32)}) for _ in range(2))
+
+    def forward(self, x):
+        x = self.stem(x)
+        for b in self.blocks:
+            x = torch.relu(x + b["bn2"](b["conv2"](torch.relu(b["bn1"](b["conv1"](x))))))
+        return x
+
+
+def test_tiled_kernel_mix_exports_gather_free_and_matches_eager(tmp_path):
+    from patterns import fuse_batchnorm
+
+    torch.manual_seed(0)
+    model = _TwoBlocks().eval()
+    x = torch.randn(1, 3, 8, 8)
+    convs = [f"blocks.{i}.{c}" for i in range(2) for c in ("conv1", "conv2")]
+    plan = Plan.from_mapping({n: LayerAssignment("kernel", "paper6_tiled", params=(("tile", 8),)) for n in convs})
+    realized = realize(model, plan, x)
+    assert not realized.sculpt_notes  # no gather: the residual convs keep their channel order
+    assert realized.blocks[1]["conv2"].zeros == 8  # one dropped tile of a residual conv: zero channels
+    fuse_batchnorm(realized, x)
+    artifact = export_pte(realized, (x,), tmp_path / "tiled.pte")
+    other = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(run_pte(artifact.path, (other,))[0], realized(other), atol=1e-4, rtol=1e-4)

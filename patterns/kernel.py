@@ -8,7 +8,8 @@ shape, the kept window (which row/column) is the one keeping the most weight ene
 got that shape, so one shape gives one dense sub-conv.
 
 Hardware-aligned granularity (``params.tile``, default 1 = the exact mix; 16 for ``paper6_tiled``): the
-number of filters per shape (and the affected share) is rounded to a multiple of ``tile``. Private layers
+number of filters per shape (and the affected share) is rounded to a multiple of ``tile`` (a layer
+narrower than ``tile`` counts as one tile, so it takes a single shape). Private layers
 still rank single filters; shared layers (residual adds) rank contiguous blocks of ``tile`` filters by
 their summed energy, so each shape covers whole runs of channels and the layer keeps its channel order.
 
@@ -326,7 +327,7 @@ class KernelFamily(Family):
         weight = conv.weight.detach()
         if assignment.pattern == "patdnn4":
             return self._decide_patdnn(conv, layer, weight, ratio)
-        tile = _tile(layer, assignment)
+        tile = min(_tile(layer, assignment), conv.out_channels)  # a layer narrower than a tile is one tile
         # Whether the layer's channels are private decides both the masks of dropped filters (the whole
         # group goes) and fold-vs-gather, so it needs the coupling: Context raises without an example input.
         private = ctx.group(layer)[1].private

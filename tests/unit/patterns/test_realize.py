@@ -231,3 +231,15 @@ def test_exact_leader_and_tiled_follower_in_one_residual_group():
         torch.testing.assert_close(realized(x), masked(x), atol=1e-4, rtol=0)
     assert count(realized, x).dense_macs == count(masked, x).macs
     assert realized.layer2[0].conv2.index is None and realized.layer2[1].conv2.index is None
+
+
+def test_a_layer_narrower_than_the_tile_takes_one_shape():
+    model = _model("resnet20")  # layer1 has 8 channels, paper6_tiled's default tile is 16
+    x = torch.randn(1, 3, 16, 16)
+    plan = Plan.from_mapping({"layer1.0.conv1": LayerAssignment("kernel", "paper6_tiled"),
+                              "layer1.0.conv2": LayerAssignment("kernel", "paper6_tiled")})
+    realized = realize(model, plan, x)
+    for name in ("layer1.0.conv1", "layer1.0.conv2"):
+        layer = realized.get_submodule(name)
+        assert len(layer.convs) == 1 and layer.convs[0].out_channels == 8
+        assert layer.convs[0].kernel_size in ((1, 3), (3, 1))  # the mix's middle shape, on the whole layer

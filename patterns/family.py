@@ -144,6 +144,10 @@ class Family(ABC):
     def decide(self, ctx: Context, layer: str, assignment: LayerAssignment) -> Decision:
         """Masks, removals and rewrites for ``layer`` under ``assignment`` (raise PlanError when invalid)."""
 
+    def check_params(self, layer: str, assignment: LayerAssignment) -> None:
+        """Raise PlanError when ``assignment.params`` are invalid for this family (default: accept any)."""
+        return None
+
     def check_pattern(self, layer: str, assignment: LayerAssignment) -> None:
         if assignment.pattern not in self.patterns():
             raise PlanError(f"layer '{layer}': family '{self.name}' has no pattern '{assignment.pattern}'",

@@ -306,6 +306,9 @@ class KernelFamily(Family):
     def appended_patterns(self) -> tuple[str, ...]:
         return APPENDED
 
+    def check_params(self, layer: str, assignment: LayerAssignment) -> None:
+        _tile(layer, assignment)
+
     def applies_to(self, module: nn.Module, *, role: str = "") -> bool:
         return (isinstance(module, nn.Conv2d) and module.groups == 1 and min(module.kernel_size) >= 2
                 and module.dilation == (1, 1) and module.padding_mode == "zeros"

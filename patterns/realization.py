@@ -76,6 +76,7 @@ def validate(plan: Plan, model: nn.Module, example_input: torch.Tensor | None = 
             ctx = Context(model, None)
             family = get_family(assignment.family)
             family.check_pattern(name, assignment)
+            family.check_params(name, assignment)
             if not family.applies_to(ctx.module(name)):
                 raise PlanError(f"layer '{name}' ({type(ctx.module(name)).__name__}) cannot take "
                                 f"'{assignment.key}'", hint="see `sculpt-host inspect` for each layer's choices")

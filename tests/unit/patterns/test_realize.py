@@ -214,9 +214,10 @@ def test_tiled_mixes_realize_without_gathers():
 def test_bad_tile_params_are_rejected(params, fragment):
     model = _model("resnet20")
     plan = Plan.from_mapping({"layer1.0.conv1": LayerAssignment("kernel", "paper6", params=params)})
-    with pytest.raises(PlanError, match=fragment) as info:
-        validate(plan, model, torch.randn(1, 3, 16, 16))
-    assert info.value.hint
+    for example in (torch.randn(1, 3, 16, 16), None):  # also caught without an example input
+        with pytest.raises(PlanError, match=fragment) as info:
+            validate(plan, model, example)
+        assert info.value.hint
 
 
 def test_exact_leader_and_tiled_follower_in_one_residual_group():

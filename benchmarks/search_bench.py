@@ -34,8 +34,9 @@ def _search(base_config, name: str, out: Path, **changes):
     return result, final, time.perf_counter() - start
 
 
-def _uniform_l1(model, splits, target_cut: float, finetune, out: Path, bench_runs: int):
-    """torch-pruning magnitude (L1) channel pruning, the same ratio in every layer, MAC cut matched."""
+def _uniform_l1(model, splits, target_ms: float, finetune, out: Path, bench_runs: int):
+    """torch-pruning magnitude (L1) channel pruning, the same ratio in every layer, its per-layer ratio
+    bisected until the MEASURED latency matches ``target_ms`` (the latency-objective result's)."""
     import torch
     import torch_pruning as tp
 
@@ -57,23 +58,27 @@ def _uniform_l1(model, splits, target_cut: float, finetune, out: Path, bench_run
         pruner.step()
         return m, 1 - count(m, example).macs / dense_macs
 
-    lo, hi = 0.0, 0.95
-    for _ in range(12):  # bisection on the per-layer ratio to reach the target MAC cut
-        mid = (lo + hi) / 2
-        _, cut = pruned(mid)
-        lo, hi = (mid, hi) if cut < target_cut else (lo, mid)
-    m, cut = pruned(hi)
-    x_tr, y_tr = splits.train.tensors()
-    g = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(x_tr), generator=g)
-    batches = [(x_tr[order[i:i + 128]], y_tr[order[i:i + 128]]) for i in range(0, len(order), 128)]
-    masked_finetune(m, {}, batches, finetune, teacher=model)
-    val = accuracy(m, [(x_val, y_val)])
-    test = accuracy(m, [splits.test.tensors()])
-    artifact = export_pte(m, (example,), out / "l1.pte")
     with open_devices(["local"]) as devices:
+        def latency(m) -> float:
+            artifact = export_pte(m, (example,), out / "l1-probe.pte")
+            return measure(devices[0], Path(artifact.path), BenchSettings(5, 30, 0.3, 1))["p50_ms"]
+
+        lo, hi = 0.0, 0.9
+        for _ in range(6):  # bisection on the per-layer ratio: more pruning -> lower latency
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if latency(pruned(mid)[0]) > target_ms else (lo, mid)
+        m, cut = pruned(hi)
+        x_tr, y_tr = splits.train.tensors()
+        g = torch.Generator().manual_seed(0)
+        order = torch.randperm(len(x_tr), generator=g)
+        batches = [(x_tr[order[i:i + 128]], y_tr[order[i:i + 128]]) for i in range(0, len(order), 128)]
+        masked_finetune(m, {}, batches, finetune, teacher=model)
+        val = accuracy(m, [(x_val, y_val)])
+        test = accuracy(m, [splits.test.tensors()])
+        artifact = export_pte(m, (example,), out / "l1.pte")
         summary = measure(devices[0], Path(artifact.path), BenchSettings(10, bench_runs, 1.0, 1))
-    return {"val": val, "test": test, "cut": cut, "latency_ms": summary["p50_ms"], "pte": str(artifact.path)}
+    return {"val": val, "test": test, "cut": cut, "latency_ms": summary["p50_ms"], "pte": str(artifact.path),
+            "ratio": hi}
 
 
 def _side_by_side(paths: dict[str, Path], rounds: int = 3) -> dict[str, float]:
@@ -97,8 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/search_bench")
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target-latency", default="0.6x",
+                        help="latency target of the latency and random rows (default 0.6x of dense)")
+    parser.add_argument("--target-flops", type=float, default=0.5, help="MAC cut of the flops row (0.5)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("host.search").setLevel(logging.INFO)  # one line per candidate, to follow a long run
+    import torch
+
+    torch.set_num_threads(1)  # busy 2-core machine: see EvalConfig.host_threads
 
     from host.search.config import SearchConfig
     from host.search.finetune import FinetuneConfig
@@ -109,26 +121,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{out} is not empty; pass another --out", file=sys.stderr)
         return 2
     finetune = FinetuneConfig(epochs=args.finetune_epochs, distill_alpha=0.5)
-    base = SearchConfig(budget=args.budget, final_top=1, finetune=finetune, seed=args.seed)
+    base = SearchConfig(budget=args.budget, final_top=1, finetune=finetune, seed=args.seed, export_tflite=False)
     rows = {}
     for name, changes in (
-        ("latency", {"objective": "latency", "target": "0.5x"}),
-        ("flops", {"objective": "flops", "target": None, "target_flops": 0.5}),
-        ("random", {"objective": "latency", "target": "0.5x", "strategy": "random"}),
+        ("latency", {"objective": "latency", "target": args.target_latency}),
+        ("flops", {"objective": "flops", "target": None, "target_flops": args.target_flops}),
+        ("random", {"objective": "latency", "target": args.target_latency, "strategy": "random"}),
     ):
         result, final, seconds = _search(base, name, out, **changes)
         dense = result["dense"]
-        rows["dense"] = {"val": dense["val_accuracy"], "test": None, "cut": 0.0,
+        rows["dense"] = {"val": dense["val_accuracy"], "test": dense.get("test_accuracy"), "cut": 0.0,
                          "latency_ms": dense["latency_ms"].get("local")}
         if final is None:
             rows[name] = None
             continue
         rows[name] = {"val": final["val_accuracy"], "test": final["test_accuracy"],
                       "cut": 1 - final["macs"] / dense["macs"], "latency_ms": final["latency_ms"].get("local"),
-                      "seconds": seconds}
+                      "seconds": seconds, "best_search_reward": (result.get("best_search") or {}).get("reward")}
     model, splits = load_trained(base, lambda _p: None)
     if rows.get("latency"):
-        rows["l1"] = _uniform_l1(model, splits, rows["latency"]["cut"], finetune, out, 50)
+        rows["l1"] = _uniform_l1(model, splits, rows["latency"]["latency_ms"], finetune, out, 50)
 
     from host.export import export_pte
 
@@ -141,19 +153,37 @@ def main(argv: list[str] | None = None) -> int:
     for name, ms in _side_by_side(paths).items():
         rows[name]["latency_ms"] = ms
 
-    print(f"\nResNet-20 / MNIST-5k (16 px), budget {args.budget} candidates per search, local agent (ExecuTorch "
-          "XNNPACK, 1 thread); latency = median of 3 interleaved rounds of p50 over 50+ runs, side by side\n")
-    print("| method | val acc | test acc | MAC cut | p50 latency (ms) | speed-up vs dense |")
-    print("|---|---|---|---|---|---|")
+    print(f"\nResNet-20 / MNIST-5k (16 px), budget {args.budget} candidates per search, latency target "
+          f"{args.target_latency}, flops target {args.target_flops:.0%} MAC cut, {args.finetune_epochs} fine-tuning "
+          "epochs; local agent (ExecuTorch XNNPACK, 1 thread); latency = median of 3 interleaved rounds of p50 "
+          "over 50+ runs, side by side\n")
+    print("| method | val acc | test acc | MAC cut | p50 latency (ms) | speed-up vs dense | search time (s) |")
+    print("|---|---|---|---|---|---|---|")
     dense_ms = rows["dense"]["latency_ms"]
     for name in ("dense", "latency", "flops", "random", "l1"):
         r = rows.get(name)
         if not r:
-            print(f"| {name} | (no result) | | | | |")
+            print(f"| {name} | (no result) | | | | | |")
             continue
         test = "-" if r["test"] is None else f"{100 * r['test']:.2f}%"
+        secs = f"{r['seconds']:.0f}" if r.get("seconds") else "-"
         print(f"| {name} | {100 * r['val']:.2f}% | {test} | {100 * r['cut']:.1f}% | {r['latency_ms']:.4f} "
-              f"| {dense_ms / r['latency_ms']:.2f}x |")
+              f"| {dense_ms / r['latency_ms']:.2f}x | {secs} |")
+    lat, flo, rnd, l1 = (rows.get(n) for n in ("latency", "flops", "random", "l1"))
+    if lat and flo:
+        speed = flo["latency_ms"] / lat["latency_ms"]
+        diff_val, diff_test = 100 * (lat["val"] - flo["val"]), 100 * (lat["test"] - flo["test"])
+        ok = speed >= 1.2 and abs(diff_val) <= 0.5
+        print(f"\nlatency vs flops: {speed:.2f}x faster, accuracy difference val {diff_val:+.2f} / test "
+              f"{diff_test:+.2f} points -> {'MET' if ok else 'NOT MET'} (>= 1.2x at <= 0.5 point on val)")
+    if lat and l1:
+        print(f"latency vs uniform L1 at matched latency ({l1['latency_ms']:.4f} vs {lat['latency_ms']:.4f} ms): "
+              f"val {100 * (lat['val'] - l1['val']):+.2f} / test {100 * (lat['test'] - l1['test']):+.2f} points -> "
+              f"{'MET' if lat['val'] >= l1['val'] else 'NOT MET'} (at least as accurate on val)")
+    if lat and rnd:
+        print(f"PPO vs random: best search reward {lat['best_search_reward']:.4f} vs {rnd['best_search_reward']:.4f}; "
+              f"final {dense_ms / lat['latency_ms']:.2f}x / val {100 * lat['val']:.2f}% vs "
+              f"{dense_ms / rnd['latency_ms']:.2f}x / val {100 * rnd['val']:.2f}%")
     (out / "bench.json").write_text(json.dumps(rows, indent=2))
     return 0
 

@@ -40,24 +40,39 @@ class EvalConfig:
     # candidates this far below dense accuracy are not measured (their reward uses a MAC-proportional
     # estimate): they cannot win, and export + measurement is most of a candidate's cost. None = measure all.
     measure_min_accuracy_drop: float | None = 0.15
+    # of the candidates accurate enough, only those whose reward PREDICTED by the cost model is within
+    # measure_slack of the best measured one are exported and measured (after the first min_measured)
+    min_measured: int = 3
+    measure_slack: float = 0.03
+    # every candidate gets this many distillation steps (masks fixed) before its validation accuracy
+    recover_steps: int = 16
+    recover_batch_size: int = 64
+    recover_lr: float = 0.01
     warmup_runs: int = 5
     min_runs: int = 20
     min_time_s: float = 0.2
     threads: int = 1
+    # torch intra-op threads on the host while the search runs: on a busy 2-core machine two threads ran
+    # the recovery fine-tune 10-30x slower (OpenMP spin-waiting); None keeps torch's setting
+    host_threads: int | None = 1
 
 
 @dataclass(frozen=True)
 class PPOSettings:
     """PPO hyper-parameters. One rollout is ``n_steps`` candidates; the policy updates after each rollout."""
 
-    n_steps: int = 8
-    batch_size: int = 8
-    n_epochs: int = 4
+    n_steps: int = 4
+    batch_size: int = 4
+    n_epochs: int = 10
     learning_rate: float = 1e-3
     ent_coef: float = 0.01
     hidden: int = 128
     gnn_layers: int = 2
-    keep_logit: float = 2.9  # initial preference for "keep" (see GraphActorCriticPolicy)
+    # initial preference for "keep" (see GraphActorCriticPolicy); None = calibrated so that the untrained
+    # policy's plans cost about the target on average (host.search.projection)
+    keep_logit: float | None = None
+    project: bool = True  # project every proposed plan onto the target band (AMC-style), see projection.py
+    band: float = 0.06  # half-width of that band, as a fraction of the dense cost
 
 
 @dataclass(frozen=True)
@@ -71,7 +86,7 @@ class SearchConfig:
     objective: str = "latency"
     target_flops: float = 0.5
     target: str | None = "0.5x"
-    constraint: str = "soft"
+    constraint: str = "balanced"
     aggregate: str = "worst"
     seed: int = 0
     policy_file: str | None = None

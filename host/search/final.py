@@ -37,7 +37,8 @@ class FinalStage:
 
         rows = [r for r in self.journal.candidates("search") if not r.reused and r.accuracy > 0]
         if self.config.reward_objective().needs_measurement:
-            # measured figure where there is one, else the dense figure, as in the reward
+            # only measured candidates: an unmeasured one's reward rests on the cost model's prediction
+            rows = [r for r in rows if r.measurement]
             costs = [evaluator.cost_estimate(r) for r in rows]
         else:
             costs = [float(r.macs) for r in rows]

@@ -135,9 +135,14 @@ class SearchRunner:
 
     def run(self) -> dict[str, Any]:
         """Run (or finish) the search; returns the result summary as a dict (also in result.json)."""
+        import torch
+
         from host.search.devices import open_devices
 
         objective = self.config.reward_objective()
+        threads = torch.get_num_threads()
+        if self.config.evaluation.host_threads:
+            torch.set_num_threads(self.config.evaluation.host_threads)
         try:
             with open_devices(self.config.devices) as devices:
                 if objective.name == "energy" and not all(d.has_energy for d in devices):
@@ -156,11 +161,12 @@ class SearchRunner:
                     Path(str(self.journal.path) + suffix).unlink(missing_ok=True)
             raise
         finally:
+            torch.set_num_threads(threads)
             self.journal.close()
 
     # -- stages --------------------------------------------------------------------------------------
     def _run_with(self, devices: list, objective) -> dict[str, Any]:
-        from host.search.candidate import CandidateEvaluator, EvalData
+        from host.search.candidate import CandidateEvaluator, EvalData, MeasurePolicy
         from host.search.devices import BenchSettings
         from host.search.final import FinalStage
         from host.search.space import SearchSpace
@@ -168,14 +174,15 @@ class SearchRunner:
         cfg = self.config
         model, splits = load_trained(cfg, self.progress)
         ev = cfg.evaluation
-        data = EvalData.from_splits(splits, ev.bn_batches, ev.batch_size, ev.val_limit, cfg.seed)
+        data = EvalData.from_splits(splits, ev.bn_batches, ev.batch_size, ev.val_limit, cfg.seed,
+                                    ev.recover_steps, ev.recover_batch_size)
         self.progress(Progress("prepare", 1, 1, "building the model graph"))
         space = SearchSpace(model, data.example_input)
         if objective.name == "flops":
             self._check_flops_reachable(space, model, data)
         bench = BenchSettings(ev.warmup_runs, ev.min_runs, ev.min_time_s, ev.threads, objective.name == "energy")
-        evaluator = CandidateEvaluator(model, space, data, self.journal, objective, devices, bench,
-                                       ev.measure_min_accuracy_drop)
+        measure_policy = MeasurePolicy(ev.measure_min_accuracy_drop, ev.min_measured, ev.measure_slack, ev.recover_lr)
+        evaluator = CandidateEvaluator(model, space, data, self.journal, objective, devices, bench, measure_policy)
         try:
             self.progress(Progress("dense", 0, 2, "evaluating and measuring the dense model"))
             evaluator.evaluate_dense()
@@ -234,6 +241,7 @@ class SearchRunner:
             read_policy_file,
             save_policy,
         )
+        from host.search.projection import Band, project
 
         cfg = self.config
         budget = cfg.budget
@@ -245,11 +253,17 @@ class SearchRunner:
         self.progress(Progress("search", done, budget, "searching", best))
         if done >= budget:
             return
+        target = self._target_ratio(evaluator)
+        keep_logit = self._keep_logit(evaluator, space, target)
         if cfg.strategy == "random":
-            self._random_search(evaluator, space, done, budget)
+            self._random_search(evaluator, space, done, budget, keep_logit)
             return
+        band = Band.around(target, cfg.ppo.band, cfg.ppo.band / 2)  # a little under the target rather than over
+        rng = np.random.default_rng(cfg.seed + 1000 + self.journal.count("search"))
 
         def evaluate(choices: np.ndarray) -> StepOutcome:
+            if cfg.ppo.project:
+                choices = project(choices, space.choice_mask, evaluator.cost_model, band, rng)
             record = evaluator.evaluate(choices, phase="search")
             return StepOutcome(record.reward, {"candidate": record.id, "accuracy": record.accuracy})
 
@@ -264,7 +278,8 @@ class SearchRunner:
                 GraphActorCriticPolicy, env, n_steps=settings.n_steps, batch_size=settings.batch_size,
                 n_epochs=settings.n_epochs, learning_rate=settings.learning_rate, ent_coef=settings.ent_coef,
                 gamma=0.0,  # one-step episodes: the return is the reward
-                policy_kwargs=policy_kwargs(settings.hidden, settings.gnn_layers, settings.keep_logit, space.keep_index), seed=cfg.seed, device="cpu",
+                policy_kwargs=policy_kwargs(settings.hidden, settings.gnn_layers, keep_logit, space.keep_index),
+                seed=cfg.seed, device="cpu",
                 verbose=0,
             )
             if cfg.policy_file:
@@ -286,19 +301,38 @@ class SearchRunner:
         model.learn(total_timesteps=max_steps, callback=Budget(), reset_num_timesteps=False)
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)
 
-    def _random_search(self, evaluator, space, done: int, budget: int) -> None:
-        """Baseline: plans drawn from the untrained policy's prior (same keep preference), no learning."""
+    def _target_ratio(self, evaluator) -> float:
+        """The objective's target as a fraction of the dense cost (MACs, or the worst device's figure)."""
+        objective = self.config.reward_objective()
+        if not objective.needs_measurement:
+            return 1.0 - objective.target_flops
+        dense = evaluator.dense_figures()
+        return min(objective.target.resolve(value) / value for value in dense.values())
+
+    def _keep_logit(self, evaluator, space, target: float) -> float:
+        """The prior's keep preference: configured, or calibrated once to the target and kept in the journal
+        (so a resumed run draws from the same prior)."""
+        from host.search.projection import calibrate_keep_logit
+
+        if self.config.ppo.keep_logit is not None:
+            return self.config.ppo.keep_logit
+        stored = self.journal.get_value("keep_logit")
+        if stored is None:
+            stored = calibrate_keep_logit(space.choice_mask, space.keep_index, evaluator.cost_model, target,
+                                          seed=self.config.seed)
+            self.journal.set_value("keep_logit", stored)
+        return float(stored)
+
+    def _random_search(self, evaluator, space, done: int, budget: int, keep_logit: float) -> None:
+        """Baseline: plans drawn from the untrained policy's prior (the same calibrated keep preference), no
+        learning and no projection."""
+        from host.search.projection import sample_prior
+
         rng = np.random.default_rng(self.config.seed + done)  # a resumed run continues a different stream
-        keep_logit = self.config.ppo.keep_logit
         steps = self.journal.count("search")
         while self.journal.count("search", evaluated_only=True) < budget and steps < 3 * budget:
             steps += 1
-            choices = np.empty(len(space.layer_names), np.int64)
-            for i, valid in enumerate(space.choice_mask):
-                logits = np.where(valid, 0.0, -np.inf)
-                logits[space.keep_index] = keep_logit
-                probs = np.exp(logits - logits.max())
-                choices[i] = rng.choice(len(probs), p=probs / probs.sum())
+            choices = sample_prior(space.choice_mask, space.keep_index, keep_logit, rng.random(len(space.layer_names)))
             evaluator.evaluate(choices, phase="search")
             done = self.journal.count("search", evaluated_only=True)
             self.progress(Progress("search", done, budget, "random search", self._best()))

@@ -68,6 +68,8 @@ class SearchSpace:
         self.example_input = example_input
         self.graph_model = model
         self._floor: np.ndarray | None = None
+        self._cuts: dict[int, float] | None = None
+        self._shares: np.ndarray | None = None
 
     @property
     def num_choices(self) -> int:
@@ -107,22 +109,22 @@ class SearchSpace:
     def dense_choices(self) -> np.ndarray:
         return np.full(len(self.layer_names), self.keep_index, np.int64)
 
-    def floor_choices(self) -> np.ndarray:
-        """A most aggressive valid plan, used to check that a target is reachable at all.
+    def choice_cuts(self) -> dict[int, float]:
+        """{choice index: share of the dense MACs removed when EVERY layer that accepts it takes it}.
 
-        Each vocabulary choice is scored by the MACs left when EVERY layer that accepts it takes it (one
-        count per choice, not per layer x choice); each layer then gets the best-scoring choice it accepts.
-        Cross-layer effects make this approximate, which is fine for a reachability bound.
+        One virtual count per choice (masks are counted, the model is not touched); a uniform plan the
+        pattern library refuses is left out. ``keep`` is 0.
         """
         import patterns
         from host.errors import PlanError
         from patterns.family import Context
         from patterns.realization import decide, plan_masks
 
-        if self._floor is not None:
-            return self._floor
+        if self._cuts is not None:
+            return self._cuts
         ctx = Context(self.graph_model, self.example_input)  # one dependency graph for every trial plan
-        scores: dict[int, int] = {}
+        dense = patterns.count(self.graph_model, self.example_input).macs
+        cuts = {self.keep_index: 0.0}
         for index in range(self.num_choices):
             if index == self.keep_index or not self.choice_mask[:, index].any():
                 continue
@@ -133,9 +135,53 @@ class SearchSpace:
             except PlanError as exc:
                 logger.debug("uniform plan %s is invalid: %s", self.vocab[index], exc)
                 continue
-            masks = plan_masks(decisions)  # counted virtually: the model itself is not touched
-            scores[index] = patterns.count(self.graph_model, self.example_input, masks=masks).macs
-        ranking = sorted(scores, key=scores.get) + [self.keep_index]
+            left = patterns.count(self.graph_model, self.example_input, masks=plan_masks(decisions)).macs
+            cuts[index] = 1.0 - left / dense
+        self._cuts = cuts
+        return cuts
+
+    def layer_shares(self) -> np.ndarray:
+        """[L] each prunable layer's share of the model's dense MACs (Conv2d/Linear), in layer order."""
+        if self._shares is not None:
+            return self._shares
+        modules = dict(self.graph_model.named_modules())
+        macs: dict[str, int] = {}
+        handles = []
+        for name in self.layer_names:
+            def hook(module, _inputs, output, name=name):
+                channels = output.shape[1] if isinstance(module, nn.Conv2d) else output.shape[-1]
+                macs[name] = module.weight.numel() * (output.numel() // (output.shape[0] * channels))
+            handles.append(modules[name].register_forward_hook(hook))
+        total = {"macs": 0}
+
+        def count_all(module, _inputs, output):
+            channels = output.shape[1] if isinstance(module, nn.Conv2d) else output.shape[-1]
+            total["macs"] += module.weight.numel() * (output.numel() // (output.shape[0] * channels))
+
+        handles += [m.register_forward_hook(count_all) for m in modules.values()
+                    if isinstance(m, nn.Conv2d | nn.Linear)]
+        was_training = self.graph_model.training
+        self.graph_model.eval()
+        try:
+            with torch.no_grad():
+                self.graph_model(self.example_input)
+        finally:
+            for handle in handles:
+                handle.remove()
+            self.graph_model.train(was_training)
+        self._shares = np.array([macs.get(n, 0) / max(total["macs"], 1) for n in self.layer_names])
+        return self._shares
+
+    def floor_choices(self) -> np.ndarray:
+        """A most aggressive valid plan, used to check that a target is reachable at all.
+
+        Each layer gets the valid choice whose uniform plan removes the most MACs (:meth:`choice_cuts`).
+        Cross-layer effects make this approximate, which is fine for a reachability bound.
+        """
+        if self._floor is not None:
+            return self._floor
+        cuts = self.choice_cuts()
+        ranking = sorted(cuts, key=cuts.get, reverse=True)
         floor = self.dense_choices()
         for i in range(len(self.layer_names)):
             floor[i] = next(j for j in ranking if self.choice_mask[i, j])

@@ -38,6 +38,14 @@ def test_soft_constraint_is_smooth_and_prefers_accuracy():
     assert constrained_reward(0.95, 1.2) > constrained_reward(0.90, 1.2)
 
 
+def test_balanced_constraint_gentle_below_steep_above():
+    balanced = Constraint.named("balanced")
+    assert constrained_reward(0.9, 0.5, balanced) == pytest.approx(0.9 * 0.5 ** -0.07)
+    assert constrained_reward(0.9, 2.0, balanced) == pytest.approx(0.9 * 2 ** -0.5)
+    # below the target a point of accuracy outweighs running twice as fast as needed
+    assert constrained_reward(0.91, 1.0, balanced) > constrained_reward(0.86, 0.5, balanced)
+
+
 def test_hard_constraint():
     hard = Constraint.named("hard")
     assert constrained_reward(0.8, 0.5, hard) == pytest.approx(0.8)

@@ -1,0 +1,85 @@
+"""A cheap online model of a plan's cost relative to dense, fitted on the candidates measured so far.
+
+Exporting and measuring a candidate is most of its cost (an ExecuTorch export alone takes ~6 s for
+ResNet-20 on this machine, the accuracy check ~2 s), so the search uses this model to
+
+* project a proposed plan onto the target band before spending anything on it (:mod:`host.search.projection`),
+* predict the latency of candidates it does not measure, and measure only the promising ones.
+
+The device measurement stays the ground truth: every measured candidate's reward uses its measured figure,
+and the final models are measured again.
+
+Model: ``ratio(plan) = 1 + sum_k w_k * s_k(plan)`` where ``s_k`` is the share of the dense model's MACs in
+layers that took choice ``k``. The prior ``w_k = -cut_k`` (``cut_k``: MACs a choice removes per unit of
+share, from one virtual count per choice) says "latency follows MACs"; ridge regression TOWARDS that prior
+on the measured ratios learns how each pattern really realizes on the device (e.g. a kernel mix that runs
+slower than dense gets ``w_k > 0``). With ~10 weights it is identifiable from a handful of measurements.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MIN_RATIO = 0.02  # a plan never costs less than this share of dense (I/O, the classifier, overheads)
+
+
+class CostModel:
+    """Linear cost-ratio predictor over per-choice MAC shares; see the module docstring."""
+
+    def __init__(self, shares: np.ndarray, choice_cuts: Mapping[int, float], num_choices: int,
+                 accepting: np.ndarray | None = None, ridge: float = 0.05) -> None:
+        """``accepting[k]``: MAC share of the layers where choice k is valid (default: all layers)."""
+        shares = np.asarray(shares, np.float64)
+        if shares.ndim != 1 or not np.all(shares >= 0):
+            raise ValueError("shares must be a 1-D array of non-negative MAC shares")
+        self.shares = shares
+        self.num_choices = int(num_choices)
+        self.ridge = float(ridge)
+        if accepting is None:
+            accepting = np.full(self.num_choices, shares.sum())
+        self.prior = np.zeros(self.num_choices)
+        for index, cut in choice_cuts.items():
+            # MACs removed per unit of share when the choice is applied everywhere it is valid
+            self.prior[index] = -min(cut / accepting[index], 1.0) if accepting[index] > 0 else 0.0
+        self.weights = self.prior.copy()
+        self.fitted_on = 0
+
+    @classmethod
+    def from_space(cls, space, ridge: float = 0.05) -> CostModel:
+        """The MAC-proportional prior for a :class:`~host.search.space.SearchSpace`."""
+        shares = space.layer_shares()
+        accepting = np.array([shares[space.choice_mask[:, k]].sum() for k in range(space.num_choices)])
+        return cls(shares, space.choice_cuts(), space.num_choices, accepting, ridge)
+
+    def reduction(self, index: int) -> float:
+        """Predicted cost removed per unit of MAC share by choice ``index`` (its aggressiveness)."""
+        return -float(self.weights[index])
+
+    def features(self, choices: np.ndarray) -> np.ndarray:
+        """[K] share of the dense MACs in layers that took each choice (keep included)."""
+        choices = np.asarray(choices, np.int64)
+        if choices.shape != self.shares.shape:
+            raise ValueError(f"expected {self.shares.shape[0]} choices, got shape {choices.shape}")
+        return np.bincount(choices, weights=self.shares, minlength=self.num_choices)
+
+    def predict(self, choices: np.ndarray) -> float:
+        """Predicted cost of ``choices`` as a fraction of dense."""
+        return max(MIN_RATIO, 1.0 + float(self.features(choices) @ self.weights))
+
+    def fit(self, samples: Sequence[tuple[np.ndarray, float]]) -> None:
+        """Ridge regression towards the prior on (choices, measured ratio) samples; dense is implicit (1.0)."""
+        self.fitted_on = len(samples)
+        if not samples:
+            self.weights = self.prior.copy()
+            return
+        x = np.stack([self.features(c) for c, _ in samples])
+        y = np.array([r for _, r in samples], np.float64) - 1.0 - x @ self.prior
+        # solve (X^T X + lambda I) d = X^T y ; weights = prior + d
+        a = x.T @ x + self.ridge * np.eye(self.num_choices)
+        self.weights = self.prior + np.linalg.solve(a, x.T @ y)
+        logger.debug("cost model fitted on %d samples: %s", len(samples), np.round(self.weights, 3))

@@ -1,0 +1,56 @@
+"""The online cost model: MAC-proportional prior, ridge fit towards it, and what it learns from samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from host.search.costmodel import MIN_RATIO, CostModel
+
+
+def _model(ridge: float = 0.01) -> CostModel:
+    # 4 layers with MAC shares 0.4/0.3/0.2/0.1; choice 0 keep, 1 removes a third, 2 removes two thirds
+    return CostModel(np.array([0.4, 0.3, 0.2, 0.1]), {0: 0.0, 1: 1 / 3, 2: 2 / 3}, 3, ridge=ridge)
+
+
+def test_prior_follows_macs():
+    model = _model()
+    assert model.predict(np.array([0, 0, 0, 0])) == pytest.approx(1.0)
+    assert model.predict(np.array([1, 1, 1, 1])) == pytest.approx(2 / 3)
+    assert model.predict(np.array([2, 0, 0, 0])) == pytest.approx(1 - 0.4 * 2 / 3)
+    assert model.reduction(2) > model.reduction(1) > model.reduction(0) == 0
+
+
+def test_accepting_share_scales_the_prior():
+    # choice 1 is valid only in the first layer (share 0.4) and removed 0.2 of the model's MACs there
+    model = CostModel(np.array([0.4, 0.6]), {0: 0.0, 1: 0.2}, 2, accepting=np.array([1.0, 0.4]))
+    assert model.predict(np.array([1, 0])) == pytest.approx(0.8)
+
+
+def test_fit_learns_a_pattern_that_runs_slower_than_its_macs():
+    model = _model()
+    rng = np.random.default_rng(0)
+    truth = np.array([0.0, 0.25, -0.5])  # choice 1 makes a layer SLOWER on this "device"
+    samples = []
+    for _ in range(12):
+        choices = rng.integers(0, 3, size=4)
+        samples.append((choices, 1.0 + float(model.features(choices) @ truth)))
+    model.fit(samples)
+    assert model.weights[1] > 0.1  # learned: choice 1 costs more than keep
+    assert model.predict(np.array([2, 2, 2, 2])) == pytest.approx(0.5, abs=0.05)
+    assert model.fitted_on == 12
+
+
+def test_fit_without_samples_is_the_prior_and_prediction_is_floored():
+    model = _model()
+    model.fit([])
+    np.testing.assert_allclose(model.weights, model.prior)
+    crushed = CostModel(np.array([1.0]), {0: 0.0, 1: 1.0}, 2)
+    assert crushed.predict(np.array([1])) == MIN_RATIO
+
+
+def test_bad_input():
+    with pytest.raises(ValueError):
+        CostModel(np.array([[0.5]]), {}, 2)
+    with pytest.raises(ValueError):
+        _model().features(np.array([0, 1]))

@@ -1,0 +1,60 @@
+"""Target-aware prior and projection onto the target band."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from host.search.costmodel import CostModel
+from host.search.projection import Band, calibrate_keep_logit, project, sample_prior
+
+SHARES = np.full(10, 0.1)
+MASK = np.ones((10, 4), bool)
+MASK[0, 3] = False  # layer 0 cannot take the most aggressive choice
+
+
+def _model() -> CostModel:
+    return CostModel(SHARES, {0: 0.0, 1: 0.25, 2: 0.5, 3: 0.75}, 4)
+
+
+def test_sample_prior_respects_masks_and_keep_logit():
+    rng = np.random.default_rng(0)
+    draws = np.stack([sample_prior(MASK, 0, 0.0, rng.random(10)) for _ in range(400)])
+    assert not (draws[:, 0] == 3).any()
+    assert set(np.unique(draws)) == {0, 1, 2, 3}
+    keepy = np.stack([sample_prior(MASK, 0, 5.0, rng.random(10)) for _ in range(200)])
+    assert (keepy == 0).mean() > 0.9 > (draws == 0).mean()
+
+
+@pytest.mark.parametrize("target", [0.6, 0.75, 0.9])
+def test_calibrated_prior_costs_about_the_target(target):
+    model = _model()
+    logit = calibrate_keep_logit(MASK, 0, model, target, samples=128)
+    rng = np.random.default_rng(1)
+    mean = np.mean([model.predict(sample_prior(MASK, 0, logit, rng.random(10))) for _ in range(400)])
+    assert mean == pytest.approx(target, abs=0.03)
+
+
+def test_calibration_stops_at_the_bound_when_the_prior_cannot_reach_the_target():
+    # even with "keep" never preferred, uniform choices cost ~0.53 of dense here: the least keep-y prior wins
+    assert calibrate_keep_logit(MASK, 0, _model(), 0.3) == -4.0
+
+
+@pytest.mark.parametrize("start", [np.zeros(10, np.int64), np.full(10, 2, np.int64)])
+def test_projection_lands_in_the_band_and_keeps_masks(start):
+    model, band = _model(), Band.around(0.6, 0.04, 0.02)
+    out = project(start, MASK, model, band, np.random.default_rng(0))
+    assert band.low <= model.predict(out) <= band.high
+    assert all(MASK[i, c] for i, c in enumerate(out))
+
+
+def test_projection_leaves_a_plan_in_the_band_alone():
+    model = _model()
+    plan = np.array([2, 2, 2, 1, 1, 0, 0, 0, 0, 0])
+    band = Band.around(model.predict(plan), 0.05, 0.05)
+    np.testing.assert_array_equal(project(plan, MASK, model, band, np.random.default_rng(0)), plan)
+
+
+def test_band_validation():
+    with pytest.raises(ValueError):
+        Band(0.5, 0.4)

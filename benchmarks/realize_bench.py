@@ -111,14 +111,18 @@ def plans_for(model: nn.Module, name: str) -> dict[str, Callable[[float], Plan]]
         def channel(r: float) -> Plan:
             return Plan.from_mapping({n: LayerAssignment("channel", "prune50", ratio=r) for n in expand})
 
-        def mixed(r: float) -> Plan:
-            a = {n: LayerAssignment("channel", "prune50", ratio=r) for n in expand}
-            a["features.0.0"] = LayerAssignment("kernel", "row2")
-            a.update({n: LayerAssignment("block", "cols4_50", ratio=0.25) for n in project
-                      if model.get_submodule(n).in_channels % 4 == 0 and n not in a})
+        def mixed(r: float, cols: bool = True) -> Plan:
+            # Expand convs lose channels (kept widths a multiple of XNNPACK's 16-wide tile), the stem takes the
+            # tiled paper mix, project convs lose input column blocks (an input gather each: block family).
+            a = {n: LayerAssignment("channel", "prune50", ratio=r, params=(("multiple", NR),)) for n in expand}
+            a["features.0.0"] = LayerAssignment("kernel", "paper6_tiled")
+            if cols:
+                a.update({n: LayerAssignment("block", "cols4_50", ratio=0.25) for n in project
+                          if model.get_submodule(n).in_channels % 4 == 0 and n not in a})
             return Plan.from_mapping(a)
 
-        plans.update({"channel": channel, "mixed chan+kernel+cols": mixed})
+        plans.update({"channel": channel, "mixed chan+kernel+cols": mixed,
+                      "mixed chan+kernel (no cols)": lambda r: mixed(r, cols=False)})
         plans["masks-only (channel)"] = channel
     return plans
 

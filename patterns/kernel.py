@@ -285,9 +285,10 @@ class PatternConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         outs = [self._branch(x, conv, r0, c0) for conv, (r0, c0) in zip(self.convs, self.windows, strict=True)]
-        ref = outs[0]
-        pieces = [outs[p] if p >= 0 else ref.new_zeros(ref.shape[0], -p, ref.shape[2], ref.shape[3])
-                  for p in self.layout]
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        size = ((x.shape[-2] + 2 * ph - kh) // sh + 1, (x.shape[-1] + 2 * pw - kw) // sw + 1)
+        # Every kept filter can be gone when other layers removed the rest of a shared group's channels.
+        pieces = [outs[p] if p >= 0 else x.new_zeros(x.shape[0], -p, *size) for p in self.layout]
         y = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
         if self.index is not None:
             y = torch.index_select(y, 1, self.index)
@@ -516,8 +517,6 @@ class _KernelRewrite:
             layout.append(len(convs))
             windows.append((shape.r0, shape.c0))
             convs.append(_sub_conv(conv, shape, positions))
-        if not convs:
-            raise RuntimeError(f"{self.layer}: every filter is dropped")
         new = PatternConv(tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding), windows, convs,
                           layout=tuple(layout))
         new.train(conv.training)

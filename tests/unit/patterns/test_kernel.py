@@ -111,3 +111,10 @@ def test_symmetric_padding_reads_the_window_rows():
     assert _symmetric_padding(8, -1, 8, 1, 1) == (1, 0, 10)  # the top row: 2 extra rows computed
     assert _symmetric_padding(8, -1, 8, 3, 1) == (1, 0, 8)  # the full kernel: plain padding 1
     assert _symmetric_padding(8, 1, 4, 1, 2) == (1, 1, 5)  # stride 2: pad so the first read aligns
+
+
+def test_a_layer_whose_kept_filters_are_all_dropped_emits_zero_channels():
+    # Happens when channel pruning elsewhere in a shared group removed every filter this layer kept.
+    realized = PatternConv((3, 3), (2, 2), (1, 1), [], [], zeros=4)
+    y = realized(torch.randn(2, 3, 9, 9))
+    assert y.shape == (2, 4, 5, 5) and not y.any()

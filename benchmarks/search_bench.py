@@ -64,10 +64,13 @@ def _uniform_l1(model, splits, target_ms: float, finetune, out: Path, bench_runs
             return measure(devices[0], Path(artifact.path), BenchSettings(5, 30, 0.3, 1))["p50_ms"]
 
         lo, hi = 0.0, 0.9
-        for _ in range(6):  # bisection on the per-layer ratio: more pruning -> lower latency
+        probes = {}
+        for _ in range(7):  # bisection on the per-layer ratio: more pruning -> lower latency
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if latency(pruned(mid)[0]) > target_ms else (lo, mid)
-        m, cut = pruned(hi)
+            probes[mid] = latency(pruned(mid)[0])
+            lo, hi = (mid, hi) if probes[mid] > target_ms else (lo, mid)
+        ratio = min(probes, key=lambda r: abs(probes[r] - target_ms))  # the probe measured closest to the target
+        m, cut = pruned(ratio)
         x_tr, y_tr = splits.train.tensors()
         g = torch.Generator().manual_seed(0)
         order = torch.randperm(len(x_tr), generator=g)
@@ -78,7 +81,7 @@ def _uniform_l1(model, splits, target_ms: float, finetune, out: Path, bench_runs
         artifact = export_pte(m, (example,), out / "l1.pte")
         summary = measure(devices[0], Path(artifact.path), BenchSettings(10, bench_runs, 1.0, 1))
     return {"val": val, "test": test, "cut": cut, "latency_ms": summary["p50_ms"], "pte": str(artifact.path),
-            "ratio": hi}
+            "ratio": ratio}
 
 
 def _side_by_side(paths: dict[str, Path], rounds: int = 3) -> dict[str, float]:
@@ -98,7 +101,7 @@ def _side_by_side(paths: dict[str, Path], rounds: int = 3) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", type=int, default=24)
+    parser.add_argument("--budget", type=int, default=32)
     parser.add_argument("--out", default="runs/search_bench")
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -173,13 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     if lat and flo:
         speed = flo["latency_ms"] / lat["latency_ms"]
         diff_val, diff_test = 100 * (lat["val"] - flo["val"]), 100 * (lat["test"] - flo["test"])
-        ok = speed >= 1.2 and abs(diff_val) <= 0.5
+        ok = speed >= 1.2 and abs(diff_test) <= 0.5
+        # judged on TEST: validation picked each row's winner, so its val figure is biased upwards
         print(f"\nlatency vs flops: {speed:.2f}x faster, accuracy difference val {diff_val:+.2f} / test "
-              f"{diff_test:+.2f} points -> {'MET' if ok else 'NOT MET'} (>= 1.2x at <= 0.5 point on val)")
+              f"{diff_test:+.2f} points -> {'MET' if ok else 'NOT MET'} (>= 1.2x at <= 0.5 point on test)")
     if lat and l1:
         print(f"latency vs uniform L1 at matched latency ({l1['latency_ms']:.4f} vs {lat['latency_ms']:.4f} ms): "
               f"val {100 * (lat['val'] - l1['val']):+.2f} / test {100 * (lat['test'] - l1['test']):+.2f} points -> "
-              f"{'MET' if lat['val'] >= l1['val'] else 'NOT MET'} (at least as accurate on val)")
+              f"{'MET' if lat['test'] >= l1['test'] else 'NOT MET'} (at least as accurate on test)")
     if lat and rnd:
         print(f"PPO vs random: best search reward {lat['best_search_reward']:.4f} vs {rnd['best_search_reward']:.4f}; "
               f"final {dense_ms / lat['latency_ms']:.2f}x / val {100 * lat['val']:.2f}% vs "

@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-epochs", type=int, default=6, help="epochs when a checkpoint must be trained (6)")
     p.add_argument("--bench-runs", type=int, default=20,
                    help="timed runs per candidate measurement (default 20; final models use 50)")
+    p.add_argument("--recover-steps", type=int, default=16,
+                   help="distillation steps each candidate gets before its accuracy is taken (default 16)")
     p.add_argument("--policy", dest="policy_file", help="start from a trained policy.pt (any model size)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or finished run (its config is reused)")
     p.add_argument("--seed", type=int, default=0)
@@ -84,7 +86,8 @@ def build_config(args: argparse.Namespace) -> Any:
         policy_file=args.policy_file,
         final_top=args.final_top,
         finetune=FinetuneConfig(epochs=args.finetune_epochs, distill_alpha=0.5),
-        evaluation=replace(EvalConfig(), min_runs=args.bench_runs, warmup_runs=max(2, args.bench_runs // 4)),
+        evaluation=replace(EvalConfig(), min_runs=args.bench_runs, warmup_runs=max(2, args.bench_runs // 4),
+                           recover_steps=args.recover_steps),
     )
 
 

@@ -73,6 +73,7 @@ class PPOSettings:
     keep_logit: float | None = None
     project: bool = True  # project every proposed plan onto the target band (AMC-style), see projection.py
     band: float = 0.06  # half-width of that band, as a fraction of the dense cost
+    family_seeds: bool = True  # start with one projected plan per pattern family (projection.family_seeds)
 
 
 @dataclass(frozen=True)

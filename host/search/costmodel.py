@@ -32,8 +32,9 @@ class CostModel:
     """Linear cost-ratio predictor over per-choice MAC shares; see the module docstring."""
 
     def __init__(self, shares: np.ndarray, choice_cuts: Mapping[int, float], num_choices: int,
-                 accepting: np.ndarray | None = None, ridge: float = 0.05) -> None:
-        """``accepting[k]``: MAC share of the layers where choice k is valid (default: all layers)."""
+                 accepting: np.ndarray | None = None, ridge: float = 0.02, keep_index: int = 0) -> None:
+        """``accepting[k]``: MAC share of the layers where choice k is valid (default: all layers).
+        ``keep_index``'s weight stays 0, so the dense plan costs exactly 1."""
         shares = np.asarray(shares, np.float64)
         if shares.ndim != 1 or not np.all(shares >= 0):
             raise ValueError("shares must be a 1-D array of non-negative MAC shares")
@@ -46,15 +47,18 @@ class CostModel:
         for index, cut in choice_cuts.items():
             # MACs removed per unit of share when the choice is applied everywhere it is valid
             self.prior[index] = -min(cut / accepting[index], 1.0) if accepting[index] > 0 else 0.0
+        self.prior[keep_index] = 0.0
+        self.keep_index = int(keep_index)
+        self.free = np.arange(self.num_choices) != keep_index
         self.weights = self.prior.copy()
         self.fitted_on = 0
 
     @classmethod
-    def from_space(cls, space, ridge: float = 0.05) -> CostModel:
+    def from_space(cls, space, ridge: float = 0.02) -> CostModel:
         """The MAC-proportional prior for a :class:`~host.search.space.SearchSpace`."""
         shares = space.layer_shares()
         accepting = np.array([shares[space.choice_mask[:, k]].sum() for k in range(space.num_choices)])
-        return cls(shares, space.choice_cuts(), space.num_choices, accepting, ridge)
+        return cls(shares, space.choice_cuts(), space.num_choices, accepting, ridge, space.keep_index)
 
     def reduction(self, index: int) -> float:
         """Predicted cost removed per unit of MAC share by choice ``index`` (its aggressiveness)."""
@@ -79,7 +83,9 @@ class CostModel:
             return
         x = np.stack([self.features(c) for c, _ in samples])
         y = np.array([r for _, r in samples], np.float64) - 1.0 - x @ self.prior
-        # solve (X^T X + lambda I) d = X^T y ; weights = prior + d
-        a = x.T @ x + self.ridge * np.eye(self.num_choices)
-        self.weights = self.prior + np.linalg.solve(a, x.T @ y)
+        x = x[:, self.free]
+        # solve (X^T X + lambda I) d = X^T y ; weights = prior + d (keep's weight stays 0)
+        a = x.T @ x + self.ridge * np.eye(x.shape[1])
+        self.weights = self.prior.copy()
+        self.weights[self.free] += np.linalg.solve(a, x.T @ y)
         logger.debug("cost model fitted on %d samples: %s", len(samples), np.round(self.weights, 3))

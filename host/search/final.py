@@ -37,8 +37,9 @@ class FinalStage:
 
         rows = [r for r in self.journal.candidates("search") if not r.reused and r.accuracy > 0]
         if self.config.reward_objective().needs_measurement:
-            # only measured candidates: an unmeasured one's reward rests on the cost model's prediction
-            rows = [r for r in rows if r.measurement]
+            # measured candidates only (an unmeasured one's reward rests on the cost model's prediction),
+            # unless none was accurate enough to be measured: then the front of all of them
+            rows = [r for r in rows if r.measurement] or rows
             costs = [evaluator.cost_estimate(r) for r in rows]
         else:
             costs = [float(r.macs) for r in rows]

@@ -137,8 +137,8 @@ class GraphActorCriticPolicy(ActorCriticPolicy):
 
     def __init__(self, *args: Any, keep_logit: float = 0.0, keep_index: int = 0, **kwargs: Any) -> None:
         # keep_logit: initial bias of the "keep" choice. With ~10 valid patterns per layer a uniform start
-        # prunes ~90% of the layers at once and nearly every early candidate collapses; a prior towards
-        # keep (2.9 -> ~65% of layers kept) makes the first rollouts informative. PPO moves it from there.
+        # prunes ~90% of the layers at once and nearly every early candidate collapses; the search calibrates
+        # this bias so that the untrained policy's plans cost about the target (host.search.projection).
         self.keep_logit = float(keep_logit)
         self.keep_index = int(keep_index)
         kwargs.setdefault("features_extractor_class", GraphExtractor)

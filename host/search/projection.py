@@ -77,21 +77,50 @@ def project(choices: np.ndarray, choice_mask: np.ndarray, model: CostModel, band
     """``choices`` moved, one layer and one step of aggressiveness at a time, until the predicted cost is
     inside ``band`` (or no move is left). Layers are picked at random; the rest of the plan is kept."""
     out = np.asarray(choices, np.int64).copy()
-    # each layer's valid choices from the least to the most aggressive, as the model currently believes
+    keep = model.keep_index
+    # each layer's ladder: keep, then the valid choices the model believes make it cheaper, least aggressive
+    # first. A choice believed to cost MORE than keep (a kernel mix slower than dense) is off the ladder: a
+    # layer holding one stands at keep's rung, so tightening replaces it and relaxing returns to keep.
     ladders = []
     for valid in choice_mask:
-        idx = np.flatnonzero(valid)
-        ladders.append(list(idx[np.argsort([model.reduction(k) for k in idx], kind="stable")]))
+        cheaper = [k for k in np.flatnonzero(valid) if k != keep and model.reduction(k) > 0]
+        ladders.append([keep] + sorted(cheaper, key=model.reduction))
+
+    def rung(i: int) -> int:
+        return ladders[i].index(out[i]) if out[i] in ladders[i] else 0
+
     for _ in range(8 * len(out) + 8):
         ratio = model.predict(out)
         if band.low <= ratio <= band.high:
             break
         tighten = ratio > band.high
         movable = [i for i, ladder in enumerate(ladders)
-                   if (ladder.index(out[i]) < len(ladder) - 1 if tighten else ladder.index(out[i]) > 0)]
+                   if (rung(i) < len(ladder) - 1 if tighten else (rung(i) > 0 or out[i] != keep))]
         if not movable:
             break
         i = movable[int(rng.integers(len(movable)))]
-        step = 1 if tighten else -1
-        out[i] = ladders[i][ladders[i].index(out[i]) + step]
+        out[i] = ladders[i][rung(i) + 1] if tighten else ladders[i][max(rung(i) - 1, 0)]
     return out
+
+
+def family_seeds(choice_mask: np.ndarray, vocab: list[str], keep_index: int, model: CostModel, band: Band,
+                 rng: np.random.Generator) -> list[np.ndarray]:
+    """One plan per pattern family that uses ONLY that family, grown from dense by :func:`project` into
+    ``band``. Evaluated before the policy's first proposals, they give the cost model one sample of every
+    family (how each realizes on the device) and the search a structured baseline of each kind, e.g. the
+    channel-only plan a uniform channel pruner would find."""
+    families = []
+    for name in vocab:
+        family = name.split(":", 1)[0]
+        if family not in families and name != vocab[keep_index]:
+            families.append(family)
+    dense = np.full(choice_mask.shape[0], keep_index, np.int64)
+    seeds = []
+    for family in families:
+        columns = np.array([v.split(":", 1)[0] == family for v in vocab])
+        columns[keep_index] = True
+        mask = choice_mask & columns
+        if not (mask & ~(np.arange(len(vocab)) == keep_index)).any():
+            continue  # no layer of this model takes the family
+        seeds.append(project(dense, mask, model, band, rng))
+    return seeds

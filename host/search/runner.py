@@ -79,7 +79,7 @@ def load_trained(config: SearchConfig, progress: ProgressFn) -> tuple[Any, Any]:
     )
     sizes = {"num_classes": splits.num_classes, "in_channels": spec.in_channels, "image_size": spec.image_size}
     if spec.checkpoint is not None:
-        model = load_model(spec.model, checkpoint=spec.checkpoint, **sizes)
+        model = load_model(spec.model, checkpoint=spec.checkpoint, width=spec.width, **sizes)
         return model.eval(), splits
     if spec.model.lower() not in available_models():
         raise ConfigError(f"model '{spec.model}' needs --checkpoint", hint="pass its trained state dict")
@@ -241,7 +241,7 @@ class SearchRunner:
             read_policy_file,
             save_policy,
         )
-        from host.search.projection import Band, project
+        from host.search.projection import Band, family_seeds, project
 
         cfg = self.config
         budget = cfg.budget
@@ -260,6 +260,15 @@ class SearchRunner:
             return
         band = Band.around(target, cfg.ppo.band, cfg.ppo.band / 2)  # a little under the target rather than over
         rng = np.random.default_rng(cfg.seed + 1000 + self.journal.count("search"))
+        if cfg.ppo.project and cfg.ppo.family_seeds and not self.journal.get_value("seeds_done"):
+            for choices in family_seeds(space.choice_mask, space.vocab, space.keep_index, evaluator.cost_model,
+                                        band, rng):
+                if self.journal.count("search", evaluated_only=True) >= budget:
+                    break
+                evaluator.evaluate(choices, phase="search")
+                self.progress(Progress("search", self.journal.count("search", evaluated_only=True), budget,
+                                       "family seeds", self._best()))
+            self.journal.set_value("seeds_done", True)
 
         def evaluate(choices: np.ndarray) -> StepOutcome:
             if cfg.ppo.project:

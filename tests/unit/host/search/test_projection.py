@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from host.search.costmodel import CostModel
-from host.search.projection import Band, calibrate_keep_logit, project, sample_prior
+from host.search.projection import Band, calibrate_keep_logit, family_seeds, project, sample_prior
 
 SHARES = np.full(10, 0.1)
 MASK = np.ones((10, 4), bool)
@@ -58,3 +58,27 @@ def test_projection_leaves_a_plan_in_the_band_alone():
 def test_band_validation():
     with pytest.raises(ValueError):
         Band(0.5, 0.4)
+
+
+def test_projection_never_moves_a_layer_to_a_choice_predicted_slower_than_keep():
+    # choice 3 was measured to run slower than dense (positive weight): it is on no layer's ladder
+    model = CostModel(SHARES, {0: 0.0, 1: 0.25, 2: 0.5, 3: 0.75}, 4)
+    model.weights[3] = 0.3
+    band = Band.around(0.8, 0.03, 0.03)
+    relaxed = project(np.full(10, 2, np.int64), MASK, model, band, np.random.default_rng(0))
+    assert band.low <= model.predict(relaxed) <= band.high and not (relaxed == 3).any()
+    start = np.full(10, 3, np.int64)  # a proposal full of the slow choice: tightening replaces some of them
+    tightened = project(start, MASK, model, band, np.random.default_rng(0))
+    assert band.low <= model.predict(tightened) <= band.high
+    assert set(tightened[tightened != 3].tolist()) <= {1, 2}
+
+
+def test_family_seeds_use_one_family_each():
+    vocab = ["keep:dense", "kernel:row2", "kernel:row1", "channel:prune50"]
+    model = CostModel(SHARES, {0: 0.0, 1: 0.33, 2: 0.67, 3: 0.75}, 4)
+    seeds = family_seeds(MASK, vocab, 0, model, Band.around(0.6, 0.05, 0.05), np.random.default_rng(0))
+    assert len(seeds) == 2
+    kernel, channel = seeds
+    assert set(kernel.tolist()) <= {0, 1, 2} and set(channel.tolist()) <= {0, 3}
+    for seed in seeds:
+        assert 0.55 <= model.predict(seed) <= 0.65

@@ -6,7 +6,8 @@ to .pte and timed IN-PROCESS with executorch.runtime, all variants of a model in
 (fastest of a few calls per round, median over rounds, speed-ups as the median of per-round ratios), with
 the XNNPACK thread pool fixed. Prints one table; the target is speed-up >= 0.8 x MAC ratio for every
 realized form (masks-only is shown for contrast: it does the dense work). The NR column counts MACs with
-every GEMM's output channels rounded up to XNNPACK's tile width: the work the engine really does.
+every GEMM's output channels rounded up to XNNPACK's tile width (plus the border outputs off-centre kernel
+windows compute and slice off): the work the engine really does.
 
     .venv/bin/python benchmarks/realize_bench.py [--models resnet20,resnet56,mobilenetv2] [--threads 1]
 """
@@ -132,7 +133,8 @@ def tile_padded_macs(model: nn.Module, x: torch.Tensor, nr: int = NR) -> int:
 
     XNNPACK's f32 GEMM/IGEMM micro-kernels compute ``nr`` output channels at a time (16 with AVX-512 here,
     8 on NEON), so a 3-filter sub-conv costs about as much as a 16-filter one. Depthwise convs use other
-    kernels and are counted as they are. This is the work model that explains the measured latencies.
+    kernels and are counted as they are. Pattern sub-convs count the border outputs that off-centre windows
+    compute and slice off. This is the work model that explains the measured latencies.
     """
     from patterns.kernel import PatternConv
 
@@ -144,11 +146,12 @@ def tile_padded_macs(model: nn.Module, x: torch.Tensor, nr: int = NR) -> int:
         width = out if groups != 1 else -(-out // nr) * nr
         return width * per_output * positions
 
-    def hook(module, _inputs, output):
+    def hook(module, inputs, output):
         nonlocal total
-        if isinstance(module, PatternConv):
-            for conv in module.convs:
-                total += padded(conv.weight, 1, output.shape[2] * output.shape[3])
+        if isinstance(module, PatternConv):  # off-centre windows also compute border outputs they slice off
+            positions = module.computed_positions(inputs[0].shape[2], inputs[0].shape[3])
+            for conv, computed in zip(module.convs, positions, strict=True):
+                total += padded(conv.weight, 1, computed)
         elif isinstance(module, nn.Conv2d):
             total += padded(module.weight, module.groups, output.shape[2] * output.shape[3])
         else:

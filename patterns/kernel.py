@@ -38,6 +38,7 @@ the whole-model table.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -256,32 +257,46 @@ class PatternConv(nn.Module):
         else:
             self.index = None
 
-    def _branch(self, x: Tensor, conv: nn.Conv2d, r0: int, c0: int) -> Tensor:
-        height, width = x.shape[-2], x.shape[-1]
+    def _geometry(self, height: int, width: int, conv: nn.Conv2d, r0: int, c0: int):
+        """How one window is computed on a ``height`` x ``width`` input: (out_h, out_w, symmetric padding,
+        first output row/col, conv output rows/cols) when one padded conv + output slice does it, else
+        (out_h, out_w, None, (top, bottom, left, right)) for the input crop/pad path."""
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         out_h = (height + 2 * ph - kh) // sh + 1
         out_w = (width + 2 * pw - kw) // sw + 1
         wh, ww = conv.kernel_size
         # Rows [top, bottom) of the unpadded input that the window reads (may stick out on either side).
         top = r0 - ph
-        bottom = top + sh * (out_h - 1) + wh
         left = c0 - pw
-        right = left + sw * (out_w - 1) + ww
         rows = _symmetric_padding(height, top, out_h, wh, sh)
         cols = _symmetric_padding(width, left, out_w, ww, sw)
-        if rows is not None and cols is not None:
-            (pad_h, j0, conv_h), (pad_w, i0, conv_w) = rows, cols
-            if conv_h * conv_w <= MAX_EXTRA_OUTPUT * out_h * out_w:
-                y = F.conv2d(x, conv.weight, conv.bias, (sh, sw), (pad_h, pad_w))
-                if (j0, conv_h, i0, conv_w) != (0, out_h, 0, out_w):
-                    y = y[:, :, j0:j0 + out_h, i0:i0 + out_w]
-                return y
+        if rows is not None and cols is not None and rows[2] * cols[2] <= MAX_EXTRA_OUTPUT * out_h * out_w:
+            return out_h, out_w, (rows[0], cols[0]), (rows[1], cols[1]), (rows[2], cols[2])
+        bottom = top + sh * (out_h - 1) + wh
+        right = left + sw * (out_w - 1) + ww
+        return out_h, out_w, None, (top, bottom, left, right), (out_h, out_w)
+
+    def computed_positions(self, height: int, width: int) -> list[int]:
+        """Output positions each sub-conv really computes on a ``height`` x ``width`` input, including the
+        border outputs that an off-centre window computes and slices off (not part of the exact MAC count)."""
+        return [math.prod(self._geometry(height, width, conv, r0, c0)[4])
+                for conv, (r0, c0) in zip(self.convs, self.windows, strict=True)]
+
+    def _branch(self, x: Tensor, conv: nn.Conv2d, r0: int, c0: int) -> Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        out_h, out_w, padding, first, computed = self._geometry(height, width, conv, r0, c0)
+        if padding is not None:
+            y = F.conv2d(x, conv.weight, conv.bias, self.stride, padding)
+            if first != (0, 0) or computed != (out_h, out_w):
+                y = y[:, :, first[0]:first[0] + out_h, first[1]:first[1] + out_w]
+            return y
+        top, bottom, left, right = first
         if top > 0 or left > 0 or bottom < height or right < width:
             x = x[:, :, max(top, 0):min(bottom, height), max(left, 0):min(right, width)]
         pads = (max(-left, 0), max(right - width, 0), max(-top, 0), max(bottom - height, 0))
         if any(pads):
             x = F.pad(x, pads)
-        return F.conv2d(x, conv.weight, conv.bias, (sh, sw), 0)
+        return F.conv2d(x, conv.weight, conv.bias, self.stride, 0)
 
     def forward(self, x: Tensor) -> Tensor:
         outs = [self._branch(x, conv, r0, c0) for conv, (r0, c0) in zip(self.convs, self.windows, strict=True)]

@@ -118,3 +118,13 @@ def test_a_layer_whose_kept_filters_are_all_dropped_emits_zero_channels():
     realized = PatternConv((3, 3), (2, 2), (1, 1), [], [], zeros=4)
     y = realized(torch.randn(2, 3, 9, 9))
     assert y.shape == (2, 4, 5, 5) and not y.any()
+
+
+def test_computed_positions_include_the_sliced_border():
+    full = nn.Conv2d(3, 2, 3, bias=False)
+    top_rows = nn.Conv2d(3, 2, (2, 3), bias=False)
+    top_row = nn.Conv2d(3, 2, (1, 3), bias=False)
+    realized = PatternConv((3, 3), (1, 1), (1, 1), [(0, 0), (0, 0), (0, 0)], [full, top_rows, top_row])
+    # 8x8 output; the 2-row window computes 9 rows, the 1-row window at the top 10 rows (then sliced)
+    assert realized.computed_positions(8, 8) == [64, 72, 80]
+    assert realized(torch.randn(1, 3, 8, 8)).shape == (1, 6, 8, 8)

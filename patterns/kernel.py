@@ -20,7 +20,7 @@ symmetrically). When the layer's channels are private (one producer, consumed by
 BN/activations) the new channel order and the dropped filters are folded into the BN and the consumers'
 input weights. When they are shared, a tiled layer emits its runs in channel order (dropped runs become
 zero channels in the concat); an exact-mix layer re-orders the whole group if it is the group's first
-pattern layer, else pays an explicit gather. ``patdnn4`` (PatDNN-style 4-entry patterns) has no dense
+pattern layer and no tiled layer shares the group, else pays an explicit gather. ``patdnn4`` (PatDNN-style 4-entry patterns) has no dense
 form: it stays a mask and realization says so.
 
 Why tiles (measured with ExecuTorch 1.4.1 / XNNPACK on this AVX-512 machine, 1 thread, one 3x3 layer
@@ -370,7 +370,8 @@ class KernelFamily(Family):
                 masks[key] = masks[key] & group_mask if key in masks else group_mask
             removals = ((layer, tuple(dropped)),)
         plan = _KernelRewrite(layer, shapes, private, in_order=blocks)
-        return Decision(masks, removals, ((20, plan.fold), (25, plan.fold_shared), (30, plan.replace)))
+        return Decision(masks, removals, ((20, plan.fold), (22, plan.pin), (25, plan.fold_shared),
+                                          (30, plan.replace)))
 
     def _decide_patdnn(self, conv: nn.Conv2d, layer: str, weight: Tensor, ratio: float) -> Decision:
         out_ch, _, kh, kw = weight.shape
@@ -449,6 +450,13 @@ class _KernelRewrite:
                 module.weight.data = module.weight.data[:, perm].clone()
             else:
                 raise RuntimeError(f"cannot fold channel order of {self.layer} into {member.name}")
+
+    def pin(self, model: nn.Module, state: RealizeState) -> None:
+        """A tiled shared layer keeps its group's channel order: no exact-mix layer may re-order the group
+        (that would split the tiled layer's runs into many narrow sub-convs; the exact layer gathers)."""
+        group = state.groups.get(self.layer)
+        if self.in_order and group is not None:
+            state.reordered.add(tuple(sorted(group.producers)))
 
     def fold_shared(self, model: nn.Module, state: RealizeState) -> None:
         """Give a shared (e.g. residual) group this layer's channel order everywhere, so no gather is paid.

@@ -73,9 +73,11 @@ def calibrate_keep_logit(choice_mask: np.ndarray, keep_index: int, model: CostMo
 
 
 def project(choices: np.ndarray, choice_mask: np.ndarray, model: CostModel, band: Band,
-            rng: np.random.Generator) -> np.ndarray:
+            rng: np.random.Generator, spread: bool = False) -> np.ndarray:
     """``choices`` moved, one layer and one step of aggressiveness at a time, until the predicted cost is
-    inside ``band`` (or no move is left). Layers are picked at random; the rest of the plan is kept."""
+    inside ``band`` (or no move is left). Layers are picked at random (``spread``: at random among the least
+    pruned when tightening / the most pruned when relaxing, which spreads the cut evenly); the rest of the
+    plan is kept."""
     out = np.asarray(choices, np.int64).copy()
     keep = model.keep_index
     # each layer's ladder: keep, then the valid choices the model believes make it cheaper, least aggressive
@@ -98,6 +100,10 @@ def project(choices: np.ndarray, choice_mask: np.ndarray, model: CostModel, band
                    if (rung(i) < len(ladder) - 1 if tighten else (rung(i) > 0 or out[i] != keep))]
         if not movable:
             break
+        if spread:
+            rungs = [rung(i) for i in movable]
+            extreme = min(rungs) if tighten else max(rungs)
+            movable = [i for i, r in zip(movable, rungs, strict=True) if r == extreme]
         i = movable[int(rng.integers(len(movable)))]
         out[i] = ladders[i][rung(i) + 1] if tighten else ladders[i][max(rung(i) - 1, 0)]
     return out
@@ -105,8 +111,8 @@ def project(choices: np.ndarray, choice_mask: np.ndarray, model: CostModel, band
 
 def family_seeds(choice_mask: np.ndarray, vocab: list[str], keep_index: int, model: CostModel, band: Band,
                  rng: np.random.Generator) -> list[np.ndarray]:
-    """One plan per pattern family that uses ONLY that family, grown from dense by :func:`project` into
-    ``band``. Evaluated before the policy's first proposals, they give the cost model one sample of every
+    """One plan per pattern family that uses ONLY that family, grown evenly from dense by :func:`project`
+    into ``band``. Evaluated before the policy's first proposals, they give the cost model one sample of every
     family (how each realizes on the device) and the search a structured baseline of each kind, e.g. the
     channel-only plan a uniform channel pruner would find."""
     families = []
@@ -122,5 +128,5 @@ def family_seeds(choice_mask: np.ndarray, vocab: list[str], keep_index: int, mod
         mask = choice_mask & columns
         if not (mask & ~(np.arange(len(vocab)) == keep_index)).any():
             continue  # no layer of this model takes the family
-        seeds.append(project(dense, mask, model, band, rng))
+        seeds.append(project(dense, mask, model, band, rng, spread=True))
     return seeds

@@ -82,3 +82,10 @@ def test_family_seeds_use_one_family_each():
     assert set(kernel.tolist()) <= {0, 1, 2} and set(channel.tolist()) <= {0, 3}
     for seed in seeds:
         assert 0.55 <= model.predict(seed) <= 0.65
+
+
+def test_spread_projection_prunes_evenly():
+    model = _model()
+    out = project(np.zeros(10, np.int64), MASK, model, Band.around(0.75, 0.01, 0.01), np.random.default_rng(0),
+                  spread=True)
+    assert set(out.tolist()) == {1}  # every layer one step, rather than a few layers at the most aggressive

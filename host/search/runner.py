@@ -307,7 +307,8 @@ class SearchRunner:
                 self.model.save(tmp)
                 os.replace(tmp, ppo_path)  # atomic: a kill never leaves half a policy
 
-        model.learn(total_timesteps=max_steps, callback=Budget(), reset_num_timesteps=False)
+        if self.journal.count("search", evaluated_only=True) < budget:  # the seeds may have used it all
+            model.learn(total_timesteps=max_steps, callback=Budget(), reset_num_timesteps=False)
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)
 
     def _target_ratio(self, evaluator) -> float:

@@ -204,7 +204,8 @@ def _notes(cfg: SearchConfig, rows: list[CandidateRecord]) -> tuple[str, ...]:
     unmeasured = sum(1 for r in rows if not r.measurement)
     if cfg.objective != "flops" and unmeasured:
         notes.append(
-            f"{unmeasured} candidate(s) were far less accurate than dense and were not measured; their reward "
-            "assumed no speed-up (the dense figure)"
+            f"{unmeasured} candidate(s) were not measured (too inaccurate, or their predicted reward was not "
+            "close to the best measured one); their reward used the latency predicted by the cost model fitted "
+            "on the measured candidates, and only measured candidates were eligible as final models"
         )
     return tuple(notes)

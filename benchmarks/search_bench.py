@@ -8,6 +8,7 @@ Rows:
            its projection targets the MAC cut
   random   plans drawn from the same calibrated prior as the untrained policy, same budget, same reward and
            evaluator as `latency`; no seeds, no projection, no learning
+  no-learn ablation: `latency` with PPO's learning rate 0 (prior + seeds + projection + cost model, no learning)
   l1       uniform L1 channel pruning (torch-pruning), its per-layer ratio bisected until the MEASURED latency
            is closest to the latency row's
 Every row is fine-tuned the same way (masked fine-tuning, distillation from dense), realized, exported to
@@ -136,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         ("latency", {"objective": "latency", "target": args.target_latency}),
         ("flops", {"objective": "flops", "target": None, "target_flops": args.target_flops}),
         ("random", {"objective": "latency", "target": args.target_latency, "strategy": "random"}),
+        # ablation: everything of `latency` except learning (PPO's learning rate 0: the policy stays the prior)
+        ("no-learn", {"objective": "latency", "target": args.target_latency,
+                      "ppo": replace(base.ppo, learning_rate=0.0)}),
     ):
         result, final, seconds = _search(base, name, out, **changes)
         dense = result["dense"]
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     from host.export import export_pte
 
     paths = {"dense": Path(export_pte(model, (splits.val.tensors()[0][:1],), out / "dense.pte").path)}
-    for name in ("latency", "flops", "random"):
+    for name in ("latency", "flops", "random", "no-learn"):
         if rows.get(name):
             paths[name] = out / name / "final-1.pte"
     if rows.get("l1"):
@@ -169,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| method | val acc | test acc | MAC cut | p50 latency (ms) | speed-up vs dense | search time (s) |")
     print("|---|---|---|---|---|---|---|")
     dense_ms = rows["dense"]["latency_ms"]
-    for name in ("dense", "latency", "flops", "random", "l1"):
+    for name in ("dense", "latency", "flops", "random", "no-learn", "l1"):
         r = rows.get(name)
         if not r:
             print(f"| {name} | (no result) | | | | | |")
@@ -190,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"latency vs uniform L1 at matched latency ({l1['latency_ms']:.4f} vs {lat['latency_ms']:.4f} ms): "
               f"val {100 * (lat['val'] - l1['val']):+.2f} / test {100 * (lat['test'] - l1['test']):+.2f} points -> "
               f"{'MET' if lat['test'] >= l1['test'] else 'NOT MET'} (at least as accurate on test)")
+    nol = rows.get("no-learn")
+    if lat and nol:
+        print(f"PPO vs the same search without learning: best search reward {lat['best_search_reward']:.4f} vs "
+              f"{nol['best_search_reward']:.4f}; final {dense_ms / lat['latency_ms']:.2f}x / test "
+              f"{100 * lat['test']:.2f}% vs {dense_ms / nol['latency_ms']:.2f}x / test {100 * nol['test']:.2f}%")
     if lat and rnd:
         print(f"PPO vs random: best search reward {lat['best_search_reward']:.4f} vs {rnd['best_search_reward']:.4f}; "
               f"final {dense_ms / lat['latency_ms']:.2f}x / val {100 * lat['val']:.2f}% vs "

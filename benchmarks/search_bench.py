@@ -186,10 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     if lat and flo:
         speed = flo["latency_ms"] / lat["latency_ms"]
         diff_val, diff_test = 100 * (lat["val"] - flo["val"]), 100 * (lat["test"] - flo["test"])
-        ok = speed >= 1.2 and abs(diff_test) <= 0.5
-        # judged on TEST: validation picked each row's winner, so its val figure is biased upwards
+        ok = speed >= 1.2 and diff_test >= -0.5
+        # judged on TEST: validation picked each row's winner, so its val figure is biased upwards. A latency
+        # result MORE accurate than the flops one passes: the target bounds the accuracy it may lose.
         print(f"\nlatency vs flops: {speed:.2f}x faster, accuracy difference val {diff_val:+.2f} / test "
-              f"{diff_test:+.2f} points -> {'MET' if ok else 'NOT MET'} (>= 1.2x at <= 0.5 point on test)")
+              f"{diff_test:+.2f} points -> {'MET' if ok else 'NOT MET'} (>= 1.2x, at most 0.5 point less "
+              "accurate on test)")
     if lat and l1:
         print(f"latency vs uniform L1 at matched latency ({l1['latency_ms']:.4f} vs {lat['latency_ms']:.4f} ms): "
               f"val {100 * (lat['val'] - l1['val']):+.2f} / test {100 * (lat['test'] - l1['test']):+.2f} points -> "

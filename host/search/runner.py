@@ -187,7 +187,9 @@ class SearchRunner:
             self.progress(Progress("dense", 0, 2, "evaluating and measuring the dense model"))
             evaluator.evaluate_dense()
             if objective.needs_measurement:
+                self.progress(Progress("dense", 1, 2, "measuring the most aggressive plan (is the target reachable?)"))
                 self._check_target_reachable(evaluator, space)
+            self.progress(Progress("dense", 2, 2, "dense model measured"))
             self._search(evaluator, space)
             final = FinalStage(cfg, self.journal, self.progress)
             finals = final.run(evaluator, splits, model)

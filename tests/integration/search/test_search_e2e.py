@@ -138,3 +138,34 @@ def test_sigkill_then_resume_does_not_reevaluate(tmp_path, trained_resnet20_mnis
     # a plan evaluated before the kill is never evaluated again: at most reused (reused=1) rows
     assert all(r[4] == 1 for r in new if r[1] == "search" and r[2] in old_hashes)
     assert result["candidates_evaluated"] == budget
+
+
+def test_two_devices_measured_and_combined_worst_case(tmp_path, trained_resnet20_mnist, agent_server):
+    """--device local --device grpc://...: every measured candidate is timed on BOTH agents and its reward
+    uses the worse of the two latency/target ratios."""
+    from host.search.reward import constrained_reward
+    from host.search.runner import SearchRunner
+
+    devices = ("local", f"grpc://{agent_server}")
+    config = tiny_config(tmp_path / "two", trained_resnet20_mnist, devices=devices, budget=2, final_top=0)
+    result = SearchRunner.start(config).run()
+    assert len(result["dense"]["latency_ms"]) == 2
+    objective = config.reward_objective()
+    with Journal.open(config.out) as journal:
+        dense = journal.candidates("dense")[0]
+        dense_ms = {dev: m["p50_ms"] for dev, m in dense.measurement.items()}
+        assert len(dense_ms) == 2 and all(v > 0 for v in dense_ms.values())
+        # the most aggressive plan ("floor") is always measured, to check that the target is reachable
+        rows = journal.candidates("floor") + journal.candidates("search")
+        measured = [r for r in rows if r.measurement and not r.reused]
+        assert measured and measured[0].phase == "floor"
+        for row in measured:
+            ms = {dev: m["p50_ms"] for dev, m in row.measurement.items()}
+            assert ms.keys() == dense_ms.keys()
+            worst = max(ms[d] / objective.target.resolve(dense_ms[d]) for d in ms)
+            best = min(ms[d] / objective.target.resolve(dense_ms[d]) for d in ms)
+            expected = objective.reward(row.accuracy, row.macs, dense.macs, measured=ms, dense_measured=dense_ms)
+            assert row.reward == pytest.approx(expected)
+            assert row.reward == pytest.approx(constrained_reward(row.accuracy, worst, objective.constraint))
+            if worst != best:  # the worst device, not the better one, sets the reward
+                assert row.reward != pytest.approx(constrained_reward(row.accuracy, best, objective.constraint))

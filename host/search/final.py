@@ -54,9 +54,9 @@ class FinalStage:
 
     def run(self, evaluator, splits, base_model) -> list[dict[str, Any]]:
         """Fine-tune, realize, export and measure every chosen plan; one dict per final model."""
+        import patterns
         from host.search.finetune import accuracy, masked_finetune
         from host.search.journal import plan_hash
-        from host.search.realize import realize_trained
 
         chosen = self.candidates(evaluator)
         finals: list[dict[str, Any]] = []
@@ -74,7 +74,9 @@ class FinalStage:
             masked_finetune(model, masks, train_batches, self.config.finetune, teacher=base_model)
             masked_val = accuracy(model, evaluator.data.val_batches)
             # accuracy is taken on the REALIZED module, i.e. exactly what gets exported and deployed
-            realized = realize_trained(base_model, model, plan, evaluator.data.example_input)
+            # decisions (filter ranking of mixed kernel patterns) from the base model the masks were made on,
+            # weights from the fine-tuned copy: ranking the fine-tuned weights again could pick other filters
+            realized = patterns.realize(base_model, plan, evaluator.data.example_input, weights_from=model)
             val = accuracy(realized, evaluator.data.val_batches)
             test = accuracy(realized, test_batches)
             if abs(val - masked_val) > 0.005:

@@ -141,35 +141,10 @@ class SearchSpace:
         return cuts
 
     def layer_shares(self) -> np.ndarray:
-        """[L] each prunable layer's share of the model's dense MACs (Conv2d/Linear), in layer order."""
-        if self._shares is not None:
-            return self._shares
-        modules = dict(self.graph_model.named_modules())
-        macs: dict[str, int] = {}
-        handles = []
-        for name in self.layer_names:
-            def hook(module, _inputs, output, name=name):
-                channels = output.shape[1] if isinstance(module, nn.Conv2d) else output.shape[-1]
-                macs[name] = module.weight.numel() * (output.numel() // (output.shape[0] * channels))
-            handles.append(modules[name].register_forward_hook(hook))
-        total = {"macs": 0}
-
-        def count_all(module, _inputs, output):
-            channels = output.shape[1] if isinstance(module, nn.Conv2d) else output.shape[-1]
-            total["macs"] += module.weight.numel() * (output.numel() // (output.shape[0] * channels))
-
-        handles += [m.register_forward_hook(count_all) for m in modules.values()
-                    if isinstance(m, nn.Conv2d | nn.Linear)]
-        was_training = self.graph_model.training
-        self.graph_model.eval()
-        try:
-            with torch.no_grad():
-                self.graph_model(self.example_input)
-        finally:
-            for handle in handles:
-                handle.remove()
-            self.graph_model.train(was_training)
-        self._shares = np.array([macs.get(n, 0) / max(total["macs"], 1) for n in self.layer_names])
+        """[L] each prunable layer's share of the model's dense MACs, in layer order (from the model graph)."""
+        if self._shares is None:
+            total = max(self.graph.total_macs, 1)
+            self._shares = np.array([self.graph.layer(name).macs / total for name in self.layer_names])
         return self._shares
 
     def floor_choices(self) -> np.ndarray:

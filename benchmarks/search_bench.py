@@ -44,10 +44,10 @@ def _search(base_config, name: str, out: Path, **changes):
 def _uniform_l1(model, splits, target_ms: float, finetune, out: Path, bench_runs: int):
     """torch-pruning magnitude (L1) channel pruning, the same ratio in every layer, its per-layer ratio
     bisected until the MEASURED latency matches ``target_ms`` (the latency-objective result's)."""
-    import torch
     import torch_pruning as tp
 
     from host.export import export_pte
+    from host.search.candidate import batches
     from host.search.devices import BenchSettings, measure, open_devices
     from host.search.finetune import accuracy, masked_finetune
     from patterns import count
@@ -79,10 +79,8 @@ def _uniform_l1(model, splits, target_ms: float, finetune, out: Path, bench_runs
         ratio = min(probes, key=lambda r: abs(probes[r] - target_ms))  # the probe measured closest to the target
         m, cut = pruned(ratio)
         x_tr, y_tr = splits.train.tensors()
-        g = torch.Generator().manual_seed(0)
-        order = torch.randperm(len(x_tr), generator=g)
-        batches = [(x_tr[order[i:i + 128]], y_tr[order[i:i + 128]]) for i in range(0, len(order), 128)]
-        masked_finetune(m, {}, batches, finetune, teacher=model)
+        # the same batches as the searched finals' fine-tuning (SearchConfig defaults: batch 128, seed 0)
+        masked_finetune(m, {}, batches(x_tr, y_tr, 128, 0), finetune, teacher=model)
         val = accuracy(m, [(x_val, y_val)])
         test = accuracy(m, [splits.test.tensors()])
         artifact = export_pte(m, (example,), out / "l1.pte")

@@ -34,6 +34,16 @@ Batches = list[tuple[torch.Tensor, torch.Tensor]]
 INVALID_REWARD = -1.0  # below every valid reward of the latency/energy objectives and the paper's "acc - 1"
 
 
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int | None = None,
+            max_batches: int | None = None) -> Batches:
+    """(x, y) in batches: in order (``seed`` None, for evaluation) or shuffled with ``seed`` (for training,
+    where a trailing one-sample batch is dropped: BatchNorm cannot train on it); at most ``max_batches``."""
+    order = torch.arange(len(x)) if seed is None else torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    stop = len(x) if max_batches is None else min(len(x), max_batches * batch_size)
+    return [(x[index], y[index]) for index in (order[i : i + batch_size] for i in range(0, stop, batch_size))
+            if seed is None or len(index) > 1]
+
+
 @dataclass(frozen=True)
 class EvalData:
     """The tensors candidate evaluation needs, cut once: a few training batches and the validation set."""
@@ -48,22 +58,12 @@ class EvalData:
                     recover_steps: int = 0, recover_batch_size: int = 64) -> EvalData:
         """Cut the batches once (seeded, so every candidate sees the same ones)."""
         x_train, y_train = splits.train.tensors()
-        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))
-        bn = [
-            (x_train[order[i : i + batch_size]], y_train[order[i : i + batch_size]])
-            for i in range(0, min(len(order), bn_batches * batch_size), batch_size)
-        ]
-        recover_order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed + 1))
-        size = recover_batch_size
-        recover = [
-            (x_train[recover_order[i : i + size]], y_train[recover_order[i : i + size]])
-            for i in range(0, min(len(order), recover_steps * size), size)
-            if len(recover_order[i : i + size]) > 1  # BN cannot train on one sample
-        ]
+        bn = batches(x_train, y_train, batch_size, seed, max_batches=bn_batches)
+        recover = batches(x_train, y_train, recover_batch_size, seed + 1, max_batches=recover_steps)
         x_val, y_val = splits.val.tensors()
         if val_limit is not None:
             x_val, y_val = x_val[:val_limit], y_val[:val_limit]
-        val = [(x_val[i : i + 256], y_val[i : i + 256]) for i in range(0, len(x_val), 256)]
+        val = batches(x_val, y_val, 256)
         return cls(example_input=x_val[:1].clone(), bn_batches=bn, val_batches=val, recover_batches=tuple(recover))
 
 

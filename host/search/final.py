@@ -55,15 +55,16 @@ class FinalStage:
     def run(self, evaluator, splits, base_model) -> list[dict[str, Any]]:
         """Fine-tune, realize, export and measure every chosen plan; one dict per final model."""
         import patterns
+        from host.search.candidate import batches
         from host.search.finetune import accuracy, masked_finetune
         from host.search.journal import plan_hash
 
         chosen = self.candidates(evaluator)
         finals: list[dict[str, Any]] = []
         x_train, y_train = splits.train.tensors()
-        train_batches = _batches(x_train, y_train, self.config.evaluation.batch_size, self.config.seed)
+        train_batches = batches(x_train, y_train, self.config.evaluation.batch_size, self.config.seed)
         test_x, test_y = splits.test.tensors()
-        test_batches = _batches(test_x, test_y, 256, None)
+        test_batches = batches(test_x, test_y, 256)
         self._dense_test = accuracy(base_model, test_batches)  # for the report only, never for choosing
         for i, row in enumerate(chosen, start=1):
             name = f"final-{i}"
@@ -183,14 +184,6 @@ class FinalStage:
 def _ordered(choices: dict[str, str], layer_names: list[str]) -> dict[str, str]:
     """``choices`` in the model's layer order (the journal stores them sorted by name)."""
     return {name: choices[name] for name in layer_names if name in choices}
-
-
-def _batches(x, y, batch_size: int, seed: int | None) -> list:
-    import torch
-
-    order = torch.arange(len(x)) if seed is None else torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    return [(x[order[i : i + batch_size]], y[order[i : i + batch_size]]) for i in range(0, len(x), batch_size)
-            if seed is None or len(order[i : i + batch_size]) > 1]  # BN cannot train on one sample
 
 
 def _plan_from_row(row: CandidateRecord):

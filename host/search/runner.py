@@ -108,7 +108,6 @@ class SearchRunner:
         self.progress = progress or (lambda _p: None)
         self.started = time.perf_counter()
         self.fresh = False  # True when this process created the journal (see run())
-        self._dense_test: float | None = None
 
     # -- entry points --------------------------------------------------------------------------------
     @classmethod

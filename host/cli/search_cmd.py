@@ -44,8 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--aggregate", choices=("worst", "weighted"), default="worst",
                    help="how several devices combine (default: worst case)")
     p.add_argument("--final-top", type=int, default=1, help="Pareto-front plans to fine-tune and verify (1)")
-    p.add_argument("--finetune-epochs", type=int, default=3, help="masked fine-tuning epochs per final plan (3)")
-    p.add_argument("--train-epochs", type=int, default=6, help="epochs when a checkpoint must be trained (6)")
+    p.add_argument("--finetune-epochs", type=int, default=4,
+                   help="masked fine-tuning epochs per final plan (4; cosine learning rate from 0.03)")
+    p.add_argument("--train-epochs", type=int, default=12, help="epochs when a checkpoint must be trained (12)")
     p.add_argument("--bench-runs", type=int, default=20,
                    help="timed runs per candidate measurement (default 20; final models use 50)")
     p.add_argument("--recover-steps", type=int, default=16,

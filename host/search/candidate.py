@@ -234,7 +234,7 @@ class CandidateEvaluator:
         model = copy.deepcopy(self.base_model)
         masks = mask_dict(patterns.apply_masks(model, plan, self.data.example_input))
         if recover and self.data.recover_batches and plan.layers:
-            config = FinetuneConfig(epochs=1, lr=self.policy.recover_lr, distill_alpha=0.5)
+            config = FinetuneConfig(epochs=1, lr=self.policy.recover_lr, schedule="constant", distill_alpha=0.5)
             masked_finetune(model, masks, self.data.recover_batches, config, teacher=self.base_model)
         recalibrate_bn(model, self.data.bn_batches, num_batches=len(self.data.bn_batches))
         return model, masks

@@ -27,7 +27,7 @@ class ModelSpec:
     data_limit: int | None = None  # stratified subset of the dataset (None = all of it)
     data_root: str | None = None
     checkpoint: str | None = None  # a user checkpoint; None = train (and cache) one
-    train_epochs: int = 6
+    train_epochs: int = 12
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class SearchConfig:
     strategy: str = "ppo"  # "ppo" (the GNN policy) or "random" (same prior, no learning: a baseline)
     final_top: int = 1
     export_tflite: bool = True  # also write final-N.tflite when litert-torch is installed
-    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=3, distill_alpha=0.5))
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=4, distill_alpha=0.5))
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     ppo: PPOSettings = field(default_factory=PPOSettings)
 

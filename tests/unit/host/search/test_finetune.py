@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-from host.search.finetune import FinetuneConfig, accuracy, masked_finetune, recalibrate_bn
+from host.search.finetune import FinetuneConfig, accuracy, learning_rate, masked_finetune, recalibrate_bn
 
 
 def _net() -> nn.Module:
@@ -62,3 +63,26 @@ def test_recalibrate_bn_uses_batches():
 def test_accuracy_range():
     acc = accuracy(_net(), _batches(2))
     assert 0.0 <= acc <= 1.0
+
+
+def test_cosine_schedule_anneals_from_lr_to_zero_and_constant_keeps_it():
+    cosine, constant = FinetuneConfig(lr=0.04), FinetuneConfig(lr=0.04, schedule="constant")
+    assert learning_rate(cosine, 0, 10) == pytest.approx(0.04)
+    assert learning_rate(cosine, 5, 10) == pytest.approx(0.02)
+    assert learning_rate(cosine, 9, 10) < 0.001
+    assert [learning_rate(constant, i, 10) for i in (0, 5, 9)] == [0.04] * 3
+
+
+def test_schedule_changes_the_trained_weights():
+    """The schedule really reaches the optimizer: same batches, same start, different weights."""
+    trained = []
+    for schedule in ("cosine", "constant"):
+        model = _net()
+        masked_finetune(model, {}, _batches(), FinetuneConfig(epochs=2, lr=0.1, schedule=schedule))
+        trained.append(model[0].weight.detach().clone())
+    assert not torch.allclose(trained[0], trained[1])
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match="schedule"):
+        masked_finetune(_net(), {}, _batches(), FinetuneConfig(schedule="step"))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from host.errors import DeviceError, DeviceUnreachableError
+from host.errors import BenchmarkError, DeviceError, DeviceUnreachableError
 
 logger = logging.getLogger(__name__)
 
@@ -74,26 +74,63 @@ def _connect(text: str) -> Iterator[Any]:
         yield handle
 
 
+# an energy figure is the mean power over the timed window, so the window must span many meter samples:
+# with energy on, the run cap is lifted and ``min_time_s`` alone sets the window (a fast model otherwise
+# hits the cap after a few ms, e.g. 200 runs of a 0.2 ms model = 40 ms, under one INA3221 sample period)
+ENERGY_MAX_RUNS = 1_000_000
+# idle-subtracted energy <= 0 means the background load changed between the idle and the timed windows;
+# measuring again once usually lands in a quieter moment
+ENERGY_ATTEMPTS = 2
+
+
 def measure(handle: DeviceHandle, artifact_path: Path, settings: BenchSettings) -> dict[str, Any]:
-    """Benchmark an artifact (uploaded only if the device lacks it); return a JSON-able summary."""
+    """Benchmark an artifact (uploaded only if the device lacks it); return a JSON-able summary.
+
+    With ``settings.measure_energy`` on a metered device, the summary's ``energy_mj`` is always a positive
+    number: a meter that fails, or an idle-subtracted energy that stays <= 0, raises :class:`BenchmarkError`
+    rather than letting the search compare a missing or meaningless figure.
+    """
     from host.devices.results import BenchPolicy, BenchSpec
 
+    energy = settings.measure_energy and handle.has_energy
     policy = BenchPolicy(
         warmup_runs=settings.warmup_runs,
         warmup_seconds=min(0.2, settings.min_time_s),
         min_runs=settings.min_runs,
         min_seconds=settings.min_time_s,
-        max_runs=max(settings.min_runs * 20, 200),
+        max_runs=ENERGY_MAX_RUNS if energy else max(settings.min_runs * 20, 200),
         max_seconds=max(10.0, settings.min_time_s * 4),
     )
-    spec = BenchSpec(
-        threads=settings.threads, policy=policy, measure_energy=settings.measure_energy and handle.has_energy
+    spec = BenchSpec(threads=settings.threads, policy=policy, measure_energy=energy)
+    for attempt in range(1, ENERGY_ATTEMPTS + 1):
+        summary = summarize(handle.client.benchmark_file(Path(artifact_path), spec))
+        if not energy:
+            return summary
+        if summary["energy_mj"] is None:
+            raise BenchmarkError(
+                f"{handle.name} measured {Path(artifact_path).name} but not its energy: {summary['energy_error']}",
+                hint="check the device's meter (sculpt-agent info), or use --objective latency",
+            )
+        if summary["energy_mj"] > 0:
+            return summary
+        logger.warning("%s: energy above idle of %s was %.4f mJ (attempt %d of %d): the background load changed "
+                       "during the measurement", handle.name, Path(artifact_path).name, summary["energy_mj"],
+                       attempt, ENERGY_ATTEMPTS)
+    raise BenchmarkError(
+        f"{handle.name}: the energy of {Path(artifact_path).name} above idle was not positive in "
+        f"{ENERGY_ATTEMPTS} measurements ({summary['energy_mj']:.4f} mJ): the device's background power "
+        "varies more than the model adds",
+        hint="stop other work on the device, or lengthen the timed window (EvalConfig.min_time_s)",
     )
-    return summarize(handle.client.benchmark_file(Path(artifact_path), spec))
 
 
 def summarize(result: Any) -> dict[str, Any]:
-    """The fields of a Measurement the search keeps (p50 decides; the rest is for the report)."""
+    """The fields of a Measurement the search keeps (p50 decides; the rest is for the report).
+
+    ``energy_mj`` is the idle-subtracted energy per inference (what the model adds to the board's idle
+    draw), never the total: mixing the two across candidates would compare different quantities. The total
+    and the idle power are kept for the report; ``energy_error`` says why there is no energy figure.
+    """
     stats = result.stats
     summary: dict[str, Any] = {
         "p50_ms": float(stats.p50_ms),
@@ -106,7 +143,10 @@ def summarize(result: Any) -> dict[str, Any]:
     }
     energy = getattr(result, "energy", None)
     if energy is not None and getattr(energy, "available", False):
-        joules = energy.joules_per_inference_idle_subtracted or energy.joules_per_inference
-        summary["energy_mj"] = float(joules) * 1000.0
+        summary["energy_mj"] = float(energy.joules_per_inference_idle_subtracted) * 1000.0
+        summary["energy_total_mj"] = float(energy.joules_per_inference) * 1000.0
+        summary["idle_power_w"] = float(energy.idle_power_w)
         summary["meter"] = str(energy.meter)
+    elif energy is not None:
+        summary["energy_error"] = str(getattr(energy, "unavailable_reason", "") or "no reason given")
     return summary

@@ -37,6 +37,7 @@ class DeviceHandle:
     fingerprint: str
     client: Any  # host.devices.connect.DeviceHandle
     energy_meters: tuple[str, ...] = ()
+    energy_unavailable_reason: str = ""  # the agent's words for why it has no meter (empty when it has one)
 
     @property
     def has_energy(self) -> bool:
@@ -59,7 +60,8 @@ def open_devices(addresses: Sequence[str]) -> Iterator[list[DeviceHandle]]:
                     f"device {text!r} did not answer GetInfo: {exc}", hint="check that its agent is running"
                 ) from exc
             meters = tuple(getattr(info, "energy_meters", ()) or ())
-            handles.append(DeviceHandle(text, str(info.fingerprint), client, meters))
+            reason = "" if meters else str(getattr(info, "energy_unavailable_reason", "") or "")
+            handles.append(DeviceHandle(text, str(info.fingerprint), client, meters, reason))
             logger.info("device %s: fingerprint %s, meters %s", text, info.fingerprint, meters or "none")
         yield handles
 

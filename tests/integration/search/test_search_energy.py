@@ -58,7 +58,7 @@ class CpuPoweredRapl:
     ``dcpu`` being the CPU seconds this process tree used meanwhile. The power model can be changed while it
     runs (:meth:`set_power`) and the counter file removed (:meth:`unplugged`), as a failing meter would be."""
 
-    def __init__(self, root: Path, interval_s: float = 0.005) -> None:
+    def __init__(self, root: Path, interval_s: float = 0.01) -> None:  # CPU time moves in 10 ms ticks
         self.zone = root / "sys/class/powercap/intel-rapl:0"
         self.zone.mkdir(parents=True)
         (self.zone / "name").write_text("package-0\n")

@@ -228,14 +228,16 @@ def test_energy_search_measures_and_rewards_energy(energy_search):
     assert "mJ" in report and f"{final['energy_mj'][device]:.3f}" in report
 
 
-def test_energy_objective_refused_without_a_meter(tmp_path, trained_resnet20_mnist):
+def test_energy_objective_refused_without_a_meter(tmp_path):
     """An agent without a meter: SearchError before any candidate, and the --out directory is reusable."""
     from host.errors import SearchError
     from host.search.runner import SearchRunner
 
     (tmp_path / "empty-sysfs").mkdir()
     with _agent(tmp_path, tmp_path / "empty-sysfs") as address:  # a board with no RAPL zone
-        config = _energy_config(tmp_path / "run", trained_resnet20_mnist, address)
+        # a checkpoint that does not exist: had the search loaded the model (the first step of any candidate
+        # work), it would fail with ModelError, not with the meter's SearchError
+        config = _energy_config(tmp_path / "run", tmp_path / "never-read.pt", address)
         with pytest.raises(SearchError, match="needs an energy meter") as caught:
             SearchRunner.start(config).run()
         assert address in str(caught.value) and "latency" in caught.value.hint

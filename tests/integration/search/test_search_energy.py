@@ -3,10 +3,12 @@ sysfs tree this test writes, with a counter that follows REAL CPU activity.
 
 This machine has no power meter, so the test plays the hardware: a thread advances the RAPL ``energy_uj``
 counter by ``IDLE_W * elapsed + BUSY_W * cpu_seconds``, where ``cpu_seconds`` is the CPU time the kernel
-accounted to this process and its descendants (the agent's benchmark workers) in ``/proc/<pid>/stat``.
-A model that does more work burns more CPU time per inference and so more idle-subtracted energy; no
-per-model figure is written anywhere. The process tree rather than the system-wide ``/proc/stat`` is
-metered because the machine is shared: other test runs would otherwise show up as "energy" of our models.
+accounted (``/proc/<pid>/stat``) to the descendants of this process: the agent's benchmark workers, i.e. the
+"board". A model that does more work burns more CPU time per inference and so more idle-subtracted energy;
+no per-model figure is written anywhere. Not the system-wide ``/proc/stat``: the machine is shared, and other
+test runs would show up as "energy" of our models. Not this process either: it plays the HOST, whose torch
+threads keep spinning for a while after an export and would land in the agent's idle window (measured: idle
+power up to 3x too high), which on a real setup runs on another machine.
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ def _children(pid: int) -> list[int]:
 
 class CpuPoweredRapl:
     """A RAPL package zone under ``root`` whose counter a thread advances by ``idle_w * dt + busy_w * dcpu``,
-    ``dcpu`` being the CPU seconds this process tree used meanwhile. The power model can be changed while it
-    runs (:meth:`set_power`) and the counter file removed (:meth:`unplugged`), as a failing meter would be."""
+    ``dcpu`` being the CPU seconds the descendants of this process used meanwhile. The power model can be
+    changed while it runs (:meth:`power`) and the counter file removed (:meth:`unplugged`), as a failing
+    meter would be."""
 
     def __init__(self, root: Path, interval_s: float = 0.01) -> None:  # CPU time moves in 10 ms ticks
         self.zone = root / "sys/class/powercap/intel-rapl:0"
@@ -75,8 +78,8 @@ class CpuPoweredRapl:
         self._thread = threading.Thread(target=self._loop, name="rapl-driver", daemon=True)
 
     def tree_cpu_seconds(self) -> float:
-        """CPU seconds of this process and every descendant seen so far."""
-        pending = [os.getpid()]
+        """CPU seconds of every descendant of this process seen so far (the agent's workers)."""
+        pending = _children(os.getpid())
         while pending:
             pid = pending.pop()
             seconds = _cpu_seconds(pid)
@@ -186,7 +189,8 @@ def _check_physics(m: dict) -> None:
     its CPU time then trails the wall time). Catches unit slips (J vs mJ) and a broken idle subtraction."""
     assert 0.25 * BUSY_W * m["mean_ms"] <= m["energy_mj"] <= 1.5 * BUSY_W * m["mean_ms"], m
     assert m["energy_total_mj"] > m["energy_mj"]  # the total also holds the idle draw over the inference
-    assert IDLE_W <= m["idle_power_w"] < IDLE_W + BUSY_W, m
+    # idle: the workers do nothing; the slack is the counter's 10 ms update step against a short window
+    assert 0.8 * IDLE_W <= m["idle_power_w"] < IDLE_W + 0.25 * BUSY_W, m
 
 
 def test_energy_search_measures_and_rewards_energy(energy_search):

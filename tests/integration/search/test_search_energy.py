@@ -6,9 +6,9 @@ counter by ``IDLE_W * elapsed + BUSY_W * cpu_seconds``, where ``cpu_seconds`` is
 accounted (``/proc/<pid>/stat``) to the descendants of this process: the agent's benchmark workers, i.e. the
 "board". A model that does more work burns more CPU time per inference and so more idle-subtracted energy;
 no per-model figure is written anywhere. Not the system-wide ``/proc/stat``: the machine is shared, and other
-test runs would show up as "energy" of our models. Not this process either: it plays the HOST, whose torch
-threads keep spinning for a while after an export and would land in the agent's idle window (measured: idle
-power up to 3x too high), which on a real setup runs on another machine.
+test runs would show up as "energy" of our models. Not this process either: it plays the HOST (which on a
+real setup is another machine), and its CPU use right after a candidate's export landed in the agent's idle
+window (measured once: 0.74 of a CPU, idle power 3x too high, energy above idle 4x too low).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 repeated over --seeds independent seeds (data split, dense model, searches), verdicts over all of them.
 
 Rows:
-  latency  our search with the measured-latency objective (balanced MnasNet-style constraint, target 0.6x dense):
+  latency  our search with the measured-latency objective (balanced MnasNet-style constraint; its target is
+           the flops result's latency / 1.25, measured side by side with dense, see --target-latency):
            calibrated prior, family seeds, AMC-style projection onto the target band, GNN + PPO, online cost
            model deciding which candidates are worth exporting and measuring
   flops    the same search with the paper's reward (100*acc inside +-5 points of a 50% MAC cut, else acc-1);
@@ -24,7 +25,7 @@ dense, and so the verdicts, from one seed to the next. Each row's search-stage f
 is exported to .pte and measured on the local agent; the latencies are re-measured side by side in
 interleaved rounds. Selection uses the validation split only; the verdicts compare test accuracy.
 
-    .venv/bin/python benchmarks/search_bench.py [--seeds 3] [--budget 32] [--target-latency 0.6x]
+    .venv/bin/python benchmarks/search_bench.py [--seeds 3] [--budget 32] [--target-latency auto|0.6x]
                                                 [--finetune-seeds 2] [--ablation] [--out runs/search_bench]
 """
 
@@ -166,28 +167,39 @@ def run_seed(args, seed: int, out: Path) -> dict:
     finetune = FinetuneConfig(epochs=args.finetune_epochs, distill_alpha=0.5)
     base = SearchConfig(budget=args.budget, final_top=1, finetune=finetune, seed=seed, export_tflite=False,
                         model=ModelSpec(train_epochs=args.train_epochs))
-    searches = [
-        ("latency", {"objective": "latency", "target": args.target_latency}),
-        ("flops", {"objective": "flops", "target": None, "target_flops": args.target_flops}),
-        ("random", {"objective": "latency", "target": args.target_latency, "strategy": "random"}),
-    ]
-    if args.ablation:  # everything of `latency` except learning (PPO's learning rate 0: the policy stays the prior)
-        searches.append(("no-learn", {"objective": "latency", "target": args.target_latency,
-                                      "ppo": replace(base.ppo, learning_rate=0.0)}))
     rows: dict = {}
-    for name, changes in searches:
+
+    def search(name: str, **changes) -> None:
         result, final, seconds = _search(base, name, out, **changes)
         dense = result["dense"]
         rows["dense"] = {"val": dense["val_accuracy"], "test": dense.get("test_accuracy"), "cut": 0.0,
                          "latency_ms": dense["latency_ms"].get("local")}
-        if final is None:
-            rows[name] = None
-            continue
-        rows[name] = {"cut": 1 - final["macs"] / dense["macs"], "latency_ms": final["latency_ms"].get("local"),
-                      "seconds": seconds, "best_search_reward": (result.get("best_search") or {}).get("reward"),
-                      "search_final_val": final["val_accuracy"], "search_final_test": final["test_accuracy"]}
+        rows[name] = None if final is None else {
+            "cut": 1 - final["macs"] / dense["macs"], "latency_ms": final["latency_ms"].get("local"),
+            "seconds": seconds, "best_search_reward": (result.get("best_search") or {}).get("reward"),
+            "search_final_val": final["val_accuracy"], "search_final_test": final["test_accuracy"]}
+
     model, splits = load_trained(base, lambda _p: None)
     example = splits.val.tensors()[0][:1]
+    dense_pte = Path(export_pte(model, (example,), out / "dense.pte").path)
+    search("flops", objective="flops", target=None, target_flops=args.target_flops)
+    target = args.target_latency
+    if target == "auto":
+        if rows["flops"] is None:
+            raise SystemExit(f"seed {seed}: the flops search produced no model, so --target-latency auto has "
+                             "nothing to aim below; pass a target such as 0.6x")
+        # the done-when question: can the latency search deliver a model FASTER than the flops one by this
+        # factor at the same accuracy? Its target is the flops result's speed (relative to dense, measured side
+        # by side now) times the factor; a fixed target would ask whether it beats 0.6x, not the flops model.
+        ms = _side_by_side({"dense": dense_pte, "flops": out / "flops" / "final-1.pte"})
+        target = f"{ms['flops'] / ms['dense'] / args.auto_speedup:.3f}x"
+        print(f"seed {seed}: flops result at {ms['dense'] / ms['flops']:.2f}x of dense -> latency target {target}",
+              file=sys.stderr, flush=True)
+    rows["target"] = target
+    search("latency", objective="latency", target=target)
+    search("random", objective="latency", target=target, strategy="random")
+    if args.ablation:  # everything of `latency` except learning (PPO's learning rate 0: the policy stays the prior)
+        search("no-learn", objective="latency", target=target, ppo=replace(base.ppo, learning_rate=0.0))
     makers = {name: _plan_maker(model, example, out / name / "final-1.plan.json")
               for name in SEARCH_ROWS if rows.get(name)}
     if rows.get("latency"):
@@ -196,7 +208,7 @@ def run_seed(args, seed: int, out: Path) -> dict:
         print(f"seed {seed}: fine-tuning {name} x{args.finetune_seeds}", file=sys.stderr, flush=True)
         rows[name].update(_finetuned_accuracy(make, model, splits, finetune, args.finetune_seeds))
 
-    paths = {"dense": Path(export_pte(model, (example,), out / "dense.pte").path)}
+    paths = {"dense": dense_pte}
     paths.update({name: out / name / "final-1.pte" for name in SEARCH_ROWS if rows.get(name)})
     if rows.get("l1"):
         paths["l1"] = Path(rows["l1"]["pte"])
@@ -204,7 +216,7 @@ def run_seed(args, seed: int, out: Path) -> dict:
         rows[name]["latency_ms"] = ms
 
     print(f"\nseed {seed}: ResNet-20 / MNIST-5k (16 px, dense trained {args.train_epochs} epochs), budget "
-          f"{args.budget} candidates per search, latency target {args.target_latency}, flops target "
+          f"{args.budget} candidates per search, latency target {target}, flops target "
           f"{args.target_flops:.0%} MAC cut; every row fine-tuned {args.finetune_epochs} epochs x "
           f"{args.finetune_seeds} seeds (accuracies: mean); local agent (ExecuTorch XNNPACK, 1 thread); latency = "
           "median of 3 interleaved rounds of p50 over 50+ runs, side by side\n")
@@ -285,8 +297,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs of the dense ResNet-20 (20: converged, so fine-tuning cannot pass for training)")
     parser.add_argument("--ablation", action="store_true",
                         help="add the no-learn row (the latency search with PPO's learning rate 0)")
-    parser.add_argument("--target-latency", default="0.6x",
-                        help="latency target of the latency and random rows (default 0.6x of dense)")
+    parser.add_argument("--target-latency", default="auto",
+                        help="latency target of the latency and random rows: 'auto' (default) = the flops "
+                             "result's latency / --auto-speedup, or a fixed target such as 0.6x")
+    parser.add_argument("--auto-speedup", type=float, default=1.25,
+                        help="with --target-latency auto: how much faster than the flops result to aim (1.25)")
     parser.add_argument("--target-flops", type=float, default=0.5, help="MAC cut of the flops row (0.5)")
     args = parser.parse_args(argv)
     if args.finetune_seeds < 1 or args.seeds < 1:

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=int, default=16, help="candidates to evaluate in the search (default 16)")
     p.add_argument("--objective", choices=("latency", "energy", "flops"), default="latency")
     p.add_argument("--target-flops", type=float, default=0.5, help="MAC reduction for --objective flops (0.5)")
-    p.add_argument("--target-latency", "--target", dest="target", default=None,
+    p.add_argument("--target-latency", "--target-energy", "--target", dest="target", default=None,
                    help="latency/energy target: 0.5x of dense (default) or absolute like 12ms / 3mJ")
     p.add_argument("--constraint", choices=("balanced", "soft", "mnasnet", "hard"), default="balanced",
                    help="reward shape acc*(m/T)^w, w below/above the target: balanced -0.07/-0.5 (default), "
@@ -122,8 +122,11 @@ def _print_human(result: dict[str, Any], run_dir: Path) -> None:
         cut = 1 - m["macs"] / dense["macs"] if dense["macs"] else 0.0
         lat = ", ".join(f"{d} {ms:.3f} ms ({dense['latency_ms'][d] / ms:.2f}x)" for d, ms in m["latency_ms"].items()
                         if ms > 0 and d in dense["latency_ms"])
+        dense_mj = dense.get("energy_mj") or {}
+        energy = "".join(f", {d} {mj:.3f} mJ ({dense_mj[d] / mj:.2f}x less)" for d, mj in (m.get("energy_mj") or {}).items()
+                         if mj and mj > 0 and dense_mj.get(d))
         test = "" if m.get("test_accuracy") is None else f" test {100 * m['test_accuracy']:.2f}%"
-        return f"  {m['name']:<12} val {100 * m['val_accuracy']:.2f}%{test}  MAC cut {100 * cut:.1f}%  {lat}"
+        return f"  {m['name']:<12} val {100 * m['val_accuracy']:.2f}%{test}  MAC cut {100 * cut:.1f}%  {lat}{energy}"
 
     print(line(dense))
     for m in result["finals"]:

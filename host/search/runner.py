@@ -145,9 +145,10 @@ class SearchRunner:
         try:
             with open_devices(self.config.devices) as devices:
                 if objective.name == "energy" and not all(d.has_energy for d in devices):
-                    missing = [d.name for d in devices if not d.has_energy]
+                    missing = [f"{d.name} has none ({d.energy_unavailable_reason or 'no meter found'})"
+                               for d in devices if not d.has_energy]
                     raise SearchError(
-                        f"--objective energy needs an energy meter, but {', '.join(missing)} has none",
+                        f"--objective energy needs an energy meter, but {'; '.join(missing)}",
                         hint="use --objective latency there, or a board with a meter (Jetson, Pi 5, RAPL)",
                     )
                 return self._run_with(devices, objective)

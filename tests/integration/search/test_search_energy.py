@@ -245,6 +245,7 @@ def test_energy_objective_refused_without_a_meter(tmp_path):
         with pytest.raises(SearchError, match="needs an energy meter") as caught:
             SearchRunner.start(config).run()
         assert address in str(caught.value) and "latency" in caught.value.hint
+        assert f"{address} has none (" in str(caught.value)  # with the agent's own reason
         assert not (config.out / JOURNAL_NAME).exists()
         assert not any(config.out.iterdir())  # nothing half-made: the same --out works again
 

@@ -143,16 +143,12 @@ class CpuPoweredRapl:
 def _agent(tmp_path: Path, energy_root: Path) -> Iterator[str]:
     """A real in-process gRPC agent on loopback whose energy meter is RAPL under ``energy_root``."""
     from device_agent.config import AgentConfig, EnergyConfig
-    from device_agent.server import create_server, stop_server
+    from tests.fixtures.agent import running_agent
 
     energy = EnergyConfig(meter="rapl", root=energy_root, sample_interval_s=0.02, idle_seconds=0.15)
-    server, port = create_server(AgentConfig(host="127.0.0.1", port=0, store_dir=tmp_path / "store", energy=energy,
-                                             default_timeout_s=120.0))
-    server.start()
-    try:
-        yield f"grpc://127.0.0.1:{port}"
-    finally:
-        stop_server(server, grace=1.0)
+    config = AgentConfig(host="127.0.0.1", port=0, store_dir=tmp_path / "store", energy=energy, default_timeout_s=120.0)
+    with running_agent(config) as address:
+        yield f"grpc://{address}"
 
 
 @pytest.fixture(scope="module")

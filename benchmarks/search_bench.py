@@ -2,7 +2,7 @@
 repeated over --seeds independent seeds (data split, dense model, searches), verdicts over all of them.
 
 Rows:
-  latency  our search with the measured-latency objective (balanced MnasNet-style constraint; its target is
+  latency  our search with the measured-latency objective (default `hard` constraint; its target is
            the flops result's latency / 1.25, measured side by side with dense, see --target-latency):
            calibrated prior, family seeds, AMC-style projection onto the target band, GNN + PPO, online cost
            model deciding which candidates are worth exporting and measuring

@@ -38,9 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--target-flops", type=float, default=0.5, help="MAC reduction for --objective flops (0.5)")
     p.add_argument("--target-latency", "--target-energy", "--target", dest="target", default=None,
                    help="latency/energy target: 0.5x of dense (default) or absolute like 12ms / 3mJ")
-    p.add_argument("--constraint", choices=("balanced", "soft", "mnasnet", "hard"), default="balanced",
-                   help="reward shape acc*(m/T)^w, w below/above the target: balanced -0.07/-0.5 (default), "
-                   "soft -0.5/-0.5, mnasnet -0.07/-0.07, hard 0/-1")
+    p.add_argument("--constraint", choices=("balanced", "soft", "mnasnet", "hard"), default="hard",
+                   help="reward shape acc*(m/T)^w, w below/above the target: hard 0/-1 (default: the most "
+                   "accurate plan that meets the target), balanced -0.07/-0.5, soft -0.5/-0.5, mnasnet -0.07/-0.07")
     p.add_argument("--aggregate", choices=("worst", "weighted"), default="worst",
                    help="how several devices combine (default: worst case)")
     p.add_argument("--final-top", type=int, default=1, help="Pareto-front plans to fine-tune and verify (1)")

@@ -87,7 +87,7 @@ class SearchConfig:
     objective: str = "latency"
     target_flops: float = 0.5
     target: str | None = "0.5x"
-    constraint: str = "balanced"
+    constraint: str = "hard"
     aggregate: str = "worst"
     seed: int = 0
     policy_file: str | None = None

@@ -147,7 +147,9 @@ def test_two_devices_measured_and_combined_worst_case(tmp_path, trained_resnet20
     from host.search.runner import SearchRunner
 
     devices = ("local", f"grpc://{agent_server}")
-    config = tiny_config(tmp_path / "two", trained_resnet20_mnist, devices=devices, budget=2, final_top=0)
+    # soft: a slope on both sides of the target, so the worst and the best device give different rewards
+    config = tiny_config(tmp_path / "two", trained_resnet20_mnist, devices=devices, budget=2, final_top=0,
+                         constraint="soft")
     result = SearchRunner.start(config).run()
     assert len(result["dense"]["latency_ms"]) == 2
     objective = config.reward_objective()

@@ -69,6 +69,9 @@ class CpuPoweredRapl:
         self.interval_s = interval_s
         self._power = (IDLE_W, BUSY_W)
         self._seen: dict[int, float] = {}  # pid -> last CPU seconds; kept after exit so energy never goes back
+        # processes that already run (session fixtures of earlier tests: a local agent, sshd...) and their
+        # descendants are not this board's load; in a full test run they made idle read 4.7 W instead of 2
+        self._foreign = self._descendants()
         self._lock = threading.Lock()
         self._plugged = True
         self._last = (time.monotonic(), self.tree_cpu_seconds())
@@ -77,9 +80,18 @@ class CpuPoweredRapl:
         self._write()
         self._thread = threading.Thread(target=self._loop, name="rapl-driver", daemon=True)
 
+    @staticmethod
+    def _descendants() -> set[int]:
+        found, pending = set(), _children(os.getpid())
+        while pending:
+            pid = pending.pop()
+            found.add(pid)
+            pending += _children(pid)
+        return found
+
     def tree_cpu_seconds(self) -> float:
-        """CPU seconds of every descendant of this process seen so far (the agent's workers)."""
-        pending = _children(os.getpid())
+        """CPU seconds of every descendant of this process started after the meter (the agent's workers)."""
+        pending = [pid for pid in _children(os.getpid()) if pid not in self._foreign]
         while pending:
             pid = pending.pop()
             seconds = _cpu_seconds(pid)

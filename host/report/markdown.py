@@ -9,14 +9,15 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
-def _row(summary: RunSummary, m: ModelFigures, devices: list[str]) -> str:
+def _row(summary: RunSummary, m: ModelFigures, devices: list[str], energy_devices: list[str]) -> str:
     cut = 1 - m.macs / summary.dense.macs if summary.dense.macs else 0.0
     lat = " | ".join(f"{m.latency_ms[d]:.3f}" if d in m.latency_ms else "-" for d in devices)
     speed = summary.speedup(m)
     spd = " | ".join(f"{speed[d]:.2f}x" if d in speed else "-" for d in devices)
+    energy = "".join(f" {m.energy_mj[d]:.3f} |" if d in m.energy_mj else " - |" for d in energy_devices)
     return (
         f"| {m.name} | {_pct(m.val_accuracy)} | {_pct(m.test_accuracy)} | {m.macs:,} | {100 * cut:.1f}% "
-        f"| {m.params:,} | {lat} | {spd} |"
+        f"| {m.params:,} | {lat} | {spd} |{energy}"
     )
 
 
@@ -25,7 +26,11 @@ def render_markdown(summary: RunSummary) -> str:
     devices = sorted(summary.devices)
     lat_head = " | ".join(f"p50 ms ({d})" for d in devices) or "p50 ms"
     spd_head = " | ".join(f"speed-up ({d})" for d in devices) or "speed-up"
-    ncols = 6 + 2 * max(len(devices), 1)
+    models = [summary.dense, *([summary.best_search] if summary.best_search else []), *summary.finals]
+    # energy per inference above idle (the figure the energy reward uses), for devices that measured any
+    energy_devices = [d for d in devices if any(d in m.energy_mj for m in models)]
+    energy_head = "".join(f" mJ/inference ({d}) |" for d in energy_devices)
+    ncols = 6 + 2 * max(len(devices), 1) + len(energy_devices)
     lines = [
         f"# AutoSculpt search: {summary.model} on {summary.dataset}",
         "",
@@ -35,13 +40,10 @@ def render_markdown(summary: RunSummary) -> str:
         f"device measurements taken: {summary.measurements_taken}; wall time {summary.seconds:.0f} s",
         "- accuracy for rewards and selection is on the validation split; test accuracy is reported only.",
         "",
-        f"| model | val acc | test acc | MACs | MAC cut | params | {lat_head} | {spd_head} |",
+        f"| model | val acc | test acc | MACs | MAC cut | params | {lat_head} | {spd_head} |{energy_head}",
         "|" + "---|" * ncols,
-        _row(summary, summary.dense, devices),
     ]
-    if summary.best_search is not None:
-        lines.append(_row(summary, summary.best_search, devices))
-    lines += [_row(summary, m, devices) for m in summary.finals]
+    lines += [_row(summary, m, devices, energy_devices) for m in models]
     lines += ["", "![Pareto front](pareto.png)", "", "![Patterns per layer](patterns.png)", "",
               "![Reward curve](reward_curve.png)", ""]
     for m in summary.finals:

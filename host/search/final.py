@@ -9,7 +9,6 @@ The test split is read here for the report only; it never chooses anything.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -163,9 +162,6 @@ class FinalStage:
             vocab=tuple(space.vocab),
             notes=_notes(cfg, rows),
         )
-        if objective.name == "energy":
-            # report.md's table has latency columns only; the energy figures go in its notes
-            summary = replace(summary, notes=summary.notes + _energy_notes(summary))
         if objective.needs_measurement:
             cost_label = "energy (mJ)" if objective.name == "energy" else "latency p50 (ms)"
             points = [(r.accuracy, max(evaluator._figures(r.measurement).values())) for r in rows if r.measurement]
@@ -209,12 +205,3 @@ def _notes(cfg: SearchConfig, rows: list[CandidateRecord]) -> tuple[str, ...]:
         )
     return tuple(notes)
 
-
-def _energy_notes(summary) -> tuple[str, ...]:
-    """One line per model with its energy per inference on every metered device."""
-    models = [summary.dense] + ([summary.best_search] if summary.best_search else []) + list(summary.finals)
-    lines = ["energy (mJ) per inference above the device's idle power (the figure the reward uses):"]
-    for m in models:
-        figures = ", ".join(f"{dev}: {mj:.3f} mJ" for dev, mj in sorted(m.energy_mj.items()))
-        lines.append(f"{m.name}: {figures or 'not measured'}")
-    return tuple(lines)

@@ -34,6 +34,20 @@ def test_write_report(tmp_path):
     assert summary.speedup(summary.finals[0]) == {"local": 2.0}
 
 
+def test_energy_column_only_for_metered_devices():
+    from dataclasses import replace
+
+    from host.report.markdown import render_markdown
+
+    summary = _summary()
+    assert "mJ" not in render_markdown(summary)  # latency-only run: no energy column
+    summary = replace(summary, dense=replace(summary.dense, energy_mj={"local": 4.0}),
+                      finals=(replace(summary.finals[0], energy_mj={"local": 1.5}),))
+    text = render_markdown(summary)
+    assert "| mJ/inference (local) |" in text
+    assert "| 1.00x | 4.000 |" in text and "| 2.00x | 1.500 |" in text  # dense, final
+
+
 def test_tensorboard(tmp_path):
     log_dir = write_tensorboard(tmp_path / "tb", [{"reward": 0.1, "accuracy": 0.9}, {"reward": 0.2, "accuracy": 0.8}])
     assert any(p.name.startswith("events.out.tfevents") for p in log_dir.iterdir())

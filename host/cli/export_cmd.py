@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from host.errors import ConfigError
+from host.errors import ConfigError, PlanError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,6 +52,28 @@ def build_model(name: str, *, checkpoint: Path | None, shape: tuple[int, ...], n
                       image_size=shape[2], width=width)
 
 
+def load_plan(path: Path):
+    """The plan file at ``path``; ConfigError naming the file when it cannot be read or is not UTF-8 JSON."""
+    from patterns import Plan
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read plan file {path}: {exc.strerror}", hint="check the --plan path") from None
+    try:
+        text = data.decode("utf-8")  # JSON files are UTF-8 (RFC 8259), whatever the locale says
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"plan file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})",
+            hint="pass the JSON plan a search wrote (final-N.plan.json), or save the file as UTF-8",
+        ) from None
+    try:
+        return Plan.from_json(text)
+    except (ConfigError, PlanError) as exc:  # the library's message does not know which file it came from
+        raise type(exc)(f"plan file {path}: {exc.message}", hint=exc.hint) from None
+
+
 @contextlib.contextmanager
 def _status(message: str, *, quiet: bool):
     """A spinner on stderr while the (10-60 s) export and runtime check run."""
@@ -79,12 +101,12 @@ def run(args: argparse.Namespace) -> int:
     shape = _shape(args.input_shape)
     if args.quantize and args.format != "pte":
         raise ConfigError("--quantize is only available with --format pte", hint="drop --quantize or use pte")
+    plan = load_plan(args.plan) if args.plan else Plan()  # before the model: a bad file fails in no time
     torch.manual_seed(0)
     model = build_model(args.model, checkpoint=args.checkpoint, shape=shape, num_classes=args.num_classes,
                         width=args.width).eval()
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     base = count(model, example)
-    plan = Plan.load(args.plan) if args.plan else Plan()
     if args.masks_only:
         module = copy.deepcopy(model)
         apply_masks(module, plan, example)

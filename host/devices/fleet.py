@@ -114,10 +114,19 @@ def load_fleet(path: str | Path) -> Fleet:
     """Read and check a fleet file; ConfigError with ``file:line`` on any problem."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the fleet file {path}: {exc}",
                           hint="see deploy/fleet.example.toml for the format") from None
+    try:
+        text = data.decode("utf-8")  # TOML is UTF-8 by definition, whatever the locale says
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            f"{path}:{line}: the fleet file is not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column})",
+            hint="save it as UTF-8 (TOML files must be), e.g. iconv -f latin1 -t utf-8; see deploy/fleet.example.toml",
+        ) from None
     return parse_fleet(text, path)
 
 
@@ -178,6 +187,11 @@ def parse_fleet(text: str, path: Path) -> Fleet:
             address = parse_device(entry["address"])
         except ConfigError as exc:
             raise fail(index, "address", exc.message, exc.hint) from None
+        if address.kind == "local":
+            # a fleet lists boards to reach; this machine's private agent is always there as --device local
+            raise fail(index, "address", f"device {name!r}: address 'local' is not allowed in a fleet file",
+                       hint="use --device local for this machine; give a board a user@host, grpcs://host:port "
+                            "or grpc://127.0.0.1:port address (see deploy/fleet.example.toml)")
         tags = merged.get("tags", [])
         if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
             raise fail(index if "tags" in entry else None, "tags", "'tags' must be a list of non-empty strings")

@@ -132,7 +132,8 @@ class ResultLog:
             return []
         names = {f.name for f in dataclasses.fields(JobRecord)}
         records = []
-        for line in self.path.read_text().splitlines():
+        # a damaged byte makes its line unreadable JSON, skipped like a torn line, instead of ending the run
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 data = json.loads(line)
             except json.JSONDecodeError:

@@ -87,6 +87,8 @@ def test_toml_syntax_error_has_the_line(tmp_path):
         ('[defaults]\nruntime = "onnx"\n[[device]]\nname = "a"\naddress = "pi@h"\n', 2, "unknown runtime"),
         ('[[device]]\nname = 5\naddress = "pi@h"\n', 2, "'name' must be a string"),
         ('[[devices]]\nname = "a"\naddress = "pi@h"\n', 1, "unknown section or key 'devices'"),
+        ('[[device]]\nname = "a"\naddress = "pi@h"\n[[device]]\nname = "b"\naddress = "local"\n', 6,
+         "device 'b': address 'local' is not allowed in a fleet file"),
     ],
 )
 def test_semantic_errors_point_at_the_line(tmp_path, text, line, words):
@@ -101,3 +103,8 @@ def test_empty_and_missing_files(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_fleet(tmp_path / "missing.toml")
     assert "cannot read the fleet file" in err.value.message
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('[[device]]\nname = "a"\n# Gerät\naddress = "pi@h"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        load_fleet(latin1)
+    assert err.value.message.startswith(f"{latin1}:3: the fleet file is not UTF-8 text (byte 0xe4 at column 6)")

@@ -8,6 +8,13 @@ twice, even across plans that realize to the same program.
 
 WAL mode keeps each commit cheap and makes a half-written transaction disappear on the next open instead of
 corrupting the file.
+
+A candidate that could not be built (a plan the pattern library refuses, a realization or export that fails)
+is a row too, with ``status = "invalid"``, the reason and, where it could be told, the layer responsible: the
+policy learns from it, the report lists it, and a resume does not try it again.
+
+The journal also keeps the run's working time (:meth:`Journal.start_clock`): ``result.json`` reports the
+total over every process that worked on the run, not only the last one after a resume.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 from host.errors import SearchError
@@ -28,7 +36,17 @@ logger = logging.getLogger(__name__)
 
 JOURNAL_NAME = "journal.sqlite"
 SCHEMA_NAME = "autosculpt-search-journal"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# schema 1 had no status/reason/failed_layer columns; its rows are all valid candidates, so opening such a
+# journal adds the columns with those defaults (a pre-upgrade run stays resumable)
+_MIGRATIONS = {
+    1: ("ALTER TABLE candidates ADD COLUMN status TEXT NOT NULL DEFAULT 'ok'",
+        "ALTER TABLE candidates ADD COLUMN reason TEXT",
+        "ALTER TABLE candidates ADD COLUMN failed_layer TEXT"),
+}
+STATUS_OK = "ok"
+STATUS_INVALID = "invalid"
+ELAPSED_KEY = "elapsed_seconds"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -45,7 +63,10 @@ CREATE TABLE IF NOT EXISTS candidates (
     reward REAL NOT NULL,
     eval_seconds REAL NOT NULL,
     reused INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'ok',
+    reason TEXT,
+    failed_layer TEXT
 );
 CREATE INDEX IF NOT EXISTS candidates_plan ON candidates (plan_hash, phase);
 CREATE TABLE IF NOT EXISTS measurements (
@@ -84,10 +105,18 @@ class CandidateRecord:
     reused: bool = False  # the plan was already evaluated; this step took its result from the journal
     id: int | None = None
     created: float | None = None
+    status: str = STATUS_OK  # "ok" or "invalid" (the plan could not be masked, realized or exported)
+    reason: str | None = None  # why an invalid candidate failed, as the user should read it
+    failed_layer: str | None = None  # the layer whose choice made it fail, when that could be told
 
     @property
     def plan_hash(self) -> str:
         return plan_hash(self.plan)
+
+    @property
+    def valid(self) -> bool:
+        """False for a plan that could not be built; such a row has no accuracy, cost or measurement."""
+        return self.status == STATUS_OK
 
 
 class Journal:
@@ -96,6 +125,7 @@ class Journal:
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self._conn = conn
+        self._clock: tuple[float, float] | None = None  # (elapsed stored before this process, monotonic start)
 
     # -- opening -------------------------------------------------------------------------------------
     @classmethod
@@ -144,7 +174,15 @@ class Journal:
                 f"{path} is an SQLite file but not an AutoSculpt search journal",
                 hint="start a new run with another --out directory",
             )
-        if rows.get("schema_version") != str(SCHEMA_VERSION):
+        version = rows.get("schema_version")
+        if version is not None and version.isdigit() and int(version) in _MIGRATIONS:
+            with conn:
+                for v in range(int(version), SCHEMA_VERSION):
+                    for sql in _MIGRATIONS[v]:
+                        conn.execute(sql)
+                conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+            logger.info("upgraded %s from journal schema %s to %d", path, version, SCHEMA_VERSION)
+        elif version != str(SCHEMA_VERSION):
             raise SearchError(
                 f"{path} uses journal schema {rows.get('schema_version')}, this version reads {SCHEMA_VERSION}",
                 hint="resume it with the AutoSculpt version that created it, or start a new run",
@@ -160,6 +198,9 @@ class Journal:
         return conn
 
     def close(self) -> None:
+        if self._clock is not None:
+            self._save_elapsed()
+            self._clock = None
         self._conn.close()
 
     def __enter__(self) -> Journal:
@@ -187,14 +228,44 @@ class Journal:
         row = self._conn.execute("SELECT value FROM meta WHERE key=?", (f"value:{key}",)).fetchone()
         return json.loads(row[0]) if row else default
 
+    # -- working time --------------------------------------------------------------------------------
+    def start_clock(self) -> None:
+        """Count this process's working time into the run's total from now on.
+
+        The total is saved with every recorded candidate and on close, so a process that is killed
+        still contributes the time up to its last committed candidate (the work after it is lost anyway
+        and is done again by the resumed process, which counts it then). Only the process that works on
+        the run starts the clock: opening a journal to read it adds nothing.
+        """
+        if self._clock is None:
+            self._clock = (float(self.get_value(ELAPSED_KEY, 0.0)), monotonic())
+
+    def elapsed_seconds(self) -> float:
+        """Working time of the run so far, summed over every process that started the clock."""
+        if self._clock is None:
+            return float(self.get_value(ELAPSED_KEY, 0.0))
+        before, start = self._clock
+        return before + (monotonic() - start)
+
+    def _save_elapsed(self) -> None:
+        with self._conn:
+            self._elapsed_row()
+
+    def _elapsed_row(self) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                           (f"value:{ELAPSED_KEY}", canonical_json(self.elapsed_seconds())))
+
     # -- candidates ----------------------------------------------------------------------------------
     def record(self, candidate: CandidateRecord) -> CandidateRecord:
         """Write one evaluated candidate and commit at once; returns it with its id and time."""
+        if candidate.status not in (STATUS_OK, STATUS_INVALID):
+            raise ValueError(f"unknown candidate status {candidate.status!r}")
         created = time.time() if candidate.created is None else candidate.created
         with self._conn:
+            if self._clock is not None:
+                self._elapsed_row()  # same transaction: the time is never behind the rows it covers
             cur = self._conn.execute(
-                "INSERT INTO candidates (phase, plan_hash, plan_json, accuracy, macs, params, artifact_sha256,"
-                " measurement_json, reward, eval_seconds, reused, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO candidates ({', '.join(_COLUMNS[1:])}) VALUES ({','.join('?' * (len(_COLUMNS) - 1))})",
                 (
                     candidate.phase,
                     candidate.plan_hash,
@@ -208,6 +279,9 @@ class Journal:
                     float(candidate.eval_seconds),
                     int(candidate.reused),
                     created,
+                    candidate.status,
+                    candidate.reason,
+                    candidate.failed_layer,
                 ),
             )
         return replace(candidate, id=cur.lastrowid, created=created)
@@ -218,7 +292,7 @@ class Journal:
 
     def find(self, plan_hash_: str, phase: str | None = None) -> CandidateRecord | None:
         """The first recorded candidate with this plan hash (and phase), or None."""
-        sql = "SELECT * FROM candidates WHERE plan_hash=?"
+        sql = f"SELECT {_SELECT} FROM candidates WHERE plan_hash=?"
         args: tuple[Any, ...] = (plan_hash_,)
         if phase is not None:
             sql += " AND phase=?"
@@ -239,9 +313,9 @@ class Journal:
 
     def _iter(self, phase: str | None) -> Iterator[CandidateRecord]:
         if phase is None:
-            cur = self._conn.execute("SELECT * FROM candidates ORDER BY id")
+            cur = self._conn.execute(f"SELECT {_SELECT} FROM candidates ORDER BY id")
         else:
-            cur = self._conn.execute("SELECT * FROM candidates WHERE phase=? ORDER BY id", (phase,))
+            cur = self._conn.execute(f"SELECT {_SELECT} FROM candidates WHERE phase=? ORDER BY id", (phase,))
         for row in cur:
             yield _row_to_record(row)
 
@@ -268,8 +342,15 @@ class Journal:
         return self._conn.execute("SELECT count(*) FROM measurements").fetchone()[0]
 
 
+_COLUMNS = ("id", "phase", "plan_hash", "plan_json", "accuracy", "macs", "params", "artifact_sha256",
+            "measurement_json", "reward", "eval_seconds", "reused", "created", "status", "reason", "failed_layer")
+# named columns, not *: rows unpack by position, so the order must be this module's, not the file's
+_SELECT = ", ".join(_COLUMNS)
+
+
 def _row_to_record(row: tuple[Any, ...]) -> CandidateRecord:
-    (id_, phase, _hash, plan_json, acc, macs, params, sha, meas_json, reward, secs, reused, created) = row
+    (id_, phase, _hash, plan_json, acc, macs, params, sha, meas_json, reward, secs, reused, created, status, reason,
+     failed_layer) = row
     return CandidateRecord(
         phase=phase,
         plan=json.loads(plan_json),
@@ -283,5 +364,8 @@ def _row_to_record(row: tuple[Any, ...]) -> CandidateRecord:
         measurement=None if meas_json is None else json.loads(meas_json),
         id=id_,
         created=created,
+        status=status,
+        reason=reason,
+        failed_layer=failed_layer,
     )
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -106,7 +105,6 @@ class SearchRunner:
         self.journal = journal
         self.run_dir = Path(config.out)
         self.progress = progress or (lambda _p: None)
-        self.started = time.perf_counter()
         self.fresh = False  # True when this process created the journal (see run())
 
     # -- entry points --------------------------------------------------------------------------------
@@ -139,6 +137,8 @@ class SearchRunner:
         from host.search.devices import open_devices
 
         objective = self.config.reward_objective()
+        # the run's seconds add up over the original and every resumed process (kept in the journal)
+        self.journal.start_clock()
         threads = torch.get_num_threads()
         if self.config.evaluation.host_threads:
             torch.set_num_threads(self.config.evaluation.host_threads)
@@ -193,7 +193,7 @@ class SearchRunner:
             self._search(evaluator, space)
             final = FinalStage(cfg, self.journal, self.progress)
             finals = final.run(evaluator, splits, model)
-            return final.report(evaluator, space, devices, finals, time.perf_counter() - self.started)
+            return final.report(evaluator, space, devices, finals, self.journal.elapsed_seconds())
         finally:
             evaluator.close()
 

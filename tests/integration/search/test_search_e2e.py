@@ -123,9 +123,14 @@ def test_sigkill_then_resume_does_not_reevaluate(tmp_path, trained_resnet20_mnis
     before = _rows(run_dir)
     done_before = sum(r[1] == "search" for r in before)
     assert 2 <= done_before < budget
+    with Journal.open(run_dir) as journal:
+        first_seconds = journal.elapsed_seconds()  # saved with every row the killed process committed
+    assert first_seconds >= before[-1][3] - before[0][3] > 0
 
+    started = time.monotonic()
     resumed = subprocess.run([sys.executable, "-m", "host.cli.main", "search", "--resume", str(run_dir), "--json"],
                              env=env, capture_output=True, timeout=600)
+    resumed_wall = time.monotonic() - started
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
     result = json.loads(resumed.stdout)
     after = _rows(run_dir)
@@ -138,6 +143,9 @@ def test_sigkill_then_resume_does_not_reevaluate(tmp_path, trained_resnet20_mnis
     # a plan evaluated before the kill is never evaluated again: at most reused (reused=1) rows
     assert all(r[4] == 1 for r in new if r[1] == "search" and r[2] in old_hashes)
     assert result["candidates_evaluated"] == budget
+    # the run's seconds count the killed process too, not only the resumed one
+    assert result["seconds"] >= first_seconds + (new[-1][3] - new[0][3])
+    assert result["seconds"] <= first_seconds + resumed_wall
 
 
 def test_two_devices_measured_and_combined_worst_case(tmp_path, trained_resnet20_mnist, agent_server):

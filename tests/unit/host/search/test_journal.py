@@ -90,3 +90,67 @@ def test_reused_rows_are_counted_but_never_found_as_originals(tmp_path):
     assert journal.count("search", evaluated_only=True) == 1
     assert journal.find(original.plan_hash).id == original.id
     assert [r.reused for r in journal.candidates()] == [False, True]
+
+
+def test_invalid_candidates_keep_status_reason_and_layer(tmp_path):
+    with Journal.create(tmp_path, {}) as journal:
+        journal.record(_record(0.8))
+        journal.record(CandidateRecord(
+            phase="search", plan={"layers": {"conv1": "channel:prune50"}}, accuracy=0.0, macs=1000, params=50,
+            reward=-1.0, eval_seconds=0.1, status="invalid", reason="realize failed: shape '[1, 2, 3]' is invalid",
+            failed_layer="conv1"))
+        with pytest.raises(ValueError, match="status"):
+            journal.record(CandidateRecord(**{**_record().__dict__, "status": "broken"}))
+    with Journal.open(tmp_path) as journal:
+        ok, bad = journal.candidates()
+        assert ok.valid and ok.status == "ok" and ok.reason is None
+        assert not bad.valid and bad.failed_layer == "conv1" and "is invalid" in bad.reason
+        assert journal.find(bad.plan_hash).status == "invalid"
+
+
+def test_schema_1_journal_is_upgraded_and_its_rows_stay_valid(tmp_path):
+    """A run started before candidates had a status resumes: its rows read as valid."""
+    conn = sqlite3.connect(tmp_path / JOURNAL_NAME)
+    conn.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE candidates (id INTEGER PRIMARY KEY AUTOINCREMENT, phase TEXT NOT NULL, plan_hash TEXT NOT NULL,
+            plan_json TEXT NOT NULL, accuracy REAL NOT NULL, macs INTEGER NOT NULL, params INTEGER NOT NULL,
+            artifact_sha256 TEXT, measurement_json TEXT, reward REAL NOT NULL, eval_seconds REAL NOT NULL,
+            reused INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
+        CREATE TABLE measurements (artifact_sha256 TEXT NOT NULL, device_fingerprint TEXT NOT NULL,
+            measurement_json TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (artifact_sha256, device_fingerprint));
+        INSERT INTO meta VALUES ('schema', 'autosculpt-search-journal'), ('schema_version', '1'), ('metadata', '{}');
+        INSERT INTO candidates (phase, plan_hash, plan_json, accuracy, macs, params, reward, eval_seconds, created)
+            VALUES ('search', 'h', '{"layers": {}}', 0.9, 10, 5, 0.8, 1.0, 0.0);
+    """)
+    conn.commit()
+    conn.close()
+    with Journal.open(tmp_path) as journal:
+        (row,) = journal.candidates()
+        assert row.valid and row.accuracy == 0.9
+        journal.record(CandidateRecord(**{**_record().__dict__, "status": "invalid", "reason": "x"}))
+    with Journal.open(tmp_path) as journal:
+        assert [r.status for r in journal.candidates()] == ["ok", "invalid"]
+
+
+def test_elapsed_time_adds_up_over_processes_and_reading_adds_nothing(tmp_path, monkeypatch):
+    import host.search.journal as journal_module
+
+    now = [100.0]
+    monkeypatch.setattr(journal_module, "monotonic", lambda: now[0])
+    with Journal.create(tmp_path, {}) as journal:  # the first process: 30 s, then killed after a commit
+        journal.start_clock()
+        now[0] += 30.0
+        journal.record(_record(0.8))
+        journal._conn.close()  # like SIGKILL: no close(), only what was committed survives
+        journal._clock = None
+    now[0] += 500.0  # time between the kill and the resume does not count
+    with Journal.open(tmp_path) as journal:  # reading the run (e.g. a report tool) adds no time
+        assert journal.elapsed_seconds() == pytest.approx(30.0)
+        now[0] += 7.0
+    with Journal.open(tmp_path) as journal:  # the resumed process works 12 s
+        journal.start_clock()
+        now[0] += 12.0
+        assert journal.elapsed_seconds() == pytest.approx(42.0)
+    with Journal.open(tmp_path) as journal:
+        assert journal.elapsed_seconds() == pytest.approx(42.0)

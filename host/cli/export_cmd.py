@@ -17,7 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Build MODEL, realize --plan into a smaller dense model, export it with ExecuTorch/XNNPACK "
                     "(.pte) or litert-torch (.tflite) and check the artifact's outputs against eager PyTorch.")
     parser.add_argument("--model", required=True,
-                        help="zoo name (resnet20, mobilenetv2, ...), 'package.module:factory' or a .pt2 file")
+                        help="zoo name (resnet20, mobilenetv2, ...), timm:NAME, torchvision:NAME, "
+                             "'package.module:factory' or a .pt2 file")
+    parser.add_argument("--model-arg", action="append", dest="model_args", metavar="KEY=VALUE",
+                        help="constructor argument for timm/torchvision/factory models, repeatable (e.g. depth=2)")
     parser.add_argument("--plan", type=Path, help="plan JSON (see README 'Plans'); default: dense")
     parser.add_argument("--checkpoint", type=Path, help="state-dict checkpoint to load into the model")
     parser.add_argument("--format", choices=("pte", "tflite"), default="pte")
@@ -44,12 +47,14 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def build_model(name: str, *, checkpoint: Path | None, shape: tuple[int, ...], num_classes: int, width: float):
-    """The model named on the command line (zoo name, ``package.module:factory`` or ``.pt2``)."""
+def build_model(name: str, *, checkpoint: Path | None, shape: tuple[int, ...], num_classes: int, width: float,
+                model_args: list[str] | None = None):
+    """The model named on the command line (zoo name, timm/torchvision, ``package.module:factory`` or ``.pt2``)."""
+    from host.models.external import parse_model_args
     from host.models.loader import load_model
 
     return load_model(name, checkpoint=checkpoint, num_classes=num_classes, in_channels=shape[1],
-                      image_size=shape[2], width=width)
+                      image_size=shape[2], width=width, model_args=parse_model_args(model_args))
 
 
 def load_plan(path: Path):
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan) if args.plan else Plan()  # before the model: a bad file fails in no time
     torch.manual_seed(0)
     model = build_model(args.model, checkpoint=args.checkpoint, shape=shape, num_classes=args.num_classes,
-                        width=args.width).eval()
+                        width=args.width, model_args=args.model_args).eval()
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     base = count(model, example)
     if args.masks_only:

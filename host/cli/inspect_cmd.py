@@ -18,7 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "MACs, params), the dataflow between them, coupled channel groups and the pruning patterns "
                     "available per layer.",
     )
-    p.add_argument("--model", default="resnet20", help="zoo name, package.module:factory, or .pt2 (default resnet20)")
+    p.add_argument("--model", default="resnet20",
+                   help="zoo name, timm:NAME, torchvision:NAME, package.module:factory, or .pt2 (default resnet20)")
+    p.add_argument("--model-arg", action="append", dest="model_args", metavar="KEY=VALUE",
+                   help="constructor argument for timm/torchvision/factory models, repeatable (e.g. depth=2)")
     p.add_argument("--checkpoint", help="state dict to load (weight statistics then describe the trained weights)")
     p.add_argument("--data", help="dataset whose channels/classes size the model (mnist, digits, cifar10, imagefolder)")
     p.add_argument("--data-root", help="folder of a local dataset (cifar10, imagefolder)")
@@ -35,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from host.data import dataset_info
     from host.graph import build_model_graph
+    from host.models.external import parse_model_args
     from host.models.loader import load_model
 
     channels, classes = 3, 10
@@ -44,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     channels = args.channels or channels
     classes = args.num_classes or classes
     model = load_model(args.model, checkpoint=args.checkpoint, num_classes=classes, in_channels=channels,
-                       image_size=args.image_size, width=args.width)
+                       image_size=args.image_size, width=args.width, model_args=parse_model_args(args.model_args))
     example = torch.zeros(1, channels, args.image_size, args.image_size)
     graph = build_model_graph(model, example)
     summary = {"model": args.model, "data": args.data, "input_shape": [channels, args.image_size, args.image_size],

@@ -23,7 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validation accuracy and the latency/energy measured on the device(s); the best plans are "
         "fine-tuned, exported and benchmarked. With no arguments: resnet20 on mnist, local agent.",
     )
-    p.add_argument("--model", default="resnet20", help="zoo name, package.module:factory, or .pt2 (default resnet20)")
+    p.add_argument("--model", default="resnet20",
+                   help="zoo name, timm:NAME, torchvision:NAME, package.module:factory, or .pt2 (default resnet20)")
+    p.add_argument("--model-arg", action="append", dest="model_args", metavar="KEY=VALUE",
+                   help="constructor argument for timm/torchvision/factory models, repeatable (e.g. depth=2)")
     p.add_argument("--data", default="mnist", help="dataset name (default mnist)")
     p.add_argument("--checkpoint", help="trained state dict of the model (default: train and cache one)")
     p.add_argument("--data-root", help="folder of a local dataset (cifar10, imagefolder)")
@@ -63,13 +66,14 @@ def build_config(args: argparse.Namespace) -> Any:
     """SearchConfig from the parsed flags."""
     from dataclasses import replace
 
+    from host.models.external import parse_model_args
     from host.search.config import EvalConfig, ModelSpec, SearchConfig
     from host.search.finetune import FinetuneConfig
 
     spec = ModelSpec(
         model=args.model, data=args.data, image_size=args.image_size, in_channels=args.channels, width=args.width,
         data_limit=args.data_limit, data_root=args.data_root, checkpoint=args.checkpoint,
-        train_epochs=args.train_epochs,
+        train_epochs=args.train_epochs, model_args=parse_model_args(args.model_args),
     )
     base = SearchConfig()
     return replace(

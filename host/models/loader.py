@@ -1,4 +1,5 @@
-"""Load a model from a zoo name, a ``package.module:factory`` spec or a saved ExportedProgram (``.pt2``)."""
+"""Load a model from a zoo name, ``timm:NAME`` / ``torchvision:NAME``, a ``package.module:factory`` spec or a
+saved ExportedProgram (``.pt2``)."""
 
 from __future__ import annotations
 
@@ -6,36 +7,50 @@ import contextlib
 import importlib
 import inspect
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from host.errors import ModelError
+from host.models.external import is_external, load_external
 from host.models.zoo import available_models, create_model
 
 log = logging.getLogger(__name__)
 
 def _spec_hint() -> str:
-    return (f"use a zoo name ({', '.join(available_models())}), 'package.module:factory' "
-            "or a path to a .pt2 file saved with torch.export.save")
+    return (f"use a zoo name ({', '.join(available_models())}), timm:NAME, torchvision:NAME, "
+            "'package.module:factory' or a path to a .pt2 file saved with torch.export.save")
 
 
 def load_model(spec: str, *, checkpoint: str | Path | None = None, num_classes: int = 10, in_channels: int = 3,
-               image_size: int = 32, width: float = 1.0) -> nn.Module:
+               image_size: int = 32, width: float = 1.0, model_args: Mapping[str, Any] | None = None) -> nn.Module:
     """Build the model named by ``spec`` and optionally load a state-dict ``checkpoint`` into it.
 
-    ``spec`` is a zoo name, ``package.module:factory`` (the factory is called with whichever of
-    num_classes/in_channels/image_size/width it accepts) or a path to an ExportedProgram ``.pt2`` (whose
-    sizes are fixed by the saved program). The model is returned in eval mode.
+    ``spec`` is a zoo name, ``timm:NAME`` / ``torchvision:NAME`` (optional libraries, see
+    :mod:`host.models.external`; ``width`` does not apply), ``package.module:factory`` (the factory is called
+    with whichever of num_classes/in_channels/image_size/width it accepts) or a path to an ExportedProgram
+    ``.pt2`` (whose sizes are fixed by the saved program). ``model_args`` (``--model-arg key=value``) are extra
+    constructor keyword arguments for timm, torchvision and factory models; they override the sizes. The
+    model is returned in eval mode.
     """
     sizes = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size, "width": width}
+    model_args = dict(model_args or {})
+    if model_args and (spec.lower() in available_models() or spec.endswith(".pt2")):
+        raise ModelError(f"--model-arg does not apply to '{spec}' ({', '.join(sorted(model_args))})",
+                         hint="zoo models take --image-size/--channels/--width; --model-arg is for timm:NAME, "
+                              "torchvision:NAME and package.module:factory models")
     if spec.lower() in available_models():
         model = create_model(spec, **sizes)
+    elif is_external(spec):
+        model = load_external(spec, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                              model_args=model_args)
     elif spec.endswith(".pt2") or Path(spec).is_file():
         model = _load_exported(Path(spec))
     elif ":" in spec:
-        model = _load_factory(spec, sizes)
+        model = _load_factory(spec, sizes, model_args)
     else:
         raise ModelError(f"unknown model '{spec}'", hint=_spec_hint())
     if checkpoint is not None:
@@ -79,7 +94,7 @@ def _load_exported(path: Path) -> nn.Module:
     return program.module()
 
 
-def _load_factory(spec: str, sizes: dict[str, float]) -> nn.Module:
+def _load_factory(spec: str, sizes: dict[str, float], model_args: dict[str, Any]) -> nn.Module:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ModelError(f"bad model spec '{spec}'", hint=_spec_hint())
@@ -102,6 +117,7 @@ def _load_factory(spec: str, sizes: dict[str, float]) -> nn.Module:
         kwargs = {k: v for k, v in sizes.items() if accepts_any or k in params}
     except (TypeError, ValueError):  # builtins without a signature
         kwargs = {}
+    kwargs.update(model_args)
     try:
         model = factory(**kwargs)
     except Exception as exc:

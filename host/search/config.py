@@ -27,6 +27,7 @@ class ModelSpec:
     data_limit: int | None = None  # stratified subset of the dataset (None = all of it)
     data_root: str | None = None
     checkpoint: str | None = None  # a user checkpoint; None = train (and cache) one
+    model_args: dict[str, Any] = field(default_factory=dict)  # --model-arg: timm/torchvision/factory kwargs
     train_epochs: int = 12
 
 

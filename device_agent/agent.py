@@ -7,8 +7,10 @@ errors to status codes, and ``sculpt-agent bench`` uses this class without any n
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shlex
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from device_agent.bench import Policy
 from device_agent.config import AgentConfig
 from device_agent.energy import detect_meter
 from device_agent.energy.sampler import Sampler, Window, measure_idle
-from device_agent.errors import invalid, precondition
+from device_agent.errors import AgentError, invalid, precondition, shorten
 from device_agent.queue import BenchQueue
 from device_agent.runtimes import RUNTIMES, all_statuses, resolve
 from device_agent.store import ArtifactStore
@@ -36,7 +38,13 @@ PROTO_TO_KIND = {v: k for k, v in KIND_TO_PROTO.items()}
 DTYPES = {pb.DTYPE_FLOAT32: "float32", pb.DTYPE_FLOAT16: "float16", pb.DTYPE_INT8: "int8",
           pb.DTYPE_UINT8: "uint8", pb.DTYPE_INT32: "int32", pb.DTYPE_INT64: "int64", pb.DTYPE_BOOL: "bool"}
 DTYPE_TO_PROTO = {v: k for k, v in DTYPES.items()}
-MAX_TIMEOUT_S = 24 * 3600.0
+# Client strings are short by nature; a cap keeps a hostile client from making the daemon hold (in kept
+# results, logs and errors) megabytes per request.
+MAX_JOB_ID_CHARS = 128
+MAX_RUNTIME_CHARS = 32
+MAX_NAME_CHARS = 256
+MAX_INPUTS = 64
+MAX_GENERATED_INPUT_BYTES = 1 << 30  # inputs the worker fills with random values (no data sent), in total
 RUNTIME_KINDS = {name: spec.kind for name, spec in RUNTIMES.items()}
 
 
@@ -45,8 +53,12 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.store = ArtifactStore(config.store_dir, config.store_capacity_bytes, config.max_artifact_bytes)
-        self.queue = BenchQueue(config.queue_capacity, config.results_kept)
+        self.store = ArtifactStore(config.store_dir, config.store_capacity_bytes, config.max_artifact_bytes,
+                                   ephemeral=config.ephemeral_store)
+        self.queue = BenchQueue(config.queue_capacity, config.results_kept, config.results_kept_bytes,
+                                size_of=lambda result: result.ByteSize())
+        # Set by close(): every wait (queue, cool-down, worker) ends promptly so the daemon can exit.
+        self.stopping = threading.Event()
         self.workers = WorkerPool(config.worker_start_timeout_s, config.programs_cached, config.worker_cpus)
         self.meter, self.meter_reason = detect_meter(config.energy)
         self.platform = sysinfo.platform_info(config.sysfs_root)
@@ -75,8 +87,11 @@ class Agent:
             threading.Thread(target=start, args=(name,), name=f"preload-{name}", daemon=True).start()
 
     def close(self) -> None:
-        """Stop the worker processes."""
+        """End every wait, stop the worker processes, and delete an ephemeral store."""
+        self.stopping.set()
         self.workers.stop_all()
+        if self.config.ephemeral_store:
+            self.store.destroy()
 
     # -- GetInfo -------------------------------------------------------------------------------------------
     def info(self) -> pb.DeviceInfo:
@@ -113,6 +128,7 @@ class Agent:
         if first is None or first.WhichOneof("payload") != "header":
             raise invalid("an upload must start with an ArtifactHeader message")
         header = first.header
+        _check_length("header.name", header.name, MAX_NAME_CHARS)
 
         def data() -> Iterator[bytes]:
             for chunk in chunks:
@@ -122,7 +138,7 @@ class Agent:
 
         art, present = self.store.put(header.sha256, header.size_bytes, data())
         if header.kind and PROTO_TO_KIND.get(header.kind) not in (None, art.kind):
-            log.warning("upload %s declared kind %s but is a .%s", art.sha256[:12], header.kind, art.kind)
+            log.warning("upload %s declared kind %d but is a .%s", art.sha256[:12], header.kind, art.kind)
         return pb.UploadArtifactResponse(sha256=art.sha256, size_bytes=art.size_bytes, already_present=present)
 
     def store_file(self, data: bytes) -> str:
@@ -135,7 +151,13 @@ class Agent:
 
     # -- Benchmark -----------------------------------------------------------------------------------------
     def benchmark(self, req: pb.BenchmarkRequest, is_active=lambda: True) -> pb.BenchmarkResult:
-        """Validate, queue and run one benchmark; see the protocol for the semantics of every field."""
+        """Validate, queue and run one benchmark; see the protocol for the semantics of every field.
+
+        ``is_active`` says whether the caller still waits (the RPC is alive): a caller that leaves takes its
+        job out of the queue, and a running job stops once no caller waits for it.
+        """
+        _check_length("job_id", req.job_id, MAX_JOB_ID_CHARS)
+        _check_length("runtime", req.runtime, MAX_RUNTIME_CHARS)
         done = self.queue.finished(req.job_id)
         if done is not None:  # a retry of a finished job: its result, even if the artifact was evicted since
             return done
@@ -143,29 +165,47 @@ class Agent:
         if art is None:
             raise precondition(f"artifact {req.artifact_sha256} is not on this agent: upload it first")
         spec = resolve(req.runtime, art.kind)
-        policy = _policy(req)
         timeout = req.timeout_seconds or self.config.default_timeout_s
-        if not 0 < timeout <= MAX_TIMEOUT_S:
-            raise invalid(f"timeout_seconds must be in (0, {MAX_TIMEOUT_S:.0f}]")
+        if not (math.isfinite(timeout) and 0 < timeout <= self.config.max_timeout_s):
+            raise invalid(f"timeout_seconds = {timeout:g} must be in (0, {self.config.max_timeout_s:g}] "
+                          "(max_timeout_s in the agent config)")
+        policy = _policy(req, timeout, self.config.max_cooldown_s)
+        if len(req.inputs) > MAX_INPUTS:
+            raise invalid(f"{len(req.inputs)} inputs: at most {MAX_INPUTS} are accepted")
         inputs = [_tensor_in(i, t) for i, t in enumerate(req.inputs)]
+        generated = sum(_nbytes(shape, dtype) for shape, dtype, data in inputs if not data)
+        if generated > MAX_GENERATED_INPUT_BYTES:
+            raise invalid(f"the inputs to fill with random values need {generated} bytes, over "
+                          f"{MAX_GENERATED_INPUT_BYTES} (1 GiB)")
         if req.threads > 1024:
             raise invalid(f"threads={req.threads} is not sensible; use 0 for the runtime default")
         job_id = req.job_id or uuid.uuid4().hex
         request = {"sha256": art.sha256, "path": str(art.path), "threads": req.threads, "inputs": inputs,
                    "seed": req.input_seed, "policy": policy.__dict__, "return_outputs": req.return_outputs}
 
-        def run(queued_s: float) -> pb.BenchmarkResult:
-            return self._run(job_id, spec.name, request, req, policy, timeout, queued_s)
+        def run(queued_s: float, wanted) -> pb.BenchmarkResult:
+            def live() -> bool:
+                return wanted() and not self.stopping.is_set()
 
+            return self._run(job_id, spec.name, request, req, policy, timeout, queued_s, live)
+
+        if self.stopping.is_set():
+            raise AgentError("UNAVAILABLE", "the agent is shutting down; retry on a running agent")
         self.store.pin(art.sha256)  # from now on, not even a long wait in the queue lets it be evicted
         try:
-            return self.queue.submit(job_id, run, is_active)
+            return self.queue.submit(job_id, run, lambda: is_active() and not self.stopping.is_set())
+        except AgentError as exc:
+            if exc.code == "CANCELLED" and self.stopping.is_set():
+                raise AgentError("UNAVAILABLE", "the agent is shutting down; retry on a running agent") from None
+            raise
         finally:
             self.store.unpin(art.sha256)
 
-    def _run(self, job_id, runtime, request, req, policy: Policy, timeout, queued_s) -> pb.BenchmarkResult:
+    def _run(self, job_id, runtime, request, req, policy: Policy, timeout, queued_s, live) -> pb.BenchmarkResult:
         root = self.config.sysfs_root
-        gate_note = self._cool_down(policy)
+        # One deadline for the whole job: cool-down, idle power and the worker's runs all count against it.
+        deadline = time.monotonic() + timeout
+        gate_note = self._cool_down(policy, deadline, timeout, live)
         temps_before = sysinfo.temperatures(root)
         throttles_before = sysinfo.throttle_count(root)
         pi_before = sysinfo.pi_throttled_flags(self._vcgencmd) if self._is_pi else None
@@ -191,7 +231,7 @@ class Agent:
         worker = self.workers.get(runtime)
         window: Window | None = None
         try:
-            out = worker.run(request, timeout, on_phase)
+            out = worker.run(request, timeout, on_phase, live, deadline=deadline)
         finally:
             if sampler is not None and sampler.started:
                 try:
@@ -245,11 +285,15 @@ class Agent:
             joules_per_inference_idle_subtracted=(window.mean_power_w - idle.mean_power_w) * busy_s / runs,
         )
 
-    def _cool_down(self, policy: Policy) -> str:
-        """Wait for the board to cool below the policy's gate; returns a note when it did not in time."""
+    def _cool_down(self, policy: Policy, deadline: float, timeout: float, live) -> str:
+        """Wait for the board to cool below the policy's gate; returns a note when it did not in time.
+
+        The wait is bounded by the policy's cool-down timeout (itself capped by the agent's max_cooldown_s)
+        and by the job's deadline; it ends early when nobody waits for the job or the agent is stopping.
+        """
         if not policy.max_temperature_c:
             return ""
-        deadline = time.monotonic() + policy.cooldown_timeout_seconds
+        until = time.monotonic() + policy.cooldown_timeout_seconds
         while True:
             temps = sysinfo.temperatures(self.config.sysfs_root)
             if not temps:
@@ -257,10 +301,23 @@ class Agent:
             hottest = max(temps.values())
             if hottest <= policy.max_temperature_c:
                 return ""
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
+                raise AgentError(
+                    "DEADLINE_EXCEEDED",
+                    f"the board stayed above {policy.max_temperature_c:.1f} C (now {hottest:.1f} C) for the job's "
+                    f"whole timeout of {timeout:g} s; the cool-down counts against it. Raise the request's timeout "
+                    "(BenchSpec.timeout_s) or lower the policy's cooldown_timeout_seconds",
+                )
+            if now >= until:
                 return (f"started at {hottest:.1f} C: did not cool below {policy.max_temperature_c:.1f} C within "
                         f"{policy.cooldown_timeout_seconds:g} s")
-            time.sleep(0.5)
+            if self.stopping.is_set():
+                raise AgentError("UNAVAILABLE", "the agent is shutting down; retry on a running agent")
+            if not live():
+                raise AgentError("CANCELLED", "the caller went away while the agent waited for the board to cool")
+            # Event.wait, not sleep: close() wakes it at once.
+            self.stopping.wait(min(0.5, until - now, deadline - now))
 
 
 def _load_average() -> float:
@@ -274,30 +331,58 @@ def _temps(temps: dict[str, float]) -> list[pb.Temperature]:
     return [pb.Temperature(zone=zone, celsius=c) for zone, c in temps.items()]
 
 
-def _policy(req: pb.BenchmarkRequest) -> Policy:
-    """The request's policy; an absent policy means the search-mode defaults."""
+def _check_length(field: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        raise invalid(f"{field} is {len(value)} characters long, over the limit of {limit}: "
+                      f"{shorten(value)}")
+
+
+def _policy(req: pb.BenchmarkRequest, timeout: float, max_cooldown_s: float) -> Policy:
+    """The request's policy (absent = the search-mode defaults), checked against the job's deadline and the
+    agent's limits."""
     if not req.HasField("policy"):
-        return Policy()
-    p = req.policy
-    values = {"warmup_runs": p.warmup_runs, "warmup_seconds": p.warmup_seconds, "min_runs": p.min_runs,
-              "min_seconds": p.min_seconds, "max_runs": p.max_runs or Policy.max_runs,
-              "max_seconds": p.max_seconds, "max_temperature_c": p.max_temperature_c,
-              "cooldown_timeout_seconds": p.cooldown_timeout_seconds or Policy.cooldown_timeout_seconds}
-    for key, value in values.items():
-        if not np.isfinite(value) or value < 0:
-            raise invalid(f"policy.{key} = {value} must be a finite number >= 0")
-    if values["max_runs"] > 10_000_000:
-        raise invalid("policy.max_runs is over 10,000,000; lower it")
-    return Policy(**values)
+        policy = Policy()
+    else:
+        p = req.policy
+        values = {"warmup_runs": p.warmup_runs, "warmup_seconds": p.warmup_seconds, "min_runs": p.min_runs,
+                  "min_seconds": p.min_seconds, "max_runs": p.max_runs or Policy.max_runs,
+                  "max_seconds": p.max_seconds, "max_temperature_c": p.max_temperature_c,
+                  "cooldown_timeout_seconds": p.cooldown_timeout_seconds or Policy.cooldown_timeout_seconds}
+        for key, value in values.items():
+            if not math.isfinite(value) or value < 0:
+                raise invalid(f"policy.{key} = {value} must be a finite number >= 0")
+        if values["max_runs"] > 10_000_000:
+            raise invalid("policy.max_runs is over 10,000,000; lower it")
+        policy = Policy(**values)
+    # Times the job could never finish within its deadline are refused up front, not discovered by holding
+    # the device until the deadline.
+    timed = min(policy.min_seconds, policy.max_seconds) if policy.max_seconds else policy.min_seconds
+    if policy.warmup_seconds + timed > timeout:
+        raise invalid(f"policy needs at least {policy.warmup_seconds + timed:g} s (warmup_seconds + min_seconds, "
+                      f"capped by max_seconds) but the job's timeout is {timeout:g} s; lower them or raise the "
+                      "request's timeout_seconds")
+    if policy.max_temperature_c and policy.cooldown_timeout_seconds > max_cooldown_s:
+        raise invalid(f"policy.cooldown_timeout_seconds = {policy.cooldown_timeout_seconds:g} is over this agent's "
+                      f"limit of {max_cooldown_s:g} s (max_cooldown_s in the agent config); lower it")
+    return policy
+
+
+def _nbytes(shape: list[int], dtype: str) -> int:
+    # Python integers: np.prod wraps around at 2**63, so [2**62, 4] would count as 0 bytes.
+    return math.prod(shape) * np.dtype(dtype).itemsize
 
 
 def _tensor_in(i: int, t: pb.Tensor) -> tuple[list[int], str, bytes]:
     dtype = DTYPES.get(t.dtype)
     if dtype is None:
         raise invalid(f"input {i} has no dtype (set Tensor.dtype)")
-    if any(d < 0 for d in t.shape) or len(t.shape) > 8:
-        raise invalid(f"input {i} has an invalid shape {list(t.shape)}")
-    count = int(np.prod(t.shape)) if t.shape else 1
-    if count * np.dtype(dtype).itemsize > 1 << 30:
-        raise invalid(f"input {i} of shape {list(t.shape)} is over 1 GiB")
-    return list(t.shape), dtype, bytes(t.data)
+    shape = [int(d) for d in t.shape]
+    if len(shape) > 8 or any(d < 0 for d in shape):
+        raise invalid(f"input {i} has an invalid shape {shorten(shape)}")
+    nbytes = _nbytes(shape, dtype)
+    if nbytes > MAX_GENERATED_INPUT_BYTES:
+        raise invalid(f"input {i} of shape {shape} is {nbytes} bytes, over 1 GiB")
+    if t.data and len(t.data) != nbytes:
+        raise invalid(f"input {i}: {len(t.data)} bytes of data do not fill shape {shape} of {dtype} "
+                      f"({nbytes} bytes)")
+    return shape, dtype, bytes(t.data)

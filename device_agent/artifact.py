@@ -5,19 +5,20 @@ from __future__ import annotations
 import re
 import struct
 
-from device_agent.errors import invalid
+from device_agent.errors import invalid, shorten
 
 PTE = "pte"
 TFLITE = "tflite"
 KINDS = (PTE, TFLITE)
 HEADER_BYTES = 8
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # used with fullmatch: "$" would accept a trailing newline
 
 
 def check_sha256(value: str) -> str:
     """Return ``value`` if it is a lowercase hex SHA-256, else raise INVALID_ARGUMENT."""
-    if not isinstance(value, str) or not _SHA256.match(value):
-        raise invalid(f"artifact hash {value!r} is not a lowercase hex SHA-256 (64 characters 0-9a-f)")
+    # Length first: a huge string is refused without running the regex over it.
+    if not isinstance(value, str) or len(value) != 64 or not _SHA256.fullmatch(value):
+        raise invalid(f"artifact hash {shorten(value)} is not a lowercase hex SHA-256 (64 characters 0-9a-f)")
     return value
 
 

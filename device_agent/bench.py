@@ -28,6 +28,10 @@ class Policy:
     cooldown_timeout_seconds: float = 60.0
 
 
+class Cancelled(Exception):
+    """Raised by :func:`run_policy` when ``should_stop`` says the caller no longer wants the result."""
+
+
 @dataclass(frozen=True)
 class Timing:
     """Raw timings of one benchmark."""
@@ -40,10 +44,13 @@ class Timing:
 
 
 def run_policy(invoke: Callable[[], None], policy: Policy, *, first_run: bool = True,
-               on_timed_start: Callable[[], None] | None = None) -> Timing:
+               on_timed_start: Callable[[], None] | None = None,
+               should_stop: Callable[[], bool] = lambda: False) -> Timing:
     """Run ``invoke`` per ``policy``: (first run,) warm-up, then the timed loop; every sample is kept.
 
     ``on_timed_start`` is called right before the timed loop (the daemon starts its power sampler then).
+    ``should_stop`` is checked between runs (outside each sample's clock reads); when it turns true the
+    benchmark raises :class:`Cancelled`, so a cancelled job frees the device within one inference.
     """
     clock = time.perf_counter_ns
     first_ms = 0.0
@@ -55,6 +62,8 @@ def run_policy(invoke: Callable[[], None], policy: Policy, *, first_run: bool = 
     start = clock()
     warm_ns = policy.warmup_seconds * 1e9
     while warm < policy.warmup_runs or (clock() - start) < warm_ns:
+        if should_stop():
+            raise Cancelled()
         invoke()
         warm += 1
     warmup_s = (clock() - start) / 1e9
@@ -80,6 +89,8 @@ def run_policy(invoke: Callable[[], None], policy: Policy, *, first_run: bool = 
                 break
             if n >= policy.min_runs and elapsed >= min_ns:
                 break
+            if should_stop():
+                raise Cancelled()
         window_s = (clock() - start) / 1e9
     finally:
         if gc_was_enabled:

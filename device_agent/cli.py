@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-client-ca", type=Path, help="PEM CA for client certificates (enables mTLS)")
     serve.add_argument("--preload", default=None, metavar="RUNTIMES",
                        help="comma-separated runtimes whose workers start at launch (executorch,litert)")
+    serve.add_argument("--exit-with-parent", action="store_true",
+                       help="stop when the parent process dies (stdin must be a pipe the parent keeps open); "
+                            "used by `--device local`")
+    serve.add_argument("--ephemeral-store", action="store_true",
+                       help="the --store folder must be new or empty, and is deleted when the agent stops")
     _common(serve)
     serve.set_defaults(func=_serve)
 
@@ -86,10 +91,14 @@ def _serve(args) -> int:
         raise AgentConfigError("--tls-client-ca needs --tls-cert and --tls-key")
     token = read_token_file(args.token_file) if args.token_file else None
     preload = tuple(r.strip() for r in args.preload.split(",") if r.strip()) if args.preload else None
-    config = _config(args, host=args.host, port=args.port, token=token, tls=tls, preload_runtimes=preload)
+    config = _config(args, host=args.host, port=args.port, token=token, tls=tls, preload_runtimes=preload,
+                     ephemeral_store=args.ephemeral_store or None)
+    if config.ephemeral_store and args.store is None:
+        raise AgentConfigError("--ephemeral-store deletes the store when the agent stops: pass --store with a "
+                               "new or empty folder")
     from device_agent.server import serve
 
-    serve(config)
+    serve(config, exit_with_parent=args.exit_with_parent)
     return 0
 
 

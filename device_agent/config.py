@@ -56,10 +56,15 @@ class AgentConfig:
     max_artifact_bytes: int = 512 * MIB
     store_capacity_bytes: int = 4096 * MIB
     queue_capacity: int = 8  # benchmarks waiting or running; past this RESOURCE_EXHAUSTED
-    default_timeout_s: float = 300.0  # worker deadline when the request sets none
+    default_timeout_s: float = 300.0  # job deadline (cool-down + idle power + worker) when the request sets none
+    max_timeout_s: float = 3600.0  # the longest job deadline (and policy time) a client may ask for
+    max_cooldown_s: float = 300.0  # the longest cool-down wait a client may ask for (it holds the board)
+    max_request_bytes: int = 64 * MIB  # largest message the server receives (input tensors, upload chunks)
     worker_start_timeout_s: float = 120.0  # importing a runtime (torch for ExecuTorch) can be slow on a Pi
     programs_cached: int = 4  # loaded programs a worker keeps, by sha256 and threads
-    results_kept: int = 256  # finished job results kept for idempotent repeats
+    results_kept: int = 256  # finished job results kept for idempotent repeats ...
+    results_kept_bytes: int = 64 * MIB  # ... and at most this many bytes of them (outputs can be large)
+    ephemeral_store: bool = False  # the store is new or empty and is deleted when the agent stops
     sysfs_root: Path = Path("/")  # thermal zones, cpufreq, throttle counters
     preload_runtimes: tuple[str, ...] = ()  # start these workers at launch, not on the first benchmark
     worker_cpus: tuple[int, ...] = ()  # pin runtime workers to these CPUs (e.g. the big cores); () = any
@@ -83,6 +88,13 @@ class AgentConfig:
         if self.worker_cpus and not set(self.worker_cpus) <= set(range(os.cpu_count() or 1)):
             raise AgentConfigError(f"worker_cpus {list(self.worker_cpus)} names CPUs this machine lacks "
                                    f"(it has 0..{(os.cpu_count() or 1) - 1})")
+        if not 0 < self.default_timeout_s <= self.max_timeout_s:
+            raise AgentConfigError(f"default_timeout_s {self.default_timeout_s:g} must be in (0, max_timeout_s = "
+                                   f"{self.max_timeout_s:g}]; lower it or raise max_timeout_s")
+        if self.max_cooldown_s < 0:
+            raise AgentConfigError("max_cooldown_s must be >= 0")
+        if self.max_request_bytes < MIB:
+            raise AgentConfigError("max_request_mib must be at least 1 (upload chunks are 1 MiB)")
         if self.queue_capacity < 1:
             raise AgentConfigError("queue_capacity must be at least 1")
         if self.max_artifact_bytes <= 0 or self.store_capacity_bytes < self.max_artifact_bytes:
@@ -119,18 +131,27 @@ def is_loopback_host(host: str) -> bool:
 
 def read_token_file(path: Path) -> str:
     """Read a bearer token (first line, stripped); refuse an empty file."""
-    try:
-        token = Path(path).read_text().strip().splitlines()
-    except OSError as exc:
-        raise AgentConfigError(f"cannot read token file {path}: {exc}") from exc
+    token = _read_text(path, "token file").strip().splitlines()
     if not token or not token[0].strip():
         raise AgentConfigError(f"token file {path} is empty; put a long random token on its first line")
     return token[0].strip()
 
 
+def _read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path``; any failure is an AgentConfigError naming the file (never a traceback)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise AgentConfigError(f"{what} {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                               f"{exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise AgentConfigError(f"cannot read {what} {path}: {exc}") from exc
+
+
 _TOP_KEYS = {"host", "port", "store_dir", "max_artifact_mib", "store_capacity_mib", "queue_capacity",
              "default_timeout_s", "worker_start_timeout_s", "programs_cached", "results_kept", "sysfs_root",
-             "token_file", "tls", "energy", "preload_runtimes", "worker_cpus"}
+             "token_file", "tls", "energy", "preload_runtimes", "worker_cpus", "max_timeout_s", "max_cooldown_s",
+             "max_request_mib", "results_kept_mib"}
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> AgentConfig:
@@ -140,9 +161,10 @@ def load_config(path: Path | None = None, **overrides: Any) -> AgentConfig:
     """
     values: dict[str, Any] = {}
     if path is not None:
+        text = _read_text(path, "agent config")
         try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
             raise AgentConfigError(f"cannot read agent config {path}: {exc}") from exc
         unknown = set(data) - _TOP_KEYS
         if unknown:
@@ -162,7 +184,7 @@ def _from_toml(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for key in ("host", "port", "queue_capacity", "default_timeout_s", "worker_start_timeout_s",
-                "programs_cached", "results_kept"):
+                "programs_cached", "results_kept", "max_timeout_s", "max_cooldown_s"):
         if key in data:
             out[key] = data[key]
     if "store_dir" in data:
@@ -175,6 +197,10 @@ def _from_toml(data: dict[str, Any], base: Path) -> dict[str, Any]:
         out["sysfs_root"] = path_of(data["sysfs_root"])
     if "max_artifact_mib" in data:
         out["max_artifact_bytes"] = int(data["max_artifact_mib"] * MIB)
+    if "max_request_mib" in data:
+        out["max_request_bytes"] = int(data["max_request_mib"] * MIB)
+    if "results_kept_mib" in data:
+        out["results_kept_bytes"] = int(data["results_kept_mib"] * MIB)
     if "store_capacity_mib" in data:
         out["store_capacity_bytes"] = int(data["store_capacity_mib"] * MIB)
     if "token_file" in data:

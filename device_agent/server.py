@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from concurrent import futures
@@ -18,7 +19,8 @@ from protos.agent.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # input/output tensors of large models travel in one message
+MAX_SEND_BYTES = 256 * 1024 * 1024  # output tensors of large models travel in one message
+EXIT_GUARD_S = 10.0  # after shutdown, a thread that still blocks the interpreter's exit gets this long
 
 
 def create_server(config: AgentConfig) -> tuple[grpc.Server, int]:
@@ -33,8 +35,10 @@ def create_server(config: AgentConfig) -> tuple[grpc.Server, int]:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.queue_capacity + 8, thread_name_prefix="agent-rpc"),
         interceptors=interceptors,
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # Receiving is capped by config: nothing a client sends (input tensors, 1 MiB upload chunks, strings
+        # capped at a few hundred characters) needs more, and every byte received is held while parsed.
+        options=[("grpc.max_receive_message_length", config.max_request_bytes),
+                 ("grpc.max_send_message_length", MAX_SEND_BYTES),
                  ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=config.queue_capacity + 32,
     )
@@ -63,6 +67,9 @@ def create_server(config: AgentConfig) -> tuple[grpc.Server, int]:
 def stop_server(server: grpc.Server, grace: float | None = 2.0) -> None:
     """Stop serving (health goes NOT_SERVING first), then stop the worker processes."""
     server.health.enter_graceful_shutdown()
+    # First end the agent's waits (queue, cool-down, a running benchmark), so in-flight calls answer
+    # UNAVAILABLE within the grace period instead of being cut off after it.
+    server.agent.stopping.set()
     server.stop(grace).wait()
     server.agent.close()
 
@@ -71,21 +78,36 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def serve(config: AgentConfig, announce=print) -> None:
-    """Run until SIGINT/SIGTERM; prints ``listening on HOST:PORT`` (flushed) once serving."""
-    server, port = create_server(config)
-    server.start()
-    server.agent.preload()
-    announce(f"listening on {config.host}:{port}", flush=True)
-    log.info("agent serving on %s:%d (store %s, tls=%s, token=%s)", config.host, port, config.store_dir,
-             config.tls is not None, bool(config.token))
+def serve(config: AgentConfig, announce=print, exit_with_parent: bool = False) -> None:
+    """Run until SIGINT/SIGTERM; prints ``listening on HOST:PORT`` (flushed) once serving.
+
+    With ``exit_with_parent`` it also stops when the parent process dies (see :mod:`device_agent.parent`).
+    """
     done = threading.Event()
 
     def on_signal(signum, _frame):
         log.info("signal %d: shutting down", signum)
         done.set()
 
+    # Before anything is created, so a signal during start-up still cleans up (an ephemeral store).
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    done.wait()
-    stop_server(server)
+    if exit_with_parent:
+        from device_agent.parent import watch_parent
+
+        watch_parent(lambda _reason: done.set())
+    server, port = create_server(config)
+    try:
+        server.start()
+        server.agent.preload()
+        announce(f"listening on {config.host}:{port}", flush=True)
+        log.info("agent serving on %s:%d (store %s, tls=%s, token=%s)", config.host, port, config.store_dir,
+                 config.tls is not None, bool(config.token))
+        done.wait()
+    finally:
+        stop_server(server)
+    # Every wait in the agent ends on close(); should some thread still block the interpreter's exit (which
+    # joins the RPC threads), end the process anyway rather than hang on after SIGTERM.
+    guard = threading.Timer(EXIT_GUARD_S, lambda: os._exit(0))
+    guard.daemon = True
+    guard.start()

@@ -8,7 +8,7 @@ import logging
 import grpc
 
 from device_agent.agent import Agent
-from device_agent.errors import AgentError
+from device_agent.errors import MAX_MESSAGE_CHARS, AgentError
 from protos.agent.v1 import agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,11 @@ def _status(fn):
         except Exception as exc:
             if not context.is_active():  # the client went away mid-stream; nothing to answer
                 raise
-            log.exception("%s failed", fn.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"agent error: {type(exc).__name__}: {exc}")
+            # Cut: an unexpected error may quote client input, and a status message over gRPC's metadata
+            # limit would reach the client as RESOURCE_EXHAUSTED instead.
+            text = f"agent error: {type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]
+            log.error("%s failed: %s", fn.__name__, text, exc_info=len(str(exc)) <= MAX_MESSAGE_CHARS)
+            context.abort(grpc.StatusCode.INTERNAL, text)
 
     return wrapper
 

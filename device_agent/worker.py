@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import os
+import queue
 import resource
 import sys
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from device_agent.bench import Policy, latency_stats, run_policy
+from device_agent.bench import Cancelled, Policy, latency_stats, run_policy
 from device_agent.errors import AgentError, invalid
 from device_agent.runtimes import RUNTIMES, TensorSpec, load_adapter
 
@@ -32,6 +36,46 @@ class _Cached:
     first_run_ms: float
 
 
+ORPHAN_GRACE_S = 3.0  # after the daemon is gone, a benchmark stuck inside one inference gets this long
+
+
+class _Inbox:
+    """Reads the daemon's messages on a thread of its own, so a cancel reaches a benchmark that is running.
+
+    Messages: a request dict (queued for the main thread), ``("cancel",)`` (stops the latest request) and
+    None or end of file (the daemon is stopping or gone: stop, then exit even if an inference hangs).
+    """
+
+    def __init__(self, conn) -> None:
+        self._conn = conn
+        self._requests: queue.Queue = queue.Queue()
+        self._cancel = threading.Event()
+        threading.Thread(target=self._read, name="worker-inbox", daemon=True).start()
+
+    def next(self):
+        """The next ``(request, cancel_event)``, or None when the worker must exit."""
+        return self._requests.get()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = self._conn.recv()
+            except (EOFError, OSError):
+                msg = None
+            if msg is None:
+                self._cancel.set()
+                self._requests.put(None)
+                # The main thread exits at the next inference boundary; one that never returns (a hung model)
+                # must not leave an orphan holding the CPU after the daemon has died.
+                time.sleep(ORPHAN_GRACE_S)
+                os._exit(0)
+            if isinstance(msg, dict):
+                self._cancel = threading.Event()  # in order: a later cancel refers to this request
+                self._requests.put((msg, self._cancel))
+            elif msg == ("cancel",):
+                self._cancel.set()
+
+
 def worker_main(conn, runtime: str, programs_cached: int) -> None:
     """Entry point of the worker process: import the runtime, then serve benchmark requests until EOF."""
     try:
@@ -42,16 +86,17 @@ def worker_main(conn, runtime: str, programs_cached: int) -> None:
         conn.send(("error", "FAILED_PRECONDITION", f"cannot start the {runtime} runtime: {type(exc).__name__}: {exc}"))
         return
     cache: OrderedDict[tuple[str, int], _Cached] = OrderedDict()
+    inbox = _Inbox(conn)
     while True:
-        try:
-            request = conn.recv()
-        except (EOFError, OSError):
+        item = inbox.next()
+        if item is None:
             return
-        if request is None:
-            return
+        request, cancel = item
         try:
-            result = _benchmark(adapter, cache, programs_cached, request, conn)
+            result = _benchmark(adapter, cache, programs_cached, request, conn, cancel.is_set)
             conn.send(("result", result))
+        except Cancelled:
+            conn.send(("error", "CANCELLED", "the benchmark was cancelled: its caller went away"))
         except AgentError as exc:
             conn.send(("error", exc.code, exc.message))
         except Exception as exc:  # noqa: BLE001 - the daemon turns this into INTERNAL
@@ -89,7 +134,7 @@ def make_inputs(specs: list[TensorSpec], given: list[tuple[list[int], str, bytes
     arrays = []
     for i, (shape, dtype, data) in enumerate(wanted):
         dt = np.dtype(dtype)
-        count = int(np.prod(shape)) if shape else 1
+        count = math.prod(int(d) for d in shape)  # Python integers: np.prod wraps around at 2**63
         if data:
             if len(data) != count * dt.itemsize:
                 raise invalid(f"input {i}: {len(data)} bytes of data do not fill shape {shape} of {dtype}")
@@ -104,7 +149,7 @@ def make_inputs(specs: list[TensorSpec], given: list[tuple[list[int], str, bytes
     return arrays
 
 
-def _benchmark(adapter, cache, programs_cached: int, req: dict, conn) -> dict:
+def _benchmark(adapter, cache, programs_cached: int, req: dict, conn, should_stop) -> dict:
     reset_ok = _reset_peak_rss()
     threads = int(req["threads"])
     key = (req["sha256"], threads)
@@ -124,8 +169,10 @@ def _benchmark(adapter, cache, programs_cached: int, req: dict, conn) -> dict:
     model.bind(inputs)
     conn.send(("phase", "running"))
     policy = Policy(**req["policy"])
+    if should_stop():  # cancelled while loading: do not start the runs
+        raise Cancelled()
     timing = run_policy(model.invoke, policy, first_run=not cached,
-                        on_timed_start=lambda: conn.send(("phase", "timed")))
+                        on_timed_start=lambda: conn.send(("phase", "timed")), should_stop=should_stop)
     if not cached:
         entry.first_run_ms = timing.first_run_ms
         cache[key] = entry

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,39 @@ from multiprocessing.connection import Connection
 from device_agent.errors import AgentError
 
 log = logging.getLogger(__name__)
+POLL_S = 0.1  # how often a waiting daemon thread checks deadline, caller and shutdown
+CANCEL_GRACE_S = 2.0  # a cancelled worker must answer within this, else it is killed
+# Signals that come from outside the runtime (an operator, systemd, the kernel's out-of-memory killer), as
+# opposed to crash signals (SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL) that a corrupt model can cause.
+EXTERNAL_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
+
+
+def describe_exit(code: int | None) -> str:
+    """A worker's return code in words: exit status, or the signal that ended it."""
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {-code} ({name})"
+    return f"exit code {code}"
+
+
+def _died(runtime: str, code: int | None, phase: str) -> AgentError:
+    if code is not None and code < 0 and -code in EXTERNAL_SIGNALS:
+        return AgentError(
+            "INTERNAL",
+            f"the {runtime} worker was {describe_exit(code)} while {phase}: not a crash of the runtime, something "
+            "outside the agent killed it (an operator, a service manager, or the kernel's out-of-memory killer: "
+            "see `dmesg`). The agent restarted its worker; retry, and check the device's free memory",
+        )
+    return AgentError(
+        "INVALID_ARGUMENT" if phase == "loading" else "INTERNAL",
+        f"the {runtime} runtime crashed ({describe_exit(code)}) while {phase} the artifact; the agent restarted "
+        "its worker. The artifact is probably corrupt: re-export it",
+    )
 
 
 class WorkerHandle:
@@ -40,12 +74,12 @@ class WorkerHandle:
     def _alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self) -> None:
+    def start(self, is_active: Callable[[], bool] = lambda: True) -> None:
         """Start the worker if it is not running and wait until its runtime is imported."""
         with self._lock:
-            self._start()
+            self._start(is_active)
 
-    def _start(self) -> None:
+    def _start(self, is_active: Callable[[], bool]) -> None:
         if self._alive():
             return
         if self._proc is not None:
@@ -65,33 +99,50 @@ class WorkerHandle:
             theirs.close()
         parent = Connection(ours.detach())
         self._proc, self._conn = proc, parent
-        if not parent.poll(self.start_timeout_s):
-            self.stop()
-            raise AgentError("UNAVAILABLE", f"the {self.runtime} worker did not start within "
-                             f"{self.start_timeout_s:.0f} s; raise worker_start_timeout_s in the agent config")
+        deadline = time.monotonic() + self.start_timeout_s
+        while not parent.poll(POLL_S):  # in slices: a caller that left, or a shutdown, stops the wait
+            if not is_active():
+                self.stop(force=True)
+                raise AgentError("CANCELLED", f"stopped starting the {self.runtime} worker: its caller went away")
+            if time.monotonic() >= deadline:
+                self.stop(force=True)
+                raise AgentError("UNAVAILABLE", f"the {self.runtime} worker did not start within "
+                                 f"{self.start_timeout_s:.0f} s; raise worker_start_timeout_s in the agent config")
         try:
             msg = parent.recv()
         except EOFError:
             code = proc.wait(timeout=5)
             self.stop()
-            raise AgentError("INTERNAL", f"the {self.runtime} worker died while starting (exit code {code})") from None
+            raise AgentError("INTERNAL", f"the {self.runtime} worker died while starting "
+                             f"({describe_exit(code)})") from None
         if msg[0] != "ready":
             self.stop()
             raise AgentError(msg[1], msg[2])
         self.version = msg[1]
         log.info("started %s worker pid %d (%s)", self.runtime, proc.pid, self.version)
 
-    def run(self, request: dict, timeout_s: float, on_phase: Callable[[str], None] | None = None) -> dict:
-        """Send one benchmark request and wait at most ``timeout_s`` for its result."""
-        with self._lock:
-            self._start()
-            assert self._conn is not None  # start() guarantees it; not user input
-            self._conn.send(request)
+    def run(self, request: dict, timeout_s: float, on_phase: Callable[[str], None] | None = None,
+            is_active: Callable[[], bool] = lambda: True, *, deadline: float | None = None) -> dict:
+        """Send one benchmark request and wait for its result until ``deadline`` (monotonic; default
+        ``timeout_s`` from now). ``timeout_s`` is the job's whole budget, named in the timeout error.
+
+        When ``is_active()`` turns false (nobody wants the result, or the agent is stopping) the worker is told
+        to cancel, which it does between two inferences; one that does not answer within
+        :data:`CANCEL_GRACE_S` (stuck inside the runtime) is killed.
+        """
+        if deadline is None:
             deadline = time.monotonic() + timeout_s
+        with self._lock:
+            self._start(is_active)
+            conn = self._conn
+            assert conn is not None  # start() guarantees it; not user input
+            conn.send(request)
             phase = "loading"
+            cancelled_at: float | None = None
             while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._conn.poll(remaining):
+                now = time.monotonic()
+                remaining = deadline - now
+                if remaining <= 0:
                     self.stop(force=True)
                     self.restarts += 1
                     raise AgentError(
@@ -100,17 +151,26 @@ class WorkerHandle:
                         "restarted. Raise the request's timeout (BenchSpec.timeout_s / --timeout) or the agent's "
                         "default_timeout_s, or lower the policy's max_runs / max_seconds",
                     )
+                if cancelled_at is None and not is_active():
+                    cancelled_at = now
+                    with contextlib.suppress(OSError, ValueError):
+                        conn.send(("cancel",))
+                elif cancelled_at is not None and now - cancelled_at > CANCEL_GRACE_S:
+                    self.stop(force=True)
+                    self.restarts += 1
+                    raise AgentError("CANCELLED", f"the benchmark was cancelled; the {self.runtime} worker did not "
+                                     f"stop within {CANCEL_GRACE_S:g} s and was restarted")
                 try:
-                    msg = self._conn.recv()
+                    if not conn.poll(min(remaining, POLL_S)):
+                        continue
+                    msg = conn.recv()
                 except (EOFError, OSError):
+                    if self._conn is not conn:  # stop() ran on another thread: the agent is shutting down
+                        raise AgentError("UNAVAILABLE", "the agent is shutting down; retry on a running agent") from None
                     code = self._exitcode()
                     self.stop(force=True)
                     self.restarts += 1
-                    raise AgentError(
-                        "INVALID_ARGUMENT" if phase == "loading" else "INTERNAL",
-                        f"the {self.runtime} runtime crashed (exit code {code}) while {phase} the artifact; "
-                        "the agent restarted its worker. The artifact is probably corrupt: re-export it",
-                    ) from None
+                    raise _died(self.runtime, code, phase) from None
                 if msg[0] == "phase":
                     phase = msg[1]
                     if on_phase is not None:

@@ -122,7 +122,9 @@ def test_hanging_benchmark_hits_the_deadline_and_the_worker_restarts(small_agent
         sha = client.upload(tiny_tflite).sha256
         client.benchmark(sha, BenchSpec(policy=ONE_RUN))
         first_pid = server.agent.workers.get("litert").pid
-        endless = BenchPolicy(warmup_runs=0, warmup_seconds=0, min_runs=10**6, min_seconds=600, max_runs=10**7)
+        # Many runs, no time cap: the policy itself cannot tell the agent it will take ~an hour.
+        endless = BenchPolicy(warmup_runs=0, warmup_seconds=0, min_runs=10**7, min_seconds=0, max_runs=10**7,
+                              max_seconds=0)
         with pytest.raises(BenchmarkError) as err:
             client.benchmark(sha, BenchSpec(policy=endless, timeout_s=1.0))
         assert err.value.code == "DEADLINE_EXCEEDED"
@@ -153,8 +155,9 @@ def test_worker_killed_mid_benchmark_is_reported_and_replaced(small_agent, tiny_
         time.sleep(1.0)
         os.kill(pid, signal.SIGKILL)
         thread.join(30)
-        # INTERNAL while running; INVALID_ARGUMENT if a very loaded machine had not even bound the inputs yet.
-        assert errors and errors[0].code in {"INTERNAL", "INVALID_ARGUMENT"} and "crashed" in errors[0].message
+        # An external kill is no crash of the runtime and says nothing about the artifact.
+        assert errors and errors[0].code == "INTERNAL", errors
+        assert "killed by signal 9 (SIGKILL)" in errors[0].message and "corrupt" not in errors[0].message
         assert client.benchmark(sha, BenchSpec(policy=ONE_RUN)).stats.count == 1
         assert server.agent.workers.get("litert").restarts >= 1
 

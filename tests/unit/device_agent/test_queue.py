@@ -14,7 +14,7 @@ def test_runs_one_at_a_time_in_arrival_order():
     overlap = []
 
     def job(name):
-        def fn(_queued):
+        def fn(_queued, _wanted):
             running.append(name)
             overlap.append(len(running))
             time.sleep(0.05)
@@ -39,16 +39,16 @@ def test_runs_one_at_a_time_in_arrival_order():
 def test_full_queue_is_refused_and_frees_up():
     queue = BenchQueue(capacity=1, results_kept=10)
     release = threading.Event()
-    t = threading.Thread(target=queue.submit, args=("a", lambda _q: release.wait(5)))
+    t = threading.Thread(target=queue.submit, args=("a", lambda _q, _w: release.wait(5)))
     t.start()
     while queue.depth < 1:
         time.sleep(0.005)
     with pytest.raises(AgentError) as err:
-        queue.submit("b", lambda _q: 1)
+        queue.submit("b", lambda _q, _w: 1)
     assert err.value.code == "RESOURCE_EXHAUSTED"
     release.set()
     t.join()
-    assert queue.submit("b", lambda _q: 2) == 2
+    assert queue.submit("b", lambda _q, _w: 2) == 2
 
 
 def test_same_job_id_runs_once():
@@ -56,7 +56,7 @@ def test_same_job_id_runs_once():
     calls = []
     gate = threading.Event()
 
-    def fn(_q):
+    def fn(_q, _w):
         calls.append(1)
         gate.wait(5)
         return "result"
@@ -76,18 +76,18 @@ def test_same_job_id_runs_once():
 def test_errors_propagate_and_do_not_wedge_the_queue():
     queue = BenchQueue(capacity=2, results_kept=10)
 
-    def boom(_q):
+    def boom(_q, _w):
         raise AgentError("INVALID_ARGUMENT", "bad")
 
     with pytest.raises(AgentError):
         queue.submit("x", boom)
-    assert queue.submit("y", lambda _q: "ok") == "ok"
+    assert queue.submit("y", lambda _q, _w: "ok") == "ok"
 
 
 def test_a_caller_that_goes_away_leaves_the_queue():
     queue = BenchQueue(capacity=3, results_kept=10)
     release = threading.Event()
-    t = threading.Thread(target=queue.submit, args=("long", lambda _q: release.wait(5)))
+    t = threading.Thread(target=queue.submit, args=("long", lambda _q, _w: release.wait(5)))
     t.start()
     while queue.depth < 1:
         time.sleep(0.005)
@@ -96,7 +96,7 @@ def test_a_caller_that_goes_away_leaves_the_queue():
 
     def waiter():
         try:
-            queue.submit("gone", lambda _q: "never", is_active=lambda: active[0])
+            queue.submit("gone", lambda _q, _w: "never", is_active=lambda: active[0])
         except AgentError as exc:
             errors.append(exc.code)
 
@@ -108,13 +108,59 @@ def test_a_caller_that_goes_away_leaves_the_queue():
     assert errors == ["CANCELLED"]
     release.set()
     t.join()
-    assert queue.submit("next", lambda _q: "ran") == "ran"  # the skipped ticket did not block the queue
+    assert queue.submit("next", lambda _q, _w: "ran") == "ran"  # the skipped ticket did not block the queue
 
 
 def test_finished_results_are_kept_up_to_the_limit():
     queue = BenchQueue(capacity=2, results_kept=2)
     for name in ("a", "b", "c"):
-        queue.submit(name, lambda _q, n=name: n.upper())
+        queue.submit(name, lambda _q, _w, n=name: n.upper())
     assert queue.finished("a") is None  # oldest forgotten
     assert queue.finished("b") == "B" and queue.finished("c") == "C"
     assert queue.finished("") is None
+
+
+def test_finished_results_are_kept_within_a_byte_budget():
+    queue = BenchQueue(capacity=2, results_kept=100, results_kept_bytes=100, size_of=len)
+    for name in ("a", "b", "c"):
+        queue.submit(name, lambda _q, _w, n=name: n * 40)
+    assert queue.finished("a") is None  # 3 x 40 bytes > 100: the oldest went
+    assert queue.finished("b") == "b" * 40 and queue.finished("c") == "c" * 40
+    queue.submit("huge", lambda _q, _w: "x" * 500)
+    assert queue.finished("huge") is None and queue.finished("c") is not None  # never kept, nothing evicted
+
+
+def test_a_running_job_learns_when_nobody_waits_any_more():
+    queue = BenchQueue(capacity=2, results_kept=10)
+    first, retry = [True], [True]
+    seen = []
+
+    def job(_q, wanted):
+        deadline = time.monotonic() + 5
+        while wanted() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(wanted())
+        return "stopped"
+
+    t = threading.Thread(target=queue.submit, args=("j", job), kwargs={"is_active": lambda: first[0]})
+    t.start()
+    while queue.depth < 1:
+        time.sleep(0.005)
+    joined = []
+
+    def join():
+        try:
+            joined.append(queue.submit("j", job, is_active=lambda: retry[0]))
+        except AgentError as exc:
+            joined.append(exc.code)
+
+    j = threading.Thread(target=join)
+    j.start()
+    time.sleep(0.05)
+    first[0] = False  # the first caller's connection dropped: the retry that joined keeps the job wanted
+    time.sleep(0.1)
+    assert t.is_alive() and not seen
+    retry[0] = False
+    t.join(5)
+    j.join(5)
+    assert seen == [False] and joined in (["stopped"], ["CANCELLED"]) and queue.depth == 0

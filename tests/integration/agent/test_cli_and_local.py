@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -126,3 +130,138 @@ def test_workers_are_pinned_to_the_configured_cpus(tmp_path, tiny_tflite):
         assert all(os.sched_getaffinity(t.id) == {0} for t in worker.threads())
     finally:
         stop_server(server, grace=0.2)
+
+
+def _user_folder(root):
+    """What ``--store ~`` would find: 2-character folders, a tmp/, a nested folder, plain files."""
+    files = {"ab/notes.txt": b"my notes", "tmp/draft.txt": b"draft", "cd/deep/thesis.tex": b"thesis",
+             "photo.jpg": b"jpeg"}
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return files
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["info"], ["bench", "MODEL"]])
+def test_a_folder_that_is_not_a_store_is_refused_and_left_untouched(venv_bin, tmp_path, tiny_tflite, command):
+    home = tmp_path / "home"
+    files = _user_folder(home)
+    args = [str(tiny_tflite) if a == "MODEL" else a for a in command]
+    proc = subprocess.run([venv_bin / "sculpt-agent", *args, "--store", str(home)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "is not empty and is not a sculpt-agent artifact store" in proc.stderr and str(home) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert {rel: (home / rel).read_bytes() for rel in files} == files
+    assert sorted(p.name for p in home.iterdir()) == ["ab", "cd", "photo.jpg", "tmp"]  # no marker written
+
+
+@pytest.mark.parametrize("which", ["--config", "--token-file"])
+def test_a_file_that_is_not_utf8_is_named_in_a_clear_error(venv_bin, tmp_path, which):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("port = 50051 # caf\xe9\n".encode("latin-1"))
+    proc = subprocess.run([venv_bin / "sculpt-agent", "serve", "--port", "0", "--store", str(tmp_path / "s"),
+                           which, str(bad)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert str(bad) in proc.stderr and "not UTF-8" in proc.stderr
+
+
+_HOST = r"""
+import json, sys, time
+import psutil
+from host.devices.client import AgentClient
+from host.devices.local import LocalAgent
+from host.devices.results import BenchPolicy, BenchSpec
+import threading
+
+agent = LocalAgent().start()
+client = agent.client()
+sha = client.upload(sys.argv[1]).sha256
+long = BenchSpec(policy=BenchPolicy(warmup_runs=0, min_runs=1, min_seconds=60, max_seconds=0, max_runs=10**7),
+                 timeout_s=120)
+threading.Thread(target=lambda: client.benchmark(sha, long), daemon=True).start()
+deadline = time.monotonic() + 60
+while client.get_info().queue_depth < 1 and time.monotonic() < deadline:
+    time.sleep(0.05)
+workers = [c.pid for c in psutil.Process(agent.pid).children(recursive=True)]
+print(json.dumps({"agent": agent.pid, "workers": workers, "tmp": str(agent.temp_dir)}), flush=True)
+time.sleep(300)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.litert
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_host_leaves_no_agent_worker_or_temp_folder(tmp_path, tiny_tflite, sig):
+    """A host process (what `sculpt-host search` is) killed mid-benchmark takes its local agent along."""
+    host = subprocess.Popen([sys.executable, "-c", _HOST, str(tiny_tflite)], stdout=subprocess.PIPE, text=True)
+    facts = {}
+    try:
+        facts = json.loads(host.stdout.readline() or "{}")
+        assert facts.get("workers"), "the benchmark runs in a worker of the agent"
+        pids = [facts["agent"], *facts["workers"]]
+        tmp = Path(facts["tmp"])
+        assert tmp.is_dir()
+        host.send_signal(sig)
+        host.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not (all(_gone(p) for p in pids) and not tmp.exists()):
+            time.sleep(0.1)
+        assert [p for p in pids if not _gone(p)] == [], "the agent or its worker outlived the host"
+        assert not tmp.exists(), "the agent's temporary store was left behind"
+    finally:  # never leave our own processes running, even when the test fails
+        if host.poll() is None:
+            host.kill()
+            host.wait(timeout=10)
+        for pid in [facts.get("agent"), *facts.get("workers", [])]:
+            if pid and not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.litert
+def test_workers_of_a_killed_agent_stop_even_mid_benchmark(tiny_tflite):
+    with LocalAgent() as agent, agent.client() as client:
+        sha = client.upload(tiny_tflite).sha256
+        long = BenchSpec(policy=BenchPolicy(warmup_runs=0, min_runs=1, min_seconds=60, max_seconds=0,
+                                            max_runs=10**7), timeout_s=120)
+        import threading
+
+        threading.Thread(target=lambda: _swallow(client.benchmark, sha, long), daemon=True).start()
+        deadline = time.monotonic() + 30
+        while not psutil.Process(agent.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        (worker,) = psutil.Process(agent.pid).children()
+        os.kill(agent.pid, signal.SIGKILL)
+        gone, alive = psutil.wait_procs([worker], timeout=10)
+        if alive:
+            worker.kill()
+        assert not alive, "the worker went on benchmarking for a daemon that was gone"
+
+
+def _swallow(fn, *args):
+    with contextlib.suppress(Exception):  # the daemon is killed under it on purpose
+        fn(*args)
+
+
+def test_local_agent_store_and_log_leave_nothing_on_disk(tmp_path):
+    with LocalAgent() as agent:
+        tmp = agent.temp_dir
+        assert tmp is not None and (tmp / "sculpt-agent-store.json").is_file()
+        deadline = time.monotonic() + 10  # the log comes through a pipe, not a file in the temp folder
+        while "agent serving on 127.0.0.1" not in agent.log_tail() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "agent serving on 127.0.0.1" in agent.log_tail()
+        assert sorted(p.name for p in tmp.iterdir()) == ["sculpt-agent-store.json", "tmp"]
+    assert not tmp.exists()
+    kept = tmp_path / "kept-store"
+    with LocalAgent(store_dir=kept) as agent:
+        assert agent.temp_dir is None
+    assert (kept / "sculpt-agent-store.json").is_file()  # a given store stays

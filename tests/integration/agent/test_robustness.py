@@ -195,3 +195,78 @@ def test_bit_flipped_programs_are_refused_by_executorch(agent_server, tiny_pte):
         assert set(codes) <= BAD_INPUT_CODES | {"OK"}
         assert codes.count("INVALID_ARGUMENT") >= 3
         assert client.ensure_and_benchmark(good, BenchSpec(policy=ONE_RUN)).stats.count == 1
+
+
+MIB = 2**20
+FLOOD_JOBS = 40
+FLOOD_RSS_BOUND = 48 * MIB  # 40 x 4 MiB job ids kept by the daemon would be 160 MiB at the very least
+
+
+def _hostile_requests(sha: str) -> dict[str, list]:
+    """Label -> requests for Benchmark/HasArtifact/UploadArtifact that a hostile or broken client may send."""
+    policy = ONE_RUN.to_proto()
+    spec = pb.Tensor(shape=[1, 40, 40, 3], dtype=pb.DTYPE_FLOAT32)
+    return {
+        "long-runtime": [pb.BenchmarkRequest(artifact_sha256=sha, policy=policy, runtime="r" * 4 * MIB)],
+        "long-hash": [pb.BenchmarkRequest(artifact_sha256="a" * 10 * MIB, policy=policy),
+                      pb.HasArtifactRequest(sha256="a" * 10 * MIB)],
+        "newline-hash": [pb.BenchmarkRequest(artifact_sha256=sha + "\n", policy=policy),
+                         pb.HasArtifactRequest(sha256=sha + "\n")],
+        "overflow-shape": [pb.BenchmarkRequest(artifact_sha256=sha, policy=policy,
+                                               inputs=[pb.Tensor(shape=[2**62, 4], dtype=pb.DTYPE_FLOAT32)]),
+                           pb.BenchmarkRequest(artifact_sha256=sha, policy=policy,
+                                               inputs=[pb.Tensor(shape=[2**31, 2**31, 4], dtype=pb.DTYPE_INT8)]),
+                           pb.BenchmarkRequest(artifact_sha256=sha, policy=policy, inputs=[spec] * 65)],
+        "short-data": [pb.BenchmarkRequest(artifact_sha256=sha, policy=policy, inputs=[
+            pb.Tensor(shape=[1, 40, 40, 3], dtype=pb.DTYPE_FLOAT32, data=b"\0" * 12)])],
+        "long-upload-name": [[pb.ArtifactChunk(header=pb.ArtifactHeader(sha256=sha, size_bytes=100,
+                                                                         name="n" * 4 * MIB))]],
+    }
+
+
+@pytest.mark.litert
+def test_hostile_strings_shapes_and_hashes_are_refused_and_the_daemon_stays_small(tiny_tflite):
+    """Long strings, a wrapping shape and a hash with a newline: INVALID_ARGUMENT with a short message, short
+    log lines, and 40 benchmarks with 4 MiB job ids do not grow the daemon (a real ``sculpt-agent serve``)."""
+    import psutil
+
+    from host.devices.local import LocalAgent
+
+    with LocalAgent() as agent:
+        daemon = psutil.Process(agent.pid)
+        channel = grpc.insecure_channel(agent.target, options=[("grpc.max_send_message_length", 64 * MIB)])
+        stub = agent_pb2_grpc.AgentStub(channel)
+        client = AgentClient.from_channel(channel, timeout=30)
+        sha = client.upload(tiny_tflite).sha256
+        client.benchmark(sha, BenchSpec(policy=ONE_RUN))  # the worker runs; what follows must not reach it
+        calls = {pb.BenchmarkRequest: stub.Benchmark, pb.HasArtifactRequest: stub.HasArtifact}
+        details: dict[str, list[tuple[str, str]]] = {}
+        for label, requests in _hostile_requests(sha).items():
+            for request in requests:
+                try:
+                    if isinstance(request, list):
+                        stub.UploadArtifact(iter(request), timeout=30)
+                    else:
+                        calls[type(request)](request, timeout=30)
+                    details.setdefault(label, []).append(("OK", ""))
+                except grpc.RpcError as exc:
+                    details.setdefault(label, []).append((exc.code().name, exc.details() or ""))
+        for label, got in details.items():
+            assert {code for code, _ in got} == {"INVALID_ARGUMENT"}, (label, got)
+            assert all(len(text) < 500 for _, text in got), (label, [len(t) for _, t in got])
+
+        def flood(n: int, tag: str) -> list[str]:
+            return [_code(lambda i=i: stub.Benchmark(pb.BenchmarkRequest(
+                artifact_sha256=sha, policy=ONE_RUN.to_proto(), job_id=f"{tag}{i}-" + "j" * 4 * MIB), timeout=30))
+                for i in range(n)]
+
+        flood(5, "warm")  # gRPC's buffers and the allocator reach their steady size first
+        before = daemon.memory_info().rss
+        codes = flood(FLOOD_JOBS, "flood")
+        grown = daemon.memory_info().rss - before
+        assert set(codes) == {"INVALID_ARGUMENT"}
+        assert grown < FLOOD_RSS_BOUND, f"the daemon grew by {grown / MIB:.0f} MiB"
+        assert client.benchmark(sha, BenchSpec(policy=ONE_RUN)).stats.count == 1  # still serving
+        client.close()
+        lines = agent.log_tail().splitlines()
+    assert lines and max(len(line) for line in lines) < 4096  # the echoes in the log are cut too

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import threading
 import time
 
+import grpc
 import pytest
 
 from device_agent.config import AgentConfig, EnergyConfig
 from device_agent.server import create_server, stop_server
 from host.devices.client import AgentClient
 from host.devices.results import BenchPolicy, BenchSpec
+from host.errors import BenchmarkError
+from protos.agent.v1 import agent_pb2 as pb
+from protos.agent.v1 import agent_pb2_grpc
+from tests.fixtures.agent import agent_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.litert]
 
@@ -95,3 +102,78 @@ def test_raspberry_pi_firmware_throttling_is_flagged(tmp_path, tiny_tflite):
         stop_server(server, grace=0.2)
     assert not calm.throttled
     assert hot.throttled and "ARM frequency capped" in hot.throttle_reason
+
+
+def _gated_request(sha: str, cooldown: float, timeout: float) -> pb.BenchmarkRequest:
+    return pb.BenchmarkRequest(artifact_sha256=sha, timeout_seconds=timeout, policy=pb.BenchPolicy(
+        warmup_runs=0, min_runs=1, max_runs=1, max_temperature_c=70, cooldown_timeout_seconds=cooldown))
+
+
+def _wait_depth(client: AgentClient, depth: int, bound: float) -> bool:
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        if client.get_info().queue_depth == depth:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_cooldown_longer_than_the_agent_allows_is_refused(board, tiny_tflite):
+    temp, _, target = board
+    temp.write_text("90000\n")
+    with AgentClient(target) as client:
+        sha = client.upload(tiny_tflite).sha256
+        stub = agent_pb2_grpc.AgentStub(client._channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Benchmark(_gated_request(sha, cooldown=1e6, timeout=30), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_cooldown_s" in err.value.details() and "cooldown_timeout_seconds" in err.value.details()
+
+
+def test_the_cooldown_counts_against_the_job_deadline(board, tiny_tflite):
+    temp, _, target = board
+    temp.write_text("90000\n")  # stays hot
+    with AgentClient(target) as client:
+        with pytest.raises(BenchmarkError) as err:
+            client.ensure_and_benchmark(tiny_tflite, BenchSpec(timeout_s=1.0, policy=_policy(
+                max_temperature_c=70, cooldown_timeout_seconds=8)))
+        assert client.get_info().queue_depth == 0  # and the board is free for the next job
+    assert err.value.code == "DEADLINE_EXCEEDED" and "cool-down counts against it" in err.value.message
+
+
+def test_a_caller_that_leaves_during_the_cooldown_frees_the_board(board, tiny_tflite):
+    temp, _, target = board
+    temp.write_text("90000\n")
+    with AgentClient(target) as client:
+        sha = client.upload(tiny_tflite).sha256
+        stub = agent_pb2_grpc.AgentStub(client._channel)
+        call = stub.Benchmark.future(_gated_request(sha, cooldown=60, timeout=120), timeout=150)
+        assert _wait_depth(client, 1, 5)
+        call.cancel()
+        # Before the fix the wait went on for the whole 60 s, blocking every later job.
+        assert _wait_depth(client, 0, 3), "the cool-down wait outlived its caller"
+        temp.write_text("50000\n")
+        assert client.benchmark(sha, BenchSpec(policy=_policy())).stats.count >= 5
+
+
+def test_sigterm_ends_a_daemon_that_waits_for_the_board_to_cool(tmp_path, tiny_tflite):
+    root = tmp_path / "sys-root"
+    zone = root / "sys/class/thermal/thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text("90000\n")
+    config = tmp_path / "agent.toml"
+    config.write_text(f'sysfs_root = "{root}"\n[energy]\nmeter = "none"\n')
+    with agent_process("--store", str(tmp_path / "store"), "--config", str(config)) as (proc, target), \
+            AgentClient(target) as client:
+        sha = client.upload(tiny_tflite).sha256
+        stub = agent_pb2_grpc.AgentStub(client._channel)
+        call = stub.Benchmark.future(_gated_request(sha, cooldown=60, timeout=120), timeout=150)
+        assert _wait_depth(client, 1, 5)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pytest.fail("SIGTERM did not end the agent while it waited for the board to cool")
+        assert code == 0
+        assert call.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)

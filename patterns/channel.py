@@ -32,7 +32,7 @@ class ChannelFamily(Family):
         return isinstance(module, nn.Conv2d) and module.out_channels > 1
 
     def choices(self, module: nn.Module, *, role: str = "", group: CoupledGroup | None = None) -> list[str]:
-        if not self.applies_to(module, role=role) or (group is not None and group.has_layernorm):
+        if not self.applies_to(module, role=role) or (group is not None and (group.has_layernorm or group.barrier)):
             return []
         return list(PATTERNS)
 
@@ -48,6 +48,9 @@ class ChannelFamily(Family):
             raise PlanError(f"layer '{layer}': its channels pass through a LayerNorm "
                             f"({', '.join(m.name for m in group.members if m.module_type == 'LayerNorm')})",
                             hint="channel pruning there is not exact; use 'vit' head/hidden patterns instead")
+        if group.barrier:
+            raise PlanError(f"layer '{layer}': channel pruning is not exact here: {group.barrier}",
+                            hint="keep this layer's channels; kernel patterns still apply")
         ratio = PATTERNS[assignment.pattern] if assignment.ratio is None else assignment.ratio
         n = conv.out_channels
         k = count_for_ratio(n, ratio)
@@ -64,7 +67,18 @@ class ChannelFamily(Family):
                             hint="use a ratio below 1 (at least one channel must stay)")
         if k == 0:
             return Decision({})
-        drop = sorted(stable_order(_group_norms(ctx, tp_group, n))[:k])
+        norms = _group_norms(ctx, tp_group, n)
+        classes = ctx.channel_classes(layer)
+        if len(classes) == n:
+            drop = sorted(stable_order(norms)[:k])
+        else:
+            drop = _drop_classes(classes, norms, k)
+            if len(drop) >= n:
+                raise PlanError(f"layer '{layer}': removing {ratio:.0%} of its {n} channels deletes all of them "
+                                f"(they come in {len(classes)} inseparable sets)",
+                                hint="use a smaller ratio")
+            if not drop:
+                return Decision({})
         return Decision(ctx.group_masks(layer, drop), removals=((layer, tuple(drop)),))
 
 
@@ -89,3 +103,15 @@ def _group_norms(ctx: Context, tp_group, n: int) -> torch.Tensor:
             else:
                 total += data[index].pow(2).reshape(n, -1).sum(1)
     return total.sqrt()
+
+
+def _drop_classes(classes: list[list[int]], norms: torch.Tensor, k: int) -> list[int]:
+    """Whole channel sets, weakest first (L2 norm over the set), until about ``k`` channels go; at least
+    one set always stays."""
+    energy = torch.tensor([float(norms[c].pow(2).sum()) for c in [torch.tensor(cls) for cls in classes]])
+    drop: list[int] = []
+    for i in stable_order(energy)[:len(classes) - 1]:
+        if len(drop) + len(classes[i]) / 2 > k:
+            break
+        drop.extend(classes[i])
+    return sorted(drop)

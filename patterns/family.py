@@ -18,7 +18,7 @@ from torch import nn
 
 from host.errors import PlanError
 from patterns.plan import LayerAssignment
-from patterns.structure import CoupledGroup, build_dependency_graph, describe_group, group_of
+from patterns.structure import CoupledGroup, build_dependency_graph, group_of, try_group_of
 
 # A rewrite runs on the model copy after channel removals. ``state`` maps layer name -> kept ORIGINAL
 # output / input indices so decisions made on the original model can be mapped onto the shrunken one.
@@ -60,6 +60,7 @@ class Context:
         self.names = {module: name for name, module in model.named_modules()}
         self._dg = None
         self._groups: dict[str, tuple[object, CoupledGroup]] = {}
+        self._classes: dict[str, list[list[int]]] = {}
 
     def module(self, name: str) -> nn.Module:
         try:
@@ -82,10 +83,46 @@ class Context:
         """torch-pruning group (all channels) and its description for ``layer``'s outputs."""
         if layer not in self._groups:
             module = self.module(layer)
-            tp_group = group_of(self.dg, module, self.names)
             channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-            self._groups[layer] = (tp_group, describe_group(tp_group, self.names, layer, channels))
+            self._groups[layer] = try_group_of(self.dg, module, self.names, layer, channels)
         return self._groups[layer]
+
+    def channel_classes(self, layer: str) -> list[list[int]]:
+        """``layer``'s output channels split into the smallest sets that can be removed on their own.
+
+        Usually every channel is its own set. Where a tensor is concatenated with a function of itself
+        (a ghost module: ``cat([y, depthwise(y)])`` added to a residual stream), removing channel c of the
+        stream also removes c's partner in the other half, and torch-pruning's group for [c] says so: the
+        sets are read off those groups, so a ratio never cascades into removing the whole group.
+        """
+        if layer not in self._classes:
+            module = self.module(layer)
+            n = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+            closure = self._closure(module, [0]) if n > 1 else {0}
+            if closure == {0}:
+                classes = [[c] for c in range(n)]
+            else:
+                seen: set[int] = set()
+                classes = []
+                for c in range(n):
+                    if c not in seen:
+                        members = sorted(self._closure(module, [c]) | {c})
+                        seen.update(members)
+                        classes.append(members)
+            self._classes[layer] = classes
+        return self._classes[layer]
+
+    def _closure(self, module: nn.Module, idxs: list[int]) -> set[int]:
+        """Output channels of ``module`` that torch-pruning removes along with ``idxs``."""
+        import torch_pruning as tp
+
+        out: set[int] = set()
+        for dep, dep_idxs in group_of(self.dg, module, self.names, idxs):
+            if dep.target.module is module and dep.handler in (tp.prune_conv_out_channels,
+                                                               tp.prune_linear_out_channels,
+                                                               tp.prune_depthwise_conv_out_channels):
+                out.update(int(i) for i in dep_idxs)
+        return out
 
     def group_masks(self, layer: str, idxs: list[int]) -> dict[str, torch.Tensor]:
         """Keep-masks that zero output channels ``idxs`` of ``layer`` across its whole coupled group."""

@@ -469,7 +469,8 @@ class _KernelRewrite:
             return
         group = state.groups.get(self.layer)
         key = tuple(sorted(group.producers)) if group else ()
-        if group is None or key in state.reordered:
+        # A barrier group's members do not see the channels in one order (a shuffle sits between them).
+        if group is None or group.barrier or key in state.reordered:
             return
         branches, dropped = self._branches(state)
         order = [p for _, positions in branches for p in positions] + dropped

@@ -1,17 +1,30 @@
 """Model structure the families need: which layers are prunable and which channels are coupled.
 
 Coupling comes from torch-pruning's ``DependencyGraph`` (residual adds, concats, depthwise convs, flatten
-into a linear, attention reshapes); we never track dependencies by hand.
+into a linear, attention reshapes); we never track dependencies by hand. Where torch-pruning's index
+mapping is wrong or fails, the group becomes a *barrier*: its channels get no channel choices and its
+reason is shown by ``sculpt-host inspect``. Barriers are found from what the trace recorded, never from
+module names:
+
+- a reshape/view in the group that splits or merges the channel axis (a channel shuffle
+  ``view(n, g, c // g, h, w)``, a split into attention heads): torch-pruning maps channel indices through
+  it unchanged, which is wrong there; a flatten of ``(N, C, H, W)`` into a linear is mapped correctly
+  and stays allowed;
+- ops that move data across channels (pixel shuffle, channel shuffle);
+- a construct whose index mapping torch-pruning itself fails on (ShuffleNetV2 at small inputs raises
+  ZeroDivisionError in its reshape mapping): that node is kept as a plain pass-through and marked.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from host.errors import ModelError
 
@@ -21,6 +34,8 @@ log = logging.getLogger(__name__)
 # channels; anything else (adds, reshapes, concats) makes a group "shared".
 _CHANNEL_LOCAL_OPS = ("Relu", "Hardtanh", "Gelu", "Silu", "Hardswish", "Sigmoid", "Clone", "Dropout",
                       "Mean", "AvgPool", "MaxPool", "AdaptiveAvgPool", "Tanh", "LeakyRelu", "Elu")
+# Ops that move values across channels: a channel removed before them is not one channel after them.
+_CHANNEL_MIXING_OPS = ("PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Roll")
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,7 @@ class CoupledGroup:
     members: tuple[GroupMember, ...]
     private: bool
     has_layernorm: bool
+    barrier: str = ""  # why channel pruning is not exact for this group ("" when it is)
 
     @property
     def producers(self) -> tuple[str, ...]:
@@ -66,23 +82,128 @@ def prunable_layers(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if name and is_prunable(module)]
 
 
+class _ReshapeShapes(TorchFunctionMode):
+    """Records (input shape, output shape) of every view/reshape/flatten by the grad_fn it creates, which
+    is how torch-pruning's nodes are keyed; used to tell which reshapes keep the channel axis whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: dict[object, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        grad_fn = getattr(out, "grad_fn", None) if isinstance(out, torch.Tensor) else None
+        if grad_fn is not None and args and isinstance(args[0], torch.Tensor):
+            name = grad_fn.name().lower()
+            if "view" in name or "reshape" in name:
+                self.shapes.setdefault(grad_fn, (tuple(args[0].shape), tuple(out.shape)))
+        return out
+
+
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor):
-    """torch-pruning's DependencyGraph of ``model`` (traced once with ``example_input``)."""
+    """torch-pruning's DependencyGraph of ``model`` (traced once with ``example_input``).
+
+    The graph carries two extras: ``sculpt_reshapes`` (grad_fn -> input/output shape of each reshape) and
+    ``sculpt_failed`` (node -> why torch-pruning could not map channel indices through it).
+    """
     import torch_pruning as tp
 
     was_training = model.training
     model.eval()
+    recorder = _ReshapeShapes()
+
+    def forward(module, inputs):
+        with recorder:
+            return module(inputs)
+
+    dg = tp.DependencyGraph()
     try:
         with warnings.catch_warnings():
             # Free parameters (class token, position embedding) are reported but never pruned by us.
             warnings.simplefilter("ignore", UserWarning)
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+            try:
+                dg.build_dependency(model, example_inputs=example_input, forward_fn=forward)
+                dg.sculpt_failed = {}
+            except Exception as exc:
+                if not _raised_in_index_mapping(exc):
+                    raise
+                dg.sculpt_failed = _isolate_failed_mappings(dg)
     except Exception as exc:  # tracing failures come in many types from torch internals
         raise ModelError(f"cannot trace the model to find coupled channels: {type(exc).__name__}: {exc}",
                          hint="the model must run on the example input and be traceable by torch autograd; "
                               "check the input shape") from exc
     finally:
         model.train(was_training)
+    dg.sculpt_reshapes = recorder.shapes
+    return dg
+
+
+def _raised_in_index_mapping(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith("index_mapping.py"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _isolate_failed_mappings(dg) -> dict[object, str]:
+    """Run torch-pruning's index-mapping update node by node; a node it fails on becomes a plain
+    pass-through (so later ``get_pruning_group`` calls, which redo the update, do not fail again) and is
+    reported, so every group through it is a barrier."""
+    from torch_pruning import ops
+    from torch_pruning.dependency import index_mapping as im
+
+    updates = {ops.OPTYPE.CONCAT: im.update_concat_index_mapping, ops.OPTYPE.SPLIT: im.update_split_index_mapping,
+               ops.OPTYPE.RESHAPE: im.update_reshape_index_mapping, ops.OPTYPE.UNBIND: im.update_unbind_index_mapping,
+               ops.OPTYPE.EXPAND: im.update_expand_index_mapping, ops.OPTYPE.SLICE: im.update_slice_index_mapping}
+    failed: dict[object, str] = {}
+    for node in list(dg.module2node.values()):
+        update = updates.get(node.type)
+        if update is None:
+            continue
+        try:
+            update(dg, node)
+        except Exception as exc:  # the library's own bug on this construct (e.g. ZeroDivisionError)
+            op = node.grad_fn.name() if hasattr(node.grad_fn, "name") else str(node.type)
+            failed[node] = f"torch-pruning cannot map channels through {op} ({type(exc).__name__}: {exc})"
+            log.info("coupling barrier: %s", failed[node])
+            node.type = ops.OPTYPE.ELEMENTWISE
+    im.update_index_mapping(dg)  # must pass now; a failure here is a real error
+    return failed
+
+
+def _reshape_barrier(dg, node) -> str:
+    """Why channel indices do not pass ``node`` (a torch-pruning RESHAPE node) unchanged, or ""."""
+    from torch_pruning.dependency import shape_infer
+
+    shapes = getattr(dg, "sculpt_reshapes", {}).get(node.grad_fn)
+    op = node.grad_fn.name() if node.grad_fn is not None else "reshape"
+    if shapes is None:
+        return f"channels pass through {op}, whose shapes were not recorded"
+    before, after = shapes
+    channels = None
+    for source in node.inputs:
+        channels = shape_infer.infer_out_channels_recursively(dg, source, [0])
+        if channels:
+            break
+    if before == after or (len(before) == 4 and math.prod(before[2:]) == 1 and after == before[:2]):
+        return ""
+    if not channels:
+        return f"channels pass through {op} {list(before)} -> {list(after)}, whose channel axis is unknown"
+    # The channel axis of a conv-layout tensor is dim 1; of a token/linear layout, the last dim.
+    axes = [1] if len(before) >= 4 else [len(before) - 1, 1]
+    for axis in axes:
+        if axis >= len(before) or before[axis] != channels:
+            continue
+        lead = math.prod(before[:axis])
+        for j, extent in enumerate(after):
+            if extent == channels and math.prod(after[:j]) == lead:
+                return ""  # the axis survives whole: other dims were merged or split around it
+        if len(after) == axis + 1 and math.prod(after[:axis]) == lead:
+            return ""  # flatten of the channel axis with what follows it (into a linear): mapped by stride
+    return (f"channels pass through {op} {list(before)} -> {list(after)}, which splits or merges the "
+            f"channel axis ({channels} channels; e.g. a channel shuffle or a split into heads)")
 
 
 def _op_name(dep) -> str:
@@ -101,16 +222,37 @@ def group_of(dg, module: nn.Module, names: dict[nn.Module, str], idxs: list[int]
     return dg.get_pruning_group(module, handler, idxs=list(range(n)) if idxs is None else list(idxs))
 
 
-def describe_group(group, names: dict[nn.Module, str], root: str, channels: int) -> CoupledGroup:
-    """Turn a torch-pruning group into our plain :class:`CoupledGroup`."""
+def try_group_of(dg, module: nn.Module, names: dict[nn.Module, str], root: str, channels: int):
+    """(torch-pruning group, :class:`CoupledGroup`) of ``module``'s outputs; where torch-pruning cannot
+    follow the channels (its index mapping fails on a construct), (None, a barrier group of the layer
+    alone) so the model still gets a graph and every other choice."""
+    try:
+        tp_group = group_of(dg, module, names)
+    except Exception as exc:  # the library's own failure on this construct
+        reason = f"torch-pruning cannot follow this layer's channels ({type(exc).__name__}: {exc})"
+        log.info("coupling barrier at %s: %s", root, reason)
+        member = GroupMember(root, "out", type(module).__name__)
+        return None, CoupledGroup(root, channels, (member,), False, False, reason)
+    return tp_group, describe_group(tp_group, names, root, channels, dg)
+
+
+def describe_group(group, names: dict[nn.Module, str], root: str, channels: int, dg=None) -> CoupledGroup:
+    """Turn a torch-pruning group into our plain :class:`CoupledGroup` (``dg``: the graph it came from,
+    needed to find barriers)."""
+    from torch_pruning import ops
+
     members: list[GroupMember] = []
     private = True
     has_layernorm = False
     producers = 0
+    barrier = ""
+    failed = getattr(dg, "sculpt_failed", {}) if dg is not None else {}
     for dep, _ in group:
         module = dep.target.module
         handler = getattr(dep.handler, "__name__", str(dep.handler))
         kind = "in" if "in_channels" in handler else "out"
+        if not barrier and dep.target in failed:
+            barrier = failed[dep.target]
         if isinstance(module, nn.Module) and module in names:
             mtype = type(module).__name__
             members.append(GroupMember(names[module], kind, mtype))
@@ -126,9 +268,13 @@ def describe_group(group, names: dict[nn.Module, str], root: str, channels: int)
             op = _op_name(dep)
             if not any(tag in op for tag in _CHANNEL_LOCAL_OPS):
                 private = False
-    if producers != 1:
+            if not barrier and dg is not None and dep.target.type == ops.OPTYPE.RESHAPE:
+                barrier = _reshape_barrier(dg, dep.target)
+            if not barrier and any(tag in op for tag in _CHANNEL_MIXING_OPS):
+                barrier = f"channels pass through {op}, which moves values across channels"
+    if producers != 1 or barrier:
         private = False
-    return CoupledGroup(root, channels, tuple(members), private, has_layernorm)
+    return CoupledGroup(root, channels, tuple(members), private, has_layernorm, barrier)
 
 
 def coupled_groups(model: nn.Module, example_input: torch.Tensor, dg=None) -> list[CoupledGroup]:
@@ -142,7 +288,7 @@ def coupled_groups(model: nn.Module, example_input: torch.Tensor, dg=None) -> li
             continue
         module = model.get_submodule(name)
         channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-        group = describe_group(group_of(dg, module, names), names, name, channels)
+        _, group = try_group_of(dg, module, names, name, channels)
         for member in group.members:
             if member.kind == "out":
                 seen.add((member.name, "out"))

@@ -56,8 +56,8 @@ def vocab_index(family: str, pattern: str) -> int:
 def choices_for(module: nn.Module, *, role: str = "", group: CoupledGroup | None = None) -> list[tuple[str, str]]:
     """The discrete actions for one layer: ``keep`` first, then every (family, pattern) that applies.
 
-    ``role`` ("attention" for an attention's q projection, "mlp" for an MLP's fc1; see
-    :func:`patterns.vit.role_of`) unlocks the transformer patterns; ``group`` (the layer's coupled group)
+    ``role`` ("attention" for the layer computing an attention's queries, "mlp" for an MLP's fc1; see
+    :func:`patterns.vit.layer_roles`) unlocks the transformer patterns; ``group`` (the layer's coupled group)
     removes choices that would not be exact there. :func:`layer_choices` fills both in for a whole model.
     """
     out = [KEEP]
@@ -69,12 +69,13 @@ def choices_for(module: nn.Module, *, role: str = "", group: CoupledGroup | None
 def layer_choices(model: nn.Module, example_input) -> dict[str, list[tuple[str, str]]]:
     """:func:`choices_for` of every prunable layer of ``model``, with roles and coupling filled in."""
     from patterns.structure import coupled_groups, prunable_layers
-    from patterns.vit import role_of
+    from patterns.vit import layer_roles
 
     by_layer: dict[str, CoupledGroup] = {}
     for group in coupled_groups(model, example_input):
         for member in group.members:
             if member.kind == "out":
                 by_layer.setdefault(member.name, group)
-    return {name: choices_for(model.get_submodule(name), role=role_of(model, name), group=by_layer.get(name))
+    roles = layer_roles(model, example_input)
+    return {name: choices_for(model.get_submodule(name), role=roles.get(name, ""), group=by_layer.get(name))
             for name in prunable_layers(model)}

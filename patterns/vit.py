@@ -1,50 +1,82 @@
 """Head and hidden-unit patterns for transformer blocks, removed physically.
 
-``headsR`` on an attention's ``q`` projection removes the share R of heads with the smallest L2 norm over
-their q/k/v rows and output-projection columns. ``hiddenR`` on an MLP's ``fc1`` removes that share of
-hidden units (fc1 rows, fc2 columns). The attention module is duck-typed: ``q``, ``k``, ``v``, ``proj``
-linears and integer ``heads`` / ``head_dim`` attributes used by its forward (as in host.models.vit).
-A masked head computes zero queries/keys/values, so its output is exactly zero, as after removal.
+``headsR`` removes the share R of an attention's heads with the smallest L2 energy over their q/k/v rows
+and output-projection columns. It goes on the layer producing the attention's queries (a separate q, or a
+fused qkv) or, for an ``nn.MultiheadAttention``, on its out_proj. Heads are found from the traced graph for
+any spelling (:mod:`patterns.heads`): the attention op, the reshape into heads and the projection that
+consumes the merged heads, never from module or attribute names. A masked head computes zero values, so
+its output is exactly zero, as after removal. ``hiddenR`` on an MLP's ``fc1`` removes that share of hidden
+units (fc1 rows, fc2 columns); the MLP is duck-typed (``fc1``/``fc2`` linears, as in host.models.vit).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 from torch import nn
 
 from host.errors import PlanError
 from patterns.family import Context, Decision, Family, RealizeState, count_for_ratio, stable_order, weight_key
+from patterns.heads import (
+    HeadLayout,
+    head_energy,
+    head_layouts,
+    head_masks,
+    localize,
+    set_module,
+    shrink_attention,
+)
 from patterns.plan import LayerAssignment
 
 HEADS = {"heads25": 0.25, "heads50": 0.5}
 HIDDEN = {"hidden25": 0.25, "hidden50": 0.5, "hidden75": 0.75}
 
 
-def is_attention(module: nn.Module) -> bool:
-    return all(isinstance(getattr(module, n, None), nn.Linear) for n in ("q", "k", "v", "proj")) and \
-        isinstance(getattr(module, "heads", None), int) and isinstance(getattr(module, "head_dim", None), int)
-
-
 def is_mlp(module: nn.Module) -> bool:
     return all(isinstance(getattr(module, n, None), nn.Linear) for n in ("fc1", "fc2"))
 
 
-def role_of(model: nn.Module, layer: str) -> str:
-    """"attention" for the q projection of an attention module, "mlp" for an MLP's fc1, else ""."""
+def _mlp_role(model: nn.Module, layer: str) -> str:
     parent_name, _, child = layer.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
-    if child == "q" and is_attention(parent):
-        return "attention"
-    if child == "fc1" and is_mlp(parent):
-        return "mlp"
-    return ""
+    return "mlp" if child == "fc1" and is_mlp(parent) else ""
+
+
+def layer_roles(model: nn.Module, example_input: torch.Tensor | None = None, *, traced=None) -> dict[str, str]:
+    """Every layer with a transformer role: "attention" for the layer a head pattern goes on (an attention
+    whose heads can be removed exactly), "mlp" for an MLP's fc1. ``traced`` reuses a
+    :class:`host.graph.trace.TracedModel` of ``model``; without ``example_input`` each attention is probed
+    with a (2, 5, width) token batch."""
+    from patterns.structure import prunable_layers
+
+    roles = {anchor: "attention" for anchor in head_layouts(model, example_input, traced=traced)}
+    for name in prunable_layers(model):
+        if name not in roles and _mlp_role(model, name):
+            roles[name] = "mlp"
+    return roles
+
+
+def role_of(model: nn.Module, layer: str, example_input: torch.Tensor | None = None) -> str:
+    """"attention", "mlp" or "" for one layer (see :func:`layer_roles`, which does all layers at once)."""
+    return layer_roles(model, example_input).get(layer, "")
+
+
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _context_layouts(ctx: Context) -> tuple[dict[str, HeadLayout], dict[str, str]]:
+    if ctx not in _LAYOUTS:
+        reasons: dict[str, str] = {}
+        _LAYOUTS[ctx] = (head_layouts(ctx.model, ctx.example_input, reasons=reasons), reasons)
+    return _LAYOUTS[ctx]
 
 
 class VitFamily(Family):
     """Whole attention heads and MLP hidden units."""
 
     name = "vit"
-    description = "remove whole attention heads (on the q projection) or MLP hidden units (on fc1)"
+    description = "remove whole attention heads (on the q or fused qkv projection) or MLP hidden units (on fc1)"
 
     def patterns(self) -> tuple[str, ...]:
         return (*HEADS, *HIDDEN)
@@ -62,38 +94,34 @@ class VitFamily(Family):
     def decide(self, ctx: Context, layer: str, assignment: LayerAssignment) -> Decision:
         self.check_pattern(layer, assignment)
         ctx.module(layer)
-        role = role_of(ctx.model, layer)
         parent_name = layer.rpartition(".")[0]
         parent = ctx.model.get_submodule(parent_name) if parent_name else ctx.model
         if assignment.pattern in HEADS:
-            if role != "attention":
-                raise PlanError(f"layer '{layer}' is not the q projection of an attention module",
-                                hint="put head patterns on '<block>.attn.q'")
+            layouts, reasons = _context_layouts(ctx)
+            if layer not in layouts:
+                raise PlanError(f"layer '{layer}' does not produce the queries of an attention whose heads can "
+                                f"be removed{_why(layer, layouts, reasons)}",
+                                hint="put head patterns on the layer that computes an attention's queries (q or "
+                                     "a fused qkv; the out_proj of an nn.MultiheadAttention); `sculpt-host "
+                                     "inspect` lists the layers that take them")
             ratio = HEADS[assignment.pattern] if assignment.ratio is None else assignment.ratio
-            return self._heads(parent_name, parent, ratio, layer)
-        if role != "mlp":
+            return self._heads(ctx, layouts[layer], ratio, layer)
+        if _mlp_role(ctx.model, layer) != "mlp":
             raise PlanError(f"layer '{layer}' is not the fc1 of an MLP", hint="put hidden patterns on '<block>.mlp.fc1'")
         ratio = HIDDEN[assignment.pattern] if assignment.ratio is None else assignment.ratio
         return self._hidden(parent_name, parent, ratio, layer)
 
-    def _heads(self, prefix: str, attn: nn.Module, ratio: float, layer: str) -> Decision:
-        heads, hd = attn.heads, attn.head_dim
+    def _heads(self, ctx: Context, layout: HeadLayout, ratio: float, layer: str) -> Decision:
+        heads = layout.heads
         k = count_for_ratio(heads, ratio)
         if k >= heads:
             raise PlanError(f"layer '{layer}': removing {ratio:.0%} of {heads} heads removes all of them",
                             hint="use a smaller share; at least one head must stay")
-        energy = torch.zeros(heads, dtype=torch.float64)
-        for proj in (attn.q, attn.k, attn.v):
-            rows = proj.weight.detach().double().pow(2).sum(1)
-            if proj.bias is not None:
-                rows = rows + proj.bias.detach().double().pow(2)
-            energy += rows.reshape(heads, hd).sum(1)
-        energy += attn.proj.weight.detach().double().pow(2).sum(0).reshape(heads, hd).sum(1)
-        drop = sorted(stable_order(energy)[:k])
-        units = [h * hd + i for h in drop for i in range(hd)]
-        masks = _unit_masks(prefix, [("q", "out"), ("k", "out"), ("v", "out"), ("proj", "in")], attn, units)
+        if k == 0:
+            return Decision({})
+        drop = sorted(stable_order(head_energy(ctx.model, layout))[:k])
         keep_heads = [h for h in range(heads) if h not in drop]
-        return Decision(masks, rewrites=((10, _HeadRewrite(prefix, keep_heads).apply),))
+        return Decision(head_masks(ctx.model, layout, drop), rewrites=((10, _HeadRewrite(layout, keep_heads).apply),))
 
     def _hidden(self, prefix: str, mlp: nn.Module, ratio: float, layer: str) -> Decision:
         hidden = mlp.fc1.out_features
@@ -143,20 +171,41 @@ def _shrink(linear: nn.Linear, index: torch.Tensor, kind: str) -> nn.Linear:
     return new
 
 
+def _why(layer: str, layouts: dict[str, HeadLayout], reasons: dict[str, str]) -> str:
+    for owner, reason in reasons.items():
+        if not owner or layer.startswith(f"{owner}."):
+            return f" (the attention in '{owner or 'the model'}' offers none: {reason})"
+    if layouts:
+        return f"; those layers are: {', '.join(sorted(layouts)[:4])}"
+    return "; no attention with removable heads was found in the traced graph"
+
+
 class _HeadRewrite:
-    def __init__(self, prefix: str, keep_heads: list[int]) -> None:
-        self.prefix = prefix
+    """Shrinks the attention's projections and makes its forward follow (see patterns.heads)."""
+
+    def __init__(self, layout: HeadLayout, keep_heads: list[int]) -> None:
+        self.layout = layout
         self.keep_heads = keep_heads
 
     def apply(self, model: nn.Module, state: RealizeState) -> None:
-        attn = model.get_submodule(self.prefix) if self.prefix else model
-        hd = attn.head_dim
-        index = torch.tensor([h * hd + i for h in self.keep_heads for i in range(hd)], dtype=torch.long)
-        for child in ("q", "k", "v"):
-            setattr(attn, child, _shrink(getattr(attn, child), index, "out"))
-        attn.proj = _shrink(attn.proj, index, "in")
-        state.kept_in[f"{self.prefix}.proj" if self.prefix else "proj"] = index.tolist()
-        attn.heads = len(self.keep_heads)
+        owner_name = self.layout.owner
+        owner = model.get_submodule(owner_name) if owner_name else model
+        local = localize(self.layout)
+
+        def rel(names: dict[str, list[int]]) -> dict[str, list[int]]:
+            prefix = f"{owner_name}." if owner_name else ""
+            return {name[len(prefix):]: kept for name, kept in names.items() if name.startswith(prefix)}
+
+        kept_out, kept_in = rel(state.kept_out), rel(state.kept_in)
+        replacement = shrink_attention(owner, local, self.keep_heads, kept_out, kept_in)
+        for local_map, full_map in ((kept_out, state.kept_out), (kept_in, state.kept_in)):
+            for name, kept in local_map.items():
+                full_map[f"{owner_name}.{name}" if owner_name else name] = kept
+        if replacement is not owner:
+            set_module(model, owner_name, replacement)
+            if self.layout.route == "graph":
+                state.notes.append(f"{owner_name}: forward rewritten for {len(self.keep_heads)} heads "
+                                   "(its graph sizes the merged heads from its input)")
 
 
 class _HiddenRewrite:

@@ -175,7 +175,7 @@ def build_model_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGra
 def _build(work: nn.Module, example_input: torch.Tensor, names: list[str]) -> ModelGraph:
     from patterns.registry import PATTERN_VOCAB, choices_for
     from patterns.structure import build_dependency_graph, coupled_groups
-    from patterns.vit import role_of
+    from patterns.vit import layer_roles
 
     dependency: dict[str, object] = {}
 
@@ -196,7 +196,8 @@ def _build(work: nn.Module, example_input: torch.Tensor, names: list[str]) -> Mo
         for name in producers:
             group_by_layer.setdefault(name, group)
             group_info.setdefault(name, (len(producers), group.private, name == group.root))
-    choices = {name: tuple(choices_for(work.get_submodule(name), role=role_of(work, name),
+    roles = layer_roles(work, example_input, traced=traced)
+    choices = {name: tuple(choices_for(work.get_submodule(name), role=roles.get(name, ""),
                                        group=group_by_layer.get(name))) for name in names}
     structural = structural_features(layers, edges, group_info)
     return ModelGraph(layers=tuple(layers), edges=tuple(edges), groups=groups, choices=choices,

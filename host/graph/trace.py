@@ -49,6 +49,29 @@ class TracedModel:
     shapes: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]  # layer -> (input, output) shape per call
     edges: dict[tuple[str, str], str] = field(default_factory=dict)  # (src, dst) -> edge type
     roles: dict[str, set[str]] = field(default_factory=dict)  # layer -> {"q", "k", "v", "out"}
+    attention: list[AttentionSite] = field(default_factory=list)  # every attention op found in the graph
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """One attention computation found in the traced graph.
+
+    ``kind`` is "ops" for an attention written out of layers and ops (SDPA, or a matmul whose first operand
+    comes from a q k^T matmul) and "module" for an ``nn.MultiheadAttention`` call, whose projections live
+    in the module's own parameters. ``owner`` is the innermost module whose forward runs all of it (the
+    op and every projection: "" when only the model's own forward does); ``op`` names the graph node.
+    ``weights_used`` tells, for a module call, whether anything reads its attention-weights output (None:
+    unknown, e.g. when the module was traced through by torch.export).
+    """
+
+    kind: str
+    op: str
+    owner: str
+    q: tuple[str, ...] = ()
+    k: tuple[str, ...] = ()
+    v: tuple[str, ...] = ()
+    out: tuple[str, ...] = ()
+    weights_used: bool | None = None
 
 
 def trace_model(model: nn.Module, example_input: torch.Tensor, layer_names: list[str],
@@ -73,6 +96,27 @@ def trace_model(model: nn.Module, example_input: torch.Tensor, layer_names: list
                      "(if x.sum() > 0: ...) or move it into torch.cond; see "
                      "https://pytorch.org/docs/stable/fx.html#limitations-of-symbolic-tracing",
             ) from exc
+    _Dataflow(traced).run()
+    return traced
+
+
+def trace_structure(model: nn.Module, example_input: torch.Tensor | None, layer_names: list[str]) -> TracedModel:
+    """Dataflow and attention sites only (no shapes, no forward pass under torch.fx).
+
+    Without ``example_input`` only torch.fx can trace, so a model that needs the torch.export fallback
+    raises ModelError.
+    """
+    try:
+        traced = _fx_trace(model, layer_names, {})
+    except Exception as fx_exc:  # see trace_model
+        if example_input is None:
+            raise ModelError(f"torch.fx cannot trace the model ({type(fx_exc).__name__}: {fx_exc})"[:400],
+                             hint="pass an example input so torch.export can trace it instead") from fx_exc
+        try:
+            traced = _export_trace(model, example_input, layer_names, {})
+        except Exception as exc:  # export errors come from deep inside torch
+            raise ModelError(f"cannot trace the model: {type(exc).__name__}: {exc}".replace("\n", " ")[:400],
+                             hint="the forward must be traceable by torch.fx or torch.export") from exc
     _Dataflow(traced).run()
     return traced
 
@@ -257,35 +301,80 @@ class _Dataflow:
     def _attention_roles(self) -> None:
         roles = self.traced.roles
         attention_ops = [n for n in self.nodes if self.is_attention_op(n) and n.op != "placeholder"]
-        value_matmuls: set[fx.Node] = set()
+        found: dict[fx.Node, dict[str, set[str]]] = {}  # value-mixing op -> role -> layers
+        scores_of: dict[fx.Node, set[fx.Node]] = {}
         for op in attention_ops:
             args = self._data_args(op)
             if op.target in _SDPA_OPS:
-                for role, arg in zip(("q", "k", "v"), op.args[:3], strict=False):
-                    if isinstance(arg, fx.Node):
-                        for layer in self._upstream(arg)[0]:
-                            roles.setdefault(layer, set()).add(role)
-                value_matmuls.add(op)
+                found[op] = {role: self._upstream(arg)[0] if isinstance(arg, fx.Node) else set()
+                             for role, arg in zip(("q", "k", "v"), op.args[:3], strict=False)}
                 continue
             if op.target in _CAT_OPS or len(args) < 2:
                 continue
             first_ops = self._upstream(op.args[0])[1] if isinstance(op.args[0], fx.Node) else set()
             if first_ops:
                 # softmax(q k^T) @ v: this op mixes values, the upstream op computed the scores
-                value_matmuls.add(op)
                 second = op.args[1] if isinstance(op.args[1], fx.Node) else None
-                for layer in self._upstream(second)[0] if second is not None else ():
-                    roles.setdefault(layer, set()).add("v")
+                site = found[op] = {"q": set(), "k": set(),
+                                    "v": self._upstream(second)[0] if second is not None else set()}
+                scores_of[op] = first_ops
                 for score in first_ops:
-                    q_arg, k_arg = score.args[0], score.args[1]
-                    for role, arg in (("q", q_arg), ("k", k_arg)):
+                    for role, arg in (("q", score.args[0]), ("k", score.args[1])):
                         if isinstance(arg, fx.Node):
-                            for layer in self._upstream(arg)[0]:
-                                roles.setdefault(layer, set()).add(role)
-        if not value_matmuls:
-            return
-        for name, nodes in self.traced.layer_nodes.items():
-            for node in nodes:
-                _, ops = self._upstream(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else (set(), set())
-                if ops & value_matmuls:
-                    roles.setdefault(name, set()).add("out")
+                            site[role] |= self._upstream(arg)[0]
+        for site in found.values():
+            for role, layers in site.items():
+                for layer in layers:
+                    roles.setdefault(layer, set()).add(role)
+        outs: dict[fx.Node, set[str]] = {op: set() for op in found}
+        if found:
+            for name, nodes in self.traced.layer_nodes.items():
+                for node in nodes:
+                    _, ops = self._upstream(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else (set(), set())
+                    for op in ops & set(found):
+                        roles.setdefault(name, set()).add("out")
+                        outs[op].add(name)
+        for op, site in found.items():
+            layer_nodes = [n for role in site.values() for layer in role | outs[op]
+                           for n in self.traced.layer_nodes.get(layer, ())]
+            involved = [op, *scores_of.get(op, ()), *layer_nodes]
+            self.traced.attention.append(AttentionSite(
+                "ops", op.name, _owner(involved), tuple(sorted(site["q"])), tuple(sorted(site["k"])),
+                tuple(sorted(site["v"])), tuple(sorted(outs[op]))))
+        self._attention_modules()
+
+    def _attention_modules(self) -> None:
+        """``nn.MultiheadAttention`` calls: a leaf module under torch.fx, its ops under torch.export."""
+        root = self.traced.graph_module
+        seen: set[str] = set()
+        for node in self.nodes:
+            if node.op == "call_module":
+                module = root.get_submodule(str(node.target))
+                if isinstance(module, nn.MultiheadAttention) and str(node.target) not in seen:
+                    seen.add(str(node.target))
+                    used = any(not (user.op == "call_function" and user.target is operator.getitem)
+                               or (user.args[1] != 0 and user.users) for user in node.users)
+                    self.traced.attention.append(AttentionSite("module", node.name, str(node.target),
+                                                               weights_used=used))
+            elif self.traced.tracer == "export":
+                for path, kind in (node.meta.get("nn_module_stack") or {}).values():
+                    if str(kind).endswith("torch.nn.modules.activation.MultiheadAttention") and path not in seen:
+                        seen.add(path)
+                        self.traced.attention.append(AttentionSite("module", node.name, path, weights_used=None))
+
+
+def _module_path(node: fx.Node) -> list[str]:
+    """Qualified names of the modules whose forward ran ``node``, outermost first (the model itself left out)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return [str(entry[0]) for entry in stack.values() if entry and entry[0]]
+
+
+def _owner(nodes: list[fx.Node]) -> str:
+    """The innermost module whose forward runs every node of ``nodes`` ("" for the model itself)."""
+    paths = [_module_path(node) for node in nodes]
+    common: list[str] = []
+    for level in zip(*paths, strict=False):
+        if any(entry != level[0] for entry in level):
+            break
+        common.append(level[0])
+    return common[-1] if common else ""

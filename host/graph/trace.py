@@ -128,6 +128,10 @@ def _fx_trace(model: nn.Module, layer_names: list[str], shapes: dict) -> TracedM
     for node in graph_module.graph.nodes:
         if node.op == "call_module" and node.target in wanted:
             layer_nodes[str(node.target)].append(node)
+        elif node.op == "call_module" and f"{node.target}.out_proj" in wanted and \
+                isinstance(graph_module.get_submodule(str(node.target)), nn.MultiheadAttention):
+            # its out_proj runs inside the leaf module's forward: the call stands for that layer's dataflow
+            layer_nodes[f"{node.target}.out_proj"].append(node)
     inputs = {n for n in graph_module.graph.nodes if n.op == "placeholder"}
     return TracedModel(graph_module, dict(layer_nodes), inputs, "fx", shapes)
 
@@ -170,11 +174,19 @@ def _layer_shapes(model: nn.Module, example_input: torch.Tensor, names: list[str
             if not passes:
                 return
             first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+                output = output[0]  # nn.MultiheadAttention: (output, weights)
             passes[-1][name].append((tuple(first.shape) if first is not None else (),
                                      tuple(output.shape) if isinstance(output, torch.Tensor) else ()))
         return record
 
-    handles = [model.get_submodule(name).register_forward_hook(hook(name)) for name in names]
+    def runs(name: str) -> nn.Module:
+        """The module whose call runs layer ``name``: an nn.MultiheadAttention runs its out_proj inside."""
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        return owner if child == "out_proj" and isinstance(owner, nn.MultiheadAttention) else model.get_submodule(name)
+
+    handles = [runs(name).register_forward_hook(hook(name)) for name in names]
     handles.append(model.register_forward_pre_hook(start_pass))
     handles.append(model.register_forward_hook(end_pass))
     try:
@@ -355,12 +367,15 @@ class _Dataflow:
                     used = any(not (user.op == "call_function" and user.target is operator.getitem)
                                or (user.args[1] != 0 and user.users) for user in node.users)
                     self.traced.attention.append(AttentionSite("module", node.name, str(node.target),
-                                                               weights_used=used))
+                                                               out=(f"{node.target}.out_proj",), weights_used=used))
+                    self.traced.roles.setdefault(f"{node.target}.out_proj", set()).add("out")
             elif self.traced.tracer == "export":
                 for path, kind in (node.meta.get("nn_module_stack") or {}).values():
                     if str(kind).endswith("torch.nn.modules.activation.MultiheadAttention") and path not in seen:
                         seen.add(path)
-                        self.traced.attention.append(AttentionSite("module", node.name, path, weights_used=None))
+                        self.traced.attention.append(AttentionSite("module", node.name, path,
+                                                                   out=(f"{path}.out_proj",), weights_used=None))
+                        self.traced.roles.setdefault(f"{path}.out_proj", set()).add("out")
 
 
 def _module_path(node: fx.Node) -> list[str]:

@@ -1,0 +1,202 @@
+"""Attention heads of every spelling become prunable: found from the traced graph, masked exactly, realized
+into smaller modules whose forward still runs (head counts updated or the graph rewritten)."""
+
+import copy
+import importlib.util
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from host.errors import PlanError
+from patterns import LayerAssignment, Plan, apply_masks, layer_choices, realize
+from patterns.heads import PrunedMultiheadAttention, head_layouts
+
+HEADS = ("vit", "heads50")
+
+
+@pytest.fixture(scope="module")
+def timm():
+    if importlib.util.find_spec("timm") is None or importlib.util.find_spec("torchvision") is None:
+        pytest.skip("needs the models extra (timm, torchvision)")
+    from host.models.external import import_library
+
+    return import_library("timm")
+
+
+def _realize(model, x, assignments):
+    """Masked and realized model of the plan; checks they compute the same on x and on another batch size."""
+    plan = Plan.from_mapping({layer: LayerAssignment("vit", pattern) for layer, pattern in assignments.items()})
+    masked = copy.deepcopy(model)
+    apply_masks(masked, plan, x)
+    realized = realize(model, plan, x)
+    other = torch.randn(3, *x.shape[1:])  # the rewritten forwards must not bake in the batch size
+    with torch.no_grad():
+        for inputs in (x, other):
+            torch.testing.assert_close(realized(inputs), masked(inputs), atol=1e-5, rtol=0)
+        assert (masked(x) - model(x)).abs().max() > 1e-4  # heads really went
+    return realized
+
+
+def _head_layers(model, x):
+    return sorted(layer for layer, options in layer_choices(model, x).items() if HEADS in options)
+
+
+def test_timm_vit_fused_qkv_sdpa_and_matmul_softmax(timm):
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                              num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert _head_layers(model, x) == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
+    layout = head_layouts(model, x)["blocks.0.attn.qkv"]
+    assert layout.heads == 3 and layout.head_dims == (64, 64) and layout.out[0] == "blocks.0.attn.proj"
+    # the fused layout is [q heads | k heads | v heads], read from the traced reshape (B, N, 3, H, D)
+    assert layout.q[1][1][0] == 64 and layout.k[1][0][0] == 192 and layout.v[1][2][-1] == 575
+    realized = _realize(model, x, {"blocks.0.attn.qkv": "heads50", "blocks.1.attn.qkv": "heads25"})
+    first, second = realized.blocks[0].attn, realized.blocks[1].attn
+    assert type(first) is type(model.blocks[0].attn)  # head-count attributes updated in place
+    assert (first.num_heads, first.attn_dim, first.qkv.out_features, first.proj.in_features) == (1, 64, 192, 64)
+    assert (second.num_heads, second.qkv.out_features) == (2, 384)
+    for block in model.blocks:  # timm's explicit path: q @ k^T, an fx-wrapped mask helper, softmax, @ v
+        block.attn.fused_attn = False
+    assert _head_layers(model, x) == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
+    _realize(model, x, {"blocks.1.attn.qkv": "heads50"})
+
+
+def test_timm_deit_distilled(timm):
+    torch.manual_seed(1)
+    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                              depth=2, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert _head_layers(model, x) == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
+    realized = _realize(model, x, {"blocks.0.attn.qkv": "heads25"})
+    assert realized.blocks[0].attn.num_heads == 2
+
+
+@pytest.mark.slow
+def test_timm_mobilevit_through_the_export_fallback(timm):
+    torch.manual_seed(2)
+    model = timm.create_model("mobilevit_xxs", pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)  # torch.fx cannot trace it (control flow on sizes): torch.export does
+    layers = _head_layers(model, x)
+    assert len(layers) == 9 and all(layer.endswith("attn.qkv") for layer in layers)
+    realized = _realize(model, x, {layers[0]: "heads50", layers[-1]: "heads25"})
+    assert realized.get_submodule(layers[0].rpartition(".")[0]).num_heads == 2
+
+
+class _Block(nn.Module):
+    """Separate q/k/v under other names, the head size computed from the input width, softmax written out;
+    ``bias``: a learned per-head bias on the scores; ``norm_merged``: a LayerNorm over the merged heads."""
+
+    def __init__(self, dim: int = 32, n_head: int = 4, tokens: int = 7, bias: bool = False,
+                 norm_merged: bool = False) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.ln = nn.LayerNorm(dim)
+        self.to_query, self.to_key, self.to_value = nn.Linear(dim, dim), nn.Linear(dim, dim, bias=False), \
+            nn.Linear(dim, dim)
+        self.merge = nn.Linear(dim, dim)
+        self.score_bias = nn.Parameter(torch.randn(n_head, tokens, tokens)) if bias else None
+        self.merged_norm = nn.LayerNorm(dim) if norm_merged else nn.Identity()
+
+    def forward(self, x):
+        batch, tokens, width = x.shape
+        h = self.ln(x)
+        q = self.to_query(h).view(batch, tokens, self.n_head, width // self.n_head).transpose(1, 2)
+        k = self.to_key(h).view(batch, tokens, self.n_head, width // self.n_head).transpose(1, 2)
+        v = self.to_value(h).view(batch, tokens, self.n_head, width // self.n_head).transpose(1, 2)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(width // self.n_head)
+        if self.score_bias is not None:
+            scores = scores + self.score_bias
+        out = scores.softmax(dim=-1) @ v
+        return x + self.merge(self.merged_norm(out.transpose(1, 2).reshape(batch, tokens, width)))
+
+
+class _Net(nn.Module):
+    def __init__(self, **block) -> None:
+        super().__init__()
+        self.embed = nn.Linear(12, 32)
+        self.blocks = nn.Sequential(_Block(**block), _Block(**block))
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.embed(x)).mean(1))
+
+
+def test_hand_written_block_gets_its_graph_rewritten():
+    torch.manual_seed(3)
+    model, x = _Net().eval(), torch.randn(2, 7, 12)
+    assert _head_layers(model, x) == ["blocks.0.to_query", "blocks.1.to_query"]
+    layout = head_layouts(model, x)["blocks.0.to_query"]
+    assert (layout.heads, layout.k[0], layout.v[0], layout.out[0]) == (4, "blocks.0.to_key", "blocks.0.to_value",
+                                                                      "blocks.0.merge")
+    # the merge reads the width from the input (reshape(B, N, C)): updating n_head alone cannot work
+    assert layout.route == "graph"
+    realized = _realize(model, x, {"blocks.0.to_query": "heads50", "blocks.1.to_query": "heads25"})
+    assert realized.blocks[0].to_query.out_features == 16 and realized.blocks[1].merge.in_features == 24
+    assert any("forward rewritten for 2 heads" in note for note in realized.sculpt_notes)
+
+
+def test_no_head_choice_where_removal_is_not_exact():
+    x = torch.randn(2, 7, 12)
+    for kwargs, reason in (({"bias": True}, "differs per head"), ({"norm_merged": True}, "do not feed exactly")):
+        model = _Net(**kwargs).eval()
+        reasons: dict[str, str] = {}
+        assert head_layouts(model, x, reasons=reasons) == {}
+        assert reason in reasons["blocks.0"]
+        assert _head_layers(model, x) == []
+        plan = Plan.from_mapping({"blocks.0.to_query": LayerAssignment(*HEADS)})
+        with pytest.raises(PlanError, match=reason) as info:
+            realize(model, plan, x)
+        assert "queries" in info.value.hint
+
+
+class _MhaNet(nn.Module):
+    def __init__(self, read_weights: bool = False) -> None:
+        super().__init__()
+        self.read_weights = read_weights
+        self.stem = nn.Conv2d(3, 32, 4, stride=4)
+        self.norm = nn.LayerNorm(32)
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x):
+        tokens = self.stem(x).flatten(2).transpose(1, 2)
+        h = self.norm(tokens)
+        out, weights = self.attn(h, h, h)
+        tokens = tokens + out
+        if self.read_weights:
+            tokens = tokens + weights.mean()
+        return self.head(tokens.mean(1))
+
+
+def test_multihead_attention_is_replaced_by_a_smaller_equivalent():
+    torch.manual_seed(4)
+    model, x = _MhaNet().eval(), torch.randn(2, 3, 16, 16)
+    assert _head_layers(model, x) == ["attn.out_proj"]
+    realized = _realize(model, x, {"attn.out_proj": "heads50"})
+    attn = realized.attn
+    assert isinstance(attn, PrunedMultiheadAttention)
+    assert (attn.num_heads, attn.in_proj_weight.shape, attn.out_proj.in_features) == (2, (48, 32), 16)
+    reasons: dict[str, str] = {}
+    assert head_layouts(_MhaNet(read_weights=True).eval(), x, reasons=reasons) == {}
+    assert "weights are used" in reasons["attn"]
+
+
+def test_plan_on_a_layer_that_is_not_a_query_projection():
+    model, x = _Net().eval(), torch.randn(2, 7, 12)
+    with pytest.raises(PlanError, match="does not produce the queries") as info:
+        realize(model, Plan.from_mapping({"blocks.0.to_key": LayerAssignment(*HEADS)}), x)
+    assert "blocks.0.to_query" in str(info.value)
+
+
+def test_zoo_vit_with_head_dim_equal_to_head_count():
+    zoo = pytest.importorskip("host.models.zoo")
+    torch.manual_seed(5)
+    model = zoo.create_model("vit_tiny", width=0.25, image_size=8).eval()  # dim 16, 4 heads of 4
+    x = torch.randn(2, 3, 8, 8)
+    layout = head_layouts(model, x)["blocks.0.attn.q"]
+    assert layout.route == "attributes" and layout.attributes == (("heads", "heads"),)
+    realized = _realize(model, x, {"blocks.0.attn.q": "heads50"})
+    assert (realized.blocks[0].attn.heads, realized.blocks[0].attn.head_dim) == (2, 4)

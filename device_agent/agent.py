@@ -317,7 +317,7 @@ class Agent:
             if not live():
                 raise AgentError("CANCELLED", "the caller went away while the agent waited for the board to cool")
             # Event.wait, not sleep: close() wakes it at once.
-            self.stopping.wait(min(0.5, until - now, deadline - now))
+            self.stopping.wait(min(0.2, until - now, deadline - now))
 
 
 def _load_average() -> float:

@@ -229,15 +229,16 @@ def test_a_killed_host_leaves_no_agent_worker_or_temp_folder(tmp_path, tiny_tfli
 def test_workers_of_a_killed_agent_stop_even_mid_benchmark(tiny_tflite):
     with LocalAgent() as agent, agent.client() as client:
         sha = client.upload(tiny_tflite).sha256
+        client.benchmark(sha, BenchSpec(policy=BenchPolicy(min_runs=1, min_seconds=0)))  # the worker is up
         long = BenchSpec(policy=BenchPolicy(warmup_runs=0, min_runs=1, min_seconds=60, max_seconds=0,
                                             max_runs=10**7), timeout_s=120)
         import threading
 
         threading.Thread(target=lambda: _swallow(client.benchmark, sha, long), daemon=True).start()
         deadline = time.monotonic() + 30
-        while not psutil.Process(agent.pid).children() and time.monotonic() < deadline:
+        while client.get_info().queue_depth < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.5)
+        time.sleep(0.5)  # into the timed loop
         (worker,) = psutil.Process(agent.pid).children()
         os.kill(agent.pid, signal.SIGKILL)
         gone, alive = psutil.wait_procs([worker], timeout=10)

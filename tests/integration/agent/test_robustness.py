@@ -87,11 +87,16 @@ def test_200_malformed_artifacts_then_a_valid_benchmark(small_agent, tiny_tflite
     for size in (len(good) + 1, len(good) - 1, 0, 9 * 2**20, 2**40):  # wrong or oversize declared size
         record("declared-size", lambda s=size: _raw_upload(stub, good, size=s))
     record("oversize", lambda: _raw_upload(stub, good + rng.bytes(5 * 2**20)))
-    for bad_sha in ("", "xyz", "A" * 64, "0" * 63):
+    for bad_sha in ("", "xyz", "A" * 64, "0" * 63, "0" * 64 + "\n", "0" * 2**20):
         record("bad-sha", lambda s=bad_sha: stub.HasArtifact(pb.HasArtifactRequest(sha256=s), timeout=10))
     record("no-header", lambda: stub.UploadArtifact(iter([pb.ArtifactChunk(data=b"abc")]), timeout=10))
     record("two-headers", lambda: stub.UploadArtifact(iter([pb.ArtifactChunk(header=pb.ArtifactHeader()),
                                                             pb.ArtifactChunk(header=pb.ArtifactHeader())]), timeout=10))
+    sha_good = _raw_upload(stub, good).sha256
+    for kw in ({"job_id": "j" * 2**20}, {"runtime": "r" * 2**20},
+               {"inputs": [pb.Tensor(shape=[2**62, 4], dtype=pb.DTYPE_FLOAT32)]}):
+        record("hostile-request", lambda k=kw: stub.Benchmark(pb.BenchmarkRequest(
+            artifact_sha256=sha_good, policy=ONE_RUN.to_proto(), **k), timeout=30))
     small = conv_net(size=8, channels=(3, 4))[0]  # mostly structure, few weights: flips hit the flatbuffer
     for _ in range(60):  # bit flips past the header: these reach the runtime, which may fail or crash
         flipped = bytearray(small)
@@ -101,6 +106,7 @@ def test_200_malformed_artifacts_then_a_valid_benchmark(small_agent, tiny_tflite
                                                                         BenchSpec(policy=ONE_RUN)))
     total = sum(len(v) for v in codes.values())
     assert total >= 200
+    assert set(codes["hostile-request"]) == {"INVALID_ARGUMENT"}
     for label in ("random", "hash-mismatch", "declared-size", "bad-sha", "no-header", "two-headers"):
         assert set(codes[label]) <= {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}, (label, codes[label])
     assert codes["oversize"] == ["RESOURCE_EXHAUSTED"]
@@ -270,3 +276,33 @@ def test_hostile_strings_shapes_and_hashes_are_refused_and_the_daemon_stays_smal
         client.close()
         lines = agent.log_tail().splitlines()
     assert lines and max(len(line) for line in lines) < 4096  # the echoes in the log are cut too
+
+
+def test_stalled_uploads_count_against_the_store_cap(tmp_path, tiny_tflite):
+    """Uploads that send a header and stop hold their temporary files: they count, so they cannot fill the disk."""
+    config = AgentConfig(port=0, store_dir=tmp_path / "store", max_artifact_bytes=8 * MIB,
+                         store_capacity_bytes=16 * MIB)
+    release = threading.Event()
+    server, port = create_server(config)
+    server.start()
+    try:
+        stub = agent_pb2_grpc.AgentStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+
+        def stalled():
+            yield pb.ArtifactChunk(header=pb.ArtifactHeader(sha256="ab" * 32, size_bytes=8 * MIB))
+            yield pb.ArtifactChunk(data=b"\x10\x00\x00\x00TFL3" + b"\0" * 100)
+            release.wait(20)
+
+        calls = [stub.UploadArtifact.future(stalled(), timeout=30) for _ in range(2)]
+        tmp = tmp_path / "store" / "tmp"
+        deadline = time.monotonic() + 10
+        while len(list(tmp.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _code(lambda: _raw_upload(stub, tiny_tflite.read_bytes())) == "RESOURCE_EXHAUSTED"
+        release.set()
+        assert [c.exception().code().name for c in calls] == ["INVALID_ARGUMENT"] * 2  # ended short
+        assert not any(tmp.iterdir())
+        assert _raw_upload(stub, tiny_tflite.read_bytes()).size_bytes == tiny_tflite.stat().st_size
+    finally:
+        release.set()
+        stop_server(server, grace=0.5)

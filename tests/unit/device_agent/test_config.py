@@ -78,3 +78,27 @@ def test_worker_cpus_must_exist(tmp_path):
     AgentConfig(store_dir=tmp_path, worker_cpus=(0,)).validate()
     with pytest.raises(AgentConfigError, match="lacks"):
         AgentConfig(store_dir=tmp_path, worker_cpus=(0, 4096)).validate()
+
+
+def test_files_that_are_not_utf8_are_named_in_the_error(tmp_path):
+    from device_agent.config import read_token_file
+
+    bad = tmp_path / "agent.toml"
+    bad.write_bytes(b"port = 1 # \xff\xfe\n")
+    with pytest.raises(AgentConfigError, match="not UTF-8") as err:
+        load_config(bad)
+    assert str(bad) in str(err.value) and "0xff" in str(err.value)
+    with pytest.raises(AgentConfigError, match="token file .* is not UTF-8"):
+        read_token_file(bad)
+
+
+def test_limits_are_read_from_toml_and_checked(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_text("max_timeout_s = 60\nmax_cooldown_s = 5\nmax_request_mib = 8\nresults_kept_mib = 1\n"
+                    "default_timeout_s = 30\n")
+    config = load_config(path)
+    assert (config.max_timeout_s, config.max_cooldown_s) == (60, 5)
+    assert (config.max_request_bytes, config.results_kept_bytes) == (8 * 2**20, 2**20)
+    config.validate()
+    with pytest.raises(AgentConfigError, match="max_timeout_s"):
+        load_config(path, default_timeout_s=120.0).validate()

@@ -3,7 +3,7 @@
 import configparser
 
 from device_agent.cli import build_parser
-from device_agent.config import load_config
+from device_agent.config import AgentConfig, load_config
 
 
 def test_example_config_loads_with_safe_defaults(repo_root):
@@ -11,6 +11,11 @@ def test_example_config_loads_with_safe_defaults(repo_root):
     assert config.host == "127.0.0.1" and config.is_loopback and config.tls is None and config.token is None
     assert config.energy.meter == "auto"
     config.validate()
+    # The limits it documents are the code's defaults.
+    defaults = AgentConfig(store_dir=config.store_dir)
+    for key in ("max_timeout_s", "max_cooldown_s", "max_request_bytes", "results_kept_bytes", "results_kept",
+                "default_timeout_s", "queue_capacity", "max_artifact_bytes", "store_capacity_bytes"):
+        assert getattr(config, key) == getattr(defaults, key), key
 
 
 def test_systemd_unit_runs_serve_with_the_config(repo_root):

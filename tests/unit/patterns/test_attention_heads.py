@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from host.errors import PlanError
@@ -150,6 +151,69 @@ def test_no_head_choice_where_removal_is_not_exact():
         with pytest.raises(PlanError, match=reason) as info:
             realize(model, plan, x)
         assert "queries" in info.value.hint
+
+
+class _SplitQkv(nn.Module):
+    """nanoGPT's spelling: one qkv linear split by width, views with the width from ``x.size()``, causal SDPA."""
+
+    def __init__(self, n_embd: int = 32, n_head: int = 4) -> None:
+        super().__init__()
+        self.c_attn, self.c_proj = nn.Linear(n_embd, 3 * n_embd), nn.Linear(n_embd, n_embd)
+        self.n_head, self.n_embd = n_head, n_embd
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class _Interleaved(nn.Module):
+    """A fused qkv laid out per head ([h0: q k v | h1: q k v ...]), split by unflatten and chunk."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.h, self.qkv, self.o = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).unflatten(-1, (self.h, -1)).transpose(1, 2).chunk(3, dim=-1)
+        return self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+
+
+class _NormedQk(nn.Module):
+    """Per-head LayerNorms on q and k, a tensor temperature, values twice as wide as queries."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.h = heads
+        self.q, self.k, self.v, self.o = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), \
+            nn.Linear(2 * dim, dim)
+        self.qn, self.kn = nn.LayerNorm(dim // heads), nn.LayerNorm(dim // heads)
+        self.register_buffer("t", torch.tensor(0.3))
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q = self.qn(self.q(x).reshape(B, N, self.h, -1)).permute(0, 2, 1, 3)
+        k = self.kn(self.k(x).reshape(B, N, self.h, -1)).permute(0, 2, 1, 3)
+        v = self.v(x).reshape(B, N, self.h, -1).permute(0, 2, 1, 3)
+        a = torch.softmax(torch.matmul(q, k.transpose(2, 3)) * self.t, dim=-1)
+        return self.o(torch.matmul(a, v).permute(0, 2, 1, 3).reshape(B, N, -1))
+
+
+@pytest.mark.parametrize(("block", "anchor", "route", "dims"), [
+    (_SplitQkv, "1.c_attn", "graph", (8, 8)), (_Interleaved, "1.qkv", "attributes", (8, 8)),
+    (_NormedQk, "1.q", "attributes", (8, 16))])
+def test_more_spellings(block, anchor, route, dims):
+    torch.manual_seed(6)
+    model, x = nn.Sequential(nn.Linear(8, 32), block(), nn.Linear(32, 3)).eval(), torch.randn(2, 6, 8)
+    assert _head_layers(model, x) == [anchor]
+    layout = head_layouts(model, x)[anchor]
+    assert (layout.heads, layout.route, layout.head_dims) == (4, route, dims)
+    realized = _realize(model, x, {anchor: "heads50"})
+    assert realized.get_submodule(layout.out[0]).in_features == 2 * dims[1]
 
 
 class _MhaNet(nn.Module):

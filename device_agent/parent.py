@@ -52,8 +52,10 @@ def watch_parent(on_gone: Callable[[str], None]) -> None:
         if os.getppid() != parent:
             gone(f"parent process {parent} is gone (parent-death signal)")
 
-    if _set_pdeathsig(PARENT_DEATH_SIGNAL):
-        signal.signal(PARENT_DEATH_SIGNAL, on_signal)
+    # The handler first: the signal's default action would end the process without cleaning up.
+    previous = signal.signal(PARENT_DEATH_SIGNAL, on_signal)
+    if not _set_pdeathsig(PARENT_DEATH_SIGNAL):
+        signal.signal(PARENT_DEATH_SIGNAL, previous)
     if os.getppid() != parent:  # died before the signal was armed
         gone(f"parent process {parent} is gone")
 

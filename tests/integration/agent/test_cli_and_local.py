@@ -266,3 +266,20 @@ def test_local_agent_store_and_log_leave_nothing_on_disk(tmp_path):
     with LocalAgent(store_dir=kept) as agent:
         assert agent.temp_dir is None
     assert (kept / "sculpt-agent-store.json").is_file()  # a given store stays
+
+
+def test_a_local_agent_started_from_a_thread_that_ends_keeps_running():
+    """The parent-death signal also fires when only the starting thread exits; the agent must ignore that."""
+    import threading
+
+    box = []
+    starter = threading.Thread(target=lambda: box.append(LocalAgent().start()))
+    starter.start()
+    starter.join(60)
+    (agent,) = box
+    try:
+        time.sleep(0.5)  # time for a (spurious) signal to be delivered and handled
+        with agent.client() as client:
+            assert client.health() and agent.pid is not None
+    finally:
+        agent.stop()

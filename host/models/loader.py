@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from host.errors import ModelError
-from host.models.external import is_external, load_external
+from host.models.external import import_library, is_external, load_external
 from host.models.zoo import available_models, create_model
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,8 @@ def _load_factory(spec: str, sizes: dict[str, float], model_args: dict[str, Any]
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ModelError(f"bad model spec '{spec}'", hint=_spec_hint())
+    if module_name.partition(".")[0] in ("timm", "torchvision"):  # e.g. torchvision.models.densenet:DenseNet
+        import_library(module_name.partition(".")[0])
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -1,5 +1,11 @@
 """Filter/channel pruning across coupled groups, removed physically by torch-pruning.
 
+Applies to Conv2d filters and to Linear output features alike (an MLP's hidden units of any spelling:
+``fc1 -> act -> fc2``, ``nn.Sequential`` ``mlp.0/mlp.2``, channels-last convnext MLPs), wherever the
+dependency analysis shows the group is exact to remove: not through a LayerNorm, not across a barrier
+(see :mod:`patterns.structure`), and consumed by at least one layer (a group that reaches the model's
+output unconsumed, such as a classifier's logits, keeps its width).
+
 The pattern sets the share of a group's channels that go (``ratio`` overrides it). Channels are ranked by
 the L2 norm of every parameter slice the group ties together (producers' filters, BN, consumers' input
 weights), smallest first, ties to the lower index. Groups that pass through a LayerNorm (the ViT residual
@@ -29,10 +35,11 @@ class ChannelFamily(Family):
         return tuple(PATTERNS)
 
     def applies_to(self, module: nn.Module, *, role: str = "") -> bool:
-        return isinstance(module, nn.Conv2d) and module.out_channels > 1
+        return (isinstance(module, nn.Conv2d) and module.out_channels > 1) or \
+            (isinstance(module, nn.Linear) and module.out_features > 1)
 
     def choices(self, module: nn.Module, *, role: str = "", group: CoupledGroup | None = None) -> list[str]:
-        if not self.applies_to(module, role=role) or (group is not None and (group.has_layernorm or group.barrier)):
+        if not self.applies_to(module, role=role) or (group is not None and _refusal(group)):
             return []
         return list(PATTERNS)
 
@@ -41,18 +48,14 @@ class ChannelFamily(Family):
         conv = ctx.module(layer)
         if not self.applies_to(conv):
             raise PlanError(f"layer '{layer}' ({type(conv).__name__}) cannot take channel pruning",
-                            hint="channel pruning applies to Conv2d layers; use 'vit' patterns for "
-                                 "attention/MLP linears")
+                            hint="channel pruning applies to Conv2d and Linear layers with more than one output")
         tp_group, group = ctx.group(layer)
-        if group.has_layernorm:
-            raise PlanError(f"layer '{layer}': its channels pass through a LayerNorm "
-                            f"({', '.join(m.name for m in group.members if m.module_type == 'LayerNorm')})",
-                            hint="channel pruning there is not exact; use 'vit' head/hidden patterns instead")
-        if group.barrier:
-            raise PlanError(f"layer '{layer}': channel pruning is not exact here: {group.barrier}",
-                            hint="keep this layer's channels; kernel patterns still apply")
+        refusal = _refusal(group)
+        if refusal:
+            raise PlanError(f"layer '{layer}': channel pruning is not exact here: {refusal}",
+                            hint="keep this layer's width; kernel, head and hidden-unit patterns may still apply")
         ratio = PATTERNS[assignment.pattern] if assignment.ratio is None else assignment.ratio
-        n = conv.out_channels
+        n = conv.out_channels if isinstance(conv, nn.Conv2d) else conv.out_features
         k = count_for_ratio(n, ratio)
         multiple = int(dict(assignment.params).get("multiple", 1))
         if multiple < 1:
@@ -80,6 +83,23 @@ class ChannelFamily(Family):
             if not drop:
                 return Decision({})
         return Decision(ctx.group_masks(layer, drop), removals=((layer, tuple(drop)),))
+
+
+def _refusal(group: CoupledGroup) -> str:
+    """Why the group's channels cannot be removed exactly, or "" (shown by ``sculpt-host inspect``)."""
+    if group.has_layernorm:
+        norms = ", ".join(m.name for m in group.members if m.module_type == "LayerNorm")
+        return f"its channels pass through a LayerNorm ({norms}), which mixes them"
+    if group.barrier:
+        return group.barrier
+    if not group.consumers:
+        return "no layer consumes its channels (they reach the model's output, e.g. logits)"
+    return ""
+
+
+def channel_refusal(group: CoupledGroup | None) -> str:
+    """Public view of :func:`_refusal` for the model graph and ``inspect``."""
+    return _refusal(group) if group is not None else ""
 
 
 def _group_norms(ctx: Context, tp_group, n: int) -> torch.Tensor:

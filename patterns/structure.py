@@ -173,6 +173,17 @@ def _isolate_failed_mappings(dg) -> dict[object, str]:
     return failed
 
 
+def _feeds_linear(node, hops: int) -> bool:
+    """Whether ``node`` is a Linear, or an element-wise step (addmm, mm) of one within ``hops``."""
+    from torch_pruning import ops
+
+    if isinstance(node.module, nn.Linear):
+        return True
+    if hops == 0 or node.type != ops.OPTYPE.ELEMENTWISE or not node.outputs:
+        return False
+    return all(_feeds_linear(out, hops - 1) for out in node.outputs)
+
+
 def _reshape_barrier(dg, node) -> str:
     """Why channel indices do not pass ``node`` (a torch-pruning RESHAPE node) unchanged, or ""."""
     from torch_pruning.dependency import shape_infer
@@ -180,6 +191,10 @@ def _reshape_barrier(dg, node) -> str:
     shapes = getattr(dg, "sculpt_reshapes", {}).get(node.grad_fn)
     op = node.grad_fn.name() if node.grad_fn is not None else "reshape"
     if shapes is None:
+        # Not made by a torch function call, so made inside an op: F.linear on a (B, N, C) input views it
+        # as (B * N, C) for its matmul, which keeps the feature axis whole.
+        if node.outputs and all(_feeds_linear(out, hops=2) for out in node.outputs):
+            return ""
         return f"channels pass through {op}, whose shapes were not recorded"
     before, after = shapes
     channels = None

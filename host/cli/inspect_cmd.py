@@ -98,6 +98,9 @@ def _print_human(graph: Any, summary: dict[str, Any]) -> None:
         producers = group.producers
         shown = ", ".join(producers[:4]) + (f", ... (+{len(producers) - 4})" if len(producers) > 4 else "")
         console.print(f"  {index:>3}  {group.channels:>5} ch  {'private' if group.private else 'shared '}  {shown}")
+        refusal = graph.channel_refusal(group)
+        if refusal:
+            console.print(f"       [yellow]no channel choices:[/yellow] {refusal}", highlight=False)
     console.print("\n[bold]Patterns per layer[/bold] (layers with the same choices are listed together)")
     by_set: dict[tuple, list[str]] = defaultdict(list)
     for layer in graph.layers:

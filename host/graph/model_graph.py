@@ -76,6 +76,15 @@ class ModelGraph:
                 return group
         return None
 
+    @staticmethod
+    def channel_refusal(group: CoupledGroup) -> str:
+        """Why ``group``'s channels get no channel choices ("" when they do): a LayerNorm, a coupling
+        barrier (a reshape that splits the channel axis, a construct torch-pruning cannot map), or no
+        consumer (logits)."""
+        from patterns.channel import channel_refusal
+
+        return channel_refusal(group)
+
     def to_pyg(self, plan: Plan | None = None) -> Data:
         """A ``torch_geometric.data.Data`` with ``x`` (num_layers x len(feature_names)), ``edge_index``
         (dataflow direction) and ``edge_type`` (index into ``EDGE_TYPES``). ``plan`` sets the pattern
@@ -123,7 +132,9 @@ class ModelGraph:
             "edges": [{"src": self.layers[e.src].name, "dst": self.layers[e.dst].name, "type": e.type}
                       for e in self.edges],
             "groups": [{"root": g.root, "channels": g.channels, "private": g.private,
-                        "producers": list(g.producers), "consumers": list(g.consumers)} for g in self.groups],
+                        "producers": list(g.producers), "consumers": list(g.consumers),
+                        "channel_pruning": not self.channel_refusal(g), "why_not": self.channel_refusal(g)}
+                       for g in self.groups],
             "edge_types": list(EDGE_TYPES),
         }
 

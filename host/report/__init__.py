@@ -7,11 +7,11 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from host.report.summary import ModelFigures, RunSummary
+from host.report.summary import InvalidCandidate, ModelFigures, RunSummary
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelFigures", "RunSummary", "write_report", "write_tensorboard"]
+__all__ = ["InvalidCandidate", "ModelFigures", "RunSummary", "write_report", "write_tensorboard"]
 
 
 def write_report(

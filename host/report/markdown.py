@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from host.report.summary import ModelFigures, RunSummary
 
+MAX_INVALID_LINES = 20  # result.json keeps them all; the report stays readable
+
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
@@ -51,4 +53,13 @@ def render_markdown(summary: RunSummary) -> str:
             lines.append(f"- {m.name}: " + ", ".join(f"{k}: `{v}`" for k, v in sorted(m.artifacts.items())))
     if summary.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in summary.notes]
+    if summary.invalid:
+        lines += ["", "## Plans that could not be built", "",
+                  f"{len(summary.invalid)} plan(s) failed to realize or export; each got the invalid reward and "
+                  "the search went on without it.", ""]
+        for c in summary.invalid[:MAX_INVALID_LINES]:
+            layer = f" layer `{c.failed_layer}`" + (f" ({c.choice})" if c.choice else "") + ":" if c.failed_layer else ""
+            lines.append(f"- candidate {c.id} ({c.phase}):{layer} {c.reason}")
+        if len(summary.invalid) > MAX_INVALID_LINES:
+            lines.append(f"- ... {len(summary.invalid) - MAX_INVALID_LINES} more in result.json and journal.sqlite")
     return "\n".join(lines) + "\n"

@@ -23,6 +23,17 @@ class ModelFigures:
 
 
 @dataclass(frozen=True)
+class InvalidCandidate:
+    """A plan the run could not build (masking, realization or export failed), and why."""
+
+    id: int
+    phase: str  # "floor", "search" or "final"
+    reason: str
+    failed_layer: str | None = None  # the layer whose choice is responsible, when it could be told
+    choice: str | None = None  # that layer's choice, e.g. "channel:prune50"
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """Everything ``result.json`` and ``report.md`` say about a run."""
 
@@ -40,6 +51,7 @@ class RunSummary:
     best_search: ModelFigures | None = None
     vocab: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    invalid: tuple[InvalidCandidate, ...] = ()  # every plan that could not be built, in journal order
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -3,6 +3,8 @@ dense), realized, exported (``.pte``, and ``.tflite`` when available), benchmark
 longer final policy, and reported (result.json, report.md, plots, TensorBoard).
 
 Which plans: the Pareto front of the search candidates in (validation accuracy, cost), best reward first.
+A plan that cannot be finished (its fine-tuned realization or export fails) is journaled as an invalid
+"final" row with the reason, named in the report's notes, and the next plan of the front takes its place.
 The test split is read here for the report only; it never chooses anything.
 """
 
@@ -12,8 +14,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from host.errors import SearchError
+from host.search.candidate import INVALID_REWARD, CandidateFailure
 from host.search.config import SearchConfig
-from host.search.journal import CandidateRecord, Journal
+from host.search.journal import STATUS_INVALID, CandidateRecord, Journal
 from host.search.progress import Progress, ProgressFn
 
 logger = logging.getLogger(__name__)
@@ -30,12 +34,14 @@ class FinalStage:
         self.run_dir = Path(config.out)
         self.progress = progress
         self._dense_test: float | None = None
+        self.skipped: list[str] = []  # why Pareto plans were passed over, for the report's notes
 
     def candidates(self, evaluator) -> list[CandidateRecord]:
-        """The plans to finish: Pareto front in (val accuracy, cost), best reward first, at most final_top."""
+        """The plans to finish, in order: Pareto front in (val accuracy, cost), best reward first. :meth:`run`
+        finishes the first ``final_top`` that can be built; the rest stand in for those that cannot."""
         from host.search.reward import pareto_front
 
-        rows = [r for r in self.journal.candidates("search") if not r.reused and r.accuracy > 0]
+        rows = [r for r in self.journal.candidates("search") if not r.reused and r.valid and r.accuracy > 0]
         if self.config.reward_objective().needs_measurement:
             # measured candidates only (an unmeasured one's reward rests on the cost model's prediction),
             # unless none was accurate enough to be measured: then the front of all of them
@@ -50,58 +56,91 @@ class FinalStage:
             if r.plan_hash not in seen:
                 unique.append(r)
                 seen.add(r.plan_hash)
-        return unique[: self.config.final_top]
+        return unique
 
     def run(self, evaluator, splits, base_model) -> list[dict[str, Any]]:
         """Fine-tune, realize, export and measure every chosen plan; one dict per final model."""
-        import patterns
         from host.search.candidate import batches
-        from host.search.finetune import accuracy, masked_finetune
+        from host.search.finetune import accuracy
         from host.search.journal import plan_hash
 
         chosen = self.candidates(evaluator)
+        wanted = min(self.config.final_top, len(chosen))
         finals: list[dict[str, Any]] = []
+        self.skipped = []
+        if wanted == 0:
+            return finals
         x_train, y_train = splits.train.tensors()
         train_batches = batches(x_train, y_train, self.config.evaluation.batch_size, self.config.seed)
         test_x, test_y = splits.test.tensors()
         test_batches = batches(test_x, test_y, 256)
         self._dense_test = accuracy(base_model, test_batches)  # for the report only, never for choosing
-        for i, row in enumerate(chosen, start=1):
-            name = f"final-{i}"
-            self.progress(Progress("final", i - 1, len(chosen), f"fine-tuning {name}"))
-            plan = _plan_from_row(row)
+        for row in chosen:
+            if len(finals) == wanted:
+                break
+            name = f"final-{len(finals) + 1}"
+            self.progress(Progress("final", len(finals), wanted, f"fine-tuning {name}"))
             stored = self.journal.find(plan_hash(row.plan), "final")
-            model, masks = evaluator.masked_model(plan)
-            masked_finetune(model, masks, train_batches, self.config.finetune, teacher=base_model)
-            masked_val = accuracy(model, evaluator.data.val_batches)
-            # accuracy is taken on the REALIZED module, i.e. exactly what gets exported and deployed
-            # decisions (filter ranking of mixed kernel patterns) from the base model the masks were made on,
-            # weights from the fine-tuned copy: ranking the fine-tuned weights again could pick other filters
-            realized = patterns.realize(base_model, plan, evaluator.data.example_input, weights_from=model)
-            val = accuracy(realized, evaluator.data.val_batches)
-            test = accuracy(realized, test_batches)
-            if abs(val - masked_val) > 0.005:
-                logger.warning("%s: realized val accuracy %.4f differs from the masked model's %.4f", name, val,
-                               masked_val)
-            artifacts, measurement, sha = self._export_final(evaluator, realized, plan, name, stored)
-            record = stored or self.journal.record(
-                CandidateRecord(
-                    phase="final", plan=row.plan, accuracy=val, macs=row.macs, params=row.params,
-                    reward=row.reward, eval_seconds=0.0, artifact_sha256=sha, measurement=measurement,
+            if stored is not None and not stored.valid:  # failed before this resume: it would fail again
+                self._skip(row, stored.reason)
+                continue
+            try:
+                finals.append(self._finish(evaluator, base_model, row, name, stored, train_batches, test_batches))
+            except CandidateFailure as failure:
+                self.journal.record(
+                    CandidateRecord(
+                        phase="final", plan=row.plan, accuracy=0.0, macs=row.macs, params=row.params,
+                        reward=INVALID_REWARD, eval_seconds=0.0, status=STATUS_INVALID,
+                        reason=f"{failure.stage} failed: {failure.reason}", failed_layer=failure.layer,
+                    )
                 )
+                self._skip(row, f"{failure.stage} failed: {failure.reason}")
+        if not finals:
+            raise SearchError(
+                f"none of the {len(chosen)} plan(s) on the Pareto front could be finished: {self.skipped[0]}",
+                hint=f"the journal {self.journal.path} keeps the search; report the error above",
             )
-            finals.append({"name": name, "record": record, "val": val, "test": test, "artifacts": artifacts,
-                           "measurement": measurement, "search_row": row})
-        self.progress(Progress("final", len(chosen), len(chosen), "final models done"))
+        self.progress(Progress("final", len(finals), wanted, "final models done"))
         return finals
+
+    def _skip(self, row: CandidateRecord, reason: str | None) -> None:
+        text = f"search candidate {row.id} was not finished: {reason}; the next plan of the Pareto front took its place"
+        logger.warning("%s", text)
+        self.skipped.append(text)
+
+    def _finish(self, evaluator, base_model, row, name, stored, train_batches, test_batches) -> dict[str, Any]:
+        """Fine-tune, realize, export and measure one plan; CandidateFailure when it cannot be built."""
+        from host.search.finetune import accuracy, masked_finetune
+
+        plan = _plan_from_row(row)
+        model, masks = evaluator.masked_model(plan)
+        masked_finetune(model, masks, train_batches, self.config.finetune, teacher=base_model)
+        masked_val = accuracy(model, evaluator.data.val_batches)
+        # accuracy is taken on the REALIZED module, i.e. exactly what gets exported and deployed
+        # decisions (filter ranking of mixed kernel patterns) from the base model the masks were made on,
+        # weights from the fine-tuned copy: ranking the fine-tuned weights again could pick other filters
+        realized = evaluator.realize_checked(plan, weights_from=model, names=row.plan.get("choices"))
+        val = accuracy(realized, evaluator.data.val_batches)
+        test = accuracy(realized, test_batches)
+        if abs(val - masked_val) > 0.005:
+            logger.warning("%s: realized val accuracy %.4f differs from the masked model's %.4f", name, val,
+                           masked_val)
+        artifacts, measurement, sha = self._export_final(evaluator, realized, plan, name, stored)
+        record = stored or self.journal.record(
+            CandidateRecord(
+                phase="final", plan=row.plan, accuracy=val, macs=row.macs, params=row.params,
+                reward=row.reward, eval_seconds=0.0, artifact_sha256=sha, measurement=measurement,
+            )
+        )
+        return {"name": name, "record": record, "val": val, "test": test, "artifacts": artifacts,
+                "measurement": measurement, "search_row": row}
 
     def _export_final(self, evaluator, realized, plan, name, stored):
         from host.errors import ExportError, MissingDependencyError
-        from host.export import export_pte
         from host.search.devices import BenchSettings
 
         artifacts: dict[str, str] = {}
-        pte = export_pte(realized, (evaluator.data.example_input,), self.run_dir / f"{name}.pte")
+        pte = evaluator.export(realized, self.run_dir / f"{name}.pte")
         artifacts["pte"] = str(pte.path)
         if self.config.export_tflite:
             from host.export import export_tflite
@@ -128,7 +167,7 @@ class FinalStage:
 
     def report(self, evaluator, space, devices, finals, seconds: float) -> dict[str, Any]:
         """Write result.json, report.md, plots and TensorBoard logs; return the summary as a dict."""
-        from host.report import ModelFigures, RunSummary, write_report, write_tensorboard
+        from host.report import InvalidCandidate, ModelFigures, RunSummary, write_report, write_tensorboard
 
         self.progress(Progress("report", 0, 1, "writing the report"))
         cfg = self.config
@@ -146,7 +185,13 @@ class FinalStage:
             )
 
         rows = [r for r in self.journal.candidates("search") if not r.reused]
-        best = max(rows, key=lambda r: r.reward) if rows else None
+        valid = [r for r in rows if r.valid]  # an invalid row has no accuracy or cost to plot or rank
+        best = max(valid, key=lambda r: r.reward) if valid else None
+        invalid = tuple(
+            InvalidCandidate(id=r.id, phase=r.phase, reason=r.reason or "no reason recorded", failed_layer=r.failed_layer,
+                             choice=r.plan.get("choices", {}).get(r.failed_layer) if r.failed_layer else None)
+            for r in self.journal.candidates() if not r.valid and not r.reused
+        )
         summary = RunSummary(
             model=cfg.model.model, dataset=cfg.model.data, objective=objective.name,
             target=str(objective.target) if objective.target else f"{cfg.target_flops:.0%} MAC reduction",
@@ -160,14 +205,15 @@ class FinalStage:
                 for f in finals
             ),
             vocab=tuple(space.vocab),
-            notes=_notes(cfg, rows),
+            notes=_notes(cfg, valid, len(rows) - len(valid)) + tuple(self.skipped),
+            invalid=invalid,
         )
         if objective.needs_measurement:
             cost_label = "energy (mJ)" if objective.name == "energy" else "latency p50 (ms)"
-            points = [(r.accuracy, max(evaluator._figures(r.measurement).values())) for r in rows if r.measurement]
+            points = [(r.accuracy, max(evaluator._figures(r.measurement).values())) for r in valid if r.measurement]
         else:
             cost_label = "MACs"
-            points = [(r.accuracy, float(r.macs)) for r in rows]
+            points = [(r.accuracy, float(r.macs)) for r in valid]
         write_report(self.run_dir, summary, points, [r.reward for r in rows], cost_label)
         tb_rows = []
         for r in rows:
@@ -194,8 +240,12 @@ def _plan_from_row(row: CandidateRecord):
     return Plan.from_json(json.dumps(row.plan["plan"]))
 
 
-def _notes(cfg: SearchConfig, rows: list[CandidateRecord]) -> tuple[str, ...]:
+def _notes(cfg: SearchConfig, rows: list[CandidateRecord], invalid: int) -> tuple[str, ...]:
+    """Notes on the valid search ``rows``, plus the count of ``invalid`` ones."""
     notes = []
+    if invalid:
+        notes.append(f"{invalid} search candidate(s) could not be built (see 'Plans that could not be built'); "
+                     "each got the invalid reward and used its budget slot")
     unmeasured = sum(1 for r in rows if not r.measurement)
     if cfg.objective != "flops" and unmeasured:
         notes.append(

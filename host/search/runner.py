@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,7 @@ class SearchRunner:
                 self._check_target_reachable(evaluator, space)
             self.progress(Progress("dense", 2, 2, "dense model measured"))
             self._search(evaluator, space)
+            self._check_some_valid()
             final = FinalStage(cfg, self.journal, self.progress)
             finals = final.run(evaluator, splits, model)
             return final.report(evaluator, space, devices, finals, self.journal.elapsed_seconds())
@@ -216,9 +218,38 @@ class SearchRunner:
                 hint=f"use --target-flops {max(0.05, round(best - 0.05, 2))} or lower",
             )
 
+    def _floor_record(self, evaluator, space) -> CandidateRecord:
+        """The most aggressive plan that realizes, measured (from the journal after a resume).
+
+        :meth:`SearchSpace.floor_choices` gives every layer its most aggressive choice; when that plan
+        cannot be realized or exported, it is relaxed one step at a time (the layer found responsible, or
+        else every layer holding the most aggressive choice in use) until one builds. Each failed attempt
+        is journaled as an invalid "floor" row, so a resume walks the same path without rebuilding.
+        """
+        valid = [r for r in self.journal.candidates("floor") if r.valid]
+        if valid:
+            return valid[0]
+        choices, failures = space.floor_choices(), []
+        while True:
+            record = evaluator.evaluate(choices, phase="floor", force_measure=True)
+            if record.valid:
+                if failures:
+                    logger.warning("the most aggressive plan could not be built (%s); the reachability check "
+                                   "uses the most aggressive plan that could, after %d attempt(s)",
+                                   failures[0], len(failures))
+                return record
+            failures.append(record.reason)
+            choices = space.relax(choices, record.failed_layer)
+            if choices is None:
+                raise SearchError(
+                    f"no pruned plan of this model can be built: {len(failures)} attempts from the most aggressive "
+                    f"plan down to single choices failed, the first with: {failures[0]}",
+                    hint="run `sculpt-host inspect` on the model and check that `sculpt-host export` works with a "
+                         "small plan; report the error above if the model exports unpruned",
+                )
+
     def _check_target_reachable(self, evaluator, space) -> None:
-        floor = self.journal.candidates("floor")
-        record = floor[0] if floor else evaluator.evaluate(space.floor_choices(), phase="floor", force_measure=True)
+        record = self._floor_record(evaluator, space)
         objective = self.config.reward_objective()
         dense = evaluator.dense_figures()
         floor_figs = evaluator._figures(record.measurement)
@@ -351,8 +382,23 @@ class SearchRunner:
             self.progress(Progress("search", done, budget, "random search", self._best()))
 
     def _best(self) -> CandidateRecord | None:
-        rows = [r for r in self.journal.candidates("search") if not r.reused]
+        rows = [r for r in self.journal.candidates("search") if not r.reused and r.valid]
         return max(rows, key=lambda r: r.reward) if rows else None
+
+    def _check_some_valid(self) -> None:
+        """Invalid candidates only cost their budget, unless there is nothing else: then stop and say why."""
+        rows = [r for r in self.journal.candidates("search") if not r.reused]
+        if not rows or any(r.valid for r in rows):
+            return
+        reasons = Counter(r.reason or "no reason recorded" for r in rows)
+        layers = Counter(r.failed_layer for r in rows if r.failed_layer)
+        top = "; ".join(f"{n}x {reason}" for reason, n in reasons.most_common(3))
+        blamed = f" (layers responsible: {', '.join(f'{k} {n}x' for k, n in layers.most_common(5))})" if layers else ""
+        raise SearchError(
+            f"every one of the {len(rows)} search candidates failed to build{blamed}: {top}",
+            hint=f"the journal {self.journal.path} lists every plan and its reason; fix the cause (or report it) "
+                 f"and resume with --resume {self.run_dir} --budget N to try more plans",
+        )
 
 def _versions() -> dict[str, str]:
     from importlib import metadata

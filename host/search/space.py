@@ -162,3 +162,31 @@ class SearchSpace:
             floor[i] = next(j for j in ranking if self.choice_mask[i, j])
         self._floor = floor
         return floor
+
+    def relax(self, choices: np.ndarray, layer: str | None = None) -> np.ndarray | None:
+        """``choices`` one step less aggressive, for when they cannot be realized: ``layer`` takes its next
+        valid choice in :meth:`choice_cuts` order (keep in the end); without a layer, every layer holding
+        the most aggressive choice in use steps down. None when nothing is left to relax (all keep)."""
+        cuts = self.choice_cuts()
+        ranking = sorted(cuts, key=cuts.get, reverse=True)
+        rank = {index: position for position, index in enumerate(ranking)}
+        out = np.array(choices, np.int64)
+        if layer is not None and layer in self.layer_names:
+            rows = [self.layer_names.index(layer)]
+        else:
+            used = [c for c in out if c != self.keep_index]
+            if not used:
+                return None
+            worst = min(used, key=lambda c: rank.get(int(c), len(ranking)))
+            rows = [i for i, c in enumerate(out) if c == worst]
+        changed = False
+        for i in rows:
+            if out[i] == self.keep_index:
+                continue
+            current = rank.get(int(out[i]), len(ranking))
+            # only choices between this one and keep: never to one that cuts less than keep (adds work)
+            nxt = next((j for j in ranking[current + 1: rank[self.keep_index]] if self.choice_mask[i, j]),
+                       self.keep_index)
+            changed = True
+            out[i] = nxt
+        return out if changed else None

@@ -121,6 +121,9 @@ def _print_human(result: dict[str, Any], run_dir: Path) -> None:
     print(f"{result['model']} on {result['dataset']}: objective {result['objective']}, target {result['target']}")
     print(f"evaluated {result['candidates_evaluated']} candidates, {result['measurements_taken']} device measurements,"
           f" {result['seconds']:.0f} s")
+    if result.get("invalid"):
+        print(f"{len(result['invalid'])} plan(s) could not be built and were skipped; reasons in "
+              f"{run_dir / 'report.md'}")
 
     def line(m: dict[str, Any]) -> str:
         cut = 1 - m["macs"] / dense["macs"] if dense["macs"] else 0.0

@@ -22,8 +22,10 @@ one is replaced by :class:`PrunedMultiheadAttention` built from its weights.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import io
 import itertools
 import logging
 import operator
@@ -330,7 +332,8 @@ def _trace_owner(owner: nn.Module, args, kwargs) -> tuple[fx.GraphModule, dict]:
     """torch.fx graph of ``owner`` that runs on ``args``; non-tensor arguments are specialized if needed."""
     try:
         gm = fx.symbolic_trace(owner)
-        with torch.no_grad():
+        # a failing GraphModule prints its generated code to stderr: the failure is expected here
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             gm(*args, **kwargs)
         return gm, {}
     except Exception as first:  # dynamic code on None/bool arguments, proxies in control flow

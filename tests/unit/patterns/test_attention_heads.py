@@ -264,3 +264,25 @@ def test_zoo_vit_with_head_dim_equal_to_head_count():
     assert layout.route == "attributes" and layout.attributes == (("heads", "heads"),)
     realized = _realize(model, x, {"blocks.0.attn.q": "heads50"})
     assert (realized.blocks[0].attn.heads, realized.blocks[0].attn.head_dim) == (2, 4)
+
+
+def test_torchvision_vit_multihead_attention(timm):
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(7)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64,
+                              num_classes=5).eval()
+    nn.init.normal_(model.heads.head.weight)  # torchvision zero-initializes the classifier
+    x = torch.randn(2, 3, 32, 32)
+    anchors = [f"encoder.layers.encoder_layer_{i}.self_attention.out_proj" for i in (0, 1)]
+    assert _head_layers(model, x) == anchors
+    realized = _realize(model, x, {anchors[1]: "heads25"})
+    assert realized.encoder.layers.encoder_layer_1.self_attention.num_heads == 3
+
+
+def test_timm_swin_per_head_position_bias_is_refused_with_the_reason(timm):
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=56, window_size=7,
+                              depths=(1, 1, 1, 1), embed_dim=24, num_heads=(2, 2, 2, 2), num_classes=5).eval()
+    reasons: dict[str, str] = {}
+    assert head_layouts(model, torch.randn(1, 3, 56, 56), reasons=reasons) == {}
+    assert "differs per head" in reasons["layers.0.blocks.0.attn"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
@@ -139,15 +140,23 @@ class Journal:
                 hint=f"continue it with --resume {run_dir}, or choose another --out directory",
             )
         run_dir.mkdir(parents=True, exist_ok=True)
-        conn = cls._connect(path)
-        with conn:
-            conn.executescript(_SCHEMA)
-            conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_NAME,))
-            conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            conn.execute("INSERT INTO meta VALUES ('metadata', ?)", (canonical_json(dict(metadata)),))
-            conn.execute("INSERT INTO meta VALUES ('created', ?)", (repr(time.time()),))
+        # built under another name and renamed into place: a reader (a watcher, a second command) never sees
+        # a journal.sqlite without its tables, which SQLite would otherwise show between connect and schema
+        staging = path.with_name(path.name + ".creating")
+        staging.unlink(missing_ok=True)
+        conn = sqlite3.connect(str(staging))
+        try:
+            with conn:
+                conn.executescript(_SCHEMA)
+                conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_NAME,))
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                conn.execute("INSERT INTO meta VALUES ('metadata', ?)", (canonical_json(dict(metadata)),))
+                conn.execute("INSERT INTO meta VALUES ('created', ?)", (repr(time.time()),))
+        finally:
+            conn.close()
+        os.replace(staging, path)
         logger.info("created search journal %s", path)
-        return cls(path, conn)
+        return cls(path, cls._connect(path))
 
     @classmethod
     def open(cls, run_dir: Path) -> Journal:

@@ -48,6 +48,14 @@ def _space(name: str):
     return model, SearchSpace(model, entry.example_input(), name=name)
 
 
+@functools.cache
+def _context(name: str):
+    """One dependency analysis of the base model for all of its plans (the search reuses it likewise)."""
+    from patterns.family import Context
+
+    return Context(_space(name)[0], corpus.entry(name).example_input())
+
+
 def _plans(name: str):
     """(label, Plan): the floor plan (most aggressive valid choice on every layer) and two random ones."""
     _, space = _space(name)
@@ -59,12 +67,12 @@ def _plans(name: str):
     return plans
 
 
-def _check_realized(model, plan, x, label: str):
+def _check_realized(model, plan, x, label: str, ctx=None):
     import patterns
 
     masked = copy.deepcopy(model)
-    masks = patterns.apply_masks(masked, plan, x[:1])  # zeroes the copy in place
-    small = patterns.realize(model, plan, x[:1])
+    masks = patterns.apply_masks(masked, plan, x[:1], context=ctx)  # zeroes the copy in place
+    small = patterns.realize(model, plan, x[:1], context=ctx)
     with torch.no_grad():
         want, got = masked(x), small(x)
     scale = max(1.0, float(want.abs().max()))
@@ -102,7 +110,7 @@ def test_floor_and_random_plans_realize_exactly(name):
 
     base = patterns.count(model, x[:1]).dense_macs
     for label, plan in plans:
-        small = _check_realized(model, plan, x, label)
+        small = _check_realized(model, plan, x, label, _context(name))
         if label == "floor":
             assert patterns.count(small, x[:1]).dense_macs < base
 
@@ -118,7 +126,7 @@ def test_realized_floor_exports_to_pte_matching_eager(name, tmp_path):
     entry = corpus.entry(name)
     x = entry.example_input()
     plan = _plans(name)[0][1]
-    small = patterns.realize(model, plan, x)
+    small = patterns.realize(model, plan, x, context=_context(name))
     patterns.fuse_batchnorm(small, x)  # as `sculpt-host export` and the search do before exporting
     artifact = export_pte(small, (x,), tmp_path / f"{name}.pte")
     other = entry.example_input(seed=5)  # not the input the exporter checked

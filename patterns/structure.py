@@ -279,6 +279,11 @@ def describe_group(group, names: dict[nn.Module, str], root: str, channels: int,
                 private = False
             if not isinstance(module, nn.Conv2d | nn.Linear | nn.BatchNorm2d):
                 private = False
+            if not barrier and isinstance(module, nn.Conv2d) and 1 < module.groups < module.in_channels:
+                # torch-pruning shrinks a grouped conv's weight as if it were dense (index out of range);
+                # exact removal would have to take the same count from every group.
+                barrier = (f"channels pass through the grouped conv {names[module]} (groups={module.groups}), "
+                           "whose channels cannot be removed one by one")
         else:
             op = _op_name(dep)
             if not any(tag in op for tag in _CHANNEL_LOCAL_OPS):

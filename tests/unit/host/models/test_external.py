@@ -100,3 +100,26 @@ def test_factory_models_get_model_args(tmp_path, monkeypatch):
         assert model[1].out_features == 7 and model[2].out_features == 2
     finally:
         sys.modules.pop("my_ext_models", None)
+
+
+def test_model_arg_reaches_every_cli_verb_that_takes_a_model(_libraries, capsys):
+    import json
+
+    from host.cli.main import build_parser, main
+    from host.cli.search_cmd import build_config
+    from host.search.config import SearchConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["search", "--model", "timm:vit_tiny_patch16_224", "--model-arg", "depth=2",
+                              "--model-arg", "patch_size=8", "--checkpoint", "w.pt"])
+    config = build_config(args)
+    assert config.model.model_args == {"depth": 2, "patch_size": 8}
+    assert SearchConfig.from_dict(json.loads(json.dumps(config.to_dict()))).model.model_args == {"depth": 2,
+                                                                                                 "patch_size": 8}
+    assert parser.parse_args(["export", "--model", "m", "--out", "m.pte", "--model-arg", "a=1"]).model_args == ["a=1"]
+    assert main(["inspect", "--model", "timm:vit_tiny_patch16_224", "--model-arg", "depth=1",
+                 "--model-arg", "patch_size=8", "--image-size", "32", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["model"] == "timm:vit_tiny_patch16_224"
+    assert any(layer["name"] == "blocks.0.attn.qkv" for layer in summary["layers"])
+    assert not any(layer["name"].startswith("blocks.1.") for layer in summary["layers"])

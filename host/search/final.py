@@ -68,13 +68,13 @@ class FinalStage:
         wanted = min(self.config.final_top, len(chosen))
         finals: list[dict[str, Any]] = []
         self.skipped = []
-        if wanted == 0:
-            return finals
         x_train, y_train = splits.train.tensors()
         train_batches = batches(x_train, y_train, self.config.evaluation.batch_size, self.config.seed)
         test_x, test_y = splits.test.tensors()
         test_batches = batches(test_x, test_y, 256)
         self._dense_test = accuracy(base_model, test_batches)  # for the report only, never for choosing
+        if wanted == 0:
+            return finals
         for row in chosen:
             if len(finals) == wanted:
                 break
@@ -104,7 +104,7 @@ class FinalStage:
         return finals
 
     def _skip(self, row: CandidateRecord, reason: str | None) -> None:
-        text = f"search candidate {row.id} was not finished: {reason}; the next plan of the Pareto front took its place"
+        text = f"search candidate {row.id} was not finished: {reason}; the next plan of the Pareto front, if any, took its place"
         logger.warning("%s", text)
         self.skipped.append(text)
 

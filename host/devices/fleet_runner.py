@@ -132,11 +132,15 @@ class ResultLog:
             return []
         names = {f.name for f in dataclasses.fields(JobRecord)}
         records = []
-        # a damaged byte makes its line unreadable JSON, skipped like a torn line, instead of ending the run
-        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+        for raw in self.path.read_bytes().splitlines():
+            # a line with a damaged (non-UTF-8) byte is skipped like a torn one, not read with a replaced
+            # character (that would report a device or artifact under a wrong name) nor ending the run
             try:
-                data = json.loads(line)
-            except json.JSONDecodeError:
+                data = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                log.warning("%s: skipping a line that is not UTF-8 (damaged file): %r", self.path, raw[:80])
+                continue
+            except json.JSONDecodeError:  # torn by a crash mid-write: expected, nothing to say
                 continue
             records.append(JobRecord(**{k: v for k, v in data.items() if k in names}))
         return records

@@ -39,7 +39,8 @@ def render_markdown(summary: RunSummary) -> str:
         f"- objective: **{summary.objective}**, target {summary.target}",
         f"- devices: {', '.join(f'{d} (`{fp[:12]}`)' for d, fp in summary.devices.items()) or 'none'}",
         f"- candidates evaluated: {summary.candidates_evaluated} of budget {summary.budget}; "
-        f"device measurements taken: {summary.measurements_taken}; wall time {summary.seconds:.0f} s",
+        f"device measurements taken: {summary.measurements_taken}; working time {summary.seconds:.0f} s "
+        "(summed over the original and any resumed process)",
         "- accuracy for rewards and selection is on the validation split; test accuracy is reported only.",
         "",
         f"| model | val acc | test acc | MACs | MAC cut | params | {lat_head} | {spd_head} |{energy_head}",

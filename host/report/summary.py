@@ -45,7 +45,7 @@ class RunSummary:
     budget: int
     candidates_evaluated: int
     measurements_taken: int
-    seconds: float
+    seconds: float  # working time summed over every process of the run (original + resumes)
     dense: ModelFigures
     finals: tuple[ModelFigures, ...] = ()
     best_search: ModelFigures | None = None

@@ -75,3 +75,28 @@ def test_evaluate_journals_an_unbuildable_plan_as_invalid_and_goes_on(evaluator)
     good = evaluator.evaluate(choices(space, stem="kernel:row2"))
     assert good.valid and good.accuracy > 0 and good.reward > INVALID_REWARD
     assert journal.count("search", evaluated_only=True) == 2
+
+
+def test_the_search_stops_only_when_every_candidate_failed(tmp_path):
+    from host.errors import SearchError
+    from host.search.config import SearchConfig
+    from host.search.journal import CandidateRecord, Journal
+    from host.search.runner import SearchRunner
+
+    def row(i: int, valid: bool) -> CandidateRecord:
+        return CandidateRecord(phase="search", plan={"choices": {"b": f"channel:prune{i}"}}, accuracy=0.5 * valid,
+                               macs=10, params=1, reward=0.5 if valid else INVALID_REWARD, eval_seconds=0.0,
+                               status="ok" if valid else "invalid",
+                               reason=None if valid else "realize failed: RuntimeError: boom", failed_layer="b")
+
+    with Journal.create(tmp_path, {}) as journal:
+        runner = SearchRunner(SearchConfig(out=tmp_path), journal)
+        journal.record(row(25, False))
+        journal.record(row(50, False))
+        with pytest.raises(SearchError) as err:
+            runner._check_some_valid()
+        assert "every one of the 2 search candidates failed to build (layers responsible: b 2x)" in err.value.message
+        assert "2x realize failed: RuntimeError: boom" in err.value.message
+        assert str(journal.path) in err.value.hint
+        journal.record(row(75, True))  # one that built is enough to go on
+        runner._check_some_valid()

@@ -396,8 +396,8 @@ class SearchRunner:
         blamed = f" (layers responsible: {', '.join(f'{k} {n}x' for k, n in layers.most_common(5))})" if layers else ""
         raise SearchError(
             f"every one of the {len(rows)} search candidates failed to build{blamed}: {top}",
-            hint=f"the journal {self.journal.path} lists every plan and its reason; fix the cause (or report it) "
-                 f"and resume with --resume {self.run_dir} --budget N to try more plans",
+            hint=f"the journal {self.journal.path} lists every plan and its reason; fix the cause (or report it), "
+                 "then start a new run with another --out",
         )
 
 def _versions() -> dict[str, str]:

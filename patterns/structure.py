@@ -184,6 +184,23 @@ def _feeds_linear(node, hops: int) -> bool:
     return all(_feeds_linear(out, hops - 1) for out in node.outputs)
 
 
+def _split_barrier(node) -> str:
+    """Why a split/slice node fixes the channel layout (its sizes or bounds are constants of the model's
+    code, e.g. MixNet's ``torch.split(x, self.splits, 1)`` or ShuffleNetV2's ``chunk``), or "" for a slice
+    that keeps everything."""
+    grad_fn = node.grad_fn
+    op = grad_fn.name() if hasattr(grad_fn, "name") else "split"
+    if "slice" in op.lower():
+        sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
+        dim = getattr(grad_fn, "_saved_dim", None)
+        start, end, step = (getattr(grad_fn, f"_saved_{k}", None) for k in ("start", "end", "step"))
+        if sizes is not None and dim is not None and dim < len(sizes) and start in (0, None) \
+                and step in (1, None) and (end is None or end >= int(sizes[dim])):
+            return ""
+        return f"channels pass through a slice ({op}) whose bounds are fixed in the model's code"
+    return f"channels pass through a split ({op}) whose sizes are fixed in the model's code"
+
+
 def _reshape_barrier(dg, node) -> str:
     """Why channel indices do not pass ``node`` (a torch-pruning RESHAPE node) unchanged, or ""."""
     from torch_pruning.dependency import shape_infer
@@ -290,6 +307,8 @@ def describe_group(group, names: dict[nn.Module, str], root: str, channels: int,
                 private = False
             if not barrier and dg is not None and dep.target.type == ops.OPTYPE.RESHAPE:
                 barrier = _reshape_barrier(dg, dep.target)
+            if not barrier and dep.target.type in (ops.OPTYPE.SPLIT, ops.OPTYPE.SLICE):
+                barrier = _split_barrier(dep.target)
             if not barrier and any(tag in op for tag in _CHANNEL_MIXING_OPS):
                 barrier = f"channels pass through {op}, which moves values across channels"
     if producers != 1 or barrier:

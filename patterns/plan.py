@@ -141,10 +141,18 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
+        """The plan in JSON file ``path``; ConfigError when it cannot be read, PlanError when it is not a
+        UTF-8 plan (a non-UTF-8 byte is named with its offset)."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read plan file {path}: {exc.strerror}",
                               hint="check the --plan path") from exc
+        try:
+            text = data.decode("utf-8")  # JSON files are UTF-8 (RFC 8259), whatever the locale says
+        except UnicodeDecodeError as exc:
+            raise PlanError(f"plan file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+                            hint="pass a JSON plan written by Plan.save or a search (final-N.plan.json), "
+                                 "or save the file as UTF-8") from None
         return cls.from_json(text)

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -49,6 +50,15 @@ def test_bad_ratio_and_missing_file(tmp_path):
         LayerAssignment("kernel", "row1", ratio=1.5)
     with pytest.raises(ConfigError, match="cannot read plan"):
         Plan.load(tmp_path / "missing.json")
+
+
+def test_non_utf8_plan_file_is_a_plan_error_naming_file_and_offset(tmp_path):
+    path = tmp_path / "latin1.plan.json"
+    text = _plan().to_json()
+    offset = text.index("resnet20")
+    path.write_bytes(text[:offset].encode() + "r\xe9snet".encode("latin-1") + text[offset + 8:].encode())
+    with pytest.raises(PlanError, match=re.escape(f"plan file {path} is not UTF-8 text (byte 0xe9 at offset {offset + 1})")):
+        Plan.load(path)
 
 
 def test_vocab_is_stable_and_complete():

@@ -248,15 +248,16 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     args.out.mkdir(parents=True, exist_ok=True)
+    header = (f"Generality over the corpus (tests/fixtures/corpus.py), local agent, XNNPACK fp32, 1 thread; "
+              f"speed-ups are dense/pruned p50, median of {args.rounds} interleaved rounds.\n\n")
     with open_devices(["local"]) as devices:
         for entry in entries:
             print(f"== {entry.name}", file=sys.stderr, flush=True)
             rows.append(run_entry(entry, args.out / entry.name, devices, args))
+            # rewritten after every architecture: a long run that is stopped keeps its finished rows
             (args.out / "generality.json").write_text(json.dumps(rows, indent=2, default=str))
-    text = (f"Generality over the corpus (tests/fixtures/corpus.py), local agent, XNNPACK fp32, 1 thread; "
-            f"speed-ups are dense/pruned p50, median of {args.rounds} interleaved rounds.\n\n" + table(rows, args))
-    print(text)
-    (args.out / "generality.md").write_text(text + "\n")
+            (args.out / "generality.md").write_text(header + table(rows, args) + "\n")
+    print(header + table(rows, args))
     return 0
 
 

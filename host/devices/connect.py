@@ -48,9 +48,17 @@ def _read_token(path: Path | None) -> str | None:
     if path is None:
         return None
     try:
-        return Path(path).expanduser().read_text().strip()
+        data = Path(path).expanduser().read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the token file {path}: {exc}", hint="pass --token-file FILE") from None
+    try:
+        # UTF-8 whatever the locale says, as the agent reads its own copy of the token
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"the token file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+            hint="pass the file holding the agent's token (the one its token_file names), saved as UTF-8",
+        ) from None
 
 
 def _read_bytes(path: Path | None, what: str) -> bytes | None:

@@ -32,7 +32,6 @@ _MHA = ("nn.MultiheadAttention.out_proj is offered channel choices, but decide()
         "dependency graph has no node for NonDynamicallyQuantizableLinear (patterns/channel.py)")
 KNOWN: dict[tuple[str, str], str] = {
     ("plans", "mha_classifier"): _MHA,
-    ("export", "mha_classifier"): _MHA + " (the floor plan does not realize)",
     ("plans", "timm_mixer_small"): "token-mixing MLP: the realized floor model runs 640 MACs more than its masks "
                                    "count (320128 vs 319488); outputs agree",
 }

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import tempfile
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 INVALID_REWARD = -1.0  # below every valid reward of the latency/energy objectives and the paper's "acc - 1"
+# Candidate artifacts are written inside the run directory, not the system temp folder: a SIGKILL runs no
+# cleanup, so whatever it leaves stays in the user's run folder, and the next process on the run clears it.
+WORK_DIR_NAME = ".work"
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int | None = None,
@@ -193,7 +196,10 @@ class CandidateEvaluator:
         # cost relative to dense: measured latency/energy (worst device) or, for the flops objective, MACs
         self.cost_model = CostModel.from_space(space)
         self._out_shape: tuple[int, ...] | None = None  # the base model's output shape, for realize_checked
-        self._workdir = Path(tempfile.mkdtemp(prefix="sculpt-candidates-"))
+        # <run>/.work: emptied here (a killed process may have left a half-written artifact), removed by close()
+        self._workdir = Path(journal.path).parent / WORK_DIR_NAME
+        shutil.rmtree(self._workdir, ignore_errors=True)
+        self._workdir.mkdir(parents=True, exist_ok=True)
 
     # -- references ----------------------------------------------------------------------------------
     def evaluate_dense(self) -> CandidateRecord:
@@ -490,8 +496,7 @@ class CandidateEvaluator:
         return self.objective.reward(acc, macs, dense_macs, measured=figures, dense_measured=dense)
 
     def close(self) -> None:
-        import shutil
-
+        """Remove the run's working folder (``<run>/.work``)."""
         shutil.rmtree(self._workdir, ignore_errors=True)
 
 

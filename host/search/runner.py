@@ -266,6 +266,7 @@ class SearchRunner:
     def _search(self, evaluator, space) -> None:
         from stable_baselines3 import PPO
         from stable_baselines3.common.callbacks import BaseCallback
+        from stable_baselines3.common.logger import Logger
 
         from host.search.env import PruningEnv, StepOutcome
         from host.search.policy import (
@@ -328,6 +329,9 @@ class SearchRunner:
             if cfg.policy_file:
                 load_policy_weights(model.policy, read_policy_file(Path(cfg.policy_file)), space.vocab)
                 logger.info("starting from the trained policy %s", cfg.policy_file)
+        # SB3's default logger makes an (empty) $TMPDIR/SB3-<time> folder in every process that learns; the
+        # run's figures go to its own tensorboard/, so a logger without outputs leaves nothing in /tmp
+        model.set_logger(Logger(folder=None, output_formats=[]))
         runner = self
 
         class Budget(BaseCallback):

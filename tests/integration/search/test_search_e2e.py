@@ -4,6 +4,7 @@ an unreachable target; and a real search process SIGKILLed and resumed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,9 +13,12 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
+import psutil
 import pytest
 
+from host.search.candidate import WORK_DIR_NAME
 from host.search.journal import JOURNAL_NAME, Journal
 from tests.integration.search.conftest import tiny_config
 
@@ -97,17 +101,60 @@ def _rows(run_dir):
         conn.close()
 
 
+def _agent_store(procs) -> Path | None:
+    """The --store folder of the private agent among ``procs`` (its command line names it)."""
+    for proc in procs:
+        try:
+            cmd = proc.cmdline()
+        except psutil.Error:
+            continue
+        if "device_agent.cli" in cmd and "--store" in cmd:
+            return Path(cmd[cmd.index("--store") + 1])
+    return None
+
+
+def _alive(procs) -> list:
+    """Those of ``procs`` still running (a zombie has exited; is_running() also checks the pid was not reused)."""
+    alive = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _leftovers(tmp: Path) -> list[str]:
+    """What is in the search's temp folder, except two things of upstream libraries that are not the run's:
+    torch's compile cache ``torchinductor_<user>`` (shared by every process, kept on purpose) and the
+    modules PyG generates for each MessagePassing class it compiles (``torch_geometric.*.py``, written with
+    ``NamedTemporaryFile(delete=False)`` in every process that uses the GNN, killed or not)."""
+    return sorted(p.name for p in tmp.iterdir()
+                  if not (p.name.startswith("torchinductor_") and p.is_dir())
+                  and not (p.name.startswith("torch_geometric.") and p.suffix == ".py" and p.is_file()))
+
+
 def test_sigkill_then_resume_does_not_reevaluate(tmp_path, trained_resnet20_mnist):
+    """SIGKILL of the search process alone (no cleanup runs): its private agent and the agent's workers end,
+    no temporary folder is left (the agent's store nor the candidates' artifacts), and a resume goes on
+    without evaluating a finished candidate again."""
     run_dir = tmp_path / "killed"
+    tmp = tmp_path / "tmp"  # the search's own temp folder: anything it leaves there is a leak of this run
+    tmp.mkdir()
     budget = 4
     cmd = [sys.executable, "-m", "host.cli.main", "search", "--model", "resnet20", "--data", "mnist",
            "--checkpoint", str(trained_resnet20_mnist), "--device", "local", "--budget", str(budget),
            "--final-top", "0", "--out", str(run_dir), "--json", *TINY]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp)}
+    # its own session, so the test can kill whatever is left (by process group) if the check below fails
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    children: dict[int, psutil.Process] = {}  # the agent and its runtime workers, seen while the search runs
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                children.update({c.pid: c for c in psutil.Process(proc.pid).children(recursive=True)})
             if (run_dir / JOURNAL_NAME).is_file() and sum(r[1] == "search" for r in _rows(run_dir)) >= 2:
                 break
             if proc.poll() is not None:
@@ -115,11 +162,21 @@ def test_sigkill_then_resume_does_not_reevaluate(tmp_path, trained_resnet20_mnis
             time.sleep(0.2)
         else:
             pytest.fail("search did not record 2 candidates in time")
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: the search and its private agent
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        children.update({c.pid: c for c in psutil.Process(proc.pid).children(recursive=True)})
+        store = _agent_store(children.values())
+        assert store is not None and store.is_dir(), [c.cmdline() for c in _alive(children.values())]
+        assert len(children) >= 2  # the agent and at least its ExecuTorch worker (the dense model was measured)
+        os.kill(proc.pid, signal.SIGKILL)  # the search process only: its children must go by themselves
         proc.wait(timeout=30)
+        _gone, alive = psutil.wait_procs(_alive(children.values()), timeout=30)
+        alive = _alive(alive)
+        assert not alive, f"left running after the search was SIGKILLed: {[(p.pid, p.cmdline()) for p in alive]}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the session survived a failed check
+        proc.wait(timeout=30)
+    assert not store.exists(), f"the local agent's store {store} was left behind"
+    assert _leftovers(tmp) == [], "temporary files of the killed search were left behind"
     before = _rows(run_dir)
     done_before = sum(r[1] == "search" for r in before)
     assert 2 <= done_before < budget
@@ -132,6 +189,9 @@ def test_sigkill_then_resume_does_not_reevaluate(tmp_path, trained_resnet20_mnis
                              env=env, capture_output=True, timeout=600)
     resumed_wall = time.monotonic() - started
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    # the candidates' working folder the killed process left in the run was cleared, then removed at the end
+    assert not (run_dir / WORK_DIR_NAME).exists()
+    assert _leftovers(tmp) == []
     result = json.loads(resumed.stdout)
     after = _rows(run_dir)
     assert after[: len(before)] == before  # rows written before the kill are untouched

@@ -41,6 +41,8 @@ class ChannelFamily(Family):
     def choices(self, module: nn.Module, *, role: str = "", group: CoupledGroup | None = None) -> list[str]:
         if not self.applies_to(module, role=role) or (group is not None and _refusal(group)):
             return []
+        if group is None and isinstance(module, nn.Linear):
+            return []  # a Linear the dependency analysis never reached (nn.MultiheadAttention.out_proj)
         return list(PATTERNS)
 
     def decide(self, ctx: Context, layer: str, assignment: LayerAssignment) -> Decision:

@@ -72,10 +72,11 @@ def layer_choices(model: nn.Module, example_input) -> dict[str, list[tuple[str, 
     from patterns.vit import layer_roles
 
     by_layer: dict[str, CoupledGroup] = {}
-    for group in coupled_groups(model, example_input):
+    groups = coupled_groups(model, example_input)
+    for group in groups:
         for member in group.members:
             if member.kind == "out":
                 by_layer.setdefault(member.name, group)
-    roles = layer_roles(model, example_input)
+    roles = layer_roles(model, example_input, groups=groups)
     return {name: choices_for(model.get_submodule(name), role=roles.get(name, ""), group=by_layer.get(name))
             for name in prunable_layers(model)}

@@ -5,8 +5,12 @@ and output-projection columns. It goes on the layer producing the attention's qu
 fused qkv) or, for an ``nn.MultiheadAttention``, on its out_proj. Heads are found from the traced graph for
 any spelling (:mod:`patterns.heads`): the attention op, the reshape into heads and the projection that
 consumes the merged heads, never from module or attribute names. A masked head computes zero values, so
-its output is exactly zero, as after removal. ``hiddenR`` on an MLP's ``fc1`` removes that share of hidden
-units (fc1 rows, fc2 columns); the MLP is duck-typed (``fc1``/``fc2`` linears, as in host.models.vit).
+its output is exactly zero, as after removal. ``hiddenR`` on an MLP's first linear removes that share of
+hidden units (its rows, the next linear's columns). An MLP is found from the coupling, not from names: a
+Linear whose output features are consumed only by Linear layers, through element-wise ops, and can be
+removed exactly (the channel family's test: no LayerNorm, no barrier); the units go through the same
+torch-pruning group removal as ``channel:pruneR`` on that layer (ranked by the L2 norm of every slice the
+group ties together, which for ``fc1 -> act -> fc2`` is fc1's row and bias and fc2's column).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from torch import nn
 
 from host.errors import PlanError
-from patterns.family import Context, Decision, Family, RealizeState, count_for_ratio, stable_order, weight_key
+from patterns.family import Context, Decision, Family, RealizeState, count_for_ratio, stable_order
 from patterns.heads import (
     HeadLayout,
     head_energy,
@@ -33,27 +37,36 @@ HEADS = {"heads25": 0.25, "heads50": 0.5}
 HIDDEN = {"hidden25": 0.25, "hidden50": 0.5, "hidden75": 0.75}
 
 
-def is_mlp(module: nn.Module) -> bool:
-    return all(isinstance(getattr(module, n, None), nn.Linear) for n in ("fc1", "fc2"))
+def mlp_role(group) -> str:
+    """"mlp" when ``group`` (a :class:`patterns.structure.CoupledGroup`) is an MLP's hidden units: one Linear
+    producer, only Linear consumers, exactly removable."""
+    from patterns.channel import channel_refusal
+
+    if group is None or channel_refusal(group):
+        return ""
+    producers = [m for m in group.members if m.kind == "out" and m.module_type in ("Conv2d", "Linear")]
+    consumers = [m for m in group.members if m.kind == "in"]
+    if len(producers) == 1 and producers[0].module_type == "Linear" and consumers and \
+            all(m.module_type == "Linear" for m in consumers):
+        return "mlp"
+    return ""
 
 
-def _mlp_role(model: nn.Module, layer: str) -> str:
-    parent_name, _, child = layer.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    return "mlp" if child == "fc1" and is_mlp(parent) else ""
-
-
-def layer_roles(model: nn.Module, example_input: torch.Tensor | None = None, *, traced=None) -> dict[str, str]:
+def layer_roles(model: nn.Module, example_input: torch.Tensor | None = None, *, traced=None,
+                groups=None) -> dict[str, str]:
     """Every layer with a transformer role: "attention" for the layer a head pattern goes on (an attention
-    whose heads can be removed exactly), "mlp" for an MLP's fc1. ``traced`` reuses a
-    :class:`host.graph.trace.TracedModel` of ``model``; without ``example_input`` each attention is probed
-    with a (2, 5, width) token batch."""
-    from patterns.structure import prunable_layers
+    whose heads can be removed exactly), "mlp" for the first linear of an MLP (see :func:`mlp_role`).
+    ``traced`` reuses a :class:`host.graph.trace.TracedModel` of ``model`` and ``groups`` its coupled
+    groups; without ``example_input`` each attention is probed with a (2, 5, width) token batch and no MLP
+    is found (that needs the coupling)."""
+    from patterns.structure import coupled_groups
 
     roles = {anchor: "attention" for anchor in head_layouts(model, example_input, traced=traced)}
-    for name in prunable_layers(model):
-        if name not in roles and _mlp_role(model, name):
-            roles[name] = "mlp"
+    if groups is None and example_input is not None:
+        groups = coupled_groups(model, example_input)
+    for group in groups or ():
+        if mlp_role(group) and group.root not in roles:
+            roles[group.root] = "mlp"
     return roles
 
 
@@ -94,8 +107,6 @@ class VitFamily(Family):
     def decide(self, ctx: Context, layer: str, assignment: LayerAssignment) -> Decision:
         self.check_pattern(layer, assignment)
         ctx.module(layer)
-        parent_name = layer.rpartition(".")[0]
-        parent = ctx.model.get_submodule(parent_name) if parent_name else ctx.model
         if assignment.pattern in HEADS:
             layouts, reasons = _context_layouts(ctx)
             if layer not in layouts:
@@ -106,10 +117,20 @@ class VitFamily(Family):
                                      "inspect` lists the layers that take them")
             ratio = HEADS[assignment.pattern] if assignment.ratio is None else assignment.ratio
             return self._heads(ctx, layouts[layer], ratio, layer)
-        if _mlp_role(ctx.model, layer) != "mlp":
-            raise PlanError(f"layer '{layer}' is not the fc1 of an MLP", hint="put hidden patterns on '<block>.mlp.fc1'")
+        module = ctx.module(layer)
+        group = ctx.group(layer)[1] if isinstance(module, nn.Linear) else None
+        if not mlp_role(group):
+            from patterns.channel import channel_refusal
+
+            why = channel_refusal(group) if group is not None else "it is not a Linear"
+            raise PlanError(f"layer '{layer}' is not the first linear of an MLP whose hidden units can be removed"
+                            + (f" ({why})" if why else " (its outputs do not feed only linears)"),
+                            hint="put hidden patterns on an MLP's first linear (fc1 -> act -> fc2); "
+                                 "`sculpt-host inspect` lists the layers that take them")
         ratio = HIDDEN[assignment.pattern] if assignment.ratio is None else assignment.ratio
-        return self._hidden(parent_name, parent, ratio, layer)
+        from patterns.channel import ChannelFamily
+
+        return ChannelFamily().decide(ctx, layer, LayerAssignment("channel", "prune50", ratio=ratio))
 
     def _heads(self, ctx: Context, layout: HeadLayout, ratio: float, layer: str) -> Decision:
         heads = layout.heads
@@ -122,53 +143,6 @@ class VitFamily(Family):
         drop = sorted(stable_order(head_energy(ctx.model, layout))[:k])
         keep_heads = [h for h in range(heads) if h not in drop]
         return Decision(head_masks(ctx.model, layout, drop), rewrites=((10, _HeadRewrite(layout, keep_heads).apply),))
-
-    def _hidden(self, prefix: str, mlp: nn.Module, ratio: float, layer: str) -> Decision:
-        hidden = mlp.fc1.out_features
-        k = count_for_ratio(hidden, ratio)
-        if k >= hidden:
-            raise PlanError(f"layer '{layer}': removing {ratio:.0%} of {hidden} hidden units removes all",
-                            hint="use a smaller share")
-        energy = mlp.fc1.weight.detach().double().pow(2).sum(1) + mlp.fc2.weight.detach().double().pow(2).sum(0)
-        if mlp.fc1.bias is not None:
-            energy += mlp.fc1.bias.detach().double().pow(2)
-        drop = sorted(stable_order(energy)[:k])
-        masks = _unit_masks(prefix, [("fc1", "out"), ("fc2", "in")], mlp, drop)
-        keep = [u for u in range(hidden) if u not in set(drop)]
-        return Decision(masks, rewrites=((10, _HiddenRewrite(prefix, keep).apply),))
-
-
-def _unit_masks(prefix: str, parts: list[tuple[str, str]], parent: nn.Module, units: list[int]) -> dict:
-    masks = {}
-    index = torch.tensor(units, dtype=torch.long)
-    for child, kind in parts:
-        linear = getattr(parent, child)
-        name = f"{prefix}.{child}" if prefix else child
-        weight = torch.ones_like(linear.weight, dtype=torch.bool)
-        if kind == "out":
-            weight[index] = False
-            if linear.bias is not None:
-                bias = torch.ones_like(linear.bias, dtype=torch.bool)
-                bias[index] = False
-                masks[weight_key(name, "bias")] = bias
-        else:
-            weight[:, index] = False
-        masks[weight_key(name)] = weight
-    return masks
-
-
-def _shrink(linear: nn.Linear, index: torch.Tensor, kind: str) -> nn.Linear:
-    if kind == "out":
-        new = nn.Linear(linear.in_features, len(index), bias=linear.bias is not None)
-        new.weight.data = linear.weight.data[index].clone()
-        if linear.bias is not None:
-            new.bias.data = linear.bias.data[index].clone()
-    else:
-        new = nn.Linear(len(index), linear.out_features, bias=linear.bias is not None)
-        new.weight.data = linear.weight.data[:, index].clone()
-        if linear.bias is not None:
-            new.bias.data = linear.bias.data.clone()
-    return new
 
 
 def _why(layer: str, layouts: dict[str, HeadLayout], reasons: dict[str, str]) -> str:
@@ -206,16 +180,3 @@ class _HeadRewrite:
             if self.layout.route == "graph":
                 state.notes.append(f"{owner_name}: forward rewritten for {len(self.keep_heads)} heads "
                                    "(its graph sizes the merged heads from its input)")
-
-
-class _HiddenRewrite:
-    def __init__(self, prefix: str, keep: list[int]) -> None:
-        self.prefix = prefix
-        self.keep = keep
-
-    def apply(self, model: nn.Module, state: RealizeState) -> None:
-        mlp = model.get_submodule(self.prefix) if self.prefix else model
-        index = torch.tensor(self.keep, dtype=torch.long)
-        mlp.fc1 = _shrink(mlp.fc1, index, "out")
-        mlp.fc2 = _shrink(mlp.fc2, index, "in")
-        state.kept_in[f"{self.prefix}.fc2" if self.prefix else "fc2"] = list(self.keep)

@@ -207,7 +207,7 @@ def _build(work: nn.Module, example_input: torch.Tensor, names: list[str]) -> Mo
         for name in producers:
             group_by_layer.setdefault(name, group)
             group_info.setdefault(name, (len(producers), group.private, name == group.root))
-    roles = layer_roles(work, example_input, traced=traced)
+    roles = layer_roles(work, example_input, traced=traced, groups=groups)
     choices = {name: tuple(choices_for(work.get_submodule(name), role=roles.get(name, ""),
                                        group=group_by_layer.get(name))) for name in names}
     structural = structural_features(layers, edges, group_info)

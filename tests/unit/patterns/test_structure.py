@@ -31,8 +31,10 @@ def test_depthwise_and_layernorm_coupling():
     assert not expand.private  # the depthwise conv's filters are tied to the expand conv's channels
     model, groups = _groups("vit_tiny")
     assert groups["patch_embed"].has_layernorm
-    assert role_of(model, "blocks.0.attn.q") == "attention" and role_of(model, "blocks.0.mlp.fc1") == "mlp"
-    assert role_of(model, "blocks.0.attn.k") == ""
+    x = torch.randn(1, 3, 8, 8)  # an MLP is found from the coupling, which needs an input
+    assert role_of(model, "blocks.0.attn.q", x) == "attention" and role_of(model, "blocks.0.mlp.fc1", x) == "mlp"
+    assert role_of(model, "blocks.0.attn.k", x) == "" and role_of(model, "blocks.0.mlp.fc2", x) == ""
+    assert role_of(model, "blocks.0.mlp.fc1") == ""  # no input, no coupling: no MLP claimed
 
 
 def test_choices_depend_on_layer_kind():

@@ -92,11 +92,8 @@ def _check_realized(model, plan, x, label: str, ctx=None):
 
 @pytest.mark.parametrize("name", _params("graph"))
 def test_graph_and_inspect(name):
-    from host.graph import build_model_graph
-
-    entry = corpus.entry(name)
-    model = corpus.model(name)
-    graph = build_model_graph(model, entry.example_input())
+    model, space = _space(name)  # the search space's own graph: one build per model for every step
+    graph = space.graph
     summary = json.loads(json.dumps(graph.to_dict()))  # what `sculpt-host inspect --json` prints
     assert graph.layers and summary
     prunable = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)}

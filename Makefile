@@ -10,7 +10,7 @@ RUN_OUT ?= runs/quickstart
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: setup run test lint protos protos-check clean
+.PHONY: setup run test test-fast lint protos protos-check clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ run: setup
 test: setup
 	$(BIN)/python -m protos.generate --check
 	$(BIN)/pytest
+
+# The inner loop: unit tests only (no real servers, runtimes, sshd, corpus or searches); CI runs `make test`.
+test-fast: setup
+	$(BIN)/pytest -q -x -m "not slow and not integration"
 
 lint: setup
 	$(BIN)/ruff check .

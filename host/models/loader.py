@@ -47,6 +47,11 @@ def load_model(spec: str, *, checkpoint: str | Path | None = None, num_classes: 
     elif is_external(spec):
         model = load_external(spec, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                               model_args=model_args)
+    elif spec.endswith(".py"):
+        path = Path(spec)
+        raise ModelError(f"'{spec}' is a Python file, not a model spec",
+                         hint=f"name the function that builds the model as '{path.stem}:FACTORY' and put "
+                              f"{path.parent.resolve()} on PYTHONPATH (or run from there)")
     elif spec.endswith(".pt2") or Path(spec).is_file():
         model = _load_exported(Path(spec))
     elif ":" in spec:

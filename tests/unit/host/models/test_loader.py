@@ -108,3 +108,11 @@ def test_exported_program_pt2(tmp_path):
     (tmp_path / "bad.pt2").write_bytes(b"zip? no")
     with pytest.raises(ModelError, match="cannot load ExportedProgram"):
         load_model(str(tmp_path / "bad.pt2"))
+
+
+def test_a_python_file_path_says_how_to_name_its_factory(tmp_path):
+    source = tmp_path / "mynet.py"
+    source.write_text("from torch import nn\n\ndef build():\n    return nn.Linear(2, 2)\n")
+    with pytest.raises(ModelError) as info:
+        load_model(str(source))
+    assert "Python file" in str(info.value) and "mynet:FACTORY" in info.value.hint

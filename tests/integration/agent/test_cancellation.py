@@ -11,13 +11,12 @@ import psutil
 import pytest
 
 from device_agent.config import AgentConfig
-from device_agent.server import create_server, stop_server
 from host.devices.client import AgentClient
 from host.devices.results import BenchPolicy, BenchSpec
 from host.errors import BenchmarkError
 from protos.agent.v1 import agent_pb2 as pb
 from protos.agent.v1 import agent_pb2_grpc
-from tests.fixtures.agent import running_agent
+from tests.fixtures.agent import running_agent, running_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.litert]
 STOP_BOUND_S = 5.0  # the worker's cancel grace (2 s) plus slack for a loaded machine
@@ -28,12 +27,8 @@ ONE_RUN = BenchPolicy(warmup_runs=0, warmup_seconds=0, min_runs=1, min_seconds=0
 def agent(tmp_path):
     """(server, target) of an in-process agent on loopback."""
     config = AgentConfig(port=0, store_dir=tmp_path / "store", default_timeout_s=60.0)
-    server, port = create_server(config)
-    server.start()
-    try:
-        yield server, f"127.0.0.1:{port}"
-    finally:
-        stop_server(server, grace=0.5)
+    with running_server(config, grace=0.5) as (server, address):
+        yield server, address
 
 
 def _long_request(sha: str, seconds: float = 30.0) -> pb.BenchmarkRequest:

@@ -19,6 +19,7 @@ from host.devices.results import BenchPolicy, BenchSpec
 from host.errors import BenchmarkError
 from protos.agent.v1 import agent_pb2 as pb
 from protos.agent.v1 import agent_pb2_grpc
+from tests.fixtures.agent import running_server
 from tests.fixtures.tflite_builder import conv_net
 
 pytestmark = pytest.mark.integration
@@ -32,12 +33,8 @@ def small_agent(tmp_path):
     """A private agent with an 8 MiB upload cap and a one-slot queue."""
     config = AgentConfig(port=0, store_dir=tmp_path / "store", max_artifact_bytes=8 * 2**20,
                          store_capacity_bytes=64 * 2**20, queue_capacity=1, default_timeout_s=60.0)
-    server, port = create_server(config)
-    server.start()
-    try:
-        yield server, f"127.0.0.1:{port}"
-    finally:
-        stop_server(server, grace=0.5)
+    with running_server(config, grace=0.5) as (server, address):
+        yield server, address
 
 
 def _raw_upload(stub, data: bytes, sha: str | None = None, size: int | None = None):

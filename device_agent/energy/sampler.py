@@ -79,8 +79,10 @@ class Sampler:
             self._thread.join()
         if self._error is not None:
             raise self._error
-        self._sample()
+        # the clock is read before the counter, as in start(): reading it after would add the wait for the GIL
+        # that follows the file read (other threads of the agent) to the window but not to the energy
         self._t1 = time.monotonic()
+        self._sample()
         elapsed = max(self._t1 - self._t0, 1e-9)
         if self._is_counter:
             mean = self._energy_uj / 1e6 / elapsed

@@ -1,14 +1,17 @@
 """The energy objective end to end: a real search against a real in-process agent whose RAPL meter is a
 sysfs tree this test writes, with a counter that follows REAL CPU activity.
 
-This machine has no power meter, so the test plays the hardware: a thread advances the RAPL ``energy_uj``
+This machine has no power meter, so the test plays the hardware: a process of its own
+(``tests/fixtures/rapl_board.py``) advances the RAPL ``energy_uj``
 counter by ``IDLE_W * elapsed + BUSY_W * cpu_seconds``, where ``cpu_seconds`` is the CPU time the kernel
 accounted (``/proc/<pid>/stat``) to the descendants of this process: the agent's benchmark workers, i.e. the
 "board". A model that does more work burns more CPU time per inference and so more idle-subtracted energy;
 no per-model figure is written anywhere. Not the system-wide ``/proc/stat``: the machine is shared, and other
 test runs would show up as "energy" of our models. Not this process either: it plays the HOST (which on a
 real setup is another machine), and its CPU use right after a candidate's export landed in the agent's idle
-window (measured once: 0.74 of a CPU, idle power 3x too high, energy above idle 4x too low).
+window (measured once: 0.74 of a CPU, idle power 3x too high, energy above idle 4x too low). Not a thread of
+this process: the counter stalled while the host held the GIL, and an idle window that began on the stale
+value read 3.6 W for 2 (CI, 2026-12-01).
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
-import time
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -31,124 +34,63 @@ pytestmark = [pytest.mark.integration, pytest.mark.executorch, pytest.mark.slow,
 
 IDLE_W = 2.0  # board power with nothing running
 BUSY_W = 6.0  # extra power per fully busy CPU
-MAX_RANGE_UJ = 2**32  # like a real package zone: the counter wraps
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """utime + stime of one process (None once it is gone)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()  # the command name may contain spaces
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return out
+BOARD = Path(__file__).resolve().parents[2] / "fixtures" / "rapl_board.py"
 
 
 class CpuPoweredRapl:
-    """A RAPL package zone under ``root`` whose counter a thread advances by ``idle_w * dt + busy_w * dcpu``,
-    ``dcpu`` being the CPU seconds the descendants of this process used meanwhile. The power model can be
-    changed while it runs (:meth:`power`) and the counter file removed (:meth:`unplugged`), as a failing
-    meter would be."""
+    """A RAPL package zone under ``root`` whose counter advances by ``idle_w * dt + busy_w * dcpu``, ``dcpu``
+    being the CPU seconds the new descendants of this process (the agent's workers) used meanwhile. The
+    counter is driven by ``tests/fixtures/rapl_board.py`` in a process of its own, so it advances while
+    this process (the host) holds the GIL. The power model can be changed while it runs (:meth:`power`) and
+    the counter file removed (:meth:`unplugged`), as a failing meter would be."""
 
-    def __init__(self, root: Path, interval_s: float = 0.01) -> None:  # CPU time moves in 10 ms ticks
+    def __init__(self, root: Path) -> None:
         self.zone = root / "sys/class/powercap/intel-rapl:0"
-        self.zone.mkdir(parents=True)
-        (self.zone / "name").write_text("package-0\n")
-        (self.zone / "max_energy_range_uj").write_text(f"{MAX_RANGE_UJ}\n")
-        self.interval_s = interval_s
-        self._power = (IDLE_W, BUSY_W)
-        self._seen: dict[int, float] = {}  # pid -> last CPU seconds; kept after exit so energy never goes back
-        # processes that already run (session fixtures of earlier tests: a local agent, sshd...) and their
-        # descendants are not this board's load; in a full test run they made idle read 4.7 W instead of 2
-        self._foreign = self._descendants()
-        self._lock = threading.Lock()
-        self._plugged = True
-        self._last = (time.monotonic(), self.tree_cpu_seconds())
-        self._integral = self._joules = 0.0
-        self._stop = threading.Event()
-        self._write()
-        self._thread = threading.Thread(target=self._loop, name="rapl-driver", daemon=True)
+        self._root = root
+        self._proc: subprocess.Popen | None = None
 
-    @staticmethod
-    def _descendants() -> set[int]:
-        found, pending = set(), _children(os.getpid())
-        while pending:
-            pid = pending.pop()
-            found.add(pid)
-            pending += _children(pid)
-        return found
-
-    def tree_cpu_seconds(self) -> float:
-        """CPU seconds of every descendant of this process started after the meter (the agent's workers)."""
-        pending = [pid for pid in _children(os.getpid()) if pid not in self._foreign]
-        while pending:
-            pid = pending.pop()
-            seconds = _cpu_seconds(pid)
-            if seconds is not None:
-                self._seen[pid] = max(seconds, self._seen.get(pid, 0.0))
-                pending += _children(pid)
-        return sum(self._seen.values())
+    def _send(self, command: str) -> None:
+        assert self._proc is not None and self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(command + "\n")
+        self._proc.stdin.flush()
+        answer = self._proc.stdout.readline().strip()
+        assert answer == "ok", f"rapl_board.py answered {answer!r} to {command!r}"
 
     @contextlib.contextmanager
     def power(self, idle_w: float, busy_w: float) -> Iterator[None]:
         """Another power model for the duration of the block (the counter stays continuous)."""
-        with self._lock:
-            before, self._power = self._power, (idle_w, busy_w)
+        self._send(f"power {idle_w} {busy_w}")
         try:
             yield
         finally:
-            with self._lock:
-                self._power = before
+            self._send(f"power {IDLE_W} {BUSY_W}")
 
     @contextlib.contextmanager
     def unplugged(self) -> Iterator[None]:
         """No ``energy_uj`` file for the duration of the block."""
-        with self._lock:
-            self._plugged = False
-            (self.zone / "energy_uj").unlink()
+        self._send("unplug")
         try:
             yield
         finally:
-            with self._lock:
-                self._plugged = True
-
-    def _write(self) -> None:
-        with self._lock:
-            now, cpu = time.monotonic(), self.tree_cpu_seconds()
-            idle_w, busy_w = self._power
-            self._integral += idle_w * (now - self._last[0]) + busy_w * (cpu - self._last[1])
-            self._last = (now, cpu)
-            # CPU time is accounted in whole ticks, so with busy_w < 0 the integral can dip for a moment;
-            # a real counter never runs backwards (the agent would read that as a wrap)
-            self._joules = max(self._joules, self._integral)
-            if not self._plugged:
-                return
-            tmp = self.zone / "energy_uj.tmp"
-            tmp.write_text(f"{int(self._joules * 1e6) % MAX_RANGE_UJ}\n")
-            os.replace(tmp, self.zone / "energy_uj")  # the agent never reads half a number
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._write()
+            self._send("plug")
 
     def __enter__(self) -> CpuPoweredRapl:
-        self._thread.start()
+        cmd = [sys.executable, str(BOARD), str(self._root), "--board-of", str(os.getpid()),
+               "--idle-w", str(IDLE_W), "--busy-w", str(BUSY_W)]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self._proc.stdout is not None
+        ready = self._proc.stdout.readline().strip()
+        assert ready == "ready", f"rapl_board.py did not start (printed {ready!r}, exit {self._proc.poll()})"
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.close()  # end of file: the board stops
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
 
 
 @contextlib.contextmanager

@@ -120,3 +120,31 @@ def test_tiled_kernel_mix_exports_gather_free_and_matches_eager(tmp_path):
     other = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(run_pte(artifact.path, (other,))[0], realized(other), atol=1e-4, rtol=1e-4)
+
+
+class _GhostLike(torch.nn.Module):
+    """Concat then a slice that keeps every channel (timm GhostNet's ``out[:, :self.out_chs]``), twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.primary = torch.nn.Conv2d(3, 4, 1)
+        self.cheap = torch.nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.mix = torch.nn.Conv2d(8, 8, 1)
+        self.head = torch.nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        y = self.primary(x)
+        y = torch.cat([y, self.cheap(y)], 1)[:, :8]
+        return self.head(self.mix(y).relu()[:, :8])
+
+
+def test_whole_dimension_slices_do_not_split_the_xnnpack_delegate(tmp_path):
+    """torch.export turns ``y[:, :C]`` of a C-channel ``y`` into an alias, which XNNPACK does not take: each one
+    cut the graph into another delegate call with a portable copy between. They are dropped before lowering."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    x = torch.randn(1, 3, 8, 8)
+    artifact = export_pte(_GhostLike().eval(), (x,), tmp_path / "ghost.pte")
+    plan = deserialize_pte_binary(artifact.path.read_bytes()).program.execution_plan[0]
+    assert len(plan.delegates) == 1 and [op.name for op in plan.operators] == []
+    assert artifact.max_abs_err < 1e-3

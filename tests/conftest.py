@@ -35,3 +35,16 @@ def require_root(reason: str) -> None:
     """Skip (with the reason) a test that needs root, e.g. network namespaces or a privileged sshd."""
     if os.geteuid() != 0:
         pytest.skip(f"needs root: {reason}")
+
+
+# Tests whose checks rest on real measurements (latency ratios, energy, cool-downs, deadlines, lossy links) run
+# with nothing beside them: `make test` runs the rest two at a time (pytest-xdist), then these one at a time.
+ALONE_DIRS = ("integration/search", "integration/agent", "integration/remote")
+
+
+def pytest_collection_modifyitems(config, items):
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        where = Path(str(item.path)).resolve().relative_to(tests_dir).as_posix()
+        if where.startswith(ALONE_DIRS):
+            item.add_marker(pytest.mark.alone)

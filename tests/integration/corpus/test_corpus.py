@@ -35,7 +35,10 @@ REL_TOL = 1e-4  # max |realized - masked| relative to the output scale
 
 def _params(step: str):
     marks = {name: KNOWN.get((step, name)) for name in corpus.NAMES}
-    return [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason) if reason else (), id=name)
+    # one xdist group per model: its steps share the cached search space and dependency analysis (seconds to
+    # tens of seconds each), so they run in one worker
+    return [pytest.param(name, id=name, marks=[pytest.mark.xdist_group(name)]
+                         + ([pytest.mark.xfail(strict=True, reason=reason)] if reason else []))
             for name, reason in marks.items()]
 
 

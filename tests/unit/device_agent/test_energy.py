@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import stat
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -144,14 +144,20 @@ def test_power_sampler_averages_samples(tmp_path):
         name, method = "fixed", "test meter"
 
         def __init__(self):
-            self.values = iter([1.0, 3.0] + [2.0] * 1000)
+            self.values = iter([1.0, 3.0] + [2.0] * 100000)
+            self.reads = 0
+            self.third = threading.Event()
 
         def read_watts(self):
+            self.reads += 1
+            if self.reads >= 3:
+                self.third.set()
             return next(self.values)
 
-    sampler = Sampler(Fixed(), interval_s=0.001)
+    meter = Fixed()
+    sampler = Sampler(meter, interval_s=0.001)
     sampler.start()
-    time.sleep(0.02)
+    assert meter.third.wait(30)  # the background thread sampled twice (not a fixed sleep: the machine is shared)
     window = sampler.stop()
     assert window.sample_count >= 3 and 1.0 < window.mean_power_w <= 2.0 + 1e-9
 

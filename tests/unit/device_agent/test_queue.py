@@ -7,17 +7,26 @@ from device_agent.errors import AgentError
 from device_agent.queue import BenchQueue
 
 
+def _wait_for(condition, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
 def test_runs_one_at_a_time_in_arrival_order():
     queue = BenchQueue(capacity=5, results_kept=10)
     running = []
     order = []
     overlap = []
+    gate = threading.Event()  # the first job holds the queue until all four arrived
 
     def job(name):
         def fn(_queued, _wanted):
             running.append(name)
             overlap.append(len(running))
-            time.sleep(0.05)
+            gate.wait(30)
+            time.sleep(0.01)
             order.append(name)
             running.remove(name)
             return name
@@ -28,7 +37,8 @@ def test_runs_one_at_a_time_in_arrival_order():
         t = threading.Thread(target=queue.submit, args=(f"j{i}", job(f"j{i}")))
         t.start()
         threads.append(t)
-        time.sleep(0.01)
+        _wait_for(lambda n=i + 1: queue.depth == n, f"job {i} to be queued")  # arrival order, whatever the load
+    gate.set()
     for t in threads:
         t.join()
     assert max(overlap) == 1
@@ -134,6 +144,11 @@ def test_a_running_job_learns_when_nobody_waits_any_more():
     queue = BenchQueue(capacity=2, results_kept=10)
     first, retry = [True], [True]
     seen = []
+    asked = []  # the job asked the retry whether it still waits: the retry has joined
+
+    def retry_active():
+        asked.append(1)
+        return retry[0]
 
     def job(_q, wanted):
         deadline = time.monotonic() + 5
@@ -150,13 +165,13 @@ def test_a_running_job_learns_when_nobody_waits_any_more():
 
     def join():
         try:
-            joined.append(queue.submit("j", job, is_active=lambda: retry[0]))
+            joined.append(queue.submit("j", job, is_active=retry_active))
         except AgentError as exc:
             joined.append(exc.code)
 
     j = threading.Thread(target=join)
     j.start()
-    time.sleep(0.05)
+    _wait_for(lambda: asked, "the retry to join the running job")
     first[0] = False  # the first caller's connection dropped: the retry that joined keeps the job wanted
     time.sleep(0.1)
     assert t.is_alive() and not seen

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from host.cli.main import main
 from host.search.journal import JOURNAL_NAME
 
@@ -24,11 +22,9 @@ def test_bad_target(tmp_path, capsys):
 
 def test_unreachable_device_fails_before_training(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AUTOSCULPT_CACHE_DIR", str(tmp_path / "cache"))
-    start = time.monotonic()
     code = main(["search", "--device", "grpc://127.0.0.1:9", "--out", str(tmp_path / "d")])
     assert code == 3
     assert "127.0.0.1:9" in capsys.readouterr().err
-    assert time.monotonic() - start < 120
     assert not (tmp_path / "cache").exists()  # no checkpoint training started
     assert not (tmp_path / "d" / JOURNAL_NAME).exists()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib.util
 import json
 
 import numpy as np
@@ -19,13 +18,10 @@ import pytest
 import torch
 
 from tests.fixtures import corpus
+from tests.helpers import require_models_extra
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("timm") is None or importlib.util.find_spec("torchvision") is None,
-                       reason="needs the models extra (timm, torchvision --no-deps)"),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+require_models_extra()  # required, not skipped
 
 # (step, entry) -> reason: known failures of a step, marked xfail(strict=True) (none at present).
 KNOWN: dict[tuple[str, str], str] = {}
@@ -121,7 +117,6 @@ def test_floor_and_random_plans_realize_exactly(name):
 @pytest.mark.executorch
 @pytest.mark.parametrize("name", _params("export"))
 def test_realized_floor_exports_to_pte_matching_eager(name, tmp_path):
-    pytest.importorskip("executorch", reason="needs ExecuTorch")
     import patterns
     from host.export import export_pte, run_pte
 

@@ -1,18 +1,15 @@
 """Head-pruned transformers export to .pte (XNNPACK) and run there as in eager: timm's ViT with its head
 count updated, and a block whose forward was rewritten as a graph for fewer heads."""
 
-import importlib.util
 import math
 
 import pytest
 import torch
 from torch import nn
 
+from host.export import export_pte, run_pte
 from patterns import LayerAssignment, Plan, count, realize
-
-pytest.importorskip("executorch", reason="needs ExecuTorch")
-
-from host.export import export_pte, run_pte  # noqa: E402
+from tests.helpers import require_models_extra
 
 pytestmark = [pytest.mark.integration, pytest.mark.executorch, pytest.mark.slow]
 
@@ -27,8 +24,7 @@ def _check(model, realized, x, path):
 
 
 def test_head_pruned_timm_vit_exports_matching_eager(tmp_path):
-    if importlib.util.find_spec("timm") is None or importlib.util.find_spec("torchvision") is None:
-        pytest.skip("needs the models extra (timm, torchvision)")
+    require_models_extra()
     from host.models.external import import_library
 
     timm = import_library("timm")

@@ -21,7 +21,6 @@ ERROR_KINDS = {"transient", "failed", "fatal", "offline"}
 @pytest.fixture(scope="module")
 def tflite_models(tmp_path_factory):
     """Four small, different real .tflite models, so each device has several jobs."""
-    pytest.importorskip("ai_edge_litert")
     from tests.fixtures.tflite_builder import conv_net
 
     d = tmp_path_factory.mktemp("fleet-models")

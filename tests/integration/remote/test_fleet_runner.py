@@ -43,7 +43,6 @@ def two_agents(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    pytest.importorskip("ai_edge_litert")
     from tests.fixtures.tflite_builder import conv_net
 
     d = tmp_path_factory.mktemp("models")

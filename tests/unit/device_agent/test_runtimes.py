@@ -1,3 +1,4 @@
+import subprocess
 import sys
 
 import pytest
@@ -8,12 +9,17 @@ from device_agent.runtimes import all_statuses, resolve, status
 
 
 def test_both_runtimes_are_found_without_importing_them():
-    before = {"torch" in sys.modules, "executorch" in sys.modules}
     statuses = {s.name: s for s in all_statuses()}
     assert statuses["executorch"].available and statuses["executorch"].kind == PTE
     assert statuses["litert"].available and statuses["litert"].kind == TFLITE
     assert statuses["litert"].version
-    assert {"torch" in sys.modules, "executorch" in sys.modules} == before
+    # in a fresh interpreter: this one has long imported torch for other tests
+    code = ("import sys\nfrom device_agent.runtimes import all_statuses\nfound = all_statuses()\n"
+            "print(len(found), [m for m in ('torch', 'executorch', 'ai_edge_litert', 'tflite_runtime') "
+            "if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert proc.stdout.split()[0] == str(len(statuses))
+    assert proc.stdout.strip().endswith("[]"), proc.stdout
 
 
 def test_resolve_by_kind_and_by_name():
@@ -39,8 +45,6 @@ def test_missing_runtime_is_failed_precondition_naming_the_extra(monkeypatch):
 
 @pytest.mark.executorch
 def test_executorch_worker_imports_the_runtime_but_not_the_exporter():
-    import subprocess
-
     code = ("import sys\nfrom device_agent.runtimes import executorch as et\net.warm_up_import()\n"
             "print(sorted(m for m in ('torchao', 'executorch.exir', 'executorch.runtime') if m in sys.modules))\n"
             "print(et.current_threads() >= 1)")

@@ -2,7 +2,6 @@
 into smaller modules whose forward still runs (head counts updated or the graph rewritten)."""
 
 import copy
-import importlib.util
 import math
 
 import pytest
@@ -13,14 +12,14 @@ from torch import nn
 from host.errors import PlanError
 from patterns import LayerAssignment, Plan, apply_masks, layer_choices, realize
 from patterns.heads import PrunedMultiheadAttention, head_layouts
+from tests.helpers import require_models_extra
 
 HEADS = ("vit", "heads50")
 
 
 @pytest.fixture(scope="module")
 def timm():
-    if importlib.util.find_spec("timm") is None or importlib.util.find_spec("torchvision") is None:
-        pytest.skip("needs the models extra (timm, torchvision)")
+    require_models_extra()
     from host.models.external import import_library
 
     return import_library("timm")
@@ -256,7 +255,8 @@ def test_plan_on_a_layer_that_is_not_a_query_projection():
 
 
 def test_zoo_vit_with_head_dim_equal_to_head_count():
-    zoo = pytest.importorskip("host.models.zoo")
+    from host.models import zoo
+
     torch.manual_seed(5)
     model = zoo.create_model("vit_tiny", width=0.25, image_size=8).eval()  # dim 16, 4 heads of 4
     x = torch.randn(2, 3, 8, 8)

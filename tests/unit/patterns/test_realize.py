@@ -9,10 +9,9 @@ import torch
 from torch import nn
 
 from host.errors import PlanError
+from host.models import zoo
 from patterns import LayerAssignment, Plan, apply_masks, count, layer_choices, realize, validate
 from patterns.family import Context
-
-zoo = pytest.importorskip("host.models.zoo")
 
 MODELS = ["resnet20", "resnet56", "resnet110", "vgg16", "vgg19", "mobilenetv2", "vit_tiny"]
 

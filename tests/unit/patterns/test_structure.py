@@ -1,10 +1,8 @@
-import pytest
 import torch
 
+from host.models import zoo
 from patterns import choices_for, coupled_groups, layer_choices, prunable_layers
 from patterns.vit import role_of
-
-zoo = pytest.importorskip("host.models.zoo")
 
 
 def _groups(name):

@@ -6,8 +6,6 @@ import pytest
 
 from host.cli.main import main
 
-pytest.importorskip("executorch", reason="needs ExecuTorch")
-
 
 @pytest.mark.slow
 def test_export_command_writes_a_verified_pte(tmp_path, capsys):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 from host.errors import ConfigError, ModelError
 from host.models.external import is_external, parse_model_args, parse_value, prepare_torchvision
 from host.models.loader import load_model
+from tests.helpers import require_models_extra
 
 
 def test_model_arg_values_are_python_literals_where_possible():
@@ -33,9 +33,7 @@ def test_external_specs():
 
 @pytest.fixture(scope="module")
 def _libraries():
-    for package in ("timm", "torchvision"):  # importorskip would import torchvision before it is prepared
-        if importlib.util.find_spec(package) is None:
-            pytest.skip(f"needs the models extra ({package})")
+    require_models_extra()
 
 
 def test_timm_model_gets_sizes_and_model_args(_libraries):

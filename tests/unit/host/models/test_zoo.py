@@ -81,7 +81,6 @@ def test_torch_export_matches_eager(name):
 @pytest.mark.executorch
 @pytest.mark.parametrize("name", ["vit_tiny"])  # conv nets are lowered by the export tests
 def test_xnnpack_lowering_runs(name):
-    pytest.importorskip("executorch")
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
     from executorch.runtime import Runtime

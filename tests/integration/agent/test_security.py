@@ -76,7 +76,7 @@ def _serve(tmp_path, **kwargs):
     return server, f"127.0.0.1:{port}"
 
 
-def test_token_is_required_when_configured(tmp_path):
+def test_token_is_required_when_configured(tmp_path, tiny_pte):
     server, target = _serve(tmp_path, token=TOKEN)
     try:
         with AgentClient(target) as anonymous:
@@ -89,6 +89,18 @@ def test_token_is_required_when_configured(tmp_path):
         with AgentClient(target, token=TOKEN) as good:
             assert good.get_info().protocol_version == 1
             assert not good.has_artifact("0" * 64)
+            stored = good.upload(tiny_pte)
+        # the streaming upload and the benchmark are guarded too, not only the unary lookups
+        for token in (None, "wrong"):
+            with AgentClient(target, token=token) as bad:
+                with pytest.raises(DeviceAuthError):
+                    bad.upload(b"not stored: refused before the first chunk is kept" * 100)
+                with pytest.raises(DeviceAuthError):
+                    bad.benchmark(stored.sha256)
+        store = tmp_path / "store"
+        assert not [p for p in store.rglob("*") if p.is_file() and b"refused before" in p.read_bytes()]
+        with AgentClient(target, token=TOKEN) as good:
+            assert len(good.benchmark(stored.sha256).latencies_ms) > 0  # the search policy: a short run
     finally:
         stop_server(server, grace=0.2)
 

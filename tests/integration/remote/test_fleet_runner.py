@@ -162,3 +162,53 @@ def test_pool_open_connects_all_or_reports(two_agents):
         assert [h.label for h in partial.handles] == [two_agents[0]]
     finally:
         partial.close()
+
+
+def test_offline_needs_n_failures_in_a_row_and_a_success_resets_the_count(tmp_path):
+    """``offline_after=2``: a dead board is marked offline at its second failure in a row, so its third job is
+    not tried; a board that goes down, comes back, and goes down again is never marked offline (the job that
+    worked in between reset the count). The board is a real agent stopped and restarted on one port between
+    jobs, from the runner's own "start" event."""
+    from device_agent.config import AgentConfig
+    from device_agent.server import create_server, stop_server
+    from tests.fixtures.tflite_builder import conv_net
+
+    artifacts = []
+    for i in range(4):
+        path = tmp_path / f"m{i}.tflite"
+        path.write_bytes(conv_net(size=16, channels=(3, 8, 8 * (i + 1)))[0])
+        artifacts.append(Artifact.from_path(path))
+    port = free_port()
+    config = AgentConfig(host="127.0.0.1", port=port, store_dir=tmp_path / "store")
+    board = {"server": None}
+
+    def set_board(up: bool) -> None:
+        if board["server"] is not None:
+            stop_server(board["server"], grace=0.2)
+            board["server"] = None
+        if up:
+            board["server"], _ = create_server(config)
+            board["server"].start()
+
+    flaky_plan = iter([False, True, False, True])  # down, up, down, up: one job each
+
+    def on_event(device, what, _payload):
+        if device == "flaky" and what == "start":
+            set_board(next(flaky_plan))
+
+    dead = f"grpc://127.0.0.1:{free_port()}"
+    targets = [FleetTarget("flaky", parse_device(f"grpc://127.0.0.1:{port}"), FAST_RETRY),
+               FleetTarget("dead", parse_device(dead), FAST_RETRY)]
+    try:
+        runner = FleetRunner(targets, artifacts, _spec, tmp_path / "run", FleetRunConfig(offline_after=2),
+                             on_event=on_event)
+        records = runner.run()
+    finally:
+        set_board(False)
+    by = {(r.device, r.artifact): r for r in records}
+    flaky = [by[("flaky", a.name)] for a in artifacts]
+    assert [r.status for r in flaky] == ["error", "ok", "error", "ok"]
+    assert [r.error_kind for r in flaky[::2]] == ["transient", "transient"]
+    dead_kinds = [by[("dead", a.name)].error_kind for a in artifacts]
+    assert dead_kinds == ["transient", "transient", "offline", "offline"]
+    assert runner.offline == {"dead"}

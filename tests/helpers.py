@@ -12,3 +12,15 @@ def require_models_extra() -> None:
     of its ops on CPU torch."""
     missing = [p for p in ("timm", "torchvision") if importlib.util.find_spec(p) is None]
     assert not missing, f"the models extra is missing ({', '.join(missing)}): run `make setup`"
+
+
+# The zoo models whose cases stay in `make test-fast`, one per family (plain ResNet, VGG, ViT); the deeper and
+# wider ones (ResNet-56/110, VGG-19, MobileNetV2) are marked `slow` and run in `make test` only.
+FAST_ZOO = ("resnet20", "vgg16", "vit_tiny")
+
+
+def zoo_params(names) -> list:
+    """``pytest.param`` per zoo model name, ``slow`` unless it is in :data:`FAST_ZOO`."""
+    import pytest
+
+    return [pytest.param(name, id=name, marks=() if name in FAST_ZOO else pytest.mark.slow) for name in names]

@@ -12,6 +12,7 @@ from host.errors import PlanError
 from host.models import zoo
 from patterns import LayerAssignment, Plan, apply_masks, count, layer_choices, realize, validate
 from patterns.family import Context
+from tests.helpers import zoo_params
 
 MODELS = ["resnet20", "resnet56", "resnet110", "vgg16", "vgg19", "mobilenetv2", "vit_tiny"]
 
@@ -43,7 +44,7 @@ def _random_plan(choices: dict, seed: int, dense_share: float = 0.3) -> Plan:
     return Plan.from_mapping(layers)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", zoo_params(MODELS))
 def test_random_plans_realize_exactly(name):
     model = _model(name, size=8)
     x = torch.randn(2, 3, 8, 8)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from torch import nn
 
 from host.export.fold import fold_batchnorm, fold_batchnorm_graph
+from tests.helpers import require_models_extra
 
 
 class _HyphenBlocks(nn.Module):
@@ -76,10 +75,6 @@ def test_nothing_to_fold_returns_the_same_program():
     assert fold_batchnorm_graph(program.module()) == 0
 
 
-needs_executorch = pytest.mark.skipif(importlib.util.find_spec("executorch") is None, reason="needs ExecuTorch")
-
-
-@needs_executorch
 @pytest.mark.executorch
 def test_plain_lowering_fails_on_the_hyphenated_conv_bn():
     """The upstream failure the fold routes around; when ExecuTorch fixes it, this test says so."""
@@ -93,7 +88,6 @@ def test_plain_lowering_fails_on_the_hyphenated_conv_bn():
     assert "_fused_bn' is not in list" in str(info.value.__cause__)
 
 
-@needs_executorch
 @pytest.mark.executorch
 def test_export_pte_folds_first_and_matches_eager(tmp_path):
     from host.export import export_pte, run_pte
@@ -107,11 +101,10 @@ def test_export_pte_folds_first_and_matches_eager(tmp_path):
         torch.testing.assert_close(run_pte(artifact.path, (other,))[0], model(other), rtol=1e-4, atol=1e-4)
 
 
-@needs_executorch
 @pytest.mark.executorch
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("torchvision") is None, reason="needs torchvision (models extra)")
 def test_torchvision_regnet_exports_dense(tmp_path):  # regnet_y (with SE) is exported by the corpus test
+    require_models_extra()
     from host.export import export_pte, run_pte
     from host.models.loader import load_model
 

@@ -5,6 +5,7 @@ import torch
 
 from host.errors import ModelError
 from host.models.zoo import available_models, create_model
+from tests.helpers import zoo_params
 
 ALL = available_models()
 
@@ -68,7 +69,7 @@ def test_unknown_and_bad_sizes_raise_model_error():
         create_model("resnet20", num_classes=0)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", zoo_params(ALL))
 def test_torch_export_matches_eager(name):
     torch.manual_seed(0)
     model = create_model(name, in_channels=1, image_size=16, width=0.25).eval()
@@ -78,6 +79,7 @@ def test_torch_export_matches_eager(name):
         torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.executorch
 @pytest.mark.parametrize("name", ["vit_tiny"])  # conv nets are lowered by the export tests
 def test_xnnpack_lowering_runs(name):

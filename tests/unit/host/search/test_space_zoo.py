@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from host.models.zoo import available_models
+from tests.helpers import zoo_params
 
 
 def _space(name: str):
@@ -25,7 +26,7 @@ def _random_choices(space, rng: np.random.Generator) -> np.ndarray:
     return np.array([rng.choice(np.flatnonzero(row)) for row in space.choice_mask], np.int64)
 
 
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", zoo_params(available_models()))
 def test_search_plans_of_every_zoo_model_realize(name):
     import patterns
 

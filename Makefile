@@ -29,12 +29,13 @@ $(STAMP): pyproject.toml constraints.txt
 run: setup
 	$(BIN)/sculpt-host search --out $(RUN_OUT)
 
-# Two phases, both always run: everything that does not measure, spread over the CPUs (pytest-xdist; the
-# steps of one corpus model stay in one worker), then the tests marked `alone` (real latency, energy and
-# deadlines: searches, agents, remote devices) one at a time with nothing beside them.
+# Two phases, both always run: everything that does not measure, spread over the CPUs (pytest-xdist, one
+# torch thread per worker so the workers do not fight over the cores; the steps of one corpus model stay in
+# one worker), then the tests marked `alone` (real latency, energy and deadlines: searches, agents, remote
+# devices) one at a time with nothing beside them.
 test: setup
 	$(BIN)/python -m protos.generate --check
-	rc=0; $(BIN)/pytest -n auto --dist loadgroup -m "not alone" || rc=$$?; \
+	rc=0; OMP_NUM_THREADS=1 $(BIN)/pytest -n auto --dist loadgroup -m "not alone" || rc=$$?; \
 	$(BIN)/pytest -m alone || rc=$$?; exit $$rc
 
 # The inner loop: unit tests only (no real servers, runtimes, sshd, corpus or searches); CI runs `make test`.

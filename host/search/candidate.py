@@ -456,6 +456,28 @@ class CandidateEvaluator:
             result[device.name] = cached
         return result
 
+    def remeasure_side_by_side(self, records: Sequence[CandidateRecord], rounds: int = 2) -> list[dict[str, float]]:
+        """The objective's figures of measured rows measured again now, alternating between them ``rounds``
+        times (median per device), bypassing the cache: two figures taken minutes apart on a busy board can
+        be tens of percent off, figures taken side by side are comparable. Re-exports each row's plan (the
+        search does not keep artifacts), so it is for rare checks, not for every candidate."""
+        import statistics
+
+        artifacts = []
+        try:
+            for i, record in enumerate(records):
+                plan, _ = plan_record_data(self.space, self.choices_of(record))
+                artifacts.append(self.export(self.realize_checked(plan), self._workdir / f"side-by-side-{i}.pte"))
+            taken: list[list[dict[str, float]]] = [[] for _ in records]
+            for _ in range(rounds):
+                for i, artifact in enumerate(artifacts):
+                    measurement = self.measure_artifact(artifact.path, artifact.sha256, self.bench, use_cache=False)
+                    taken[i].append(self._figures(measurement))
+        finally:
+            for artifact in artifacts:
+                Path(artifact.path).unlink(missing_ok=True)
+        return [{dev: statistics.median(f[dev] for f in rows) for dev in rows[0]} for rows in taken]
+
     # -- reward --------------------------------------------------------------------------------------
     def _figures(self, measurement: Any) -> dict[str, float]:
         key = "energy_mj" if self.objective.name == "energy" else "p50_ms"

@@ -254,14 +254,31 @@ class SearchRunner:
         dense = evaluator.dense_figures()
         floor_figs = evaluator._figures(record.measurement)
         unit = "mJ" if objective.name == "energy" else "ms"
-        for dev, value in floor_figs.items():
-            target = objective.target.resolve(dense[dev])
-            if value > target:
-                raise SearchError(
-                    f"no plan reaches the {objective.name} target {objective.target} on {dev}: target "
-                    f"{target:.3f} {unit}, dense {dense[dev]:.3f} {unit}, most aggressive plan {value:.3f} {unit}",
-                    hint=f"use a target of at least {value / dense[dev]:.2f}x (or {value:.3f}{unit})",
-                )
+
+        def missed(dense_figs: dict[str, float], floor: dict[str, float]) -> list[str]:
+            return [dev for dev, value in floor.items() if value > objective.target.resolve(dense_figs[dev])]
+
+        if not missed(dense, floor_figs):
+            return
+        # Refusing the search is expensive for the user; dense and the floor plan were measured minutes apart,
+        # and on a busy board (or a model that runs in microseconds) that alone can move the ratio by tens of
+        # percent. Measure both again, alternating, before saying no.
+        first = {dev: floor_figs[dev] / dense[dev] for dev in missed(dense, floor_figs)}
+        dense, floor_figs = evaluator.remeasure_side_by_side([evaluator.dense, record])
+        if not missed(dense, floor_figs):
+            logger.warning("the most aggressive plan first measured at %s of dense; measured again side by side "
+                           "with dense it reaches the target (%s)",
+                           ", ".join(f"{r:.2f}x on {d}" for d, r in first.items()),
+                           ", ".join(f"{floor_figs[d] / dense[d]:.2f}x on {d}" for d in first))
+            return
+        dev = missed(dense, floor_figs)[0]
+        value, target = floor_figs[dev], objective.target.resolve(dense[dev])
+        raise SearchError(
+            f"no plan reaches the {objective.name} target {objective.target} on {dev}: target "
+            f"{target:.3f} {unit}, dense {dense[dev]:.3f} {unit}, most aggressive plan {value:.3f} {unit} "
+            "(measured side by side)",
+            hint=f"use a target of at least {value / dense[dev]:.2f}x (or {value:.3f}{unit})",
+        )
 
     def _search(self, evaluator, space) -> None:
         from stable_baselines3 import PPO

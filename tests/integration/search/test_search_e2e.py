@@ -88,8 +88,9 @@ def test_unreachable_latency_target_fails_before_the_search(tmp_path, trained_re
 
     # 0.1 us: below what even the most aggressive plan measures, so the search must not start
     config = tiny_config(tmp_path / "run", trained_resnet20_mnist, target="0.0001ms")
-    with pytest.raises(SearchError, match="no plan reaches"):
+    with pytest.raises(SearchError, match="no plan reaches") as caught:
         SearchRunner.start(config).run()
+    assert "(measured side by side)" in str(caught.value)  # measured again before refusing
     assert not (config.out / JOURNAL_NAME).exists()  # nothing half-made left: the same --out works again
 
 

@@ -33,7 +33,7 @@ def _export(module, x, path: Path, with_pass: bool):
     keep = pte.drop_aliases
     pte.drop_aliases = keep if with_pass else _no_pass
     try:
-        artifact = pte.export_pte(module, (x,), path)
+        artifact = pte.export_pte(module, (x,), path, cache=False)
     finally:
         pte.drop_aliases = keep
     from executorch.exir._serialize._program import deserialize_pte_binary

@@ -20,6 +20,16 @@ pytest_plugins = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_dir(tmp_path_factory):
+    """Checkpoints and lowered programs (``AUTOSCULPT_CACHE_DIR``) go to a folder of this test session, not to
+    ``~/.cache/autosculpt``: within the session the searches reuse dense and floor programs, across sessions
+    nothing carries over. Subprocesses (the CLI searches) inherit it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AUTOSCULPT_CACHE_DIR", str(tmp_path_factory.mktemp("autosculpt-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

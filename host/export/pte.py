@@ -7,7 +7,10 @@ real ``executorch.runtime`` and compared with the reference outputs; a mismatch 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,15 +26,88 @@ log = logging.getLogger(__name__)
 
 FP32_TOLERANCE = 1e-3  # relative to the output's scale: XNNPACK reorders float sums
 INT8_TOLERANCE = 0.05  # int8 kernels round differently from the PyTorch reference of the quantized graph
+EXPORTER_REVISION = 2  # part of the cache key: bump when a change here changes the lowered program
+CACHE_MAX_ENTRIES = 256
+CACHE_MAX_BYTES = 1 << 30
 
 
 def _tolerance(reference: torch.Tensor, rel: float) -> float:
     return rel * max(1.0, float(reference.abs().max()))
 
 
+def export_cache_dir() -> Path | None:
+    """Where lowered programs are kept for reuse: ``$AUTOSCULPT_CACHE_DIR/pte`` (default
+    ``~/.cache/autosculpt/pte``); None when ``AUTOSCULPT_EXPORT_CACHE=0``."""
+    if os.environ.get("AUTOSCULPT_EXPORT_CACHE", "1").strip().lower() in ("0", "no", "off", "false"):
+        return None
+    return Path(os.environ.get("AUTOSCULPT_CACHE_DIR", Path.home() / ".cache" / "autosculpt")) / "pte"
+
+
+def program_key(program: torch.export.ExportedProgram, quantize: bool) -> str:
+    """A digest of everything the lowered program depends on: the exported graph's code and signature, the
+    input shapes and dtypes (static shapes are baked into the .pte), every parameter, buffer and constant, the
+    precision, and the ExecuTorch version and this exporter's revision. ``torch.export.save`` bytes are not
+    stable across two exports of one model, so they are not used."""
+    import executorch
+
+    digest = hashlib.sha256(f"{EXPORTER_REVISION}|{getattr(executorch, '__version__', '?')}|{quantize}".encode())
+    digest.update(program.graph_module.code.encode())
+    digest.update(str(program.graph_signature).encode())
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and isinstance(node.meta.get("val"), torch.Tensor):
+            digest.update(f"{node.name}:{tuple(node.meta['val'].shape)}:{node.meta['val'].dtype}".encode())
+    for name, value in sorted({**program.state_dict, **program.constants}.items()):
+        digest.update(name.encode())
+        if isinstance(value, torch.Tensor):
+            value = value.detach().contiguous().cpu()
+            digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
+            digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        else:
+            digest.update(repr(value).encode())
+    return digest.hexdigest()
+
+
+def _cached(cache: Path | None, key: str, path: Path) -> bool:
+    """Copy the cached lowering of ``key`` to ``path``; False when there is none (or it cannot be read)."""
+    if cache is None:
+        return False
+    entry = cache / f"{key}.pte"
+    try:
+        shutil.copyfile(entry, path)
+        os.utime(entry)  # recently used: trimmed last
+        return True
+    except OSError:
+        return False
+
+
+def _store(cache: Path | None, key: str, buffer: bytes) -> None:
+    """Keep a lowered program for reuse (atomically), then trim the cache to its size budget, oldest first.
+    A cache that cannot be written only costs the reuse."""
+    if cache is None:
+        return
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f".{key}.{os.getpid()}.tmp"
+        tmp.write_bytes(buffer)
+        os.replace(tmp, cache / f"{key}.pte")
+        entries = sorted(cache.glob("*.pte"), key=lambda e: e.stat().st_mtime, reverse=True)
+        total = 0
+        for i, entry in enumerate(entries):
+            total += entry.stat().st_size
+            if i >= CACHE_MAX_ENTRIES or total > CACHE_MAX_BYTES:
+                entry.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not keep the lowered program in %s: %s", cache, exc)
+
+
 def export_pte(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: str | Path, *,
-               quantize: bool = False, calibration: Sequence[Sequence[torch.Tensor]] | None = None) -> Artifact:
-    """Export ``module`` to an XNNPACK-delegated ``.pte`` at ``path`` and verify it with the runtime."""
+               quantize: bool = False, calibration: Sequence[Sequence[torch.Tensor]] | None = None,
+               cache: bool = True) -> Artifact:
+    """Export ``module`` to an XNNPACK-delegated ``.pte`` at ``path`` and verify it with the runtime.
+
+    Lowering (most of the time) is skipped when :func:`export_cache_dir` holds a program with the same
+    :func:`program_key`; the copy is verified against eager like a fresh one, and re-lowered if it fails.
+    ``cache=False`` always lowers."""
     try:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
@@ -55,6 +131,20 @@ def export_pte(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
                 start = time.perf_counter()
                 program, reference = _quantize(program, inputs, calibration)
                 timings.append(("quantize", time.perf_counter() - start))
+            store = export_cache_dir() if cache else None
+            key = program_key(program, quantize) if store is not None else ""
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if _cached(store, key, path):
+                start = time.perf_counter()
+                try:
+                    outputs = run_pte(path, inputs)
+                    err = _compare(reference, outputs, INT8_TOLERANCE if quantize else FP32_TOLERANCE, path)
+                except Exception as exc:  # noqa: BLE001 - a bad cache entry is dropped and the program lowered
+                    log.warning("cached lowering %s failed verification (%s); lowering again", key[:12], exc)
+                    (store / f"{key}.pte").unlink(missing_ok=True)
+                else:
+                    timings.append(("cached lowering, verify", time.perf_counter() - start))
+                    return _artifact(path, inputs, err, quantize, timings)
             start = time.perf_counter()
             edge = to_edge_transform_and_lower(program, transform_passes=[drop_aliases],
                                                partitioner=[XnnpackPartitioner()])
@@ -72,6 +162,11 @@ def export_pte(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     outputs = run_pte(path, inputs)
     timings.append(("verify", time.perf_counter() - start))
     err = _compare(reference, outputs, INT8_TOLERANCE if quantize else FP32_TOLERANCE, path)
+    _store(store, key, buffer)  # verified programs only
+    return _artifact(path, inputs, err, quantize, timings)
+
+
+def _artifact(path: Path, inputs, err: float, quantize: bool, timings) -> Artifact:
     sha, size = file_digest(path)
     log.info("exported %s (%d bytes, max |err| %.2e) in %.2fs", path, size, err, sum(t for _, t in timings))
     return Artifact(path, "pte", sha, size, err, tuple(tuple(t.shape) for t in inputs), quantize, tuple(timings))

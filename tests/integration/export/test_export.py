@@ -1,5 +1,6 @@
 """Real exports of realized zoo models, run with the real ExecuTorch / LiteRT runtimes."""
 
+import copy
 import random
 import sys
 
@@ -155,3 +156,39 @@ def test_whole_dimension_slices_do_not_split_the_xnnpack_delegate(tmp_path):
     plan = deserialize_pte_binary(artifact.path.read_bytes()).program.execution_plan[0]
     assert len(plan.delegates) == 1 and [op.name for op in plan.operators] == []
     assert artifact.max_abs_err < 1e-3
+
+
+def test_lowered_programs_are_reused_only_for_the_same_program(tmp_path, monkeypatch):
+    """A second export of the same module skips lowering (the copy is verified against eager all the same); a
+    different input shape, other weights or int8 lower afresh; a corrupt cache entry is dropped and lowered
+    again; AUTOSCULPT_EXPORT_CACHE=0 turns the cache off."""
+    from host.export.pte import export_cache_dir
+
+    monkeypatch.setenv("AUTOSCULPT_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    x = torch.randn(1, 3, 12, 12)
+
+    def stages(artifact):
+        return [stage for stage, _ in artifact.timings]
+
+    first = export_pte(model, (x,), tmp_path / "a.pte")
+    assert "lower" in stages(first) and len(list(export_cache_dir().glob("*.pte"))) == 1
+    again = export_pte(model, (x,), tmp_path / "b.pte")
+    assert "lower" not in stages(again) and "cached lowering, verify" in stages(again)
+    assert again.sha256 == first.sha256 and again.max_abs_err == first.max_abs_err
+    # same graph code and weights, another static shape: another program
+    assert "lower" in stages(export_pte(model, (torch.randn(1, 3, 16, 16),), tmp_path / "c.pte"))
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other[0].weight.add_(1.0)
+    assert "lower" in stages(export_pte(other, (x,), tmp_path / "d.pte"))
+    assert "lower" in stages(export_pte(model, (x,), tmp_path / "e.pte", quantize=True))
+    # a cache entry that is not that program: caught by the verification, dropped, lowered again
+    entry = next(e for e in export_cache_dir().glob("*.pte") if e.read_bytes() == first.path.read_bytes())
+    entry.write_bytes((tmp_path / "d.pte").read_bytes())
+    redone = export_pte(model, (x,), tmp_path / "f.pte")
+    assert "lower" in stages(redone) and redone.sha256 == first.sha256
+    monkeypatch.setenv("AUTOSCULPT_EXPORT_CACHE", "0")
+    assert export_cache_dir() is None and "lower" in stages(export_pte(model, (x,), tmp_path / "g.pte"))

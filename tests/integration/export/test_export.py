@@ -165,9 +165,17 @@ def test_lowered_programs_are_reused_only_for_the_same_program(tmp_path, monkeyp
     from host.export.pte import export_cache_dir
 
     monkeypatch.setenv("AUTOSCULPT_CACHE_DIR", str(tmp_path / "cache"))
+    class _Scaled(torch.nn.Sequential):  # a 0-d integer buffer and a 0-d float constant: scalars are keyed too
+        def __init__(self, *layers):
+            super().__init__(*layers)
+            self.register_buffer("steps", torch.tensor(3))
+
+        def forward(self, x):
+            return super().forward(x) * torch.tensor(0.5) + self.steps
+
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                                torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+    model = _Scaled(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                    torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
     x = torch.randn(1, 3, 12, 12)
 
     def stages(artifact):

@@ -61,7 +61,7 @@ def program_key(program: torch.export.ExportedProgram, quantize: bool) -> str:
         if isinstance(value, torch.Tensor):
             value = value.detach().contiguous().cpu()
             digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
-            digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+            digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
         else:
             digest.update(repr(value).encode())
     return digest.hexdigest()

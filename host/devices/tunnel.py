@@ -108,6 +108,10 @@ class Tunnel:
         with self._lock:
             pairs, self._pairs = self._pairs, []
         for sock, channel in pairs:
-            channel.close()
-            sock.close()
+            # the SSH link may already be dead (the board rebooted, sshd dropped us): closing its channels then
+            # fails in paramiko (EOFError, socket errors, SSHException), which must not hide what happened before
+            with contextlib.suppress(Exception):
+                channel.close()
+            with contextlib.suppress(OSError):
+                sock.close()
         self._thread.join(timeout=2)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from host.cache import cache_root
 from host.errors import ExportError, MissingDependencyError
 from host.export.artifact import Artifact, file_digest
 from host.export.fold import fold_batchnorm
@@ -40,7 +41,7 @@ def export_cache_dir() -> Path | None:
     ``~/.cache/autosculpt/pte``); None when ``AUTOSCULPT_EXPORT_CACHE=0``."""
     if os.environ.get("AUTOSCULPT_EXPORT_CACHE", "1").strip().lower() in ("0", "no", "off", "false"):
         return None
-    return Path(os.environ.get("AUTOSCULPT_CACHE_DIR", Path.home() / ".cache" / "autosculpt")) / "pte"
+    return cache_root() / "pte"
 
 
 def program_key(program: torch.export.ExportedProgram, quantize: bool) -> str:

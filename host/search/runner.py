@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from host.cache import cache_root
 from host.errors import ConfigError, DataError, ModelError, SearchError
 from host.search.config import SearchConfig
 from host.search.journal import CandidateRecord, Journal
@@ -39,7 +40,7 @@ POLICY_FILE = "policy.pt"
 
 def cache_dir() -> Path:
     """Where trained checkpoints are cached (``AUTOSCULPT_CACHE_DIR``, default ``~/.cache/autosculpt``)."""
-    return Path(os.environ.get("AUTOSCULPT_CACHE_DIR", Path.home() / ".cache" / "autosculpt")) / "checkpoints"
+    return cache_root() / "checkpoints"
 
 
 def check_names(config: SearchConfig) -> None:

@@ -9,22 +9,32 @@ import sys
 from pathlib import Path
 
 from host.errors import ConfigError, PlanError
+from host.export.sidecar import read_sidecar, sidecar_path, write_sidecar
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export", help="export a (pruned) model to .pte or .tflite and verify it against PyTorch",
         description="Build MODEL, realize --plan into a smaller dense model, export it with ExecuTorch/XNNPACK "
-                    "(.pte) or litert-torch (.tflite) and check the artifact's outputs against eager PyTorch.")
-    parser.add_argument("--model", required=True,
+                    "(.pte) or litert-torch (.tflite) and check the artifact's outputs against eager PyTorch. "
+                    "Or re-export a search's fine-tuned final model exactly with --from-run RUN. A JSON sidecar "
+                    "next to the artifact (m.pte -> m.json) records the input preprocessing and digests.")
+    parser.add_argument("--model",
                         help="zoo name (resnet20, mobilenetv2, ...), timm:NAME, torchvision:NAME, "
                              "'package.module:factory' or a .pt2 file")
+    parser.add_argument("--from-run", type=Path, metavar="RUN",
+                        help="a finished search's folder: export its fine-tuned final model (see --final) "
+                             "instead of --model/--plan/--checkpoint")
+    parser.add_argument("--final", type=int, default=1, metavar="N",
+                        help="with --from-run: which final model (final-N, default 1)")
     parser.add_argument("--model-arg", action="append", dest="model_args", metavar="KEY=VALUE",
                         help="constructor argument for timm/torchvision/factory models, repeatable (e.g. depth=2)")
     parser.add_argument("--plan", type=Path, help="plan JSON (see README 'Plans'); default: dense")
     parser.add_argument("--checkpoint", type=Path, help="state-dict checkpoint to load into the model")
     parser.add_argument("--format", choices=("pte", "tflite"), default="pte")
-    parser.add_argument("--out", type=Path, required=True, help="artifact path to write")
+    parser.add_argument("--out", type=Path,
+                        help="artifact path to write (with --from-run default RUN/final-N.pte|.tflite, "
+                             "final-N-int8.pte with --quantize)")
     parser.add_argument("--quantize", action="store_true", help="int8 via the XNNPACK quantizer (pte only)")
     parser.add_argument("--input-shape", default="1,3,32,32",
                         help="example input shape N,C,H,W (default 1,3,32,32)")
@@ -95,6 +105,14 @@ def _status(message: str, *, quiet: bool):
         yield
 
 
+def _random_weights(args: argparse.Namespace) -> bool:
+    """True when the model's weights are its constructor's: no checkpoint, no .pt2, no pretrained=..."""
+    from host.models.external import parse_model_args
+
+    pretrained = parse_model_args(args.model_args).get("pretrained") not in (None, False, "false", "False", 0)
+    return args.checkpoint is None and not str(args.model).endswith(".pt2") and not pretrained
+
+
 def run(args: argparse.Namespace) -> int:
     import copy
 
@@ -103,13 +121,25 @@ def run(args: argparse.Namespace) -> int:
     from host.export import export_pte, export_tflite
     from patterns import Plan, apply_masks, count, fuse_batchnorm, realize
 
-    shape = _shape(args.input_shape)
     if args.quantize and args.format != "pte":
         raise ConfigError("--quantize is only available with --format pte", hint="drop --quantize or use pte")
+    if args.from_run is not None:
+        return run_from_run(args)
+    if args.model is None:
+        raise ConfigError("export needs --model MODEL (or --from-run RUN)",
+                          hint="e.g. sculpt-host export --model resnet20 --out m.pte, or --from-run runs/quickstart")
+    if args.out is None:
+        raise ConfigError("export needs --out PATH", hint="e.g. --out model.pte")
+    shape = _shape(args.input_shape)
     plan = load_plan(args.plan) if args.plan else Plan()  # before the model: a bad file fails in no time
     torch.manual_seed(0)
     model = build_model(args.model, checkpoint=args.checkpoint, shape=shape, num_classes=args.num_classes,
-                        width=args.width, model_args=args.model_args).eval()
+                        width=args.width, model_args=args.model_args)
+    random_weights = _random_weights(args)
+    if random_weights:
+        print(f"warning: no --checkpoint: {args.model} is exported with its random initial weights (the "
+              "artifact's outputs are meaningless; pass --checkpoint FILE, or --from-run RUN for a search's "
+              "fine-tuned model)", file=sys.stderr)
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     base = count(model, example)
     if args.masks_only:
@@ -125,17 +155,95 @@ def run(args: argparse.Namespace) -> int:
     exporter = export_pte if args.format == "pte" else export_tflite
     with _status(f"exporting {args.model} ({len(plan)} planned layers) to {args.out}", quiet=args.json):
         artifact = exporter(module, (example,), args.out, quantize=args.quantize)
+    if random_weights:
+        notes.append("random weights: exported without a checkpoint")
+    sidecar = write_sidecar(
+        sidecar_path(artifact.path), artifacts=[artifact], preprocessing=None, notes=notes,
+        model={"spec": args.model, "model_args": list(args.model_args or []),
+               "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+               "plan": str(args.plan) if args.plan else None, "masks_only": bool(args.masks_only),
+               "input_shape": list(shape)},
+    )
     result = {"artifact": artifact.to_dict(), "base_macs": base.dense_macs, "macs": cost.macs,
               "dense_macs": cost.dense_macs, "params": cost.params, "dense_params": cost.dense_params,
-              "mac_reduction": round(cost.reduction(base, dense=True), 4), "notes": notes}
+              "mac_reduction": round(cost.reduction(base, dense=True), 4), "notes": notes,
+              "sidecar": str(sidecar), "schema_version": 1}
+    return _print_result(args, artifact, result, notes, cost=cost, base=base)
+
+
+def _print_result(args, artifact, result, notes, *, cost=None, base=None) -> int:
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
         return 0
     print(f"wrote {artifact.path} ({artifact.size_bytes / 1e6:.2f} MB, sha256 {artifact.sha256[:12]}...)")
     print(f"verified with the {args.format} runtime: max |err| vs PyTorch {artifact.max_abs_err:.2e}")
-    print(f"MACs {cost.dense_macs / 1e6:.2f} M executed ({cost.macs / 1e6:.2f} M non-zero) vs "
-          f"{base.dense_macs / 1e6:.2f} M dense: {cost.reduction(base, dense=True):.1%} fewer")
+    if cost is not None:
+        print(f"MACs {cost.dense_macs / 1e6:.2f} M executed ({cost.macs / 1e6:.2f} M non-zero) vs "
+              f"{base.dense_macs / 1e6:.2f} M dense: {cost.reduction(base, dense=True):.1%} fewer")
+    print(f"sidecar (preprocessing, digests): {result['sidecar']}")
     print("export time: " + ", ".join(f"{k} {v:.2f}s" for k, v in artifact.timings))
     for note in notes:
         print(f"note: {note}")
     return 0
+
+
+def run_from_run(args: argparse.Namespace) -> int:
+    """``export --from-run RUN``: the fine-tuned, realized final model a search saved (``final-N.pt2``),
+    exported again, with the run's preprocessing in the sidecar."""
+    import torch
+
+    from host.export import export_pte, export_tflite
+    from host.models.loader import load_model
+
+    given = [flag for flag, value in (("--model", args.model), ("--plan", args.plan), ("--checkpoint", args.checkpoint),
+                                      ("--masks-only", args.masks_only), ("--model-arg", args.model_args))
+             if value]
+    if given:
+        raise ConfigError(f"--from-run exports the run's own final model; {', '.join(given)} cannot be combined with it",
+                          hint="drop those flags, or drop --from-run to export MODEL with a plan")
+    run = args.from_run
+    name = f"final-{args.final}"
+    sidecar = run / f"{name}.json"
+    if not (run / "result.json").is_file():
+        raise ConfigError(f"{run} is not a finished search run (no result.json)",
+                          hint="pass the --out folder of a search that completed (resume it with "
+                               f"sculpt-host search --resume {run})")
+    if not sidecar.is_file():
+        raise ConfigError(f"{run} has no {name}.json", hint=f"pick one of its final models with --final "
+                          f"({', '.join(sorted(p.stem for p in run.glob('final-*.json')) ) or 'none saved'})")
+    meta = read_sidecar(sidecar)
+    program = run / meta["model"]["pytorch"]
+    if not program.is_file():
+        raise ConfigError(f"{program} is missing", hint="the run was made before final weights were saved, or "
+                          "the file was removed: run the search again")
+    module = load_model(str(program))
+    pre = meta["preprocessing"]
+    shape = tuple(pre["input"]["shape"]) if pre else None
+    if shape is None:
+        raise ConfigError(f"{sidecar} records no input shape", hint="run the search again")
+    out = args.out or run / (f"{name}-int8.pte" if args.quantize else f"{name}.{args.format}")
+    example, calibration = _run_inputs(meta, shape, args.quantize)
+    exporter = export_pte if args.format == "pte" else export_tflite
+    kwargs = {"calibration": calibration} if args.quantize else {}
+    with _status(f"exporting {run}/{name} to {out}", quiet=args.json), torch.no_grad():
+        artifact = exporter(module, (example,), out, quantize=args.quantize, **kwargs)
+    written = write_sidecar(sidecar_path(artifact.path), artifacts=[artifact], preprocessing=pre, model=meta["model"],
+                            accuracy=meta.get("accuracy"), notes=meta.get("notes") or [])
+    result = {"artifact": artifact.to_dict(), "from_run": str(run), "final": name, "sidecar": str(written),
+              "accuracy": meta.get("accuracy"), "notes": [], "schema_version": 1}
+    return _print_result(args, artifact, result, [])
+
+
+def _run_inputs(meta: dict, shape: tuple[int, ...], quantize: bool):
+    """An example input (and, for int8, calibration batches: the run's training images)."""
+    import torch
+
+    from host.data import load_dataset
+
+    if not quantize:  # the artifact is checked against the PyTorch program on this input
+        return torch.randn(*shape, generator=torch.Generator().manual_seed(0)), None
+    data = meta["model"].get("data") or {}
+    splits = load_dataset(data.get("name", meta["preprocessing"]["dataset"]), root=data.get("root"),
+                          image_size=shape[2], channels=shape[1], seed=data.get("seed", 0), limit=data.get("limit"))
+    x, _ = splits.train.tensors()
+    return x[:1].clone(), [(x[i:i + 1].clone(),) for i in range(min(32, len(x)))]

@@ -3,7 +3,6 @@ saved ExportedProgram (``.pt2``)."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import inspect
 import logging
@@ -60,9 +59,7 @@ def load_model(spec: str, *, checkpoint: str | Path | None = None, num_classes: 
         raise ModelError(f"unknown model '{spec}'", hint=_spec_hint())
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
-    with contextlib.suppress(NotImplementedError):  # an ExportedProgram's module keeps its exported mode
-        model.eval()
-    return model
+    return model.eval()
 
 
 def load_checkpoint(model: nn.Module, checkpoint: str | Path) -> None:
@@ -96,7 +93,24 @@ def _load_exported(path: Path) -> nn.Module:
     except Exception as exc:  # corrupt archive, wrong format, version skew
         raise ModelError(f"cannot load ExportedProgram {path}: {exc}",
                          hint="save it with torch.export.save(torch.export.export(model, (x,)), 'model.pt2')") from exc
-    return program.module()
+    return ExportedModule(program.module())
+
+
+class ExportedModule(nn.Module):
+    """A loaded ExportedProgram's module, usable like any other: ``eval()``/``train()`` (which the unlifted
+    program refuses, "Calling eval() is not supported yet") only set the flag; the program keeps the mode it
+    was exported in (inference, for every ``.pt2`` sculpt-host writes)."""
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        self.program = program
+
+    def forward(self, *args, **kwargs):
+        return self.program(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> ExportedModule:
+        self.training = mode
+        return self
 
 
 def _load_factory(spec: str, sizes: dict[str, float], model_args: dict[str, Any]) -> nn.Module:

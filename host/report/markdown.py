@@ -42,6 +42,12 @@ def render_markdown(summary: RunSummary) -> str:
         f"device measurements taken: {summary.measurements_taken}; working time {summary.seconds:.0f} s "
         "(summed over the original and any resumed process)",
         "- accuracy for rewards and selection is on the validation split; test accuracy is reported only.",
+        "- dense and final models were measured again side by side, in interleaved rounds, for their speed-ups."
+        if summary.finals and summary.devices else "",
+    ]
+    if summary.warnings:
+        lines += ["", "## Warnings", ""] + [f"- **{w}**" for w in summary.warnings]
+    lines += [
         "",
         f"| model | val acc | test acc | MACs | MAC cut | params | {lat_head} | {spd_head} |{energy_head}",
         "|" + "---|" * ncols,
@@ -52,6 +58,16 @@ def render_markdown(summary: RunSummary) -> str:
     for m in summary.finals:
         if m.artifacts:
             lines.append(f"- {m.name}: " + ", ".join(f"{k}: `{v}`" for k, v in sorted(m.artifacts.items())))
+    if summary.preprocessing:
+        pre = summary.preprocessing
+        steps = {s["op"]: s for s in pre["steps"]}
+        lines += ["", "## Feeding the model", "",
+                  f"Input {pre['input']['dtype']} {pre['input']['layout']} {pre['input']['shape']}: uint8 image -> "
+                  f"{steps['channels']['to']} channel(s) -> resize to {steps['resize']['size'][0]}x"
+                  f"{steps['resize']['size'][1]} ({steps['resize']['method']}) -> / 255 -> (x - mean) / std with "
+                  f"mean {[round(v, 4) for v in steps['normalize']['mean']]}, "
+                  f"std {[round(v, 4) for v in steps['normalize']['std']]}; output: logits over "
+                  f"{pre['output']['num_classes']} classes. Every final-N.json sidecar holds the exact steps."]
     if summary.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in summary.notes]
     if summary.invalid:

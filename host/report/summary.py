@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# 2: warnings, preprocessing, target_met, final-N pt2/state_dict/sidecar artifacts, side-by-side final figures
+SCHEMA_VERSION = 2
+
 
 @dataclass(frozen=True)
 class ModelFigures:
@@ -20,6 +23,7 @@ class ModelFigures:
     choices: dict[str, str] = field(default_factory=dict)  # layer -> pattern choice
     artifacts: dict[str, str] = field(default_factory=dict)  # kind -> path
     reward: float | None = None
+    target_met: bool | None = None  # final models: the objective's target met on every device (None: not judged)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class RunSummary:
     vocab: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     invalid: tuple[InvalidCandidate, ...] = ()  # every plan that could not be built, in journal order
+    warnings: tuple[str, ...] = ()  # missed targets, final models slower than dense, ...
+    preprocessing: dict[str, Any] | None = None  # host.data.preprocess.Preprocessing.to_dict() of the run's data
+    schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -202,6 +202,11 @@ class CandidateEvaluator:
         self._workdir.mkdir(parents=True, exist_ok=True)
 
     # -- references ----------------------------------------------------------------------------------
+    @property
+    def workdir(self) -> Path:
+        """The run's scratch folder for artifacts that are measured and deleted."""
+        return self._workdir
+
     def evaluate_dense(self) -> CandidateRecord:
         """Evaluate (or reload) the dense model: the reference of relative targets and MAC cuts."""
         found = self.journal.candidates("dense")

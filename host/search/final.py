@@ -6,11 +6,22 @@ Which plans: the Pareto front of the search candidates in (validation accuracy, 
 A plan that cannot be finished (its fine-tuned realization or export fails) is journaled as an invalid
 "final" row with the reason, named in the report's notes, and the next plan of the front takes its place.
 The test split is read here for the report only; it never chooses anything.
+
+What a final model leaves in the run folder, for ``sculpt-host export --from-run`` and for deployment:
+``final-N.pte`` (and ``.tflite``), ``final-N.plan.json``, ``final-N.pt2`` (the realized, fine-tuned model as a
+``torch.export`` program: loads with plain torch, ``torch.export.load(path).module()``), ``final-N.pt`` (the
+fine-tuned state dict of the original architecture, masked weights zero) and ``final-N.json`` (the sidecar:
+input preprocessing, accuracy, artifact digests).
+
+The speed-ups reported are dense and final models measured again side by side, in interleaved rounds, after
+every final model is built: figures taken minutes apart on a busy board can differ by tens of percent.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +34,7 @@ from host.search.progress import Progress, ProgressFn
 logger = logging.getLogger(__name__)
 
 FINAL_BENCH_RUNS = 50
+FINAL_ROUNDS = 3  # interleaved dense/final measurement rounds; the report gives the median of each
 
 
 class FinalStage:
@@ -35,6 +47,8 @@ class FinalStage:
         self.progress = progress
         self._dense_test: float | None = None
         self.skipped: list[str] = []  # why Pareto plans were passed over, for the report's notes
+        self.preprocessing: Any = None  # host.data.preprocess.Preprocessing of the run's data
+        self.dense_measurement: dict[str, Any] | None = None  # dense, measured side by side with the finals
 
     def candidates(self, evaluator) -> list[CandidateRecord]:
         """The plans to finish, in order: Pareto front in (val accuracy, cost), best reward first. :meth:`run`
@@ -60,10 +74,12 @@ class FinalStage:
 
     def run(self, evaluator, splits, base_model) -> list[dict[str, Any]]:
         """Fine-tune, realize, export and measure every chosen plan; one dict per final model."""
+        from host.data.preprocess import Preprocessing
         from host.search.candidate import batches
         from host.search.finetune import accuracy
         from host.search.journal import plan_hash
 
+        self.preprocessing = Preprocessing.from_splits(splits)
         chosen = self.candidates(evaluator)
         wanted = min(self.config.final_top, len(chosen))
         finals: list[dict[str, Any]] = []
@@ -100,8 +116,39 @@ class FinalStage:
                 f"none of the {len(chosen)} plan(s) on the Pareto front could be finished: {self.skipped[0]}",
                 hint=f"the journal {self.journal.path} keeps the search; report the error above",
             )
+        if evaluator.devices:
+            self.progress(Progress("final", len(finals), wanted, "measuring dense and final models side by side"))
+            self._measure_side_by_side(evaluator, base_model, finals)
+        for f in finals:
+            f["record"] = f.pop("stored") or self.journal.record(
+                CandidateRecord(
+                    phase="final", plan=f["search_row"].plan, accuracy=f["val"], macs=f["search_row"].macs,
+                    params=f["search_row"].params, reward=f["search_row"].reward, eval_seconds=0.0,
+                    artifact_sha256=f["sha256"], measurement=f["measurement"],
+                )
+            )
         self.progress(Progress("final", len(finals), wanted, "final models done"))
         return finals
+
+    def _measure_side_by_side(self, evaluator, base_model, finals: list[dict[str, Any]]) -> None:
+        """Measure dense and every final ``.pte`` in :data:`FINAL_ROUNDS` interleaved rounds with the final
+        benchmark policy; each model's measurement becomes the per-field median of its rounds."""
+        from host.search.devices import BenchSettings
+
+        ev = self.config.evaluation
+        bench = BenchSettings(ev.warmup_runs * 2, FINAL_BENCH_RUNS, 1.0, ev.threads, self.config.objective == "energy")
+        dense = evaluator.export(base_model, evaluator.workdir / "final-dense.pte")
+        paths = [(Path(dense.path), dense.sha256)] + [(Path(f["artifacts"]["pte"]), f["sha256"]) for f in finals]
+        taken: list[list[dict[str, Any]]] = [[] for _ in paths]
+        try:
+            for _ in range(FINAL_ROUNDS):
+                for i, (path, sha) in enumerate(paths):
+                    taken[i].append(evaluator.measure_artifact(path, sha, bench, use_cache=False))
+        finally:
+            Path(dense.path).unlink(missing_ok=True)
+        self.dense_measurement = _median_measurement(taken[0])
+        for f, rounds in zip(finals, taken[1:], strict=True):
+            f["measurement"] = _median_measurement(rounds)
 
     def _skip(self, row: CandidateRecord, reason: str | None) -> None:
         text = f"search candidate {row.id} was not finished: {reason}; the next plan of the Pareto front, if any, took its place"
@@ -125,45 +172,61 @@ class FinalStage:
         if abs(val - masked_val) > 0.005:
             logger.warning("%s: realized val accuracy %.4f differs from the masked model's %.4f", name, val,
                            masked_val)
-        artifacts, measurement, sha = self._export_final(evaluator, realized, plan, name, stored)
-        record = stored or self.journal.record(
-            CandidateRecord(
-                phase="final", plan=row.plan, accuracy=val, macs=row.macs, params=row.params,
-                reward=row.reward, eval_seconds=0.0, artifact_sha256=sha, measurement=measurement,
-            )
-        )
-        return {"name": name, "record": record, "val": val, "test": test, "artifacts": artifacts,
-                "measurement": measurement, "search_row": row}
+        artifacts, sha = self._export_final(evaluator, realized, plan, name, model, {"val": val, "test": test})
+        return {"name": name, "stored": stored, "val": val, "test": test, "artifacts": artifacts,
+                "measurement": None, "sha256": sha, "search_row": row}
 
-    def _export_final(self, evaluator, realized, plan, name, stored):
+    def _export_final(self, evaluator, realized, plan, name, masked, accuracy):
+        """Write every file of one final model (see the module docstring); (artifact paths by kind, .pte sha)."""
         from host.errors import ExportError, MissingDependencyError
-        from host.search.devices import BenchSettings
+        from host.export.sidecar import write_sidecar
 
         artifacts: dict[str, str] = {}
         pte = evaluator.export(realized, self.run_dir / f"{name}.pte")
         artifacts["pte"] = str(pte.path)
+        exported = [pte]
         if self.config.export_tflite:
             from host.export import export_tflite
 
             try:
                 tfl = export_tflite(realized, (evaluator.data.example_input,), self.run_dir / f"{name}.tflite")
                 artifacts["tflite"] = str(tfl.path)
+                exported.append(tfl)
             except MissingDependencyError as exc:
                 logger.info("no .tflite for %s: %s", name, exc)
             except ExportError as exc:  # the .pte is the main artifact; a failed .tflite is reported, not fatal
                 logger.warning("no .tflite for %s: %s", name, exc)
         plan.save(self.run_dir / f"{name}.plan.json")
         artifacts["plan"] = str(self.run_dir / f"{name}.plan.json")
-        measurement = None
-        if evaluator.devices:
-            if stored is not None and stored.measurement and stored.artifact_sha256 == pte.sha256:
-                measurement = stored.measurement
-            else:
-                ev = self.config.evaluation
-                bench = BenchSettings(ev.warmup_runs * 2, FINAL_BENCH_RUNS, 1.0, ev.threads,
-                                      self.config.objective == "energy")
-                measurement = evaluator.measure_artifact(Path(pte.path), pte.sha256, bench, use_cache=False)
-        return artifacts, measurement, pte.sha256
+        artifacts.update(self._save_weights(realized, masked, evaluator.data.example_input, name))
+        artifacts["sidecar"] = str(write_sidecar(
+            self.run_dir / f"{name}.json", artifacts=exported, preprocessing=self.preprocessing.to_dict(),
+            model=self.sidecar_model(name), accuracy=accuracy,
+        ))
+        return artifacts, pte.sha256
+
+    def sidecar_model(self, name: str) -> dict[str, Any]:
+        """Where final model ``name`` came from, as its sidecar says (``export --from-run`` writes the same)."""
+        spec = self.config.model
+        return {"spec": spec.model, "model_args": dict(spec.model_args), "base_checkpoint": spec.checkpoint,
+                "run": str(self.run_dir.resolve()), "final": name, "plan": f"{name}.plan.json",
+                "pytorch": f"{name}.pt2", "state_dict": f"{name}.pt",
+                "data": {"name": spec.data, "root": spec.data_root, "limit": spec.data_limit, "seed": self.config.seed,
+                         "image_size": spec.image_size, "channels": spec.in_channels}}
+
+    def _save_weights(self, realized, masked, example, name: str) -> dict[str, str]:
+        """``name.pt2`` (the realized model, exported) and ``name.pt`` (the masked state dict), atomically."""
+        import torch
+
+        pt2, state = self.run_dir / f"{name}.pt2", self.run_dir / f"{name}.pt"
+        tmp = pt2.with_suffix(".tmp.pt2")
+        with torch.no_grad():
+            torch.export.save(torch.export.export(realized.eval(), (example,)), str(tmp))
+        os.replace(tmp, pt2)
+        tmp = state.with_suffix(".tmp.pt")
+        torch.save(masked.state_dict(), tmp)
+        os.replace(tmp, state)
+        return {"pt2": str(pt2), "state_dict": str(state)}
 
     def report(self, evaluator, space, devices, finals, seconds: float) -> dict[str, Any]:
         """Write result.json, report.md, plots and TensorBoard logs; return the summary as a dict."""
@@ -198,7 +261,9 @@ class FinalStage:
             devices={d.name: d.fingerprint for d in devices}, budget=cfg.budget,
             candidates_evaluated=self.journal.count("search", evaluated_only=True),
             measurements_taken=self.journal.measurement_count(), seconds=seconds,
-            dense=figures("dense", dense, test_accuracy=self._dense_test), best_search=figures("best-search", best) if best else None,
+            dense=figures("dense", dense, test_accuracy=self._dense_test,
+                          measurement=self.dense_measurement or dense.measurement),
+            best_search=figures("best-search", best) if best else None,
             finals=tuple(
                 figures(f["name"], f["search_row"], val=f["val"], test_accuracy=f["test"], artifacts=f["artifacts"],
                         measurement=f["measurement"])
@@ -207,7 +272,9 @@ class FinalStage:
             vocab=tuple(space.vocab),
             notes=_notes(cfg, valid, len(rows) - len(valid)) + tuple(self.skipped),
             invalid=invalid,
+            preprocessing=self.preprocessing.to_dict() if self.preprocessing is not None else None,
         )
+        summary = target_verdicts(summary, objective)
         if objective.needs_measurement:
             cost_label = "energy (mJ)" if objective.name == "energy" else "latency p50 (ms)"
             points = [(r.accuracy, max(evaluator._figures(r.measurement).values())) for r in valid if r.measurement]
@@ -225,6 +292,57 @@ class FinalStage:
         write_tensorboard(self.run_dir / "tensorboard", tb_rows)
         self.progress(Progress("report", 1, 1, f"report written to {self.run_dir / 'report.md'}"))
         return summary.to_dict()
+
+
+def target_verdicts(summary, objective):
+    """``summary`` with every final model's ``target_met`` set and a warning for each missed target and for
+    each final model slower than dense on a device (speed-ups are of side-by-side measurements)."""
+    from dataclasses import replace
+
+    warnings: list[str] = []
+    finals = []
+    dense = summary.dense
+    for m in summary.finals:
+        met = True
+        if objective.needs_measurement:
+            figs, dense_figs, unit = ((m.energy_mj, dense.energy_mj, "mJ") if objective.name == "energy"
+                                      else (m.latency_ms, dense.latency_ms, "ms"))
+            for dev, value in figs.items():
+                if dev not in dense_figs:
+                    continue
+                target = objective.target.resolve(dense_figs[dev])
+                if value > target:
+                    met = False
+                    warnings.append(
+                        f"{m.name} missed the {objective.name} target {objective.target} on {dev}: "
+                        f"{value:.3f} {unit} = {value / dense_figs[dev]:.2f}x of dense ({dense_figs[dev]:.3f} {unit}), "
+                        f"target {target:.3f} {unit}")
+        else:
+            cut = 1 - m.macs / dense.macs if dense.macs else 0.0
+            if cut < objective.target_flops - 1e-9:
+                met = False
+                warnings.append(f"{m.name} missed the {objective.target_flops:.0%} MAC reduction target: it removes "
+                                f"{cut:.1%}")
+        for dev, ms in m.latency_ms.items():
+            if dev in dense.latency_ms and ms > dense.latency_ms[dev]:
+                warnings.append(f"{m.name} is SLOWER than dense on {dev}: {ms:.3f} ms vs {dense.latency_ms[dev]:.3f} ms "
+                                "(measured side by side)")
+        finals.append(replace(m, target_met=met))
+    return replace(summary, finals=tuple(finals), warnings=summary.warnings + tuple(warnings))
+
+
+def _median_measurement(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """{device: summary} with every numeric field the median over ``rounds`` (other fields from the first)."""
+    out: dict[str, Any] = {}
+    for device, first in rounds[0].items():
+        merged = dict(first)
+        for key, value in first.items():
+            values = [r[device].get(key) for r in rounds]
+            if isinstance(value, float) and all(isinstance(v, int | float) for v in values):
+                merged[key] = statistics.median(values)
+        merged["rounds"] = len(rounds)
+        out[device] = merged
+    return out
 
 
 def _ordered(choices: dict[str, str], layer_names: list[str]) -> dict[str, str]:

@@ -26,7 +26,7 @@ def tiny_config(out, checkpoint, **changes):
     return replace(config, **changes)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")  # shared by every test module of this folder
 def tiny_search(tmp_path_factory, trained_resnet20_mnist):
     """(config, result dict, progress events) of one finished tiny latency search."""
     from host.search.runner import SearchRunner

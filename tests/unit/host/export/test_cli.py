@@ -43,3 +43,28 @@ def test_export_command_unknown_layer_in_plan(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "'nope'" in err and "hint:" in err
+
+
+@pytest.mark.slow
+def test_pt2_program_exports_and_random_weights_are_called_out(tmp_path, capsys):
+    import torch
+
+    from host.models.zoo import create_model
+
+    out = tmp_path / "random.pte"
+    assert main(["export", "--model", "resnet20", "--width", "0.25", "--input-shape", "1,1,8,8",
+                 "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "random initial weights" in captured.err
+    sidecar = json.loads((tmp_path / "random.json").read_text())
+    assert sidecar["artifacts"]["random.pte"]["sha256"] and sidecar["preprocessing"] is None
+    assert "random weights: exported without a checkpoint" in sidecar["notes"]
+    # a saved ExportedProgram (no eval() of its own) exports, and its weights are not random
+    model = create_model("resnet20", width=0.25, in_channels=1, image_size=8).eval()
+    program = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(1, 1, 8, 8),)), str(program))
+    assert main(["export", "--model", str(program), "--input-shape", "1,1,8,8", "--out", str(tmp_path / "m.pte"),
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "random" not in captured.err
+    assert json.loads(captured.out)["artifact"]["max_abs_err"] < 1e-3

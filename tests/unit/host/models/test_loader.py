@@ -116,3 +116,15 @@ def test_a_python_file_path_says_how_to_name_its_factory(tmp_path):
     with pytest.raises(ModelError) as info:
         load_model(str(source))
     assert "Python file" in str(info.value) and "mynet:FACTORY" in info.value.hint
+
+
+def test_a_loaded_program_takes_eval_and_train_like_any_module(tmp_path):
+    model = create_model("resnet20", width=0.25, in_channels=1, image_size=8).eval()
+    x = torch.randn(1, 1, 8, 8)
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(model, (x,)), str(path))
+    loaded = load_model(str(path))
+    assert loaded.train() is loaded and loaded.training  # the raw program raises "Calling eval() is not supported"
+    assert loaded.eval() is loaded and not loaded.training
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))  # still the exported inference program

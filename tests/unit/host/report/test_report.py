@@ -51,3 +51,36 @@ def test_energy_column_only_for_metered_devices():
 def test_tensorboard(tmp_path):
     log_dir = write_tensorboard(tmp_path / "tb", [{"reward": 0.1, "accuracy": 0.9}, {"reward": 0.2, "accuracy": 0.8}])
     assert any(p.name.startswith("events.out.tfevents") for p in log_dir.iterdir())
+
+
+def _objective(target: str, name: str = "latency"):
+    from host.search.reward import Objective, Target
+
+    if name == "flops":
+        return Objective(name="flops", target_flops=float(target))
+    return Objective(name=name, target=Target.parse(target, name))
+
+
+def test_missed_target_and_slower_than_dense_are_flagged():
+    from dataclasses import replace
+
+    from host.report.markdown import render_markdown
+    from host.search.final import target_verdicts
+
+    summary = _summary()  # final runs at 1.0 ms against dense 2.0 ms
+    met = target_verdicts(summary, _objective("0.5x"))
+    assert met.finals[0].target_met is True and met.warnings == ()
+    missed = target_verdicts(summary, _objective("0.4x"))
+    assert missed.finals[0].target_met is False
+    assert len(missed.warnings) == 1 and "missed the latency target 0.4x on local" in missed.warnings[0]
+    assert "0.50x of dense" in missed.warnings[0]
+    slow = replace(summary, finals=(replace(summary.finals[0], latency_ms={"local": 2.5}),))
+    slow = target_verdicts(slow, _objective("0.5x"))
+    assert any("SLOWER than dense on local: 2.500 ms vs 2.000 ms" in w for w in slow.warnings)
+    text = render_markdown(slow)
+    assert "## Warnings" in text and "SLOWER than dense" in text
+    flops = target_verdicts(summary, _objective("0.7", "flops"))  # the final removes 60% of the MACs
+    assert flops.finals[0].target_met is False
+    assert flops.warnings == ("final-1 missed the 70% MAC reduction target: it removes 60.0%",)
+    assert target_verdicts(summary, _objective("0.6", "flops")).finals[0].target_met is True
+    assert json.loads(json.dumps(missed.to_dict()))["finals"][0]["target_met"] is False

@@ -20,7 +20,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from host.data import DatasetSplits, ImageTensorDataset, load_dataset
 from host.errors import ConfigError
-from host.models.zoo import create_model
 
 log = logging.getLogger(__name__)
 
@@ -145,46 +144,93 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 256
     return correct / count
 
 
-def checkpoint_key(model_name: str, dataset_name: str, config: TrainConfig, model_kwargs: dict, data_kwargs: dict) -> str:
-    """A short hash of everything that determines the trained weights."""
+def checkpoint_key(model_name: str, dataset_name: str, config: TrainConfig, model_kwargs: dict, data_kwargs: dict,
+                   fingerprints: dict | None = None) -> str:
+    """A short hash of everything that determines the trained weights (``fingerprints``: the architecture's
+    parameter shapes and the dataset folder's content, see :func:`get_or_train_checkpoint`)."""
     payload = json.dumps({"v": _CACHE_VERSION, "model": model_name.lower(), "data": dataset_name.lower(),
-                          "config": asdict(config), "model_kwargs": model_kwargs, "data_kwargs": data_kwargs},
+                          "config": asdict(config), "model_kwargs": model_kwargs, "data_kwargs": data_kwargs,
+                          **({"fingerprints": fingerprints} if fingerprints else {})},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def architecture_fingerprint(model: nn.Module) -> str:
+    """Hash of the model's class and of every parameter and buffer name, shape and dtype: a user's factory that
+    changes its layers gets a new checkpoint, one whose code changed elsewhere keeps its cache entry."""
+    digest = hashlib.sha256(type(model).__qualname__.encode())
+    for name, tensor in list(model.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+    return digest.hexdigest()[:16]
+
+
+def folder_fingerprint(root: str | Path | None) -> str | None:
+    """Hash of every file's relative path and bytes under ``root`` (None without one): regenerating an image
+    folder at the same path must not reuse a checkpoint trained on the old images."""
+    if root is None or not Path(root).exists():
+        return None
+    base = Path(root)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in base.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(base)).encode() + b"\0")
+        with path.open("rb") as handle:
+            for chunk in iter(lambda h=handle: h.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _safe(name: str) -> str:
+    """``timm:lcnet_050`` / ``pkg.mod:build`` as a file name part."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.lower())[:60]
+
+
 def get_or_train_checkpoint(model_name: str, dataset_name: str, *, cache_dir: str | Path, config: TrainConfig,
                             data_root: str | Path | None = None, data_limit: int | None = None,
-                            progress: ProgressFn | None = None, **model_kwargs) -> Path:
+                            progress: ProgressFn | None = None, model_args: dict | None = None,
+                            **model_kwargs) -> Path:
     """Return the path of a trained state dict for (model, dataset, sizes, config), training it if needed.
 
-    ``model_kwargs`` are passed to :func:`create_model` (``image_size``, ``in_channels``, ``width``,
-    ``num_classes``); the dataset is loaded at the same image size and channel count with the config's
-    seed. A JSON file next to the checkpoint records the accuracy reached and how long training took.
+    ``model_name`` is any spec :func:`host.models.loader.load_model` takes (zoo, ``timm:NAME``,
+    ``torchvision:NAME``, ``package.module:factory``) with its ``model_args``; ``model_kwargs`` are the sizes
+    (``image_size``, ``in_channels``, ``width``, ``num_classes``). The dataset is loaded at the same image size
+    and channel count with the config's seed. The cache key covers the model's parameter shapes and, for a
+    dataset read from a folder, the folder's content. A JSON file next to the checkpoint records the accuracy
+    reached and how long training took.
     """
+    from host.models.loader import load_model
+
     image_size = int(model_kwargs.get("image_size", 32))
     channels = int(model_kwargs.get("in_channels", 3))
     data_kwargs = {"root": str(data_root) if data_root else None, "limit": data_limit, "image_size": image_size,
                    "channels": channels, "seed": config.seed}
-    key = checkpoint_key(model_name, dataset_name, config, model_kwargs, data_kwargs)
+    splits = None
+    if "num_classes" not in model_kwargs:
+        splits = load_dataset(dataset_name, **data_kwargs)
+    num_classes = model_kwargs.get("num_classes") or splits.num_classes
+    kwargs = {**model_kwargs, "num_classes": num_classes, "image_size": image_size, "in_channels": channels}
+    torch.manual_seed(config.seed)
+    model = load_model(model_name, model_args=model_args, **kwargs).train()
+    fingerprints = {"architecture": architecture_fingerprint(model), "data": folder_fingerprint(data_root)}
+    key = checkpoint_key(model_name, dataset_name, config, {**model_kwargs, **({"args": model_args} if model_args else {})},
+                         data_kwargs, fingerprints)
     cache = Path(cache_dir)
-    path = cache / f"{model_name.lower()}-{dataset_name.lower()}-{key}.pt"
+    path = cache / f"{_safe(model_name)}-{dataset_name.lower()}-{key}.pt"
     if path.is_file():
         log.info("using cached checkpoint %s", path)
         return path
-    splits = load_dataset(dataset_name, **data_kwargs)
-    kwargs = {"num_classes": splits.num_classes, **model_kwargs, "image_size": image_size, "in_channels": channels}
-    torch.manual_seed(config.seed)
-    model = create_model(model_name, **kwargs)
+    splits = splits or load_dataset(dataset_name, **data_kwargs)
+    if splits.num_classes != num_classes:
+        raise ConfigError(f"{dataset_name} has {splits.num_classes} classes but num_classes={num_classes}",
+                          hint="leave num_classes out to take the dataset's")
     result = train(model, splits, config, progress)
     cache.mkdir(parents=True, exist_ok=True)
     # write then rename so a concurrent or interrupted run never sees half a file
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)
-    meta = {"model": model_name, "dataset": dataset_name, "model_kwargs": kwargs, "data": data_kwargs,
-            "config": asdict(config), "val_accuracy": result.val_accuracy, "seconds": round(result.seconds, 2),
-            "val_history": result.val_history}
+    meta = {"model": model_name, "model_args": model_args or {}, "dataset": dataset_name, "model_kwargs": kwargs,
+            "data": data_kwargs, "fingerprints": fingerprints, "config": asdict(config),
+            "val_accuracy": result.val_accuracy, "seconds": round(result.seconds, 2), "val_history": result.val_history}
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=str))
     log.info("trained %s on %s to %.2f%% val in %.1f s -> %s", model_name, dataset_name, 100 * result.val_accuracy,
              result.seconds, path)

@@ -57,10 +57,11 @@ def check_names(config: SearchConfig) -> None:
             f"unknown model '{spec.model}'",
             hint=f"use a zoo model ({', '.join(available_models())}) or package.module:factory with --checkpoint",
         )
-    if not is_zoo and spec.checkpoint is None:
+    if spec.checkpoint is None and spec.model.endswith(".pt2"):
         raise ConfigError(
-            f"model '{spec.model}' is not in the zoo, so there is no recipe to train it",
-            hint="pass --checkpoint FILE with its trained state dict",
+            f"'{spec.model}' is an exported program: it cannot be trained here",
+            hint="pass the model as package.module:factory (trained here when --checkpoint is left out), or "
+                 "export it after training",
         )
 
 
@@ -69,9 +70,8 @@ def load_trained(config: SearchConfig, progress: ProgressFn) -> tuple[Any, Any]:
     import torch
 
     from host.data import load_dataset
-    from host.models.loader import load_checkpoint, load_model
+    from host.models.loader import load_model
     from host.models.train import TrainConfig, get_or_train_checkpoint
-    from host.models.zoo import available_models, create_model
 
     spec = config.model
     splits = load_dataset(
@@ -83,20 +83,19 @@ def load_trained(config: SearchConfig, progress: ProgressFn) -> tuple[Any, Any]:
         model = load_model(spec.model, checkpoint=spec.checkpoint, width=spec.width, model_args=spec.model_args,
                            **sizes)
         return model.eval(), splits
-    if spec.model.lower() not in available_models():
-        raise ConfigError(f"model '{spec.model}' needs --checkpoint", hint="pass its trained state dict")
 
     def on_epoch(epoch: int, epochs: int, loss: float, val: float) -> None:
         progress(Progress("prepare", epoch, epochs, f"training {spec.model}: epoch {epoch}/{epochs} val {val:.3f}"))
 
     progress(Progress("prepare", 0, spec.train_epochs, f"loading or training {spec.model} on {spec.data}"))
+    # any model, zoo or not, is trained with the same recipe (and cached) when no checkpoint is given
     path = get_or_train_checkpoint(
         spec.model, spec.data, cache_dir=cache_dir(), config=TrainConfig(epochs=spec.train_epochs, seed=config.seed),
-        data_root=spec.data_root, data_limit=spec.data_limit, progress=on_epoch, width=spec.width, **sizes,
+        data_root=spec.data_root, data_limit=spec.data_limit, progress=on_epoch, model_args=spec.model_args or None,
+        width=spec.width, **sizes,
     )
     torch.manual_seed(config.seed)
-    model = create_model(spec.model, width=spec.width, **sizes)
-    load_checkpoint(model, path)
+    model = load_model(spec.model, checkpoint=path, width=spec.width, model_args=spec.model_args, **sizes)
     return model.eval(), splits
 
 

@@ -38,8 +38,9 @@ class EvalConfig:
     bn_batches: int = 4
     batch_size: int = 128
     val_limit: int | None = None  # evaluate on the first N validation images only (None = all)
-    # candidates this far below dense accuracy are not measured (their reward uses a MAC-proportional
-    # estimate): they cannot win, and export + measurement is most of a candidate's cost. None = measure all.
+    # candidates this far below the most accurate measured plan that meets the target are not measured (their
+    # reward uses the cost model's estimate): they cannot win, and export + measurement is most of a
+    # candidate's cost. While no measured plan meets the target, every accuracy is measured. None = measure all.
     measure_min_accuracy_drop: float | None = 0.15
     # of the candidates accurate enough, only those whose reward PREDICTED by the cost model is within
     # measure_slack of the best measured one are exported and measured (after the first min_measured)

@@ -1,0 +1,49 @@
+"""Which candidates are exported and measured: an inaccurate plan is skipped only when a measured plan that
+meets the target already beats it by the margin, never while nothing measured meets the target."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from host.search.candidate import CandidateEvaluator, MeasurePolicy
+from host.search.reward import Objective, Target
+
+
+def _evaluator(measured: list[tuple[float, float]], dense_ms: float = 1.0, target: str = "0.7x"):
+    """An evaluator's state: dense at ``dense_ms`` and acc 0.97; ``measured`` (accuracy, ms) search rows."""
+    limit = 0.7 * dense_ms
+    rows = [SimpleNamespace(accuracy=acc, measurement={"pi": {"p50_ms": ms}}, reused=False,
+                            reward=acc * min(1.0, limit / ms))  # the hard constraint's reward
+            for acc, ms in measured]
+    ev = SimpleNamespace(
+        objective=Objective(name="latency", target=Target.parse(target, "latency")),
+        policy=MeasurePolicy(min_accuracy_drop=0.15, min_measured=2, slack=0.03),
+        dense=SimpleNamespace(accuracy=0.97, measurement={"pi": {"p50_ms": dense_ms}}),
+        journal=SimpleNamespace(candidates=lambda _phase: rows),
+    )
+    ev._figures = lambda m: CandidateEvaluator._figures(ev, m)
+    ev.dense_figures = lambda: ev._figures(ev.dense.measurement)
+    ev._meets_target = lambda m: CandidateEvaluator._meets_target(ev, m)
+    ev._reward = lambda acc, macs, meas, choices: acc  # predicted reward: its accuracy (the plan meets the target)
+    return ev
+
+
+def worth(ev, acc: float) -> bool:
+    return CandidateEvaluator._worth_measuring(ev, acc, 100, None)
+
+
+def test_far_below_dense_is_measured_while_no_measured_plan_meets_the_target():
+    ev = _evaluator([(0.92, 0.95), (0.90, 0.9)])  # both measured plans miss 0.7x
+    assert worth(ev, 0.70)  # 27 points below dense, and still the best hope for the target
+
+
+def test_a_measured_winner_sets_the_bar():
+    ev = _evaluator([(0.92, 0.95), (0.85, 0.6)])  # the second meets 0.7x at 85%
+    assert not worth(ev, 0.69)  # more than 15 points below the winner: cannot win
+    assert worth(ev, 0.84)  # and within the slack of the best measured reward (0.85)
+
+
+def test_when_dense_meets_the_target_dense_sets_the_bar():
+    ev = _evaluator([], target="2ms")  # an absolute target dense already meets
+    assert not worth(ev, 0.80)
+    assert worth(ev, 0.90)

@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="mnist", help="dataset name (default mnist)")
     p.add_argument("--data-root", help="folder of a local dataset (cifar10, imagefolder)")
     p.add_argument("--image-size", type=int, default=16, help="input size in pixels (default 16, as search)")
-    p.add_argument("--channels", type=int, default=1, choices=(1, 3), help="input channels (default 1, as search)")
+    p.add_argument("--channels", type=int, choices=(1, 3),
+                   help="input channels (default: the dataset's own: 1 for mnist/digits, 3 for cifar10/imagefolder)")
     p.add_argument("--width", type=float, default=1.0, help="zoo model width multiplier (default 1)")
     p.add_argument("--data-limit", type=int, help="use a stratified subset of N images")
     p.add_argument("--epochs", type=int, default=12, help="training epochs (default 12, as search)")
@@ -40,24 +41,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def data_warnings(splits, batch_size: int, val_accuracy: float | None = None) -> list[str]:
-    """What makes a training run or a search on ``splits`` unreliable, in words (empty when nothing does)."""
-    out = []
-    chance = 1 / max(splits.num_classes, 1)
-    if len(splits.train) < batch_size:
-        out.append(f"the training split has {len(splits.train)} images, fewer than one batch of {batch_size}: "
-                   "every epoch is a single step (use a smaller --batch-size or more data)")
-    if len(splits.val) < 10 * splits.num_classes:
-        out.append(f"the validation split has only {len(splits.val)} images for {splits.num_classes} classes: "
-                   "accuracies that differ by less than a few points cannot be told apart")
-    if val_accuracy is not None and val_accuracy < chance + 0.5 * (1 - chance) * 0.2:
-        out.append(f"validation accuracy {val_accuracy:.1%} is near chance ({chance:.1%}): the model has not "
-                   "learned the task (more epochs, more data, or check the labels)")
-    return out
+def dataset_channels(name: str) -> int:
+    """The dataset's own channel count (3 for a folder of images), the default of --channels."""
+    from host.data import DATASETS, dataset_info
+
+    if name.lower() not in DATASETS:
+        return 1  # load_dataset names the unknown dataset a moment later
+    return dataset_info(name).channels if name.lower() != "imagefolder" else 3
 
 
 def run(args: argparse.Namespace) -> int:
     from host.data import load_dataset
+    from host.data.checks import data_warnings
     from host.models.external import parse_model_args
     from host.models.train import TrainConfig, get_or_train_checkpoint
     from host.search.runner import cache_dir
@@ -65,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model.endswith(".pt2"):
         raise ConfigError(f"'{args.model}' is an exported program and cannot be trained",
                           hint="pass the model as a zoo name, timm:NAME, torchvision:NAME or package.module:factory")
+    args.channels = args.channels or dataset_channels(args.data)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     splits = load_dataset(args.data, root=args.data_root, image_size=args.image_size, channels=args.channels,
                           seed=args.seed, limit=args.data_limit)  # a bad dataset fails before any training

@@ -49,6 +49,7 @@ class FinalStage:
         self.skipped: list[str] = []  # why Pareto plans were passed over, for the report's notes
         self.preprocessing: Any = None  # host.data.preprocess.Preprocessing of the run's data
         self.dense_measurement: dict[str, Any] | None = None  # dense, measured side by side with the finals
+        self.data_warnings: list[str] = []  # host.data.checks: splits too small, a baseline near chance
 
     def candidates(self, evaluator) -> list[CandidateRecord]:
         """The plans to finish, in order: Pareto front in (val accuracy, cost), best reward first. :meth:`run`
@@ -74,12 +75,14 @@ class FinalStage:
 
     def run(self, evaluator, splits, base_model) -> list[dict[str, Any]]:
         """Fine-tune, realize, export and measure every chosen plan; one dict per final model."""
+        from host.data.checks import data_warnings
         from host.data.preprocess import Preprocessing
         from host.search.candidate import batches
         from host.search.finetune import accuracy
         from host.search.journal import plan_hash
 
         self.preprocessing = Preprocessing.from_splits(splits)
+        self.data_warnings = data_warnings(splits, self.config.evaluation.batch_size, evaluator.dense.accuracy)
         chosen = self.candidates(evaluator)
         wanted = min(self.config.final_top, len(chosen))
         finals: list[dict[str, Any]] = []
@@ -273,6 +276,7 @@ class FinalStage:
             notes=_notes(cfg, valid, len(rows) - len(valid)) + tuple(self.skipped),
             invalid=invalid,
             preprocessing=self.preprocessing.to_dict() if self.preprocessing is not None else None,
+            warnings=tuple(self.data_warnings),
         )
         summary = target_verdicts(summary, objective)
         if objective.needs_measurement:

@@ -188,6 +188,10 @@ class SearchRunner:
         try:
             self.progress(Progress("dense", 0, 2, "evaluating and measuring the dense model"))
             evaluator.evaluate_dense()
+            from host.data.checks import data_warnings
+
+            for warning in data_warnings(splits, ev.batch_size, evaluator.dense.accuracy):  # also in the report
+                logger.warning("%s", warning)
             if objective.needs_measurement:
                 self.progress(Progress("dense", 1, 2, "measuring the most aggressive plan (is the target reachable?)"))
                 self._check_target_reachable(evaluator, space)

@@ -37,3 +37,16 @@ def test_record_names_every_step_and_bad_records_fail():
         Preprocessing.from_dict({"steps": []})
     with pytest.raises(DataError, match="uint8"):
         Preprocessing.from_splits(splits).apply(torch.zeros(1, 1, 8, 8))
+
+
+def test_data_warnings_name_tiny_splits_and_chance_level_models():
+    from host.data.checks import data_warnings
+
+    tiny = load_dataset("digits", image_size=8, channels=1, limit=90)  # 10 validation images for 10 classes
+    warnings = data_warnings(tiny, batch_size=128, val_accuracy=0.11)
+    assert len(warnings) == 3
+    assert "fewer than one batch of 128" in warnings[0]
+    assert "only 10 images for 10 classes" in warnings[1]
+    assert "near chance (10.0%)" in warnings[2]
+    enough = load_dataset("digits", image_size=8, channels=1)
+    assert data_warnings(enough, batch_size=128, val_accuracy=0.9) == []

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from host.cache import cache_root
+from host.cli.quiet import muted
 from host.errors import ExportError, MissingDependencyError
 from host.export.artifact import Artifact, file_digest
 from host.export.fold import fold_batchnorm
@@ -228,10 +229,13 @@ def run_pte(path: str | Path, inputs: Sequence[torch.Tensor]) -> list[torch.Tens
     """Run the ``forward`` method of a .pte with the real ExecuTorch runtime."""
     from executorch.runtime import Runtime
 
-    runtime = Runtime.get()
-    program = runtime.load_program(Path(path))
-    method = program.load_method("forward")
-    return [torch.as_tensor(out) for out in method.execute(list(inputs))]
+    # The runtime's C++ log (a cpuinfo probe on a process's first load) reaches sys.stderr through the
+    # bindings, past any logging setting; muted() shows it only if loading or running fails, or at -v.
+    with muted():
+        runtime = Runtime.get()
+        program = runtime.load_program(Path(path))
+        method = program.load_method("forward")
+        return [torch.as_tensor(out) for out in method.execute(list(inputs))]
 
 
 def _compare(reference, outputs: list[torch.Tensor], rel: float, path: Path) -> float:

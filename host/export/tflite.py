@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from host.cli.quiet import muted
 from host.errors import ExportError, MissingDependencyError
 from host.export.artifact import Artifact, file_digest
 from host.export.pte import FP32_TOLERANCE, _compare, _Named
@@ -35,20 +34,23 @@ def export_tflite(module: nn.Module, example_inputs: Sequence[torch.Tensor], pat
     if quantize:
         raise ExportError("int8 .tflite export is not supported yet", hint="export fp32, or use --format pte "
                                                                             "--quantize for int8")
-    converter = _converter()
     path = Path(path)
     inputs = tuple(example_inputs)
     module = _Named(module.eval()).eval()
     timings: list[tuple[str, float]] = []
     start = time.perf_counter()
     try:
-        # litert-torch prints progress on stdout; keep stdout clean for `--json` callers.
-        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
-            reference = module(*inputs)
-            edge_model = converter.convert(module, inputs)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.redirect_stdout(sys.stderr):
+        # litert-torch prints ~24 [START]/[DONE] lines on stdout, TensorFlow's and the converter's C++ code logs
+        # to fd 2: held back (stdout stays clean for `--json`), shown if the conversion fails or at -v.
+        with muted(stdout=True):
+            converter = _converter()
+            with torch.no_grad():
+                reference = module(*inputs)
+                edge_model = converter.convert(module, inputs)
+            path.parent.mkdir(parents=True, exist_ok=True)
             edge_model.export(str(path))
+    except MissingDependencyError:
+        raise
     except Exception as exc:  # litert-torch raises many internal exception types
         raise ExportError(f"exporting to .tflite failed: {type(exc).__name__}: {exc}",
                           hint="the module must be torch.export-able with static shapes") from exc
@@ -67,13 +69,14 @@ def run_tflite(path: str | Path, inputs: Sequence[torch.Tensor]) -> list[torch.T
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as exc:
         raise MissingDependencyError("ai-edge-litert", "litert", "running .tflite files") from exc
-    interpreter = Interpreter(model_path=str(path))
-    interpreter.allocate_tensors()
-    details = interpreter.get_input_details()
-    if len(details) != len(inputs):
-        raise ExportError(f"{path} takes {len(details)} inputs, got {len(inputs)}")
-    for detail, tensor in zip(details, inputs, strict=True):
-        interpreter.set_tensor(detail["index"], tensor.detach().numpy().astype(detail["dtype"]))
-    interpreter.invoke()
-    return [torch.from_numpy(np.array(interpreter.get_tensor(d["index"])))
-            for d in interpreter.get_output_details()]
+    with muted():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." and the like, from C++ to fd 2
+        interpreter = Interpreter(model_path=str(path))
+        interpreter.allocate_tensors()
+        details = interpreter.get_input_details()
+        if len(details) != len(inputs):
+            raise ExportError(f"{path} takes {len(details)} inputs, got {len(inputs)}")
+        for detail, tensor in zip(details, inputs, strict=True):
+            interpreter.set_tensor(detail["index"], tensor.detach().numpy().astype(detail["dtype"]))
+        interpreter.invoke()
+        return [torch.from_numpy(np.array(interpreter.get_tensor(d["index"])))
+                for d in interpreter.get_output_details()]

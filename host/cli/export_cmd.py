@@ -91,18 +91,28 @@ def load_plan(path: Path):
 
 @contextlib.contextmanager
 def _status(message: str, *, quiet: bool):
-    """A spinner on stderr while the (10-60 s) export and runtime check run."""
+    """A spinner on stderr while the (10-60 s) export and runtime check run; piped, in CI or into a file (or
+    without rich), a plain ``progress:`` line when it starts and one when it is done."""
+    import time
+
+    from host.cli.quiet import stderr_is_terminal
+
     if quiet:
         yield
         return
-    try:
-        from rich.console import Console
-    except ImportError:
-        print(message + " ...", file=sys.stderr)
-        yield
-        return
-    with Console(stderr=True).status(message + " ..."):
-        yield
+    if stderr_is_terminal():
+        try:
+            from rich.console import Console
+        except ImportError:
+            pass
+        else:
+            with Console(stderr=True).status(message + " ..."):
+                yield
+            return
+    started = time.monotonic()
+    print(f"progress: {message} ...", file=sys.stderr, flush=True)
+    yield
+    print(f"progress: {message}: done in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
 
 
 def _random_weights(args: argparse.Namespace) -> bool:

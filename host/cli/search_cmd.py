@@ -142,15 +142,29 @@ def _print_human(result: dict[str, Any], run_dir: Path) -> None:
 
 
 class _Display:
-    """A rich progress bar on stderr: stage, candidates done, best reward so far, ETA."""
+    """Search progress on stderr. On a terminal: a rich progress bar per stage (stage, candidates done, best
+    reward so far, ETA). Piped, in CI or into a file: plain ``progress:`` lines, one when the stage or the
+    count changes, at most one per ``PLAIN_INTERVAL_S`` within a stage (its last count always shows)."""
 
-    def __init__(self, enabled: bool) -> None:
+    PLAIN_INTERVAL_S = 5.0
+
+    def __init__(self, enabled: bool, live: bool | None = None, clock: Any = None) -> None:
+        """``live``: rich bars (default: when stderr is a terminal); ``clock``: seconds, time.monotonic by default."""
+        import time
+
+        from host.cli.quiet import stderr_is_terminal
+
         self.enabled = enabled
+        self.live = stderr_is_terminal() if live is None else live
+        self._clock = clock or time.monotonic
         self._progress = None
         self._tasks: dict[str, Any] = {}
+        self._started = self._clock()
+        self._shown: tuple[str, int] | None = None  # (stage, done) of the last plain line
+        self._shown_at = float("-inf")
 
     def __enter__(self) -> _Display:
-        if self.enabled:
+        if self.enabled and self.live:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -163,16 +177,31 @@ class _Display:
         return self
 
     def update(self, p: Any) -> None:
-        if self._progress is None:
+        if not self.enabled:
             return
-        task = self._tasks.get(p.stage)
         info = p.message
         if p.best is not None:
             info = f"best reward {p.best.reward:.4f} (val {100 * p.best.accuracy:.1f}%)"
+        if self._progress is None:
+            self._plain(p, info)
+            return
+        task = self._tasks.get(p.stage)
         if task is None:
             task = self._progress.add_task(p.stage, total=max(p.total, 1), stage=p.stage, info=info)
             self._tasks[p.stage] = task
         self._progress.update(task, completed=p.done, total=max(p.total, 1), info=info)
+
+    def _plain(self, p: Any, info: str) -> None:
+        now = self._clock()
+        key = (p.stage, p.done)
+        if key == self._shown:
+            return
+        same_stage = self._shown is not None and self._shown[0] == p.stage
+        if same_stage and p.done < p.total and now - self._shown_at < self.PLAIN_INTERVAL_S:
+            return
+        self._shown, self._shown_at = key, now
+        print(f"progress: {p.stage} {p.done}/{p.total} {info} [{now - self._started:.0f} s]", file=sys.stderr,
+              flush=True)
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:

@@ -13,6 +13,8 @@ import warnings
 import pytest
 
 from host.cli.quiet import configured, is_ours, muted
+from host.cli.search_cmd import _Display
+from host.search.progress import Progress
 
 
 def _module(name: str) -> types.ModuleType:
@@ -113,3 +115,33 @@ def test_on_a_real_stderr_only_the_calling_threads_and_native_writes_are_held(re
     lines = run.stderr.splitlines()
     assert lines == ["WARNING host.export.pte: our warning inside", "another thread", "after the block",
                      "native after"]
+
+
+def _progress(stage: str, done: int, total: int, message: str = "working") -> Progress:
+    return Progress(stage, done, total, message)
+
+
+def test_piped_search_progress_is_plain_rate_limited_lines(capsys):
+    now = [0.0]
+    with _Display(enabled=True, live=False, clock=lambda: now[0]) as display:
+        for t, event in [(1, _progress("prepare", 1, 1, "building the model graph")),
+                         (2, _progress("dense", 0, 2)), (3, _progress("dense", 1, 2)),  # within 5 s: held
+                         (4, _progress("dense", 2, 2, "dense model measured")),  # a stage's last count shows
+                         (5, _progress("search", 0, 4)), (6, _progress("search", 0, 4)),  # no change
+                         (7, _progress("search", 1, 4)), (11, _progress("search", 2, 4)),  # 6 s after: shows
+                         (12, _progress("search", 3, 4))]:
+            now[0] = t
+            display.update(event)
+    assert capsys.readouterr().err.splitlines() == [
+        "progress: prepare 1/1 building the model graph [1 s]",
+        "progress: dense 0/2 working [2 s]",
+        "progress: dense 2/2 dense model measured [4 s]",
+        "progress: search 0/4 working [5 s]",
+        "progress: search 2/4 working [11 s]",
+    ]
+
+
+def test_json_search_prints_no_progress(capsys):
+    with _Display(enabled=False, live=False) as display:
+        display.update(_progress("search", 1, 4))
+    assert capsys.readouterr().err == ""

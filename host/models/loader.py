@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,8 +51,8 @@ def load_model(spec: str, *, checkpoint: str | Path | None = None, num_classes: 
     elif spec.endswith(".py"):
         path = Path(spec)
         raise ModelError(f"'{spec}' is a Python file, not a model spec",
-                         hint=f"name the function that builds the model as '{path.stem}:FACTORY' and put "
-                              f"{path.parent.resolve()} on PYTHONPATH (or run from there)")
+                         hint=f"name the function that builds the model: '{spec}:FACTORY' (or '{path.stem}:FACTORY' "
+                              f"from {path.parent.resolve()})")
     elif spec.endswith(".pt2") or Path(spec).is_file():
         model = _load_exported(Path(spec))
     elif ":" in spec:
@@ -113,18 +115,52 @@ class ExportedModule(nn.Module):
         return self
 
 
+def _import_module(module_name: str, spec: str):
+    """``module_name`` imported as Python would from the working directory (``python -c``/``-m`` put it first on
+    sys.path; the ``sculpt-host`` script does not): the working directory is tried last, never shadowing an
+    installed package."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelError(f"cannot import '{module_name}' for model '{spec}': {exc}",
+                         hint="make sure the package is importable (installed, in the working directory, or its "
+                              "folder on PYTHONPATH); " + _spec_hint()) from exc
+
+
+def _import_file(path_text: str, spec: str):
+    """``./nets/mynet.py:build``: the file imported as a module of its own (its folder first on sys.path while
+    it runs, so its sibling modules import too)."""
+    import importlib.util
+
+    path = Path(path_text).resolve()
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path_text} (in '{spec}')", hint=_spec_hint())
+    name = f"_sculpt_user_{path.stem}_{abs(hash(str(path))) % 10**8}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        sys.modules[name] = module  # pickling and dataclasses look their module up
+        module_spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - the user's file may raise anything at import
+        sys.modules.pop(name, None)
+        raise ModelError(f"importing {path_text} failed: {type(exc).__name__}: {exc}",
+                         hint="run `python " + path_text + "` to see the error in the file") from exc
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
 def _load_factory(spec: str, sizes: dict[str, float], model_args: dict[str, Any]) -> nn.Module:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ModelError(f"bad model spec '{spec}'", hint=_spec_hint())
     if module_name.partition(".")[0] in ("timm", "torchvision"):  # e.g. torchvision.models.densenet:DenseNet
         import_library(module_name.partition(".")[0])
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelError(f"cannot import '{module_name}' for model '{spec}': {exc}",
-                         hint="make sure the package is importable (installed, or its folder on PYTHONPATH); "
-                              + _spec_hint()) from exc
+    module = _import_file(module_name, spec) if module_name.endswith(".py") else _import_module(module_name, spec)
     factory = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)

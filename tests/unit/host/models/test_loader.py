@@ -128,3 +128,27 @@ def test_a_loaded_program_takes_eval_and_train_like_any_module(tmp_path):
     assert loaded.eval() is loaded and not loaded.training
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))  # still the exported inference program
+
+
+def test_a_file_path_spec_and_a_module_of_the_working_directory_load(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "blocks.py").write_text("from torch import nn\n\ndef head(n):\n    return nn.Linear(4, n)\n")
+    (tmp_path / "nets" / "mynet.py").write_text(
+        "from torch import nn\nfrom blocks import head\n\n"
+        "def build(num_classes=10):\n    return nn.Sequential(nn.Flatten(), head(num_classes))\n")
+    model = load_model(f"{tmp_path}/nets/mynet.py:build", num_classes=3)  # its sibling module imports too
+    assert model(torch.zeros(1, 1, 2, 2)).shape == (1, 3)
+    with pytest.raises(ModelError, match="model file not found"):
+        load_model(f"{tmp_path}/nets/nope.py:build")
+    # the installed console script does not put the working directory on sys.path; the loader tries it last
+    (tmp_path / "cwdnet.py").write_text("from torch import nn\n\ndef build(num_classes=10, in_channels=3):\n"
+                                        "    return nn.Sequential(nn.Conv2d(in_channels, 8, 3), nn.Flatten(),"
+                                        " nn.LazyLinear(num_classes))\n")
+    script = Path(sys.executable).parent / "sculpt-host"
+    done = subprocess.run([str(script), "inspect", "--model", "cwdnet:build", "--json"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

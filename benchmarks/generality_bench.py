@@ -7,13 +7,14 @@ One row per architecture:
 - floor: the floor plan (most aggressive valid choice on every layer) realized, its MAC cut, and its speed-up
   on the local agent, dense and floor .pte measured side by side in interleaved rounds;
 - search: a budget-8 latency search at --target-latency (0.7x) on the 5k MNIST digits (3 channels, the entry's
-  size) from a checkpoint trained here for --train-epochs; its final model's MAC cut and speed-up, measured
-  side by side with the dense .pte again (or why it failed);
+  size) from a checkpoint trained here for --train-epochs; its final model's MAC cut, speed-up (measured side by
+  side with the dense .pte again) and validation accuracy against dense (or why it failed);
 - torch-pruning: tp.pruner.MagnitudePruner at 50% (the layers producing the logits ignored) runs or fails,
   and whether our channel choices cover every layer it prunes.
 
     .venv/bin/python benchmarks/generality_bench.py [--only NAME[,NAME]] [--no-search] [--out DIR]
-        [--budget 8] [--target-latency 0.7x] [--rounds 3] [--train-epochs 2]
+        [--budget 8] [--target-latency 0.7x] [--rounds 3] [--train-epochs 10] [--finetune-epochs 3]
+        [--data-limit 3000]
 
 Prints a markdown table and writes it to DIR/generality.md (rows also as DIR/generality.json).
 """
@@ -153,7 +154,7 @@ def search_row(entry, out: Path, devices, args) -> dict:
                      in_channels=c, data_limit=args.data_limit, checkpoint=str(checkpoint))
     config = replace(SearchConfig(), out=out / "search", model=spec, devices=("local",), budget=args.budget,
                      objective="latency", target=args.target_latency, final_top=1, export_tflite=False,
-                     finetune=FinetuneConfig(epochs=1, distill_alpha=0.5),
+                     finetune=FinetuneConfig(epochs=args.finetune_epochs, distill_alpha=0.5),
                      evaluation=replace(EvalConfig(), min_runs=20, warmup_runs=5))
     found = SearchRunner.start(config).run()
     finals = found.get("finals") or []
@@ -211,13 +212,13 @@ def table(rows: list[dict], args) -> str:
     head = ["architecture", "families", "layers", "realizable MACs", "floor cut", "floor speed-up",
             "dense ms", "torch-pruning 50%"]
     if args.search:
-        head[6:6] = [f"search {args.target_latency} cut", "search speed-up"]
+        head[6:6] = [f"search {args.target_latency} cut", "search speed-up", "search val acc (dense)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
             cells = [r["name"], ", ".join(r["tags"]), "-", "-", r["error"], "", "", ""]
             if args.search:
-                cells[6:6] = ["", ""]
+                cells[6:6] = ["", "", ""]
         else:
             floor = _x(r.get("floor_speedup")) if "floor_error" not in r else f"failed: {r['floor_error']}"
             cells = [r["name"], ", ".join(r["tags"]), str(r["layers"]), _pct(r["realizable"]),
@@ -225,7 +226,8 @@ def table(rows: list[dict], args) -> str:
                      f"{r['dense_ms']:.3f}" if "dense_ms" in r else "-", r["torch_pruning"]]
             if args.search:
                 search = r.get("search")
-                cells[6:6] = [search or _pct(r.get("search_cut")), "" if search else _x(r.get("search_speedup"))]
+                acc = (f"{_pct(r.get('search_val'))} ({_pct(r.get('dense_val'))})" if "dense_val" in r else "")
+                cells[6:6] = [search or _pct(r.get("search_cut")), "" if search else _x(r.get("search_speedup")), acc]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -238,8 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=8)
     parser.add_argument("--target-latency", default="0.7x")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (default 3)")
-    parser.add_argument("--train-epochs", type=int, default=2, help="epochs of the checkpoint the search starts from")
-    parser.add_argument("--data-limit", type=int, default=2000, help="MNIST digits used by the search (2000)")
+    parser.add_argument("--train-epochs", type=int, default=10,
+                        help="epochs of the checkpoint the search starts from (default 10)")
+    parser.add_argument("--finetune-epochs", type=int, default=3, help="final fine-tuning epochs (default 3)")
+    parser.add_argument("--data-limit", type=int, default=3000, help="MNIST digits used by the search (3000)")
     args = parser.parse_args(argv)
     names = args.only.split(",") if args.only else list(corpus.NAMES)
     entries = [corpus.entry(n.strip()) for n in names]

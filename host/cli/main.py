@@ -19,6 +19,7 @@ from host.errors import SculptError
 # features land one by one.
 SUBCOMMAND_MODULES = (
     "host.cli.search_cmd",
+    "host.cli.train_cmd",
     "host.cli.inspect_cmd",
     "host.cli.export_cmd",
     "host.cli.devices_cmd",

@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="trained state dict of the model (default: train and cache one)")
     p.add_argument("--data-root", help="folder of a local dataset (cifar10, imagefolder)")
     p.add_argument("--image-size", type=int, default=16, help="input size in pixels (default 16)")
-    p.add_argument("--channels", type=int, default=1, choices=(1, 3), help="input channels (default 1)")
+    p.add_argument("--channels", type=int, choices=(1, 3),
+                   help="input channels (default: the dataset's own: 1 for mnist/digits, 3 for cifar10/imagefolder)")
     p.add_argument("--width", type=float, default=1.0, help="zoo model width multiplier (default 1)")
     p.add_argument("--data-limit", type=int, help="use a stratified subset of N images")
     p.add_argument("--device", action="append", dest="devices", metavar="ADDRESS",
@@ -66,12 +67,14 @@ def build_config(args: argparse.Namespace) -> Any:
     """SearchConfig from the parsed flags."""
     from dataclasses import replace
 
+    from host.cli.train_cmd import dataset_channels
     from host.models.external import parse_model_args
     from host.search.config import EvalConfig, ModelSpec, SearchConfig
     from host.search.finetune import FinetuneConfig
 
     spec = ModelSpec(
-        model=args.model, data=args.data, image_size=args.image_size, in_channels=args.channels, width=args.width,
+        model=args.model, data=args.data, image_size=args.image_size, width=args.width,
+        in_channels=args.channels or dataset_channels(args.data),
         data_limit=args.data_limit, data_root=args.data_root, checkpoint=args.checkpoint,
         train_epochs=args.train_epochs, model_args=parse_model_args(args.model_args),
     )
@@ -137,8 +140,13 @@ def _print_human(result: dict[str, Any], run_dir: Path) -> None:
 
     print(line(dense))
     for m in result["finals"]:
-        print(line(m))
+        print(line(m) + ("  (target missed)" if m.get("target_met") is False else ""))
+    for warning in result.get("warnings") or []:
+        print(f"WARNING: {warning}")
     print(f"report: {run_dir / 'report.md'}")
+    if result["finals"]:
+        print(f"deploy: {run_dir / 'final-1.pte'} (feed it as {run_dir / 'final-1.json'} says); other formats: "
+              f"sculpt-host export --from-run {run_dir} --format tflite")
 
 
 class _Display:

@@ -161,7 +161,16 @@ def export_pte(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer)
     start = time.perf_counter()
-    outputs = run_pte(path, inputs)
+    try:
+        outputs = run_pte(path, inputs)
+    except Exception as exc:  # the runtime's delegate compiles the program only when it loads
+        path.unlink(missing_ok=True)  # an artifact that cannot load is not left behind
+        raise ExportError(
+            f"the lowered program does not load in the ExecuTorch runtime: {type(exc).__name__}: {exc}",
+            hint=("int8 of plans with kernel (per-filter shape) patterns is not supported yet: export fp32, or "
+                  "use channel patterns for int8" if quantize else
+                  "export with --masks-only to check the plan, and report the error with the plan file"),
+        ) from exc
     timings.append(("verify", time.perf_counter() - start))
     err = _compare(reference, outputs, INT8_TOLERANCE if quantize else FP32_TOLERANCE, path)
     _store(store, key, buffer)  # verified programs only

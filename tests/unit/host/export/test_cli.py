@@ -68,3 +68,16 @@ def test_pt2_program_exports_and_random_weights_are_called_out(tmp_path, capsys)
     captured = capsys.readouterr()
     assert "random" not in captured.err
     assert json.loads(captured.out)["artifact"]["max_abs_err"] < 1e-3
+
+
+@pytest.mark.slow
+def test_int8_of_a_kernel_pattern_plan_is_a_clear_error(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"layers": {"layer1.0.conv1": {"family": "kernel", "pattern": "paper6"}}}))
+    out = tmp_path / "q.pte"
+    code = main(["export", "--model", "resnet20", "--plan", str(plan), "--out", str(out), "--width", "0.25",
+                 "--input-shape", "1,3,8,8", "--quantize"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert "does not load in the ExecuTorch runtime" in err and "not supported yet" in err
+    assert not out.exists()

@@ -102,15 +102,40 @@ def _serve(args) -> int:
     return 0
 
 
-def _info(args) -> int:
+def message_json(message) -> dict:
+    """A protobuf message as JSON-able dict with the proto field names, every field present, and 64-bit
+    integers as numbers (protobuf's JSON mapping writes them as strings, which no consumer expects here)."""
+    from google.protobuf.descriptor import FieldDescriptor
     from google.protobuf.json_format import MessageToDict
 
+    wide = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+            FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
+
+    def fix(descriptor, doc: dict) -> dict:
+        for field in descriptor.fields:
+            if field.name not in doc:
+                continue
+            value = doc[field.name]
+            if field.type in wide:
+                doc[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+            elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry is False:
+                items = value if isinstance(value, list) else [value]
+                for item in items:
+                    if isinstance(item, dict):
+                        fix(field.message_type, item)
+        return doc
+
+    doc = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return fix(message.DESCRIPTOR, doc)
+
+
+def _info(args) -> int:
     from device_agent.agent import Agent
 
     agent = Agent(_config(args))
     info = agent.info()
     if args.json:
-        print(json.dumps(MessageToDict(info, preserving_proto_field_name=True), indent=2, sort_keys=True))
+        print(json.dumps(message_json(info), indent=2, sort_keys=True))
         return 0
     temps = ", ".join(f"{t.zone} {t.celsius:.1f} C" for t in info.temperatures) or "none exposed"
     freqs = (f"{info.cpu_freq_min_mhz:.0f}-{info.cpu_freq_max_mhz:.0f} MHz" if info.cpu_freq_max_mhz
@@ -132,8 +157,6 @@ def _info(args) -> int:
 
 
 def _bench(args) -> int:
-    from google.protobuf.json_format import MessageToDict
-
     from device_agent.agent import Agent
     from protos.agent.v1 import agent_pb2 as pb
 
@@ -157,8 +180,7 @@ def _bench(args) -> int:
         finally:
             agent.close()
     if args.json:
-        doc = MessageToDict(result, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        print(json.dumps(message_json(result), indent=2, sort_keys=True))
         return 0
     s = result.stats
     e = result.energy

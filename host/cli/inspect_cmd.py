@@ -9,6 +9,8 @@ import sys
 from collections import Counter, defaultdict
 from typing import Any
 
+INSPECT_SCHEMA_VERSION = 1  # of `inspect --json`; raised when a key changes meaning or goes away
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                        image_size=args.image_size, width=args.width, model_args=parse_model_args(args.model_args))
     example = torch.zeros(1, channels, args.image_size, args.image_size)
     graph = build_model_graph(model, example)
-    summary = {"model": args.model, "data": args.data, "input_shape": [channels, args.image_size, args.image_size],
+    summary = {"schema_version": INSPECT_SCHEMA_VERSION, "model": args.model, "data": args.data, "input_shape": [channels, args.image_size, args.image_size],
                "num_classes": classes, **graph.to_dict()}
     if args.json:
         json.dump(summary, sys.stdout, indent=2)

@@ -198,7 +198,7 @@ def _layer_shapes(model: nn.Module, example_input: torch.Tensor, names: list[str
     except Exception as exc:  # shape errors from the user's model
         raise ModelError(f"the model fails on an input of shape {tuple(example_input.shape)}: {exc}",
                          hint="pass an example input of the shape the model expects (--image-size, "
-                              "--in-channels)") from exc
+                              "--channels)") from exc
     finally:
         for handle in handles:
             handle.remove()

@@ -83,7 +83,7 @@ def load_checkpoint(model: nn.Module, checkpoint: str | Path) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelError(f"checkpoint {path} does not fit the model: {exc}".splitlines()[0],
-                         hint="check the model name and --num-classes/--in-channels/--image-size used "
+                         hint="check the model name and --num-classes/--channels/--image-size used "
                               "when the checkpoint was trained") from exc
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +200,8 @@ class FinalStage:
                 logger.info("no .tflite for %s: %s", name, exc)
             except ExportError as exc:  # the .pte is the main artifact; a failed .tflite is reported, not fatal
                 logger.warning("no .tflite for %s: %s", name, exc)
-        plan.save(self.run_dir / f"{name}.plan.json")
+        notes = plan.notes or f"{name} of the search in {self.run_dir}"
+        replace(plan, model=self.config.model.model, notes=notes).save(self.run_dir / f"{name}.plan.json")
         artifacts["plan"] = str(self.run_dir / f"{name}.plan.json")
         artifacts.update(self._save_weights(realized, masked, evaluator.data.example_input, name))
         artifacts["sidecar"] = str(write_sidecar(
@@ -301,8 +303,6 @@ class FinalStage:
 def target_verdicts(summary, objective):
     """``summary`` with every final model's ``target_met`` set and a warning for each missed target and for
     each final model slower than dense on a device (speed-ups are of side-by-side measurements)."""
-    from dataclasses import replace
-
     warnings: list[str] = []
     finals = []
     dense = summary.dense

@@ -60,6 +60,8 @@ def test_info_json_describes_the_device(venv_bin, tmp_path):
                           capture_output=True, text=True, timeout=60, check=True)
     info = json.loads(proc.stdout)
     assert info["protocol_version"] == 1 and info["cpu_count"] == os.cpu_count()
+    # 64-bit fields are numbers, not protobuf's JSON strings
+    assert isinstance(info["memory_total_bytes"], int) and isinstance(info["max_artifact_bytes"], int)
     assert {r["name"] for r in info["runtimes"]} == {"executorch", "litert"}
     human = subprocess.run([venv_bin / "sculpt-agent", "info", "--store", str(tmp_path / "s")],
                            capture_output=True, text=True, timeout=60, check=True).stdout

@@ -67,6 +67,7 @@ def test_final_model_files_and_side_by_side_figures(tiny_search):
     sidecar = json.loads((run / "final-1.json").read_text())
     assert sidecar["accuracy"]["test"] == pytest.approx(final["test_accuracy"])
     assert sidecar["artifacts"]["final-1.pte"]["sha256"]
+    assert json.loads((run / "final-1.plan.json").read_text())["model"] == "resnet20"  # not null
     # the masked state dict loads into the original architecture
     from host.models.loader import load_model
 

@@ -12,6 +12,7 @@ from host.cli.main import main
 def test_inspect_json_for_mnist_sized_resnet(capsys):
     assert main(["inspect", "--model", "resnet20", "--data", "mnist", "--image-size", "16", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
+    assert data["schema_version"] == 1
     assert data["input_shape"] == [1, 16, 16] and data["num_classes"] == 10
     assert len(data["layers"]) == 22 and data["layers"][0]["in_channels"] == 1
     assert data["total_macs"] == sum(layer["macs"] for layer in data["layers"])

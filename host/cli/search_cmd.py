@@ -36,7 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=float, default=1.0, help="zoo model width multiplier (default 1)")
     p.add_argument("--data-limit", type=int, help="use a stratified subset of N images")
     p.add_argument("--device", action="append", dest="devices", metavar="ADDRESS",
-                   help="device to measure on: local, grpc[s]://host:port, user@host (repeat for several)")
+                   help="device to measure on: local, grpc[s]://host:port, user@host or a --fleet name "
+                        "(repeat for several)")
+    p.add_argument("--fleet", help="fleet file whose device names --device may use, with their credentials "
+                                   "(see deploy/fleet.example.toml)")
     p.add_argument("--budget", type=int, default=16, help="candidates to evaluate in the search (default 16)")
     p.add_argument("--objective", choices=("latency", "energy", "flops"), default="latency")
     p.add_argument("--target-flops", type=float, default=0.5, help="MAC reduction for --objective flops (0.5)")
@@ -84,6 +87,7 @@ def build_config(args: argparse.Namespace) -> Any:
         out=Path(args.out or DEFAULT_OUT),
         model=spec,
         devices=tuple(args.devices or ("local",)),
+        fleet=str(Path(args.fleet).resolve()) if args.fleet else None,
         budget=args.budget,
         objective=args.objective,
         target_flops=args.target_flops,

@@ -85,6 +85,7 @@ class SearchConfig:
     out: Path = Path("runs/search")
     model: ModelSpec = field(default_factory=ModelSpec)
     devices: tuple[str, ...] = ("local",)
+    fleet: str | None = None  # fleet file whose device names --device may use (with their credentials)
     budget: int = 16
     objective: str = "latency"
     target_flops: float = 0.5

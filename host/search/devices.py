@@ -45,12 +45,18 @@ class DeviceHandle:
 
 
 @contextlib.contextmanager
-def open_devices(addresses: Sequence[str]) -> Iterator[list[DeviceHandle]]:
-    """Connect to every device and read its info before any long work; close them all on exit."""
+def open_devices(addresses: Sequence[str], fleet: str | Path | None = None) -> Iterator[list[DeviceHandle]]:
+    """Connect to every device and read its info before any long work; close them all on exit.
+
+    ``fleet`` (a fleet file) lets ``addresses`` name its devices; their token, CA certificate and agent
+    command come from the file."""
+    from host.devices.fleet import load_fleet
+
+    loaded = load_fleet(fleet) if fleet is not None else None
     with contextlib.ExitStack() as stack:
         handles = []
         for text in addresses:
-            client = stack.enter_context(_connect(text))
+            client = stack.enter_context(_connect(text, loaded))
             try:
                 info = client.get_info()
             except DeviceError:
@@ -67,12 +73,20 @@ def open_devices(addresses: Sequence[str]) -> Iterator[list[DeviceHandle]]:
 
 
 @contextlib.contextmanager
-def _connect(text: str) -> Iterator[Any]:
-    """A connected device handle for ``text`` (``local`` starts a private agent on loopback)."""
-    from host.devices.address import parse_device
-    from host.devices.connect import connect
+def _connect(text: str, fleet: Any = None) -> Iterator[Any]:
+    """A connected device handle for ``text`` (``local`` starts a private agent on loopback; a fleet name
+    connects with the credentials its fleet file gives)."""
+    from dataclasses import replace
 
-    with connect(parse_device(text)) as handle:
+    from host.devices.address import parse_device
+    from host.devices.connect import ConnectOptions, connect
+
+    options = ConnectOptions()
+    device = fleet.find(text) if fleet is not None else None
+    if device is not None:
+        options = replace(options, token_file=device.token_file, ca_cert=device.ca_cert,
+                          agent=replace(options.agent, command=device.agent_command))
+    with connect(parse_device(text, fleet), options) as handle:
         yield handle
 
 

@@ -145,7 +145,7 @@ class SearchRunner:
         if self.config.evaluation.host_threads:
             torch.set_num_threads(self.config.evaluation.host_threads)
         try:
-            with open_devices(self.config.devices) as devices:
+            with open_devices(self.config.devices, self.config.fleet) as devices:
                 if objective.name == "energy" and not all(d.has_energy for d in devices):
                     missing = [f"{d.name} has none ({d.energy_unavailable_reason or 'no meter found'})"
                                for d in devices if not d.has_energy]

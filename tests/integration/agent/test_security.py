@@ -149,3 +149,25 @@ def test_serve_cli_refuses_public_address_without_tls(venv_bin, tmp_path):
                            "--store", str(tmp_path / "store")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "refusing to listen" in proc.stderr and "--tls-cert" in proc.stderr and "--token-file" in proc.stderr
+
+
+def test_search_devices_named_in_a_fleet_file_connect_with_its_token(tmp_path):
+    """`search --fleet FILE --device NAME`: the name resolves through the fleet file, with its token."""
+    from host.errors import ConfigError
+    from host.search.devices import open_devices
+
+    server, target = _serve(tmp_path, token=TOKEN)
+    try:
+        (tmp_path / "token").write_text(TOKEN + "\n")
+        fleet = tmp_path / "fleet.toml"
+        fleet.write_text(f'[[device]]\nname = "bench-1"\naddress = "grpc://{target}"\ntoken_file = "token"\n')
+        with open_devices(["bench-1"], fleet) as (device,):
+            assert device.name == "bench-1" and device.fingerprint
+        with pytest.raises(DeviceAuthError):  # the same address without the fleet's token is refused
+            with open_devices([f"grpc://{target}"]):
+                pass
+        with pytest.raises(ConfigError, match="not a device of the fleet file"):
+            with open_devices(["bench-2"], fleet):
+                pass
+    finally:
+        stop_server(server, grace=0.2)

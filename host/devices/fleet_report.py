@@ -54,8 +54,15 @@ def write_json(records: list[JobRecord], path: Path) -> Path:
     return path
 
 
+def log_scale(latencies_ms: list[float]) -> bool:
+    """A log axis when the latencies span more than 10x: a linear one hides 0.1 ms bars next to 2 ms ones."""
+    values = [v for v in latencies_ms if v > 0]
+    return bool(values) and max(values) / min(values) > 10
+
+
 def write_plot(records: list[JobRecord], path: Path) -> Path | None:
-    """Grouped bars: p50 latency per model (group) and device (bar), p90 as the error bar. None if no result."""
+    """Grouped bars: p50 latency per model (group) and device (bar), p90 as the error bar; a log axis when the
+    latencies span more than 10x. None if no result."""
     ok = [r for r in records if r.status == "ok" and r.p50_ms is not None]
     if not ok:
         return None
@@ -80,7 +87,10 @@ def write_plot(records: list[JobRecord], path: Path) -> Path | None:
             ax.bar(xs, p50, width, yerr=[[0] * len(up), up], capsize=3, label=device)
     ax.set_xticks(range(len(models)))
     ax.set_xticklabels(models, rotation=15, ha="right")
-    ax.set_ylabel("latency p50 (ms), bar to p90")
+    log = log_scale([r.p50_ms for r in ok])
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(f"latency p50 (ms{', log scale' if log else ''}), bar to p90")
     ax.set_title("Latency per device and model")
     ax.legend(fontsize="small")
     fig.tight_layout()

@@ -163,11 +163,10 @@ def test_search_devices_named_in_a_fleet_file_connect_with_its_token(tmp_path):
         fleet.write_text(f'[[device]]\nname = "bench-1"\naddress = "grpc://{target}"\ntoken_file = "token"\n')
         with open_devices(["bench-1"], fleet) as (device,):
             assert device.name == "bench-1" and device.fingerprint
-        with pytest.raises(DeviceAuthError):  # the same address without the fleet's token is refused
-            with open_devices([f"grpc://{target}"]):
-                pass
-        with pytest.raises(ConfigError, match="not a device of the fleet file"):
-            with open_devices(["bench-2"], fleet):
-                pass
+        # the same address without the fleet's token is refused
+        with pytest.raises(DeviceAuthError), open_devices([f"grpc://{target}"]):
+            pass
+        with pytest.raises(ConfigError, match="not a device of the fleet file"), open_devices(["bench-2"], fleet):
+            pass
     finally:
         stop_server(server, grace=0.2)

@@ -41,3 +41,11 @@ def test_no_plot_without_results(tmp_path):
 def test_latest_record_wins_per_job():
     first, retry = _err("a", "m", "transient"), _ok("a", "m", 1.0)
     assert latest_records([first, _ok("b", "m", 3.0), retry]) == [retry, _ok("b", "m", 3.0)]
+
+
+def test_latencies_spanning_more_than_ten_times_get_a_log_axis():
+    from host.devices.fleet_report import log_scale
+
+    assert log_scale([0.1, 2.0])
+    assert not log_scale([0.5, 2.0])
+    assert not log_scale([])

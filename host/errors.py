@@ -1,4 +1,4 @@
-"""One error hierarchy for the host side.
+"""One error hierarchy for the host side (its root, :class:`SculptError`, is in :mod:`patterns.errors`).
 
 Every error carries a message that says what went wrong and, in ``hint``, what the user should do. The CLI
 prints both and exits with ``exit_code``; libraries raise these instead of asserting on user input.
@@ -6,23 +6,11 @@ prints both and exits with ``exit_code``; libraries raise these instead of asser
 
 from __future__ import annotations
 
+from patterns.errors import ConfigError, ModelError, PlanError, SculptError
 
-class SculptError(Exception):
-    """Base class of every error AutoSculpt raises on purpose."""
-
-    exit_code = 2
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def __str__(self) -> str:
-        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
-
-
-class ConfigError(SculptError):
-    """A bad flag, config file, fleet file or plan file."""
+__all__ = ["BenchmarkError", "ConfigError", "DataError", "DeviceAuthError", "DeviceError", "DeviceUnreachableError",
+           "ExportError", "MissingDependencyError", "ModelError", "PlanError", "ProtocolMismatchError",
+           "SculptError", "SearchError"]
 
 
 class MissingDependencyError(SculptError):
@@ -37,16 +25,8 @@ class MissingDependencyError(SculptError):
         self.extra = extra
 
 
-class ModelError(SculptError):
-    """A model that cannot be loaded, traced or run (unknown name, bad checkpoint, wrong input shape)."""
-
-
 class DataError(SculptError):
     """A dataset that cannot be found or read."""
-
-
-class PlanError(SculptError):
-    """A pruning plan that names unknown layers or patterns, or would remove a layer entirely."""
 
 
 class ExportError(SculptError):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from host.errors import PlanError
+from patterns.errors import PlanError
 from patterns.family import Context, Decision, Family, count_for_ratio, stable_order
 from patterns.plan import LayerAssignment
 from patterns.structure import CoupledGroup

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from host.errors import PlanError
+from patterns.errors import PlanError
 from patterns.plan import LayerAssignment
 from patterns.structure import CoupledGroup, build_dependency_graph, group_of, try_group_of
 

@@ -1,6 +1,6 @@
 """Attention heads of any transformer spelling, found from the traced graph.
 
-:func:`host.graph.trace.trace_structure` finds each attention computation (SDPA, softmax(q k^T) v written
+:func:`patterns.trace.trace_structure` finds each attention computation (SDPA, softmax(q k^T) v written
 out with matmuls, or an ``nn.MultiheadAttention`` call) and the module whose forward runs it (its *owner*).
 Here the owner is traced again on its own and run once on the input it really receives, with every Linear
 output replaced by a tensor of feature ids pushed through the same data-movement ops (reshape, permute,
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from host.errors import ModelError, PlanError
+from patterns.errors import ModelError, PlanError
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def head_layouts(model: nn.Module, example_input: torch.Tensor | None = None, *,
                  reasons: dict[str, str] | None = None) -> dict[str, HeadLayout]:
     """Every attention of ``model`` whose heads can be removed exactly, by anchor layer.
 
-    ``traced`` reuses a :class:`host.graph.trace.TracedModel` of ``model``. Without ``example_input`` each
+    ``traced`` reuses a :class:`patterns.trace.TracedModel` of ``model``. Without ``example_input`` each
     attention's owner is probed with a (2, 5, width) token batch. ``reasons`` collects, per owner, why an
     attention found in the graph offers no head choice. Results are cached per model and input shape.
     """
@@ -111,8 +111,8 @@ def head_layouts(model: nn.Module, example_input: torch.Tensor | None = None, *,
 
 
 def _discover(model: nn.Module, example_input, traced, why: dict[str, str]) -> dict[str, HeadLayout]:
-    from host.graph.trace import trace_structure
     from patterns.structure import prunable_layers
+    from patterns.trace import trace_structure
 
     if traced is None:
         try:

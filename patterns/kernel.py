@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from host.errors import PlanError
+from patterns.errors import PlanError
 from patterns.family import (
     Context,
     Decision,

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
-from host.errors import PlanError
+from patterns.errors import PlanError
 
 
 class MaskSet(Mapping[str, torch.Tensor]):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from host.errors import PlanError
+from patterns.errors import PlanError
 from patterns.family import Context, Decision, Family, weight_key
 from patterns.plan import LayerAssignment
 

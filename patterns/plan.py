@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from host.errors import ConfigError, PlanError
+from patterns.errors import ConfigError, PlanError
 
 SCHEMA_VERSION = 1
 

@@ -15,7 +15,7 @@ import logging
 import torch
 from torch import nn
 
-from host.errors import PlanError
+from patterns.errors import PlanError
 from patterns.family import Context, Decision, RealizeState
 from patterns.masks import MaskSet
 from patterns.plan import Plan

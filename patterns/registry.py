@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from host.errors import PlanError
 from patterns.block import BlockFamily
 from patterns.channel import ChannelFamily
+from patterns.errors import PlanError
 from patterns.family import Family
 from patterns.kernel import KernelFamily
 from patterns.nm import NMFamily

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from host.errors import ModelError
+from patterns.errors import ModelError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import weakref
 import torch
 from torch import nn
 
-from host.errors import PlanError
+from patterns.errors import PlanError
 from patterns.family import Context, Decision, Family, RealizeState, count_for_ratio, stable_order
 from patterns.heads import (
     HeadLayout,
@@ -56,7 +56,7 @@ def layer_roles(model: nn.Module, example_input: torch.Tensor | None = None, *, 
                 groups=None) -> dict[str, str]:
     """Every layer with a transformer role: "attention" for the layer a head pattern goes on (an attention
     whose heads can be removed exactly), "mlp" for the first linear of an MLP (see :func:`mlp_role`).
-    ``traced`` reuses a :class:`host.graph.trace.TracedModel` of ``model`` and ``groups`` its coupled
+    ``traced`` reuses a :class:`patterns.trace.TracedModel` of ``model`` and ``groups`` its coupled
     groups; without ``example_input`` each attention is probed with a (2, 5, width) token batch and no MLP
     is found (that needs the coupling)."""
     from patterns.structure import coupled_groups

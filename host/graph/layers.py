@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from patterns.trace import EDGE_TYPES
+
 # Layer kinds, in the order of the one-hot node feature. Append only: trained policies depend on it.
 KINDS = ("conv", "depthwise", "grouped", "linear", "attn_q", "attn_k", "attn_v", "attn_out", "attn_qkv", "mlp")
-# Edge types, in the order of ``edge_type`` ids. A path through several op types keeps the strongest
-# (rightmost) one: an edge that crosses an add and then an attention matmul is an attention edge.
-EDGE_TYPES = ("sequential", "residual", "concat", "attention")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from host.graph.features import (
 )
 from host.graph.layers import EDGE_TYPES, Edge, LayerInfo
 from host.graph.stats import layer_geometry, param_count, weight_stats
-from host.graph.trace import TracedModel, trace_model
+from patterns.trace import TracedModel, trace_model
 
 if TYPE_CHECKING:
     from torch_geometric.data import Data

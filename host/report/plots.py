@@ -12,8 +12,8 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from host.report.pareto import pareto_front  # noqa: E402
 from host.report.summary import ModelFigures  # noqa: E402
-from host.search.reward import pareto_front  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

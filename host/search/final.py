@@ -55,7 +55,7 @@ class FinalStage:
     def candidates(self, evaluator) -> list[CandidateRecord]:
         """The plans to finish, in order: Pareto front in (val accuracy, cost), best reward first. :meth:`run`
         finishes the first ``final_top`` that can be built; the rest stand in for those that cannot."""
-        from host.search.reward import pareto_front
+        from host.report.pareto import pareto_front
 
         rows = [r for r in self.journal.candidates("search") if not r.reused and r.valid and r.accuracy > 0]
         if self.config.reward_objective().needs_measurement:

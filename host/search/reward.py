@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from host.errors import ConfigError
@@ -203,18 +203,6 @@ class Objective:
         ratios = {dev: value / target.resolve(dense_measured[dev]) for dev, value in measured.items()}
         ratio = aggregate_ratio(ratios, self.aggregate, dict(self.weights) if self.weights else None)
         return constrained_reward(accuracy, ratio, self.constraint)
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points not dominated in (maximise accuracy, minimise cost), sorted by cost."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][1], -points[i][0]))
-    front: list[int] = []
-    best_acc = -math.inf
-    for i in order:
-        if points[i][0] > best_acc:
-            front.append(i)
-            best_acc = points[i][0]
-    return front
 
 
 def _check_accuracy(accuracy: float) -> None:

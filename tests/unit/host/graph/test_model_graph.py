@@ -244,7 +244,7 @@ def test_torch_export_fallback_for_untraceable_by_fx():
 
 @pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "vit_tiny"])
 def test_fx_and_export_tracers_agree(name):
-    from host.graph.trace import _Dataflow, _export_trace, _fx_trace, _layer_shapes
+    from patterns.trace import _Dataflow, _export_trace, _fx_trace, _layer_shapes
 
     model = create_model(name, width=0.25, image_size=16).eval()
     names = prunable_layers(model)

@@ -14,7 +14,6 @@ from host.search.reward import (
     aggregate_ratio,
     constrained_reward,
     flops_reward,
-    pareto_front,
 )
 
 
@@ -96,6 +95,8 @@ def test_objective_reward_uses_dense_reference_and_worst_device():
 
 
 def test_pareto_front():
+    from host.report.pareto import pareto_front
+
     pts = [(0.9, 5.0), (0.8, 3.0), (0.85, 6.0), (0.95, 9.0), (0.7, 3.5)]
     assert pareto_front(pts) == [1, 0, 3]
 

@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from host.errors import ModelError
-from host.graph.layers import EDGE_TYPES
+from patterns.errors import ModelError
+
+# Edge types, in the order of ``edge_type`` ids (host.graph). A path through several op types keeps the strongest
+# (rightmost) one: an edge that crosses an add and then an attention matmul is an attention edge.
+EDGE_TYPES = ("sequential", "residual", "concat", "attention")
 
 log = logging.getLogger(__name__)
 

@@ -97,14 +97,13 @@ def _uniform_l1(model, splits, target_ms: float, out: Path, bench_runs: int):
 def _plan_maker(model, example, plan_path: Path):
     """``make()`` giving a fresh masked copy of ``model`` for the plan a search row chose."""
     import patterns
-    from host.search.candidate import mask_dict
     from patterns.plan import Plan
 
     plan = Plan.from_json(plan_path.read_text())
 
     def make():
         m = copy.deepcopy(model)
-        return m, mask_dict(patterns.apply_masks(m, plan, example))
+        return m, patterns.apply_masks(m, plan, example)
     return make
 
 

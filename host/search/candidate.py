@@ -34,6 +34,7 @@ from host.search.finetune import FinetuneConfig, accuracy, masked_finetune, reca
 from host.search.journal import STATUS_INVALID, CandidateRecord, Journal, plan_hash
 from host.search.reward import Objective
 from host.search.space import SearchSpace
+from patterns.masks import MaskSet
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +308,7 @@ class CandidateEvaluator:
         )
         return record
 
-    def masked_model(self, plan: Any, recover: bool = True) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    def masked_model(self, plan: Any, recover: bool = True) -> tuple[nn.Module, MaskSet]:
         """A copy of the base model with the plan's masks applied, briefly fine-tuned (``recover``: a few
         distillation steps, masks fixed) and its BatchNorm statistics recalibrated.
 
@@ -320,7 +321,7 @@ class CandidateEvaluator:
 
         model = copy.deepcopy(self.base_model)
         try:
-            masks = mask_dict(patterns.apply_masks(model, plan, self.data.example_input))
+            masks = patterns.apply_masks(model, plan, self.data.example_input)
         except PlanError as exc:  # a combination the library refuses, e.g. every channel of a group removed
             raise CandidateFailure("mask", _reason(exc)) from exc
         if recover and self.data.recover_batches and plan.layers:
@@ -540,19 +541,3 @@ class CandidateEvaluator:
     def close(self) -> None:
         """Remove the run's working folder (``<run>/.work``)."""
         shutil.rmtree(self._workdir, ignore_errors=True)
-
-
-def mask_dict(masks: Any) -> dict[str, torch.Tensor]:
-    """Parameter-name -> 0/1 mask from whatever ``patterns.apply_masks`` returned."""
-    if masks is None:
-        return {}
-    if isinstance(masks, dict):
-        return dict(masks)
-    for attr in ("param_masks", "masks", "by_param"):
-        value = getattr(masks, attr, None)
-        if isinstance(value, dict):
-            return dict(value)
-    if hasattr(masks, "items"):
-        return dict(masks.items())
-    raise TypeError(f"cannot read masks of type {type(masks).__name__}")
-

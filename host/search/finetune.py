@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from patterns.masks import MaskSet
+
 logger = logging.getLogger(__name__)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -46,16 +48,6 @@ def learning_rate(config: FinetuneConfig, position: int, total: int) -> float:
     if config.schedule == "constant":
         return config.lr
     return 0.5 * config.lr * (1 + math.cos(math.pi * position / max(total, 1)))
-
-
-def apply_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    """Multiply every masked parameter by its 0/1 mask, in place. Keys are ``named_parameters`` names."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, mask in masks.items():
-            if name not in params:
-                raise KeyError(f"mask for unknown parameter {name!r}")
-            params[name].mul_(mask.to(params[name].dtype))
 
 
 def _mask_grads_(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
@@ -90,7 +82,8 @@ def masked_finetune(
         raise ValueError("distill_alpha > 0 needs a teacher model")
     if config.schedule not in ("cosine", "constant"):
         raise ValueError(f"unknown fine-tuning schedule {config.schedule!r}; use 'cosine' or 'constant'")
-    apply_masks_(model, masks)
+    masks = masks if isinstance(masks, MaskSet) else MaskSet(masks)
+    masks.apply(model)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -123,7 +116,7 @@ def masked_finetune(
             _mask_grads_(model, masks)
             optimizer.step()
             # after the step: momentum and weight decay may have moved a pruned weight; put it back to 0.
-            apply_masks_(model, masks)
+            masks.apply(model)
             total += float(loss.detach()) * len(y)
             count += len(y)
         logger.info("finetune epoch %d/%d: loss %.4f", epoch + 1, config.epochs, total / max(count, 1))

@@ -36,9 +36,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="artifact path to write (with --from-run default RUN/final-N.pte|.tflite, "
                              "final-N-int8.pte with --quantize)")
     parser.add_argument("--quantize", action="store_true", help="int8 via the XNNPACK quantizer (pte only)")
-    parser.add_argument("--input-shape", default="1,3,32,32",
-                        help="example input shape N,C,H,W (default 1,3,32,32)")
-    parser.add_argument("--num-classes", type=int, default=10, help="zoo models: number of classes")
+    parser.add_argument("--data", help="dataset whose channels/classes size the model, as inspect (mnist, digits, "
+                                        "cifar10, imagefolder)")
+    parser.add_argument("--data-root", help="folder of a local dataset (cifar10, imagefolder)")
+    parser.add_argument("--image-size", type=int, help="input size in pixels, as inspect (default 32)")
+    parser.add_argument("--channels", type=int, choices=(1, 3),
+                        help="input channels, as inspect (default: the dataset's, else 3)")
+    parser.add_argument("--input-shape", help="example input shape N,C,H,W instead of --image-size/--channels "
+                                              "(e.g. a batch of 4, or a non-square input)")
+    parser.add_argument("--num-classes", type=int, help="classes (default: the dataset's, else 10)")
     parser.add_argument("--width", type=float, default=1.0, help="zoo models: width multiplier")
     parser.add_argument("--masks-only", action="store_true",
                         help="export the masked dense model instead of the realized one (for comparison)")
@@ -55,6 +61,24 @@ def _shape(text: str) -> tuple[int, ...]:
         raise ConfigError(f"--input-shape must be four positive integers N,C,H,W, got '{text}'",
                           hint="e.g. --input-shape 1,3,32,32")
     return shape
+
+
+def _input(args: argparse.Namespace) -> tuple[tuple[int, ...], int]:
+    """(example input shape, number of classes) from --input-shape or --data/--image-size/--channels, with the
+    defaults `inspect` uses: 3 x 32 x 32 and 10 classes unless a dataset says otherwise."""
+    from host.data import dataset_info
+
+    channels, classes = 3, 10
+    if args.data:
+        info = dataset_info(args.data, root=args.data_root)
+        channels, classes = info.channels, info.num_classes
+    classes = args.num_classes or classes
+    if args.input_shape is not None:
+        if args.image_size is not None or args.channels is not None:
+            raise ConfigError("--input-shape gives the whole shape: drop --image-size/--channels",
+                              hint="e.g. --input-shape 1,3,64,64, or --image-size 64 --channels 3")
+        return _shape(args.input_shape), classes
+    return (1, args.channels or channels, args.image_size or 32, args.image_size or 32), classes
 
 
 def build_model(name: str, *, checkpoint: Path | None, shape: tuple[int, ...], num_classes: int, width: float,
@@ -140,10 +164,10 @@ def run(args: argparse.Namespace) -> int:
                           hint="e.g. sculpt-host export --model resnet20 --out m.pte, or --from-run runs/quickstart")
     if args.out is None:
         raise ConfigError("export needs --out PATH", hint="e.g. --out model.pte")
-    shape = _shape(args.input_shape)
+    shape, num_classes = _input(args)
     plan = load_plan(args.plan) if args.plan else Plan()  # before the model: a bad file fails in no time
     torch.manual_seed(0)
-    model = build_model(args.model, checkpoint=args.checkpoint, shape=shape, num_classes=args.num_classes,
+    model = build_model(args.model, checkpoint=args.checkpoint, shape=shape, num_classes=num_classes,
                         width=args.width, model_args=args.model_args)
     random_weights = _random_weights(args)
     if random_weights:
@@ -206,7 +230,9 @@ def run_from_run(args: argparse.Namespace) -> int:
     from host.models.loader import load_model
 
     given = [flag for flag, value in (("--model", args.model), ("--plan", args.plan), ("--checkpoint", args.checkpoint),
-                                      ("--masks-only", args.masks_only), ("--model-arg", args.model_args))
+                                      ("--masks-only", args.masks_only), ("--model-arg", args.model_args),
+                                      ("--input-shape", args.input_shape), ("--image-size", args.image_size),
+                                      ("--channels", args.channels), ("--data", args.data))
              if value]
     if given:
         raise ConfigError(f"--from-run exports the run's own final model; {', '.join(given)} cannot be combined with it",

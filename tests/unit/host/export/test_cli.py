@@ -27,6 +27,7 @@ def test_export_command_writes_a_verified_pte(tmp_path, capsys):
     (["--input-shape", "1,3,8"], "four positive integers"),
     (["--plan", "missing.json"], "cannot read plan"),
     (["--format", "tflite", "--quantize"], "only available with --format pte"),
+    (["--input-shape", "1,3,8,8", "--image-size", "8"], "drop --image-size/--channels"),
 ])
 def test_export_command_bad_input_exits_with_a_hint(argv, fragment, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -52,12 +53,13 @@ def test_pt2_program_exports_and_random_weights_are_called_out(tmp_path, capsys)
     from host.models.zoo import create_model
 
     out = tmp_path / "random.pte"
-    assert main(["export", "--model", "resnet20", "--width", "0.25", "--input-shape", "1,1,8,8",
-                 "--out", str(out)]) == 0
+    assert main(["export", "--model", "resnet20", "--width", "0.25", "--image-size", "8", "--data", "mnist",
+                 "--out", str(out)]) == 0  # the same input flags as inspect: 1 x 8 x 8 from the dataset
     captured = capsys.readouterr()
     assert "random initial weights" in captured.err
     sidecar = json.loads((tmp_path / "random.json").read_text())
     assert sidecar["artifacts"]["random.pte"]["sha256"] and sidecar["preprocessing"] is None
+    assert sidecar["model"]["input_shape"] == [1, 1, 8, 8]
     assert "random weights: exported without a checkpoint" in sidecar["notes"]
     # a saved ExportedProgram (no eval() of its own) exports, and its weights are not random
     model = create_model("resnet20", width=0.25, in_channels=1, image_size=8).eval()

@@ -35,6 +35,7 @@ from host.search.progress import Progress, ProgressFn
 logger = logging.getLogger(__name__)
 
 FINAL_BENCH_RUNS = 50
+ACCURACY_WARNING_DROP = 0.10  # a final model this far below dense (validation) is flagged
 FINAL_ROUNDS = 3  # interleaved dense/final measurement rounds; the report gives the median of each
 
 
@@ -327,6 +328,10 @@ def target_verdicts(summary, objective):
                 met = False
                 warnings.append(f"{m.name} missed the {objective.target_flops:.0%} MAC reduction target: it removes "
                                 f"{cut:.1%}")
+        if dense.val_accuracy - m.val_accuracy > ACCURACY_WARNING_DROP:
+            warnings.append(f"{m.name} is {100 * (dense.val_accuracy - m.val_accuracy):.1f} points less accurate than "
+                            f"dense ({m.val_accuracy:.1%} vs {dense.val_accuracy:.1%} validation): a looser target, a "
+                            "larger budget or more --finetune-epochs may keep more of it")
         for dev, ms in m.latency_ms.items():
             if dev in dense.latency_ms and ms > dense.latency_ms[dev]:
                 warnings.append(f"{m.name} is SLOWER than dense on {dev}: {ms:.3f} ms vs {dense.latency_ms[dev]:.3f} ms "

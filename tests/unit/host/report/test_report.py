@@ -84,3 +84,5 @@ def test_missed_target_and_slower_than_dense_are_flagged():
     assert flops.warnings == ("final-1 missed the 70% MAC reduction target: it removes 60.0%",)
     assert target_verdicts(summary, _objective("0.6", "flops")).finals[0].target_met is True
     assert json.loads(json.dumps(missed.to_dict()))["finals"][0]["target_met"] is False
+    collapsed = replace(summary, finals=(replace(summary.finals[0], val_accuracy=0.5),))
+    assert any("47.0 points less accurate than dense" in w for w in target_verdicts(collapsed, _objective("0.5x")).warnings)

@@ -16,6 +16,10 @@ DEFAULT_OUT = "runs/search"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from host.search.config import DEFAULT_TARGET, EvalConfig, ModelSpec, SearchConfig
+
+    # every default below is the config dataclasses' own (one place), shown in the help text
+    cfg, spec, ev = SearchConfig(), ModelSpec(), EvalConfig()
     p = subparsers.add_parser(
         "search",
         help="search per-layer pruning patterns with a GNN + PPO policy, rewarded by measured latency",
@@ -23,44 +27,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "validation accuracy and the latency/energy measured on the device(s); the best plans are "
         "fine-tuned, exported and benchmarked. With no arguments: resnet20 on mnist, local agent.",
     )
-    p.add_argument("--model", default="resnet20",
-                   help="zoo name, timm:NAME, torchvision:NAME, package.module:factory, or .pt2 (default resnet20)")
+    p.add_argument("--model", default=spec.model,
+                   help=f"zoo name, timm:NAME, torchvision:NAME, package.module:factory, or .pt2 (default {spec.model})")
     p.add_argument("--model-arg", action="append", dest="model_args", metavar="KEY=VALUE",
                    help="constructor argument for timm/torchvision/factory models, repeatable (e.g. depth=2)")
-    p.add_argument("--data", default="mnist", help="dataset name (default mnist)")
+    p.add_argument("--data", default=spec.data, help=f"dataset name (default {spec.data})")
     p.add_argument("--checkpoint", help="trained state dict of the model (default: train and cache one)")
     p.add_argument("--data-root", help="folder of a local dataset (cifar10, imagefolder)")
-    p.add_argument("--image-size", type=int, default=16, help="input size in pixels (default 16)")
+    p.add_argument("--image-size", type=int, default=spec.image_size,
+                   help=f"input size in pixels (default {spec.image_size})")
     p.add_argument("--channels", type=int, choices=(1, 3),
                    help="input channels (default: the dataset's own: 1 for mnist/digits, 3 for cifar10/imagefolder)")
-    p.add_argument("--width", type=float, default=1.0, help="zoo model width multiplier (default 1)")
+    p.add_argument("--width", type=float, default=spec.width, help=f"zoo model width multiplier (default {spec.width:g})")
     p.add_argument("--data-limit", type=int, help="use a stratified subset of N images")
     p.add_argument("--device", action="append", dest="devices", metavar="ADDRESS",
                    help="device to measure on: local, grpc[s]://host:port, user@host or a --fleet name "
                         "(repeat for several)")
     p.add_argument("--fleet", help="fleet file whose device names --device may use, with their credentials "
                                    "(see deploy/fleet.example.toml)")
-    p.add_argument("--budget", type=int, default=16, help="candidates to evaluate in the search (default 16)")
-    p.add_argument("--objective", choices=("latency", "energy", "flops"), default="latency")
-    p.add_argument("--target-flops", type=float, default=0.5, help="MAC reduction for --objective flops (0.5)")
+    p.add_argument("--budget", type=int, default=cfg.budget,
+                   help=f"candidates to evaluate in the search (default {cfg.budget})")
+    p.add_argument("--objective", choices=("latency", "energy", "flops"), default=cfg.objective)
+    p.add_argument("--target-flops", type=float, default=cfg.target_flops,
+                   help=f"MAC reduction for --objective flops ({cfg.target_flops:g})")
     p.add_argument("--target-latency", "--target-energy", "--target", dest="target", default=None,
-                   help="latency/energy target: 0.5x of dense (default) or absolute like 12ms / 3mJ")
-    p.add_argument("--constraint", choices=("balanced", "soft", "mnasnet", "hard"), default="hard",
+                   help=f"latency/energy target: {DEFAULT_TARGET} of dense (default) or absolute like 12ms / 3mJ")
+    p.add_argument("--constraint", choices=("balanced", "soft", "mnasnet", "hard"), default=cfg.constraint,
                    help="reward shape acc*(m/T)^w, w below/above the target: hard 0/-1 (default: the most "
                    "accurate plan that meets the target), balanced -0.07/-0.5, soft -0.5/-0.5, mnasnet -0.07/-0.07")
-    p.add_argument("--aggregate", choices=("worst", "weighted"), default="worst",
+    p.add_argument("--aggregate", choices=("worst", "weighted"), default=cfg.aggregate,
                    help="how several devices combine (default: worst case)")
-    p.add_argument("--final-top", type=int, default=1, help="Pareto-front plans to fine-tune and verify (1)")
-    p.add_argument("--finetune-epochs", type=int, default=4,
-                   help="masked fine-tuning epochs per final plan (4; cosine learning rate from 0.03)")
-    p.add_argument("--train-epochs", type=int, default=12, help="epochs when a checkpoint must be trained (12)")
-    p.add_argument("--bench-runs", type=int, default=20,
-                   help="timed runs per candidate measurement (default 20; final models use 50)")
-    p.add_argument("--recover-steps", type=int, default=16,
-                   help="distillation steps each candidate gets before its accuracy is taken (default 16)")
+    p.add_argument("--final-top", type=int, default=cfg.final_top,
+                   help=f"Pareto-front plans to fine-tune and verify ({cfg.final_top})")
+    p.add_argument("--finetune-epochs", type=int, default=cfg.finetune.epochs,
+                   help=f"masked fine-tuning epochs per final plan ({cfg.finetune.epochs}; cosine learning rate "
+                        f"from {cfg.finetune.lr:g})")
+    p.add_argument("--train-epochs", type=int, default=spec.train_epochs,
+                   help=f"epochs when a checkpoint must be trained ({spec.train_epochs})")
+    p.add_argument("--bench-runs", type=int, default=ev.min_runs,
+                   help=f"timed runs per candidate measurement (default {ev.min_runs}; final models use 50)")
+    p.add_argument("--recover-steps", type=int, default=ev.recover_steps,
+                   help=f"distillation steps each candidate gets before its accuracy is taken (default "
+                        f"{ev.recover_steps})")
     p.add_argument("--policy", dest="policy_file", help="start from a trained policy.pt (any model size)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or finished run (its config is reused)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=cfg.seed)
     p.add_argument("--out", default=None, help=f"run directory (default {DEFAULT_OUT})")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
@@ -73,7 +84,6 @@ def build_config(args: argparse.Namespace) -> Any:
     from host.cli.train_cmd import dataset_channels
     from host.models.external import parse_model_args
     from host.search.config import EvalConfig, ModelSpec, SearchConfig
-    from host.search.finetune import FinetuneConfig
 
     spec = ModelSpec(
         model=args.model, data=args.data, image_size=args.image_size, width=args.width,
@@ -91,13 +101,13 @@ def build_config(args: argparse.Namespace) -> Any:
         budget=args.budget,
         objective=args.objective,
         target_flops=args.target_flops,
-        target=args.target or ("0.5x" if args.objective != "flops" else None),
+        target=args.target or (base.target if args.objective != "flops" else None),
         constraint=args.constraint,
         aggregate=args.aggregate,
         seed=args.seed,
         policy_file=args.policy_file,
         final_top=args.final_top,
-        finetune=FinetuneConfig(epochs=args.finetune_epochs, distill_alpha=0.5),
+        finetune=replace(base.finetune, epochs=args.finetune_epochs),
         evaluation=replace(EvalConfig(), min_runs=args.bench_runs, warmup_runs=max(2, args.bench_runs // 4),
                            recover_steps=args.recover_steps),
     )

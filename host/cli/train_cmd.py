@@ -15,6 +15,8 @@ from host.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from host.search.config import ModelSpec
+
     p = subparsers.add_parser(
         "train", help="train a model on a dataset with the search's recipe and write its checkpoint",
         description="Train MODEL on DATA (SGD, one-cycle learning rate, the recipe a search uses when it has no "
@@ -32,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="input channels (default: the dataset's own: 1 for mnist/digits, 3 for cifar10/imagefolder)")
     p.add_argument("--width", type=float, default=1.0, help="zoo model width multiplier (default 1)")
     p.add_argument("--data-limit", type=int, help="use a stratified subset of N images")
-    p.add_argument("--epochs", type=int, default=12, help="training epochs (default 12, as search)")
+    p.add_argument("--epochs", type=int, default=ModelSpec().train_epochs,
+                   help=f"training epochs (default {ModelSpec().train_epochs}, as search)")
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule (0.1)")
     p.add_argument("--seed", type=int, default=0, help="data split and initialization seed (default 0)")

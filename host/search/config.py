@@ -11,8 +11,27 @@ from pathlib import Path
 from typing import Any
 
 from host.errors import ConfigError
-from host.search.finetune import FinetuneConfig
 from host.search.reward import Constraint, Objective, Target
+
+DEFAULT_TARGET = "0.5x"  # latency/energy target when none is given: half the dense model's figure
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Masked fine-tuning settings. ``distill_alpha`` > 0 mixes in KL to the dense teacher's logits.
+
+    ``schedule`` "cosine" anneals the learning rate from ``lr`` to 0 over all steps (per batch when the batches
+    have a length, else per epoch); "constant" keeps ``lr`` (the per-candidate recovery steps use it).
+    """
+
+    epochs: int = 4
+    lr: float = 0.03
+    schedule: str = "cosine"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    distill_alpha: float = 0.0
+    temperature: float = 4.0
+    max_batches_per_epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +108,7 @@ class SearchConfig:
     budget: int = 16
     objective: str = "latency"
     target_flops: float = 0.5
-    target: str | None = "0.5x"
+    target: str | None = DEFAULT_TARGET
     constraint: str = "hard"
     aggregate: str = "worst"
     seed: int = 0
@@ -118,7 +137,7 @@ class SearchConfig:
         """The :class:`Objective` these settings describe."""
         target = None
         if self.objective in ("latency", "energy"):
-            target = Target.parse(self.target or "0.5x", self.objective)
+            target = Target.parse(self.target or DEFAULT_TARGET, self.objective)
         return Objective(
             name=self.objective,
             target_flops=self.target_flops,

@@ -11,35 +11,20 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from host.search.config import FinetuneConfig
 from patterns.masks import MaskSet
+
+__all__ = ["FinetuneConfig", "accuracy", "distillation_loss", "learning_rate", "masked_finetune",
+           "recalibrate_bn"]
 
 logger = logging.getLogger(__name__)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Masked fine-tuning settings. ``distill_alpha`` > 0 mixes in KL to the dense teacher's logits.
-
-    ``schedule`` "cosine" anneals the learning rate from ``lr`` to 0 over all steps (per batch when the batches
-    have a length, else per epoch); "constant" keeps ``lr`` (the per-candidate recovery steps use it).
-    """
-
-    epochs: int = 4
-    lr: float = 0.03
-    schedule: str = "cosine"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    distill_alpha: float = 0.0
-    temperature: float = 4.0
-    max_batches_per_epoch: int | None = None
 
 
 def learning_rate(config: FinetuneConfig, position: int, total: int) -> float:

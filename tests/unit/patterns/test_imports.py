@@ -39,3 +39,18 @@ def test_host_errors_are_the_pattern_library_errors():
 
     assert errors.PlanError is base.PlanError and errors.SculptError is base.SculptError
     assert issubclass(errors.DeviceError, base.SculptError)
+
+
+def test_the_error_root_and_the_cli_entry_load_no_torch():
+    """host.errors imports patterns.errors: that must not pull in the library (torch), or `sculpt-host --help`
+    and every error path would pay for importing torch."""
+    code = ("import json, sys\nimport patterns.errors, patterns.plan, host.errors, host.cli.main, host.search.config\n"
+            "print(json.dumps(sorted({n.split('.')[0] for n in sys.modules})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "torch" not in json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_public_names_load_on_first_use():
+    assert sorted(patterns.__all__) == sorted(patterns._EXPORTS)
+    for name in patterns.__all__:
+        assert getattr(patterns, name) is not None

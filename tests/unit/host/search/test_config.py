@@ -43,3 +43,15 @@ def test_cli_flags_build_the_config():
     assert config.evaluation.min_runs == 8 and config.out == Path("runs/y")
     default = build_config(build_parser().parse_args(["search"]))
     assert default.model.model == "resnet20" and default.devices == ("local",) and default.target == "0.5x"
+
+
+def test_the_cli_defaults_are_the_config_defaults():
+    """`sculpt-host search` with no flags builds exactly SearchConfig()'s settings (one place for defaults)."""
+    from dataclasses import replace
+
+    from host.cli.main import build_parser
+    from host.cli.search_cmd import DEFAULT_OUT, build_config
+    from host.search.config import SearchConfig
+
+    built = build_config(build_parser().parse_args(["search"]))
+    assert built == replace(SearchConfig(), out=type(built.out)(DEFAULT_OUT))

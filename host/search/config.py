@@ -72,6 +72,8 @@ class EvalConfig:
     warmup_runs: int = 5
     min_runs: int = 20
     min_time_s: float = 0.2
+    # final models (and dense beside them) are timed for at least this long in each of the interleaved rounds
+    final_min_time_s: float = 1.0
     threads: int = 1
     # torch intra-op threads on the host while the search runs: on a busy 2-core machine two threads ran
     # the recovery fine-tune 10-30x slower (OpenMP spin-waiting); None keeps torch's setting

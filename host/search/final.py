@@ -141,7 +141,8 @@ class FinalStage:
         from host.search.devices import BenchSettings
 
         ev = self.config.evaluation
-        bench = BenchSettings(ev.warmup_runs * 2, FINAL_BENCH_RUNS, 1.0, ev.threads, self.config.objective == "energy")
+        bench = BenchSettings(ev.warmup_runs * 2, FINAL_BENCH_RUNS, ev.final_min_time_s, ev.threads,
+                              self.config.objective == "energy")
         dense = evaluator.export(base_model, evaluator.workdir / "final-dense.pte")
         paths = [(Path(dense.path), dense.sha256)] + [(Path(f["artifacts"]["pte"]), f["sha256"]) for f in finals]
         taken: list[list[dict[str, Any]]] = [[] for _ in paths]

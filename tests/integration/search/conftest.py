@@ -19,8 +19,8 @@ def tiny_config(out, checkpoint, **changes):
         out=out, model=spec, devices=("local",), budget=4, objective="latency", target="0.7x",
         final_top=1, export_tflite=False,
         finetune=FinetuneConfig(epochs=1, max_batches_per_epoch=4, distill_alpha=0.5),
-        evaluation=EvalConfig(bn_batches=2, warmup_runs=2, min_runs=5, min_time_s=0.05, recover_steps=3,
-                              min_measured=2),
+        evaluation=EvalConfig(bn_batches=2, warmup_runs=2, min_runs=5, min_time_s=0.05, final_min_time_s=0.2,
+                              recover_steps=3, min_measured=2),
         ppo=PPOSettings(n_steps=2, batch_size=2, n_epochs=2, hidden=32),
     )
     return replace(config, **changes)

@@ -175,7 +175,8 @@ def test_energy_search_measures_and_rewards_energy(energy_search):
     assert final["energy_mj"][device] > 0 and final["latency_ms"][device] > 0
     with Journal.open(config.out) as journal:
         _check_physics(journal.candidates("final")[0].measurement[device])
-    assert result["dense"]["energy_mj"][device] == pytest.approx(dense_mj[device])
+    # dense was measured again beside the final model for the report: the same model, so about the same energy
+    assert result["dense"]["energy_mj"][device] == pytest.approx(dense_mj[device], rel=0.5)
     stored = json.loads((config.out / "result.json").read_text())
     assert stored["finals"][0]["energy_mj"] == final["energy_mj"]
     report = (config.out / "report.md").read_text()

@@ -81,13 +81,13 @@ def build_config(args: argparse.Namespace) -> Any:
     """SearchConfig from the parsed flags."""
     from dataclasses import replace
 
-    from host.cli.train_cmd import dataset_channels
+    from host.data import default_channels
     from host.models.external import parse_model_args
     from host.search.config import EvalConfig, ModelSpec, SearchConfig
 
     spec = ModelSpec(
         model=args.model, data=args.data, image_size=args.image_size, width=args.width,
-        in_channels=args.channels or dataset_channels(args.data),
+        in_channels=args.channels or default_channels(args.data),
         data_limit=args.data_limit, data_root=args.data_root, checkpoint=args.checkpoint,
         train_epochs=args.train_epochs, model_args=parse_model_args(args.model_args),
     )

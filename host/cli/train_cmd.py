@@ -44,17 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def dataset_channels(name: str) -> int:
-    """The dataset's own channel count (3 for a folder of images), the default of --channels."""
-    from host.data import DATASETS, dataset_info
-
-    if name.lower() not in DATASETS:
-        return 1  # load_dataset names the unknown dataset a moment later
-    return dataset_info(name).channels if name.lower() != "imagefolder" else 3
-
-
 def run(args: argparse.Namespace) -> int:
-    from host.data import load_dataset
+    from host.data import default_channels, load_dataset
     from host.data.checks import data_warnings
     from host.models.external import parse_model_args
     from host.models.train import TrainConfig, get_or_train_checkpoint
@@ -63,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model.endswith(".pt2"):
         raise ConfigError(f"'{args.model}' is an exported program and cannot be trained",
                           hint="pass the model as a zoo name, timm:NAME, torchvision:NAME or package.module:factory")
-    args.channels = args.channels or dataset_channels(args.data)
+    args.channels = args.channels or default_channels(args.data)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     splits = load_dataset(args.data, root=args.data_root, image_size=args.image_size, channels=args.channels,
                           seed=args.seed, limit=args.data_limit)  # a bad dataset fails before any training

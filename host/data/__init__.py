@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 DATASETS = ("mnist", "digits", "cifar10", "imagefolder")
 
-__all__ = ["DATASETS", "DatasetInfo", "DatasetSplits", "ImageTensorDataset", "available_datasets", "dataset_info",
+__all__ = ["DATASETS", "DatasetInfo", "DatasetSplits", "default_channels", "ImageTensorDataset", "available_datasets", "dataset_info",
            "load_dataset"]
 
 
@@ -55,6 +55,15 @@ def dataset_info(name: str, *, root: str | Path | None = None) -> DatasetInfo:
                         hint="pass a folder that holds one sub-folder per class with .png/.jpg images")
     classes = sum(1 for p in Path(root).iterdir() if p.is_dir())
     return DatasetInfo(key, 3, classes, None)
+
+
+def default_channels(name: str) -> int:
+    """The dataset's own channel count, the CLI's --channels default (3 for a folder of images, whose
+    images may be grey or colour; 1 for an unknown name, which load_dataset then refuses with a hint)."""
+    key = name.lower()
+    if key == "imagefolder":
+        return 3
+    return _NATIVE[key][0] if key in _NATIVE else 1
 
 
 def load_dataset(name: str = "mnist", *, root: str | Path | None = None, image_size: int = 32, channels: int = 3,

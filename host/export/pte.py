@@ -1,8 +1,9 @@
 """ExecuTorch export: torch.export -> to_edge_transform_and_lower(XnnpackPartitioner) -> .pte.
 
 Optional int8: post-training quantization with the XNNPACK quantizer (PT2E, symmetric, per-channel
-weights), calibrated on the example inputs (or ``calibration`` batches). Every artifact is loaded with the
-real ``executorch.runtime`` and compared with the reference outputs; a mismatch raises ExportError.
+weights; see :mod:`host.export.int8`), calibrated on ``calibration`` batches (or the example inputs). Every
+artifact is loaded with the real ``executorch.runtime`` and compared with the reference outputs; a mismatch
+raises ExportError and leaves no file behind.
 """
 
 from __future__ import annotations
@@ -167,12 +168,15 @@ def export_pte(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
         path.unlink(missing_ok=True)  # an artifact that cannot load is not left behind
         raise ExportError(
             f"the lowered program does not load in the ExecuTorch runtime: {type(exc).__name__}: {exc}",
-            hint=("int8 of plans with kernel (per-filter shape) patterns is not supported yet: export fp32, or "
-                  "use channel patterns for int8" if quantize else
+            hint=("export fp32 (without --quantize) and report the error with the plan file" if quantize else
                   "export with --masks-only to check the plan, and report the error with the plan file"),
         ) from exc
     timings.append(("verify", time.perf_counter() - start))
-    err = _compare(reference, outputs, INT8_TOLERANCE if quantize else FP32_TOLERANCE, path)
+    try:
+        err = _compare(reference, outputs, INT8_TOLERANCE if quantize else FP32_TOLERANCE, path)
+    except ExportError:
+        path.unlink(missing_ok=True)  # an artifact that disagrees with its reference is not left behind
+        raise
     _store(store, key, buffer)  # verified programs only
     return _artifact(path, inputs, err, quantize, timings)
 
@@ -219,17 +223,9 @@ class _Named(nn.Module):
 
 
 def _quantize(program, inputs, calibration):
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from host.export.int8 import calibrate, xnnpack_quantizer
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(program.module(), quantizer)
-    for batch in calibration or [inputs]:
-        prepared(*batch)
-    converted = convert_pt2e(prepared)
+    converted = calibrate(program.module(), xnnpack_quantizer(), inputs, calibration)
     reference = converted(*inputs)
     return torch.export.export(converted, inputs), reference
 

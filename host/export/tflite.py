@@ -16,7 +16,7 @@ from torch import nn
 from host.cli.quiet import muted
 from host.errors import ExportError, MissingDependencyError
 from host.export.artifact import Artifact, file_digest
-from host.export.pte import FP32_TOLERANCE, _compare, _Named
+from host.export.pte import FP32_TOLERANCE, INT8_TOLERANCE, _compare, _Named
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,12 @@ def _converter():
 
 
 def export_tflite(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: str | Path, *,
-                  quantize: bool = False) -> Artifact:
-    """Convert ``module`` to ``.tflite`` at ``path`` and check it with the LiteRT interpreter."""
-    if quantize:
-        raise ExportError("int8 .tflite export is not supported yet", hint="export fp32, or use --format pte "
-                                                                            "--quantize for int8")
+                  quantize: bool = False, calibration: Sequence[Sequence[torch.Tensor]] | None = None) -> Artifact:
+    """Convert ``module`` to ``.tflite`` at ``path`` and check it with the LiteRT interpreter.
+
+    ``quantize``: int8 through litert-torch's PT2E quantizer (per-channel symmetric weights, see
+    :mod:`host.export.int8`), calibrated on ``calibration`` batches (or the example inputs), checked against
+    the quantized PyTorch reference."""
     path = Path(path)
     inputs = tuple(example_inputs)
     module = _Named(module.eval()).eval()
@@ -45,22 +46,41 @@ def export_tflite(module: nn.Module, example_inputs: Sequence[torch.Tensor], pat
         with muted(stdout=True):
             converter = _converter()
             with torch.no_grad():
-                reference = module(*inputs)
-                edge_model = converter.convert(module, inputs)
+                if quantize:
+                    from litert_torch.quantize.quant_config import QuantConfig
+
+                    from host.export.int8 import calibrate, litert_quantizer
+
+                    quantizer, inner = litert_quantizer()
+                    graph = torch.export.export(module, inputs).module()
+                    module = calibrate(graph, quantizer, inputs, calibration, fold=False)
+                    timings.append(("quantize", time.perf_counter() - start))
+                    reference = module(*inputs)
+                    edge_model = converter.convert(module, inputs, quant_config=QuantConfig(pt2e_quantizer=inner))
+                else:
+                    reference = module(*inputs)
+                    edge_model = converter.convert(module, inputs)
             path.parent.mkdir(parents=True, exist_ok=True)
             edge_model.export(str(path))
     except MissingDependencyError:
         raise
+    except ExportError:
+        raise
     except Exception as exc:  # litert-torch raises many internal exception types
+        path.unlink(missing_ok=True)
         raise ExportError(f"exporting to .tflite failed: {type(exc).__name__}: {exc}",
                           hint="the module must be torch.export-able with static shapes") from exc
     timings.append(("convert", time.perf_counter() - start))
     start = time.perf_counter()
-    outputs = run_tflite(path, inputs)
-    timings.append(("verify", time.perf_counter() - start))
-    err = _compare(reference, outputs, FP32_TOLERANCE, path)
+    try:
+        outputs = run_tflite(path, inputs)
+        timings.append(("verify", time.perf_counter() - start))
+        err = _compare(reference, outputs, INT8_TOLERANCE if quantize else FP32_TOLERANCE, path)
+    except Exception:
+        path.unlink(missing_ok=True)  # an artifact that does not load or disagrees is not left behind
+        raise
     sha, size = file_digest(path)
-    return Artifact(path, "tflite", sha, size, err, tuple(tuple(t.shape) for t in inputs), False, tuple(timings))
+    return Artifact(path, "tflite", sha, size, err, tuple(tuple(t.shape) for t in inputs), quantize, tuple(timings))
 
 
 def run_tflite(path: str | Path, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -76,7 +96,26 @@ def run_tflite(path: str | Path, inputs: Sequence[torch.Tensor]) -> list[torch.T
         if len(details) != len(inputs):
             raise ExportError(f"{path} takes {len(details)} inputs, got {len(inputs)}")
         for detail, tensor in zip(details, inputs, strict=True):
-            interpreter.set_tensor(detail["index"], tensor.detach().numpy().astype(detail["dtype"]))
+            interpreter.set_tensor(detail["index"], _to_input(tensor.detach().float().numpy(), detail))
         interpreter.invoke()
-        return [torch.from_numpy(np.array(interpreter.get_tensor(d["index"])))
+        return [torch.from_numpy(_from_output(np.array(interpreter.get_tensor(d["index"])), d))
                 for d in interpreter.get_output_details()]
+
+
+def _to_input(array: np.ndarray, detail: dict) -> np.ndarray:
+    """A float input as the tensor expects it: quantized with its (scale, zero point) when it is an integer
+    tensor with quantization (an int8 model converted with quantized inputs), else cast."""
+    scale, zero = detail.get("quantization", (0.0, 0))
+    dtype = np.dtype(detail["dtype"])
+    if np.issubdtype(dtype, np.integer) and scale:
+        info = np.iinfo(dtype)
+        return np.clip(np.round(array / scale) + zero, info.min, info.max).astype(dtype)
+    return array.astype(dtype)
+
+
+def _from_output(array: np.ndarray, detail: dict) -> np.ndarray:
+    """A quantized integer output back to float with its (scale, zero point); other outputs unchanged."""
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if np.issubdtype(array.dtype, np.integer) and scale:
+        return ((array.astype(np.float32) - zero) * scale).astype(np.float32)
+    return array

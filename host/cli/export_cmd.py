@@ -34,8 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=("pte", "tflite"), default="pte")
     parser.add_argument("--out", type=Path,
                         help="artifact path to write (with --from-run default RUN/final-N.pte|.tflite, "
-                             "final-N-int8.pte with --quantize)")
-    parser.add_argument("--quantize", action="store_true", help="int8 via the XNNPACK quantizer (pte only)")
+                             "final-N-int8.pte|.tflite with --quantize)")
+    parser.add_argument("--quantize", action="store_true",
+                        help="int8 (per-channel weights, PT2E: XNNPACK's quantizer for pte, litert-torch's for "
+                             "tflite), calibrated on --data's training images (or the run's with --from-run); "
+                             "reports int8 accuracy next to fp32 on the validation split")
+    parser.add_argument("--calibration-images", type=int, default=None, metavar="N",
+                        help=f"with --quantize: training images to calibrate on (default {_calibration_default()})")
     parser.add_argument("--data", help="dataset whose channels/classes size the model, as inspect (mnist, digits, "
                                         "cifar10, imagefolder)")
     parser.add_argument("--data-root", help="folder of a local dataset (cifar10, imagefolder)")
@@ -50,6 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="export the masked dense model instead of the realized one (for comparison)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
+
+
+def _calibration_default() -> int:
+    from host.export.int8 import DEFAULT_CALIBRATION_IMAGES
+
+    return DEFAULT_CALIBRATION_IMAGES
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -155,8 +166,11 @@ def run(args: argparse.Namespace) -> int:
     from host.export import export_pte, export_tflite
     from patterns import Plan, apply_masks, count, fuse_batchnorm, realize
 
-    if args.quantize and args.format != "pte":
-        raise ConfigError("--quantize is only available with --format pte", hint="drop --quantize or use pte")
+    if args.calibration_images is not None and not args.quantize:
+        raise ConfigError("--calibration-images only applies to int8", hint="add --quantize, or drop it")
+    if args.calibration_images is not None and args.calibration_images < 1:
+        raise ConfigError(f"--calibration-images must be at least 1, got {args.calibration_images}",
+                          hint="e.g. --calibration-images 64")
     if args.from_run is not None:
         return run_from_run(args)
     if args.model is None:
@@ -175,6 +189,9 @@ def run(args: argparse.Namespace) -> int:
               "artifact's outputs are meaningless; pass --checkpoint FILE, or --from-run RUN for a search's "
               "fine-tuned model)", file=sys.stderr)
     example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    splits, calibration = None, None
+    if args.quantize:
+        splits, example, calibration = _int8_inputs(args, shape, example)
     base = count(model, example)
     if args.masks_only:
         module = copy.deepcopy(model)
@@ -187,12 +204,18 @@ def run(args: argparse.Namespace) -> int:
     if not args.masks_only:
         fuse_batchnorm(module, example)  # BN after a concat of sub-convs would otherwise run separately
     exporter = export_pte if args.format == "pte" else export_tflite
+    kwargs = {"calibration": calibration} if args.quantize else {}
     with _status(f"exporting {args.model} ({len(plan)} planned layers) to {args.out}", quiet=args.json):
-        artifact = exporter(module, (example,), args.out, quantize=args.quantize)
+        artifact = exporter(module, (example,), args.out, quantize=args.quantize, **kwargs)
     if random_weights:
         notes.append("random weights: exported without a checkpoint")
+    accuracy = _int8_accuracy(args, module, artifact, splits, shape)
+    accuracy = {"int8_eval": accuracy} if accuracy else None
+    if args.quantize and splits is None:
+        notes.append("int8 calibrated on one random input: pass --data (and --checkpoint) to calibrate on real "
+                     "images and see the int8 accuracy")
     sidecar = write_sidecar(
-        sidecar_path(artifact.path), artifacts=[artifact], preprocessing=None, notes=notes,
+        sidecar_path(artifact.path), artifacts=[artifact], preprocessing=None, notes=notes, accuracy=accuracy,
         model={"spec": args.model, "model_args": list(args.model_args or []),
                "checkpoint": str(args.checkpoint) if args.checkpoint else None,
                "plan": str(args.plan) if args.plan else None, "masks_only": bool(args.masks_only),
@@ -201,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     result = {"artifact": artifact.to_dict(), "base_macs": base.dense_macs, "macs": cost.macs,
               "dense_macs": cost.dense_macs, "params": cost.params, "dense_params": cost.dense_params,
               "mac_reduction": round(cost.reduction(base, dense=True), 4), "notes": notes,
-              "sidecar": str(sidecar), "schema_version": 1}
+              "sidecar": str(sidecar), "int8_eval": accuracy and accuracy["int8_eval"], "schema_version": 1}
     return _print_result(args, artifact, result, notes, cost=cost, base=base)
 
 
@@ -214,6 +237,11 @@ def _print_result(args, artifact, result, notes, *, cost=None, base=None) -> int
     if cost is not None:
         print(f"MACs {cost.dense_macs / 1e6:.2f} M executed ({cost.macs / 1e6:.2f} M non-zero) vs "
               f"{base.dense_macs / 1e6:.2f} M dense: {cost.reduction(base, dense=True):.1%} fewer")
+    accuracy = result.get("int8_eval") or {}
+    if accuracy:
+        print(f"int8 accuracy {accuracy['int8']:.2%} vs fp32 {accuracy['fp32']:.2%} on {accuracy['images']} "
+              f"{accuracy['split']} images ({100 * (accuracy['int8'] - accuracy['fp32']):+.1f} points), run by "
+              f"the {args.format} runtime")
     print(f"sidecar (preprocessing, digests): {result['sidecar']}")
     print("export time: " + ", ".join(f"{k} {v:.2f}s" for k, v in artifact.timings))
     for note in notes:
@@ -257,29 +285,54 @@ def run_from_run(args: argparse.Namespace) -> int:
     shape = tuple(pre["input"]["shape"]) if pre else None
     if shape is None:
         raise ConfigError(f"{sidecar} records no input shape", hint="run the search again")
-    out = args.out or run / (f"{name}-int8.pte" if args.quantize else f"{name}.{args.format}")
-    example, calibration = _run_inputs(meta, shape, args.quantize)
+    suffix = f"-int8.{args.format}" if args.quantize else f".{args.format}"
+    out = args.out or run / f"{name}{suffix}"
+    example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    splits, calibration = None, None
+    if args.quantize:  # calibrated on the run's own training images
+        data = meta["model"].get("data") or {}
+        splits, example, calibration = _int8_inputs(args, shape, example, dataset=data.get("name", pre["dataset"]),
+                                                    root=data.get("root"), seed=data.get("seed", 0),
+                                                    limit=data.get("limit"))
     exporter = export_pte if args.format == "pte" else export_tflite
     kwargs = {"calibration": calibration} if args.quantize else {}
     with _status(f"exporting {run}/{name} to {out}", quiet=args.json), torch.no_grad():
         artifact = exporter(module, (example,), out, quantize=args.quantize, **kwargs)
+    int8 = _int8_accuracy(args, module, artifact, splits, shape)
+    accuracy = {**(meta.get("accuracy") or {}), **({"int8_eval": int8} if int8 else {})}
     written = write_sidecar(sidecar_path(artifact.path), artifacts=[artifact], preprocessing=pre, model=meta["model"],
-                            accuracy=meta.get("accuracy"), notes=meta.get("notes") or [])
+                            accuracy=accuracy, notes=meta.get("notes") or [])
     result = {"artifact": artifact.to_dict(), "from_run": str(run), "final": name, "sidecar": str(written),
-              "accuracy": meta.get("accuracy"), "notes": [], "schema_version": 1}
+              "accuracy": meta.get("accuracy"), "int8_eval": int8, "notes": [], "schema_version": 1}
     return _print_result(args, artifact, result, [])
 
 
-def _run_inputs(meta: dict, shape: tuple[int, ...], quantize: bool):
-    """An example input (and, for int8, calibration batches: the run's training images)."""
-    import torch
-
+def _int8_inputs(args: argparse.Namespace, shape: tuple[int, ...], example, *, dataset: str | None = None,
+                 root: str | None = None, seed: int = 0, limit: int | None = None):
+    """(splits or None, example input, calibration batches) for an int8 export: the first training images of
+    the dataset (``--data`` for a plain export, the run's for ``--from-run``), one random input without one."""
     from host.data import load_dataset
+    from host.export.int8 import DEFAULT_CALIBRATION_IMAGES, calibration_from
 
-    if not quantize:  # the artifact is checked against the PyTorch program on this input
-        return torch.randn(*shape, generator=torch.Generator().manual_seed(0)), None
-    data = meta["model"].get("data") or {}
-    splits = load_dataset(data.get("name", meta["preprocessing"]["dataset"]), root=data.get("root"),
-                          image_size=shape[2], channels=shape[1], seed=data.get("seed", 0), limit=data.get("limit"))
+    name = dataset or args.data
+    if name is None:
+        print("warning: --quantize without --data calibrates int8 on one random input: activation ranges will "
+              "not match real images (pass --data, with --checkpoint, to calibrate on training images)",
+              file=sys.stderr)
+        return None, example, None
+    splits = load_dataset(name, root=root if dataset else args.data_root, image_size=shape[2], channels=shape[1],
+                          seed=seed, limit=limit)
     x, _ = splits.train.tensors()
-    return x[:1].clone(), [(x[i:i + 1].clone(),) for i in range(min(32, len(x)))]
+    calibration = calibration_from(x, args.calibration_images or DEFAULT_CALIBRATION_IMAGES, batch=shape[0])
+    return splits, calibration[0][0], calibration
+
+
+def _int8_accuracy(args: argparse.Namespace, module, artifact, splits, shape: tuple[int, ...]) -> dict | None:
+    """fp32 (the PyTorch module) and int8 (the artifact, in its runtime) accuracy on the validation split."""
+    from host.export.evaluate import compare_accuracy
+
+    if not args.quantize or splits is None or shape[0] != 1:
+        return None
+    x, y = splits.val.tensors()
+    with _status(f"scoring int8 vs fp32 on {min(len(x), 1000)} validation images", quiet=args.json):
+        return compare_accuracy(module, artifact.path, artifact.kind, x, y, split="val").to_dict()

@@ -25,7 +25,7 @@ def sidecar_path(artifact: str | Path) -> Path:
 
 
 def write_sidecar(path: str | Path, *, artifacts: Sequence[Any], preprocessing: Mapping[str, Any] | None,
-                  model: Mapping[str, Any], accuracy: Mapping[str, float | None] | None = None,
+                  model: Mapping[str, Any], accuracy: Mapping[str, Any] | None = None,
                   notes: list[str] | tuple[str, ...] = ()) -> Path:
     """Write (atomically) the sidecar at ``path`` for ``artifacts`` (:class:`host.export.Artifact`).
 

@@ -16,9 +16,15 @@ from torch import nn
 from host.cli.quiet import muted
 from host.errors import ExportError, MissingDependencyError
 from host.export.artifact import Artifact, file_digest
-from host.export.pte import FP32_TOLERANCE, INT8_TOLERANCE, _compare, _Named
+from host.export.pte import FP32_TOLERANCE, _compare, _Named
 
 log = logging.getLogger(__name__)
+
+# LiteRT's int8 kernels requantize with fixed-point multipliers and differ from the PT2E reference by several
+# output steps (ResNet-20 at 16 px: 0.04-0.11 of the output scale on dense and kernel-pattern plans, where
+# XNNPACK matches it exactly); a broken conversion is off by the whole output range. The accuracy that
+# `export --quantize` reports is the measure of what int8 costs.
+TFLITE_INT8_TOLERANCE = 0.15
 
 
 def _converter():
@@ -51,12 +57,12 @@ def export_tflite(module: nn.Module, example_inputs: Sequence[torch.Tensor], pat
 
                     from host.export.int8 import calibrate, litert_quantizer
 
-                    quantizer, inner = litert_quantizer()
+                    quantizer = litert_quantizer()
                     graph = torch.export.export(module, inputs).module()
                     module = calibrate(graph, quantizer, inputs, calibration, fold=False)
                     timings.append(("quantize", time.perf_counter() - start))
                     reference = module(*inputs)
-                    edge_model = converter.convert(module, inputs, quant_config=QuantConfig(pt2e_quantizer=inner))
+                    edge_model = converter.convert(module, inputs, quant_config=QuantConfig(pt2e_quantizer=quantizer))
                 else:
                     reference = module(*inputs)
                     edge_model = converter.convert(module, inputs)
@@ -75,7 +81,7 @@ def export_tflite(module: nn.Module, example_inputs: Sequence[torch.Tensor], pat
     try:
         outputs = run_tflite(path, inputs)
         timings.append(("verify", time.perf_counter() - start))
-        err = _compare(reference, outputs, INT8_TOLERANCE if quantize else FP32_TOLERANCE, path)
+        err = _compare(reference, outputs, TFLITE_INT8_TOLERANCE if quantize else FP32_TOLERANCE, path)
     except Exception:
         path.unlink(missing_ok=True)  # an artifact that does not load or disagrees is not left behind
         raise

@@ -223,6 +223,10 @@ class _Named(nn.Module):
 
 
 def _quantize(program, inputs, calibration):
+    # the out variants of quantize/dequantize, for the few that stay outside the XNNPACK delegate (e.g. the
+    # zero channels a layer keeps when its channels cannot be removed); the runtime has their kernels
+    import executorch.kernels.quantized  # noqa: F401
+
     from host.export.int8 import calibrate, xnnpack_quantizer
 
     converted = calibrate(program.module(), xnnpack_quantizer(), inputs, calibration)

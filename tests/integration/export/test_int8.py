@@ -1,0 +1,59 @@
+"""int8 on every plan the search can produce: seeded random plans of every zoo model (every family, kernel
+patterns with tiles and ratios included) are quantized, lowered to XNNPACK and run by the real ExecuTorch
+runtime; export_pte checks the outputs against the quantized PyTorch reference (INT8_TOLERANCE) and raises
+otherwise. One plan of each model also goes to int8 .tflite through litert-torch and the LiteRT interpreter."""
+
+import pytest
+import torch
+
+from host.export import export_pte, export_tflite, run_pte
+from host.export.int8 import calibration_from
+from patterns import fuse_batchnorm, layer_choices, realize
+from tests.helpers import zoo_params
+from tests.unit.patterns.test_realize import _model, _random_plan
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MODELS = ["resnet20", "resnet56", "resnet110", "vgg16", "vgg19", "mobilenetv2", "vit_tiny"]
+
+
+def _realized(name: str, seed: int):
+    model = _model(name, size=8)
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+    choices = layer_choices(model, x)
+    # kernel patterns first: they are the realized forms XNNPACK's quantized path used to refuse
+    plan = _random_plan({layer: sorted(options, key=lambda o: o[0] != "kernel")[:3] for layer, options
+                         in choices.items()}, seed, dense_share=0.2)
+    realized = realize(model, plan, x).eval()
+    fuse_batchnorm(realized, x)
+    images = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(100 + seed))
+    return plan, realized, x, calibration_from(images, 8)
+
+
+@pytest.mark.xdist_group("int8")
+@pytest.mark.parametrize("name", zoo_params(MODELS))
+def test_random_plans_quantize_lower_and_run_in_int8(name, tmp_path):
+    plan, realized, x, calibration = _realized(name, seed=1)
+    assert len(plan) > 0
+    artifact = export_pte(realized, (x,), tmp_path / "q.pte", quantize=True, calibration=calibration, cache=False)
+    assert artifact.quantized and artifact.path.is_file()
+    # it runs on an input it was not calibrated or checked on, and follows the fp32 model there
+    other = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        want = realized(other)
+    got = run_pte(artifact.path, (other,))[0]
+    assert got.shape == want.shape and torch.isfinite(got).all()
+    assert float((got - want).abs().max()) < 0.25 * max(1.0, float(want.abs().max()))
+
+
+@pytest.mark.litert
+@pytest.mark.xdist_group("int8")
+def test_int8_tflite_of_a_kernel_plan_runs_in_litert(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    plan, realized, x, calibration = _realized("resnet20", seed=2)
+    assert any(a.family == "kernel" for _, a in plan)
+    artifact = export_tflite(realized, (x,), tmp_path / "q.tflite", quantize=True, calibration=calibration)
+    assert artifact.quantized and artifact.kind == "tflite"
+    interpreter = Interpreter(model_path=str(artifact.path))
+    assert interpreter.get_input_details()[0]["dtype"].__name__ == "int8"  # really int8, I/O included

@@ -9,7 +9,12 @@ realized form (masks-only is shown for contrast: it does the dense work). The NR
 every GEMM's output channels rounded up to XNNPACK's tile width (plus the border outputs off-centre kernel
 windows compute and slice off): the work the engine really does.
 
-    .venv/bin/python benchmarks/realize_bench.py [--models resnet20,resnet56,mobilenetv2] [--threads 1]
+    .venv/bin/python benchmarks/realize_bench.py [--models resnet20,resnet56,mobilenetv2] [--threads 1] [--int8]
+
+``--int8`` adds an int8 twin of dense and of every realized variant (PT2E, XNNPACK quantizer, calibrated on
+8 random inputs: latency does not depend on the values), timed in the same interleaved rounds. Its table:
+pruned int8 vs dense int8 (target >= 0.7 x MAC ratio), and pruned int8 vs dense fp32 against pruning alone
+(pruned fp32) and quantization alone (dense int8): the combination must beat both.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class Variant:
     notes: list[str]
     path: Path | None = None
     export_s: float = 0.0
+    int8: bool = False
 
 
 def _kernel_convs(model: nn.Module) -> list[str]:
@@ -239,9 +245,13 @@ def time_interleaved(variants: list[Variant], x: torch.Tensor, *, rounds: int, c
                 method.execute(inputs)
                 fastest = min(fastest, (time.perf_counter_ns() - start) / 1e6)
             best[name].append(fastest)
-    reference = best[variants[0].name]
+    return best
+
+
+def summarize(best: dict[str, list[float]], reference: str) -> tuple[dict[str, float], dict[str, float]]:
+    """(median latency, median per-round speed-up over ``reference``) per variant."""
     latency = {name: statistics.median(values) for name, values in best.items()}
-    speedup = {name: statistics.median(r / v for r, v in zip(reference, values, strict=True))
+    speedup = {name: statistics.median(r / v for r, v in zip(best[reference], values, strict=True))
                for name, values in best.items()}
     return latency, speedup
 
@@ -253,26 +263,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--calls", type=int, default=5, help="calls per variant per round")
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--int8", action="store_true", help="add int8 twins of dense and the realized variants")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
     _unsafe_reset_threadpool(args.threads)
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    rows = []
+    rows, int8_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             variants = build_variants(name, x)
+            if args.int8:
+                variants += [Variant(v.name + " int8", v.module, v.macs, v.nonzero_macs, v.padded_macs, v.notes,
+                                     int8=True) for v in variants if not v.name.startswith("masks-only")]
+            calibration = [(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)),) for i in range(8)]
             for v in variants:
                 start = time.perf_counter()
-                v.path = export_pte(v.module, (x,), Path(tmp) / f"{name}-{len(rows)}-{v.name[:8]}.pte").path
+                kwargs = {"quantize": True, "calibration": calibration} if v.int8 else {}
+                v.path = export_pte(v.module, (x,), Path(tmp) / f"{name}-{len(rows)}-{v.name[:8]}.pte", **kwargs).path
                 v.export_s = time.perf_counter() - start
                 rows.append(None)
                 print(f"[{name}] exported {v.name} in {v.export_s:.1f}s", file=sys.stderr, flush=True)
-            medians, speedups = time_interleaved(variants, x, rounds=args.rounds, calls=args.calls,
-                                                 warmup=args.warmup)
+            best = time_interleaved(variants, x, rounds=args.rounds, calls=args.calls, warmup=args.warmup)
+            medians, speedups = summarize(best, "dense")
             dense = variants[0]
+            if args.int8:
+                int8_rows.extend(_int8_rows(name, variants, best, speedups))
             for v in variants:
+                if v.int8:
+                    continue
                 mac_ratio = dense.macs / v.macs
                 speedup = speedups[v.name]
                 realized = v.name not in ("dense",) and not v.name.startswith("masks-only")
@@ -281,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                              1 - v.nonzero_macs / dense.macs, medians[v.name], speedup, mac_ratio, verdict,
                              v.export_s, len(v.notes)))
     rows = [r for r in rows if r is not None]
+    int8_table(int8_rows, args)
     print(f"\nExecuTorch {_version('executorch')} / XNNPACK, {args.threads} thread(s), input 1x3x32x32, "
           f"{args.rounds} interleaved rounds of {args.calls} calls per variant (fastest call per round; median "
           f"over rounds; speed-up = median of per-round ratios) after {args.warmup} warm-up calls")
@@ -292,6 +313,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.0%} | {r[6]:.3f} | {r[7]:.2f}x | "
               f"{r[8]:.2f}x | {r[9]} | {r[10]:.1f} | {r[11]} |")
     return 0
+
+
+def _int8_rows(name: str, variants: list[Variant], best: dict[str, list[float]],
+               vs_fp32: dict[str, float]) -> list[tuple]:
+    """One row per realized variant: its int8 twin against dense int8 and against dense fp32."""
+    _, vs_int8 = summarize(best, "dense int8")
+    dense = variants[0]
+    rows = [(name, "dense", dense.macs / 1e6, 0.0, 1.0, 1.0, 1.0, vs_fp32["dense int8"], "-", "-")]
+    for v in variants:
+        if v.int8 or v.name == "dense" or v.name.startswith("masks-only"):
+            continue
+        twin = v.name + " int8"
+        mac_ratio = dense.macs / v.macs
+        quant_alone, prune_alone, both = vs_fp32["dense int8"], vs_fp32[v.name], vs_fp32[twin]
+        rows.append((name, v.name, v.macs / 1e6, 1 - v.nonzero_macs / dense.macs, mac_ratio, vs_int8[twin],
+                     prune_alone, both, "PASS" if vs_int8[twin] >= 0.7 * mac_ratio else "MISS",
+                     "PASS" if both > max(quant_alone, prune_alone) else "MISS"))
+    return rows
+
+
+def int8_table(rows: list[tuple], args: argparse.Namespace) -> None:
+    if not rows:
+        return
+    print(f"\nint8 (PT2E, XNNPACK quantizer, per-channel weights) timed in the same interleaved rounds as fp32, "
+          f"{args.threads} thread(s)")
+    header = ("model", "variant", "exec MMACs", "MAC cut", "MAC ratio", "int8 vs dense int8", "fp32 vs dense fp32",
+              "int8 vs dense fp32", ">=0.7x MAC?", "beats both?")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.0%} | {r[4]:.2f}x | {r[5]:.2f}x | {r[6]:.2f}x | {r[7]:.2f}x | "
+              f"{r[8]} | {r[9]} |")
 
 
 def _version(package: str) -> str:

@@ -125,11 +125,11 @@ def _print_table(records) -> None:
     from rich.table import Table
 
     table = Table(title="fleet bench")
-    for c in ("device", "model", "status", "p50 ms", "p90 ms", "cv", "runs", "detail"):
+    for c in ("device", "model", "precision", "status", "p50 ms", "p90 ms", "cv", "runs", "detail"):
         table.add_column(c)
     for r in records:
         ok = r.status == "ok"
-        table.add_row(r.device, r.artifact, r.status,
+        table.add_row(r.device, r.artifact, r.precision or "?", r.status,
                       f"{r.p50_ms:.3f}" if ok else "", f"{r.p90_ms:.3f}" if ok else "",
                       f"{r.cv:.3f}" if ok and r.cv is not None else "", str(r.runs or "") if ok else "",
                       "" if ok else f"{r.error_kind or ''}: {r.error_code or r.error_type or ''}")

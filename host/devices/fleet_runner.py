@@ -31,6 +31,20 @@ log = logging.getLogger(__name__)
 ARTIFACT_RUNTIME = {".pte": "executorch", ".tflite": "litert"}
 
 
+def artifact_precision(path: Path, sha256: str) -> str | None:
+    """"int8" or "fp32" as the sidecar next to ``path`` (``m.pte`` -> ``m.json``, written by ``sculpt-host
+    export`` and by a search) records it for this very file (same digest); None without one."""
+    import json
+
+    try:
+        entry = json.loads(path.with_suffix(".json").read_text())["artifacts"][path.name]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(entry, dict) or entry.get("sha256") != sha256:
+        return None  # the file changed since the sidecar was written
+    return "int8" if entry.get("int8") else "fp32"
+
+
 @dataclass(frozen=True)
 class FleetTarget:
     """A device to run on and how to reach it."""
@@ -48,6 +62,7 @@ class Artifact:
 
     path: Path
     sha256: str
+    precision: str | None = None  # "int8" / "fp32" from the sidecar the exporter wrote next to it; None: unknown
 
     @property
     def name(self) -> str:
@@ -67,7 +82,7 @@ class Artifact:
         with path.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
-        return cls(path=path, sha256=digest.hexdigest())
+        return cls(path=path, sha256=digest.hexdigest(), precision=artifact_precision(path, digest.hexdigest()))
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,7 @@ class JobRecord:
     fingerprint: str | None = None
     duration_s: float = 0.0
     finished_at: float = 0.0
+    precision: str | None = None  # the artifact's (int8 / fp32), when its sidecar says
 
     def to_json(self) -> dict[str, Any]:
         """Plain, JSON-ready dict of every field."""
@@ -204,7 +220,7 @@ class FleetRunner:
 
     def _record(self, target: FleetTarget, artifact: Artifact, **fields) -> JobRecord:
         record = JobRecord(
-            device=target.name, address=str(target.address), artifact=artifact.name,
+            device=target.name, address=str(target.address), artifact=artifact.name, precision=artifact.precision,
             artifact_sha256=artifact.sha256, finished_at=time.time(), **fields,
         )
         self.log.append(record)

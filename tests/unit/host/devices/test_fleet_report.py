@@ -49,3 +49,20 @@ def test_latencies_spanning_more_than_ten_times_get_a_log_axis():
     assert log_scale([0.1, 2.0])
     assert not log_scale([0.5, 2.0])
     assert not log_scale([])
+
+
+def test_artifact_precision_comes_from_the_exporters_sidecar(tmp_path):
+    import json
+
+    from host.devices.fleet_runner import Artifact, JobRecord
+
+    model = tmp_path / "m-int8.pte"
+    model.write_bytes(b"program bytes")
+    assert Artifact.from_path(model).precision is None  # no sidecar: unknown, not guessed
+    sha = Artifact.from_path(model).sha256
+    sidecar = {"artifacts": {"m-int8.pte": {"sha256": sha, "int8": True}, "other.pte": {"sha256": "x", "int8": False}}}
+    (tmp_path / "m-int8.json").write_text(json.dumps(sidecar))
+    assert Artifact.from_path(model).precision == "int8"
+    model.write_bytes(b"rebuilt since")  # the sidecar describes another file now
+    assert Artifact.from_path(model).precision is None
+    assert "precision" in JobRecord(device="d", address="a", artifact="m", artifact_sha256=sha, status="ok").to_json()

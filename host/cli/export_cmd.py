@@ -209,13 +209,13 @@ def run(args: argparse.Namespace) -> int:
         artifact = exporter(module, (example,), args.out, quantize=args.quantize, **kwargs)
     if random_weights:
         notes.append("random weights: exported without a checkpoint")
-    accuracy = _int8_accuracy(args, module, artifact, splits, shape)
-    accuracy = {"int8_eval": accuracy} if accuracy else None
+    int8 = _int8_accuracy(args, module, artifact, splits, shape)
     if args.quantize and splits is None:
         notes.append("int8 calibrated on one random input: pass --data (and --checkpoint) to calibrate on real "
                      "images and see the int8 accuracy")
     sidecar = write_sidecar(
-        sidecar_path(artifact.path), artifacts=[artifact], preprocessing=None, notes=notes, accuracy=accuracy,
+        sidecar_path(artifact.path), artifacts=[artifact], preprocessing=None, notes=notes,
+        accuracy={"int8_eval": int8} if int8 else None,
         model={"spec": args.model, "model_args": list(args.model_args or []),
                "checkpoint": str(args.checkpoint) if args.checkpoint else None,
                "plan": str(args.plan) if args.plan else None, "masks_only": bool(args.masks_only),
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     result = {"artifact": artifact.to_dict(), "base_macs": base.dense_macs, "macs": cost.macs,
               "dense_macs": cost.dense_macs, "params": cost.params, "dense_params": cost.dense_params,
               "mac_reduction": round(cost.reduction(base, dense=True), 4), "notes": notes,
-              "sidecar": str(sidecar), "int8_eval": accuracy and accuracy["int8_eval"], "schema_version": 1}
+              "sidecar": str(sidecar), "int8_eval": int8, "schema_version": 1}
     return _print_result(args, artifact, result, notes, cost=cost, base=base)
 
 

@@ -33,7 +33,9 @@ ARTIFACT_RUNTIME = {".pte": "executorch", ".tflite": "litert"}
 
 def artifact_precision(path: Path, sha256: str) -> str | None:
     """"int8" or "fp32" as the sidecar next to ``path`` (``m.pte`` -> ``m.json``, written by ``sculpt-host
-    export`` and by a search) records it for this very file (same digest); None without one."""
+    export`` and by a search) records it for this very file (same digest); None without one. Read here
+    rather than through ``host.export.sidecar``: importing ``host.export`` loads torch, which fleet bench
+    does not need."""
     import json
 
     try:

@@ -9,8 +9,9 @@ data-movement ops that realized plans add the quantization parameters of their i
   border outputs are sliced off, or crops/pads its input, and concatenates its sub-convs;
 - a layer whose channel order cannot be folded gathers its channels back (``index_select``).
 
-Neither quantizer annotates ``aten.slice``/``pad``/``index_select`` of a pre-dispatch graph, so after
-calibration each such op had an fp32 input with one scale and an output with another (the concat's), and
+XNNPACK's quantizer annotates none of ``aten.slice``/``pad``/``index_select`` of a pre-dispatch graph (its
+propagation knows only ``slice_copy``), so after calibration each such op had an input with one scale and
+an output with another (the concat's), and
 XNNPACK refuses a quantized slice whose input and output scales differ ("Failed to create static slice
 node"): every ``paper6``/``rowcol`` plan failed to load in int8. Moving data does not change its range, so
 sharing the input's parameters is exact, and every realized plan now quantizes.
@@ -83,8 +84,8 @@ def xnnpack_quantizer():
 
 def litert_quantizer():
     """litert-torch's PT2E quantizer (per-channel symmetric weights, per-tensor activations), as is: LiteRT
-    requantizes a slice or concat whose scales differ, and sharing the parameters made its int8 kernels
-    drift further from the reference (ResNet-20, paper6 plan: max error 1.75 shared vs 0.29 not)."""
+    converts slices whose scales differ, and sharing the parameters made its int8 output drift further from
+    the reference (ResNet-20, paper6 plan: max error 1.75 shared vs 0.29 not)."""
     from litert_torch.quantize import pt2e_quantizer
 
     return pt2e_quantizer.PT2EQuantizer().set_global(pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))

@@ -68,9 +68,7 @@ def export_tflite(module: nn.Module, example_inputs: Sequence[torch.Tensor], pat
                     edge_model = converter.convert(module, inputs)
             path.parent.mkdir(parents=True, exist_ok=True)
             edge_model.export(str(path))
-    except MissingDependencyError:
-        raise
-    except ExportError:
+    except (MissingDependencyError, ExportError):
         raise
     except Exception as exc:  # litert-torch raises many internal exception types
         path.unlink(missing_ok=True)

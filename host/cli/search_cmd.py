@@ -69,6 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--recover-steps", type=int, default=ev.recover_steps,
                    help=f"distillation steps each candidate gets before its accuracy is taken (default "
                         f"{ev.recover_steps})")
+    p.add_argument("--precision", choices=("fp32", "int8"), default=cfg.precision,
+                   help=f"int8: quantize every measured candidate (PT2E, XNNPACK) and reward its int8 accuracy and "
+                        f"latency; targets are of the dense int8 model (default {cfg.precision})")
+    p.add_argument("--calibration-images", type=int, default=ev.calibration_images,
+                   help=f"int8: training images each candidate is calibrated on (default {ev.calibration_images})")
     p.add_argument("--policy", dest="policy_file", help="start from a trained policy.pt (any model size)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or finished run (its config is reused)")
     p.add_argument("--seed", type=int, default=cfg.seed)
@@ -107,9 +112,10 @@ def build_config(args: argparse.Namespace) -> Any:
         seed=args.seed,
         policy_file=args.policy_file,
         final_top=args.final_top,
+        precision=args.precision,
         finetune=replace(base.finetune, epochs=args.finetune_epochs),
         evaluation=replace(EvalConfig(), min_runs=args.bench_runs, warmup_runs=max(2, args.bench_runs // 4),
-                           recover_steps=args.recover_steps),
+                           recover_steps=args.recover_steps, calibration_images=args.calibration_images),
     )
 
 
@@ -152,13 +158,27 @@ def _print_human(result: dict[str, Any], run_dir: Path) -> None:
         test = "" if m.get("test_accuracy") is None else f" test {100 * m['test_accuracy']:.2f}%"
         return f"  {m['name']:<12} val {100 * m['val_accuracy']:.2f}%{test}  MAC cut {100 * cut:.1f}%  {lat}{energy}"
 
-    print(line(dense))
+    int8 = result.get("precision") == "int8"
+    print(line(dense) + ("  (int8)" if int8 else ""))
     for m in result["finals"]:
-        print(line(m) + ("  (target missed)" if m.get("target_met") is False else ""))
+        print(line(m) + ("  (int8)" if int8 else "") + ("  (target missed)" if m.get("target_met") is False else ""))
+    twins = result.get("fp32_twins") or []
+    if twins:
+        reference = twins[0]["latency_ms"]
+        print("fp32 twins (speed-ups against dense fp32):")
+        for m in twins:
+            lat = ", ".join(f"{d} {ms:.3f} ms ({reference[d] / ms:.2f}x)" for d, ms in m["latency_ms"].items()
+                            if ms > 0 and d in reference)
+            test = "" if m.get("test_accuracy") is None else f" test {100 * m['test_accuracy']:.2f}%"
+            print(f"  {m['name']:<12} val {100 * m['val_accuracy']:.2f}%{test}  {lat}  (fp32)")
     for warning in result.get("warnings") or []:
         print(f"WARNING: {warning}")
     print(f"report: {run_dir / 'report.md'}")
-    if result["finals"]:
+    if result["finals"] and int8:
+        print(f"deploy: {run_dir / 'final-1-int8.pte'} (feed it as {run_dir / 'final-1-int8.json'} says); fp32: "
+              f"{run_dir / 'final-1.pte'}; int8 .tflite: sculpt-host export --from-run {run_dir} --format tflite "
+              "--quantize")
+    elif result["finals"]:
         print(f"deploy: {run_dir / 'final-1.pte'} (feed it as {run_dir / 'final-1.json'} says); other formats: "
               f"sculpt-host export --from-run {run_dir} --format tflite")
 

@@ -23,6 +23,29 @@ def _row(summary: RunSummary, m: ModelFigures, devices: list[str], energy_device
     )
 
 
+def _precision_table(summary: RunSummary, devices: list[str]) -> list[str]:
+    """int8 searches: every model in fp32 and int8, speed-ups against the fp32 dense (same interleaved rounds)."""
+    reference = summary.fp32_twins[0]
+    twins = {m.name: m for m in summary.fp32_twins}
+    pairs = [(twins[m.name], m) for m in (summary.dense, *summary.finals) if m.name in twins]
+    lat_head = " | ".join(f"p50 ms ({d})" for d in devices) or "p50 ms"
+    spd_head = " | ".join(f"vs dense fp32 ({d})" for d in devices) or "vs dense fp32"
+    lines = ["", "## int8 next to fp32", "",
+             "The same models in both precisions, measured in the same interleaved rounds; speed-ups are against "
+             "the dense fp32 model.", "",
+             f"| model | precision | val acc | test acc | {lat_head} | {spd_head} |",
+             "|" + "---|" * (4 + 2 * max(len(devices), 1))]
+    for pair in pairs:
+        for m in pair:
+            lat = " | ".join(f"{m.latency_ms[d]:.3f}" if d in m.latency_ms else "-" for d in devices) or "-"
+            spd = " | ".join(f"{reference.latency_ms[d] / m.latency_ms[d]:.2f}x"
+                             if d in m.latency_ms and d in reference.latency_ms and m.latency_ms[d] > 0 else "-"
+                             for d in devices) or "-"
+            lines.append(f"| {m.name} | {m.precision} | {_pct(m.val_accuracy)} | {_pct(m.test_accuracy)} | {lat} "
+                         f"| {spd} |")
+    return lines
+
+
 def render_markdown(summary: RunSummary) -> str:
     """The report as Markdown text."""
     devices = sorted(summary.devices)
@@ -36,7 +59,11 @@ def render_markdown(summary: RunSummary) -> str:
     lines = [
         f"# AutoSculpt search: {summary.model} on {summary.dataset}",
         "",
-        f"- objective: **{summary.objective}**, target {summary.target}",
+        f"- objective: **{summary.objective}**, target {summary.target}"
+        + (" of the dense **int8** model" if summary.precision == "int8" and summary.objective != "flops" else ""),
+        "- precision: **int8** (PT2E, XNNPACK quantizer, per-channel weights): accuracies are of the int8 "
+        "artifacts run by the ExecuTorch runtime, latencies of the int8 artifacts; fp32 figures are below"
+        if summary.precision == "int8" else "",
         f"- devices: {', '.join(f'{d} (`{fp[:12]}`)' for d, fp in summary.devices.items()) or 'none'}",
         f"- candidates evaluated: {summary.candidates_evaluated} of budget {summary.budget}; "
         f"device measurements taken: {summary.measurements_taken}; working time {summary.seconds:.0f} s "
@@ -55,6 +82,8 @@ def render_markdown(summary: RunSummary) -> str:
     lines += [_row(summary, m, devices, energy_devices) for m in models]
     lines += ["", "![Pareto front](pareto.png)", "", "![Patterns per layer](patterns.png)", "",
               "![Reward curve](reward_curve.png)", ""]
+    if summary.fp32_twins:
+        lines += _precision_table(summary, devices)
     for m in summary.finals:
         if m.artifacts:
             lines.append(f"- {m.name}: " + ", ".join(f"{k}: `{v}`" for k, v in sorted(m.artifacts.items())))

@@ -7,6 +7,12 @@ journal is not evaluated again (its row is reused). The test split is never touc
 A plan that cannot be built (the pattern library refuses it, its realization raises or yields a module that
 does not run, its export fails) does not end the search: it is journaled as invalid with the reason and,
 where it can be told cheaply, the layer whose choice is responsible, and gets :data:`INVALID_REWARD`.
+In an int8 search (``precision="int8"``) a measured candidate is realized again with its recovered weights,
+quantized (PT2E, XNNPACK, calibrated on the same training images for every candidate), exported, scored on
+the validation split by the ExecuTorch runtime and measured in int8; its reward uses that int8 accuracy and
+latency, and the dense reference is the dense int8 model. A quantized artifact differs in bytes from the fp32
+one, so the measurement cache (keyed by artifact sha256) keeps the precisions apart.
+
 Every candidate is realized (and run once) before its recovery fine-tune, measured or not: it costs about
 0.35 s on ResNet-20 at 16 px against 7-9 s for masking and recovery (one thread), and an unmeasured plan
 that cannot be built must not collect a predicted reward.
@@ -132,10 +138,12 @@ class EvalData:
     bn_batches: Batches
     val_batches: Batches
     recover_batches: Batches = ()  # the short recovery fine-tune of every candidate (empty: none)
+    # int8: the training images every quantized candidate is calibrated on, as batches of the example's shape
+    calibration: tuple[tuple[torch.Tensor], ...] = ()
 
     @classmethod
     def from_splits(cls, splits: Any, bn_batches: int, batch_size: int, val_limit: int | None, seed: int,
-                    recover_steps: int = 0, recover_batch_size: int = 64) -> EvalData:
+                    recover_steps: int = 0, recover_batch_size: int = 64, calibration_images: int = 0) -> EvalData:
         """Cut the batches once (seeded, so every candidate sees the same ones)."""
         x_train, y_train = splits.train.tensors()
         bn = batches(x_train, y_train, batch_size, seed, max_batches=bn_batches)
@@ -144,7 +152,18 @@ class EvalData:
         if val_limit is not None:
             x_val, y_val = x_val[:val_limit], y_val[:val_limit]
         val = batches(x_val, y_val, 256)
-        return cls(example_input=x_val[:1].clone(), bn_batches=bn, val_batches=val, recover_batches=tuple(recover))
+        calibration: tuple[tuple[torch.Tensor], ...] = ()
+        if calibration_images:
+            from host.export.int8 import calibration_from
+
+            order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed + 2))
+            calibration = tuple(calibration_from(x_train[order[:calibration_images]], calibration_images))
+        return cls(example_input=x_val[:1].clone(), bn_batches=bn, val_batches=val, recover_batches=tuple(recover),
+                   calibration=calibration)
+
+    def val_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The validation images and labels in one tensor each (the runtime scores them one at a time)."""
+        return torch.cat([x for x, _ in self.val_batches]), torch.cat([y for _, y in self.val_batches])
 
 
 def plan_record_data(space: SearchSpace, choices: np.ndarray) -> tuple[Any, dict[str, Any]]:
@@ -183,6 +202,7 @@ class CandidateEvaluator:
         devices: Sequence[DeviceHandle],
         bench: BenchSettings,
         policy: MeasurePolicy = MeasurePolicy(),
+        precision: str = "fp32",
     ) -> None:
         from host.search.costmodel import CostModel
 
@@ -194,6 +214,11 @@ class CandidateEvaluator:
         self.devices = list(devices)
         self.bench = bench
         self.policy = policy
+        # "int8": every measured candidate (dense included) is realized with its fine-tuned weights, quantized on
+        # data.calibration, exported, scored on the validation split by the runtime and measured in int8
+        self.precision = precision
+        if precision == "int8" and not data.calibration:
+            raise ValueError("an int8 evaluator needs calibration batches (EvalData.from_splits calibration_images)")
         self.dense: CandidateRecord | None = None
         self.measurements_taken = 0
         # cost relative to dense: measured latency/energy (worst device) or, for the flops objective, MACs
@@ -272,11 +297,13 @@ class CandidateEvaluator:
             if not known.valid:  # a plan that failed to build fails again: same reason, no second attempt
                 return self.journal.record(replace(known, phase=phase, reward=INVALID_REWARD, eval_seconds=0.0,
                                                    reused=True, id=None, created=None))
+            scored = self.scored_accuracy(known.accuracy, known.int8_accuracy)
             return self.journal.record(
                 CandidateRecord(
                     phase=phase, plan=known.plan, accuracy=known.accuracy, macs=known.macs, params=known.params,
-                    reward=self._reward(known.accuracy, known.macs, known.measurement, choices), eval_seconds=0.0,
+                    reward=self._reward(scored, known.macs, known.measurement, choices), eval_seconds=0.0,
                     artifact_sha256=known.artifact_sha256, measurement=known.measurement, reused=True,
+                    int8_accuracy=known.int8_accuracy,
                 )
             )
         start = time.perf_counter()
@@ -286,25 +313,30 @@ class CandidateEvaluator:
             model, masks = self.masked_model(plan)
             acc = accuracy(model, self.data.val_batches)
             cost = self.count(model, masks)
-            sha, measurement = None, None
+            sha, measurement, int8_acc = None, None, None
             if self.devices and (force_measure or self._worth_measuring(acc, cost.macs, choices)):
-                sha, measurement = self.measure_realized(realized, key)
+                if self.precision == "int8":
+                    sha, measurement, int8_acc = self.measure_int8(plan, model, key, plan_data["choices"])
+                else:
+                    sha, measurement = self.measure_realized(realized, key)
         except CandidateFailure as failure:
             # the worst reward, recorded so the policy learns from it and a resume does not retry it
             return self._record_invalid(phase, plan_data, failure, time.perf_counter() - start)
-        reward = self._reward(acc, cost.macs, measurement, choices) if phase != "dense" else 0.0
+        scored = self.scored_accuracy(acc, int8_acc)
+        reward = self._reward(scored, cost.macs, measurement, choices) if phase != "dense" else 0.0
         record = CandidateRecord(
             phase=phase, plan=plan_data, accuracy=acc, macs=int(cost.macs), params=int(cost.params),
             reward=reward, eval_seconds=time.perf_counter() - start, artifact_sha256=sha, measurement=measurement,
+            int8_accuracy=int8_acc,
         )
         record = self.journal.record(record)
         predicted = self.cost_model.predict(choices)
         if phase != "dense" and (measurement is not None or not self.objective.needs_measurement):
             self.refit_cost_model()
         logger.info(
-            "%s candidate %s: acc %.4f macs %d measured %s predicted %.3f reward %.4f (%.1fs)", phase, record.id,
-            acc, cost.macs, None if measurement is None else self._figures(measurement), predicted, reward,
-            record.eval_seconds,
+            "%s candidate %s: acc %.4f%s macs %d measured %s predicted %.3f reward %.4f (%.1fs)", phase, record.id,
+            acc, "" if int8_acc is None else f" (int8 {int8_acc:.4f})", cost.macs,
+            None if measurement is None else self._figures(measurement), predicted, reward, record.eval_seconds,
         )
         return record
 
@@ -345,12 +377,43 @@ class CandidateEvaluator:
             Path(artifact.path).unlink(missing_ok=True)
         return artifact.sha256, measurement
 
-    def export(self, realized: nn.Module, path: Path, exporter: Any = None) -> Any:
-        """``exporter`` (default :func:`host.export.export_pte`) on the example input; CandidateFailure when
-        the plan's module does not export or its artifact disagrees with eager PyTorch."""
+    def measure_int8(self, plan: Any, model: nn.Module, key: str,
+                     names: dict[str, str] | None = None) -> tuple[str, dict[str, Any], float]:
+        """(sha256, measurement, validation accuracy) of the plan's int8 artifact: realized with the weights of
+        ``model`` (the masked, recovered copy: int8 accuracy depends on them and on the calibration), quantized
+        on the run's calibration batches, scored by the ExecuTorch runtime, then measured on every device."""
+        from host.export.evaluate import artifact_accuracy
+
+        realized = self.realize_checked(plan, weights_from=model, names=names)
+        artifact = self.export(realized, self._workdir / f"{key[:16]}.int8.pte", quantize=True)
+        try:
+            x_val, y_val = self.data.val_tensors()
+            int8_acc = artifact_accuracy(artifact.path, "pte", x_val, y_val)
+            measurement = self.measure_artifact(artifact.path, artifact.sha256, self.bench)
+        finally:
+            Path(artifact.path).unlink(missing_ok=True)
+        return artifact.sha256, measurement, int8_acc
+
+    def scored_accuracy(self, acc: float, int8_acc: float | None) -> float:
+        """The accuracy a reward uses: fp32 searches ``acc``; int8 searches the int8 artifact's accuracy, or,
+        for a candidate that was not quantized (not measured), ``acc`` less the mean fp32 -> int8 drop of the
+        candidates that were (an unmeasured plan must not look better for having skipped quantization)."""
+        if self.precision != "int8" or int8_acc is not None:
+            return acc if int8_acc is None else int8_acc
+        drops = [r.accuracy - r.int8_accuracy for r in self.journal.candidates()
+                 if r.int8_accuracy is not None and not r.reused and r.phase != "final"]
+        return acc - (sum(drops) / len(drops) if drops else 0.0)
+
+    def export(self, realized: nn.Module, path: Path, exporter: Any = None, quantize: bool = False) -> Any:
+        """``exporter`` (default :func:`host.export.export_pte`) on the example input (``quantize``: int8,
+        calibrated on the run's calibration batches); CandidateFailure when the plan's module does not export
+        or its artifact disagrees with its reference."""
         if exporter is None:
             from host.export import export_pte as exporter
         try:
+            if quantize:
+                return exporter(realized, (self.data.example_input,), path, quantize=True,
+                                calibration=self.data.calibration)
             return exporter(realized, (self.data.example_input,), path)
         except MissingDependencyError:
             raise  # the environment, not the plan: every candidate would fail the same way
@@ -468,14 +531,17 @@ class CandidateEvaluator:
         """The objective's figures of measured rows measured again now, alternating between them ``rounds``
         times (median per device), bypassing the cache: two figures taken minutes apart on a busy board can
         be tens of percent off, figures taken side by side are comparable. Re-exports each row's plan (the
-        search does not keep artifacts), so it is for rare checks, not for every candidate."""
+        search does not keep artifacts), so it is for rare checks, not for every candidate. An int8 search
+        re-exports in int8 (calibrated as its candidates are; weights of the base model: the int8 program's
+        latency depends on its shapes, not on the weights' values)."""
         import statistics
 
         artifacts = []
         try:
             for i, record in enumerate(records):
                 plan, _ = plan_record_data(self.space, self.choices_of(record))
-                artifacts.append(self.export(self.realize_checked(plan), self._workdir / f"side-by-side-{i}.pte"))
+                artifacts.append(self.export(self.realize_checked(plan), self._workdir / f"side-by-side-{i}.pte",
+                                             quantize=self.precision == "int8"))
             taken: list[list[dict[str, float]]] = [[] for _ in records]
             for _ in range(rounds):
                 for i, artifact in enumerate(artifacts):

@@ -13,6 +13,7 @@ from typing import Any
 from host.errors import ConfigError
 from host.search.reward import Constraint, Objective, Target
 
+PRECISIONS = ("fp32", "int8")
 DEFAULT_TARGET = "0.5x"  # latency/energy target when none is given: half the dense model's figure
 
 
@@ -75,6 +76,8 @@ class EvalConfig:
     # final models (and dense beside them) are timed for at least this long in each of the interleaved rounds
     final_min_time_s: float = 1.0
     threads: int = 1
+    # int8 searches: training images (batches of one) every quantized candidate is calibrated on, the same ones
+    calibration_images: int = 32
     # torch intra-op threads on the host while the search runs: on a busy 2-core machine two threads ran
     # the recovery fine-tune 10-30x slower (OpenMP spin-waiting); None keeps torch's setting
     host_threads: int | None = 1
@@ -116,6 +119,9 @@ class SearchConfig:
     seed: int = 0
     policy_file: str | None = None
     strategy: str = "ppo"  # "ppo" (the GNN policy) or "random" (same prior, no learning: a baseline)
+    # "int8": measured candidates are quantized (PT2E, XNNPACK) and rewarded with their int8 artifact's accuracy
+    # and latency; relative targets are of the dense int8 model. "fp32": no quantization.
+    precision: str = "fp32"
     final_top: int = 1
     export_tflite: bool = True  # also write final-N.tflite when litert-torch is installed
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=4, distill_alpha=0.5))
@@ -131,6 +137,11 @@ class SearchConfig:
             )
         if self.strategy not in ("ppo", "random"):
             raise ConfigError(f"unknown search strategy {self.strategy!r}", hint="use 'ppo' or 'random'")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}", hint="use 'fp32' or 'int8'")
+        if self.precision == "int8" and self.evaluation.calibration_images < 1:
+            raise ConfigError("an int8 search needs at least one calibration image",
+                              hint="pass --calibration-images N with N >= 1")
         if self.final_top < 0:
             raise ConfigError("final_top must be >= 0", hint="0 skips the final fine-tuning stage")
         self.reward_objective()  # validates objective, targets and constraint early

@@ -15,6 +15,11 @@ input preprocessing, accuracy, artifact digests).
 
 The speed-ups reported are dense and final models measured again side by side, in interleaved rounds, after
 every final model is built: figures taken minutes apart on a busy board can differ by tens of percent.
+
+An int8 search (``precision="int8"``) also writes ``final-N-int8.pte`` (quantized on the run's calibration
+images, with its own sidecar ``final-N-int8.json``); its accuracy (validation and test, run by the ExecuTorch
+runtime) and latency are the final model's figures, judged against the dense int8 model, and the fp32 twins
+of dense and of every final model, measured in the same interleaved rounds, are reported beside them.
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ class FinalStage:
         self.skipped: list[str] = []  # why Pareto plans were passed over, for the report's notes
         self.preprocessing: Any = None  # host.data.preprocess.Preprocessing of the run's data
         self.dense_measurement: dict[str, Any] | None = None  # dense, measured side by side with the finals
+        # int8 searches: the dense int8 model's accuracies {"val", "test"} and, side by side, the fp32 dense's
+        # measurement (dense_measurement is then the int8 one)
+        self.dense_int8: dict[str, float] | None = None
+        self.dense_fp32_measurement: dict[str, Any] | None = None
         self.data_warnings: list[str] = []  # host.data.checks: splits too small, a baseline near chance
 
     def candidates(self, evaluator) -> list[CandidateRecord]:
@@ -66,7 +75,8 @@ class FinalStage:
             costs = [evaluator.cost_estimate(r) for r in rows]
         else:
             costs = [float(r.macs) for r in rows]
-        front = [rows[i] for i in pareto_front([(r.accuracy, c) for r, c in zip(rows, costs, strict=True)])]
+        points = [(r.deployed_accuracy, c) for r, c in zip(rows, costs, strict=True)]
+        front = [rows[i] for i in pareto_front(points)]
         front.sort(key=lambda r: r.reward, reverse=True)
         unique, seen = [], set()
         for r in front:
@@ -96,6 +106,12 @@ class FinalStage:
         self._dense_test = accuracy(base_model, test_batches)  # for the report only, never for choosing
         if wanted == 0:
             return finals
+        dense_int8 = None
+        if self.config.precision == "int8":
+            self.progress(Progress("final", 0, wanted, "quantizing the dense model (the int8 reference)"))
+            dense_int8 = self._quantize(evaluator, base_model, evaluator.workdir / "final-dense-int8.pte",
+                                        test_batches)
+            self.dense_int8 = {"val": dense_int8["val"], "test": dense_int8["test"]}
         for row in chosen:
             if len(finals) == wanted:
                 break
@@ -121,23 +137,31 @@ class FinalStage:
                 f"none of the {len(chosen)} plan(s) on the Pareto front could be finished: {self.skipped[0]}",
                 hint=f"the journal {self.journal.path} keeps the search; report the error above",
             )
-        if evaluator.devices:
-            self.progress(Progress("final", len(finals), wanted, "measuring dense and final models side by side"))
-            self._measure_side_by_side(evaluator, base_model, finals)
+        try:
+            if evaluator.devices:
+                self.progress(Progress("final", len(finals), wanted, "measuring dense and final models side by side"))
+                self._measure_side_by_side(evaluator, base_model, finals, dense_int8)
+        finally:
+            if dense_int8 is not None:
+                Path(dense_int8["path"]).unlink(missing_ok=True)
         for f in finals:
+            int8 = f["int8"]
             f["record"] = f.pop("stored") or self.journal.record(
                 CandidateRecord(
                     phase="final", plan=f["search_row"].plan, accuracy=f["val"], macs=f["search_row"].macs,
                     params=f["search_row"].params, reward=f["search_row"].reward, eval_seconds=0.0,
-                    artifact_sha256=f["sha256"], measurement=f["measurement"],
+                    artifact_sha256=int8["sha256"] if int8 else f["sha256"], measurement=f["measurement"],
+                    int8_accuracy=int8["val"] if int8 else None,
                 )
             )
         self.progress(Progress("final", len(finals), wanted, "final models done"))
         return finals
 
-    def _measure_side_by_side(self, evaluator, base_model, finals: list[dict[str, Any]]) -> None:
-        """Measure dense and every final ``.pte`` in :data:`FINAL_ROUNDS` interleaved rounds with the final
-        benchmark policy; each model's measurement becomes the per-field median of its rounds."""
+    def _measure_side_by_side(self, evaluator, base_model, finals: list[dict[str, Any]],
+                              dense_int8: dict[str, Any] | None = None) -> None:
+        """Measure dense and every final ``.pte`` (and, in an int8 search, their int8 twins) in
+        :data:`FINAL_ROUNDS` interleaved rounds with the final benchmark policy; each model's measurement
+        becomes the per-field median of its rounds."""
         from host.search.devices import BenchSettings
 
         ev = self.config.evaluation
@@ -145,6 +169,9 @@ class FinalStage:
                               self.config.objective == "energy")
         dense = evaluator.export(base_model, evaluator.workdir / "final-dense.pte")
         paths = [(Path(dense.path), dense.sha256)] + [(Path(f["artifacts"]["pte"]), f["sha256"]) for f in finals]
+        if dense_int8 is not None:
+            paths += [(Path(dense_int8["path"]), dense_int8["sha256"])]
+            paths += [(Path(f["int8"]["path"]), f["int8"]["sha256"]) for f in finals]
         taken: list[list[dict[str, Any]]] = [[] for _ in paths]
         try:
             for _ in range(FINAL_ROUNDS):
@@ -152,9 +179,31 @@ class FinalStage:
                     taken[i].append(evaluator.measure_artifact(path, sha, bench, use_cache=False))
         finally:
             Path(dense.path).unlink(missing_ok=True)
-        self.dense_measurement = _median_measurement(taken[0])
-        for f, rounds in zip(finals, taken[1:], strict=True):
-            f["measurement"] = _median_measurement(rounds)
+        medians = [_median_measurement(rounds) for rounds in taken]
+        fp32, int8 = medians[: len(finals) + 1], medians[len(finals) + 1:]
+        if not int8:
+            self.dense_measurement = fp32[0]
+            for f, measurement in zip(finals, fp32[1:], strict=True):
+                f["measurement"] = measurement
+            return
+        # int8 search: the int8 models are the results, the fp32 ones their twins
+        self.dense_measurement, self.dense_fp32_measurement = int8[0], fp32[0]
+        for f, m32, m8 in zip(finals, fp32[1:], int8[1:], strict=True):
+            f["measurement"], f["fp32_measurement"] = m8, m32
+
+    def _quantize(self, evaluator, realized, path: Path, test_batches) -> dict[str, Any]:
+        """``realized`` exported int8 at ``path`` (calibrated on the run's calibration images) and scored by
+        the runtime on the validation and test splits: {"path", "sha256", "artifact", "val", "test"}."""
+        import torch
+
+        from host.export.evaluate import artifact_accuracy
+
+        artifact = evaluator.export(realized, path, quantize=True)
+        x_val, y_val = evaluator.data.val_tensors()
+        x_test, y_test = torch.cat([x for x, _ in test_batches]), torch.cat([y for _, y in test_batches])
+        return {"path": str(artifact.path), "sha256": artifact.sha256, "artifact": artifact,
+                "val": artifact_accuracy(artifact.path, "pte", x_val, y_val),
+                "test": artifact_accuracy(artifact.path, "pte", x_test, y_test)}
 
     def _skip(self, row: CandidateRecord, reason: str | None) -> None:
         text = f"search candidate {row.id} was not finished: {reason}; the next plan of the Pareto front, if any, took its place"
@@ -179,8 +228,28 @@ class FinalStage:
             logger.warning("%s: realized val accuracy %.4f differs from the masked model's %.4f", name, val,
                            masked_val)
         artifacts, sha = self._export_final(evaluator, realized, plan, name, model, {"val": val, "test": test})
+        int8 = None
+        if self.config.precision == "int8":
+            int8 = self._quantize(evaluator, realized, self.run_dir / f"{name}-int8.pte", test_batches)
+            artifacts["int8_pte"] = int8["path"]
+            artifacts["int8_sidecar"] = str(self._int8_sidecar(name, int8, {"val": val, "test": test},
+                                                               len(evaluator.data.calibration)))
+            logger.info("%s int8: val %.4f test %.4f (fp32 val %.4f test %.4f)", name, int8["val"], int8["test"],
+                        val, test)
         return {"name": name, "stored": stored, "val": val, "test": test, "artifacts": artifacts,
-                "measurement": None, "sha256": sha, "search_row": row}
+                "measurement": None, "fp32_measurement": None, "sha256": sha, "search_row": row, "int8": int8}
+
+    def _int8_sidecar(self, name: str, int8: dict[str, Any], fp32: dict[str, float], calibration: int) -> Path:
+        """``name-int8.json``: the sidecar of the int8 artifact (its accuracy, with the fp32 model's beside it)."""
+        from host.export.sidecar import write_sidecar
+
+        return write_sidecar(
+            self.run_dir / f"{name}-int8.json", artifacts=[int8["artifact"]], preprocessing=self.preprocessing.to_dict(),
+            model=self.sidecar_model(name),
+            accuracy={"val": int8["val"], "test": int8["test"], "fp32": dict(fp32),
+                      "calibration_batches": calibration},
+            notes=[f"int8 (PT2E, XNNPACK quantizer, per-channel weights) of {name}; calibrated on training images"],
+        )
 
     def _export_final(self, evaluator, realized, plan, name, masked, accuracy):
         """Write every file of one final model (see the module docstring); (artifact paths by kind, .pte sha)."""
@@ -262,20 +331,43 @@ class FinalStage:
                              choice=r.plan.get("choices", {}).get(r.failed_layer) if r.failed_layer else None)
             for r in self.journal.candidates() if not r.valid and not r.reused
         )
+        int8 = cfg.precision == "int8"
+        if int8:  # the int8 models are the results; their fp32 twins are reported beside them
+            dense_figures = figures("dense", dense, val=dense.deployed_accuracy, precision="int8",
+                                    test_accuracy=(self.dense_int8 or {}).get("test"),
+                                    measurement=self.dense_measurement or dense.measurement)
+            final_figures = tuple(
+                figures(f["name"], f["search_row"], val=f["int8"]["val"], test_accuracy=f["int8"]["test"],
+                        artifacts=f["artifacts"], measurement=f["measurement"], precision="int8")
+                for f in finals
+            )
+            twins = (figures("dense", dense, val=dense.accuracy, test_accuracy=self._dense_test,
+                             measurement=self.dense_fp32_measurement or {}),) + tuple(
+                figures(f["name"], f["search_row"], val=f["val"], test_accuracy=f["test"],
+                        measurement=f["fp32_measurement"] or {})
+                for f in finals
+            )
+        else:
+            dense_figures = figures("dense", dense, test_accuracy=self._dense_test,
+                                    measurement=self.dense_measurement or dense.measurement)
+            final_figures = tuple(
+                figures(f["name"], f["search_row"], val=f["val"], test_accuracy=f["test"], artifacts=f["artifacts"],
+                        measurement=f["measurement"])
+                for f in finals
+            )
+            twins = ()
+        best_figures = None
+        if best:
+            best_figures = figures("best-search", best, val=best.deployed_accuracy,
+                                   precision="int8" if best.int8_accuracy is not None else "fp32")
         summary = RunSummary(
             model=cfg.model.model, dataset=cfg.model.data, objective=objective.name,
             target=str(objective.target) if objective.target else f"{cfg.target_flops:.0%} MAC reduction",
             devices={d.name: d.fingerprint for d in devices}, budget=cfg.budget,
             candidates_evaluated=self.journal.count("search", evaluated_only=True),
             measurements_taken=self.journal.measurement_count(), seconds=seconds,
-            dense=figures("dense", dense, test_accuracy=self._dense_test,
-                          measurement=self.dense_measurement or dense.measurement),
-            best_search=figures("best-search", best) if best else None,
-            finals=tuple(
-                figures(f["name"], f["search_row"], val=f["val"], test_accuracy=f["test"], artifacts=f["artifacts"],
-                        measurement=f["measurement"])
-                for f in finals
-            ),
+            dense=dense_figures, best_search=best_figures, finals=final_figures,
+            precision=cfg.precision, fp32_twins=twins,
             vocab=tuple(space.vocab),
             notes=_notes(cfg, valid, len(rows) - len(valid)) + tuple(self.skipped),
             invalid=invalid,
@@ -285,14 +377,15 @@ class FinalStage:
         summary = target_verdicts(summary, objective)
         if objective.needs_measurement:
             cost_label = "energy (mJ)" if objective.name == "energy" else "latency p50 (ms)"
-            points = [(r.accuracy, max(evaluator._figures(r.measurement).values())) for r in valid if r.measurement]
+            points = [(r.deployed_accuracy, max(evaluator._figures(r.measurement).values()))
+                      for r in valid if r.measurement]
         else:
             cost_label = "MACs"
-            points = [(r.accuracy, float(r.macs)) for r in valid]
+            points = [(r.deployed_accuracy, float(r.macs)) for r in valid]
         write_report(self.run_dir, summary, points, [r.reward for r in rows], cost_label)
         tb_rows = []
         for r in rows:
-            row = {"reward": r.reward, "accuracy": r.accuracy, "macs": float(r.macs)}
+            row = {"reward": r.reward, "accuracy": r.deployed_accuracy, "macs": float(r.macs)}
             figs = evaluator._figures(r.measurement)
             if figs:
                 row["cost"] = max(figs.values())

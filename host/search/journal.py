@@ -37,13 +37,15 @@ logger = logging.getLogger(__name__)
 
 JOURNAL_NAME = "journal.sqlite"
 SCHEMA_NAME = "autosculpt-search-journal"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # schema 1 had no status/reason/failed_layer columns; its rows are all valid candidates, so opening such a
-# journal adds the columns with those defaults (a pre-upgrade run stays resumable)
+# journal adds the columns with those defaults (a pre-upgrade run stays resumable). Schema 2 had no
+# int8_accuracy column: its runs were all fp32 searches (NULL: not quantized).
 _MIGRATIONS = {
     1: ("ALTER TABLE candidates ADD COLUMN status TEXT NOT NULL DEFAULT 'ok'",
         "ALTER TABLE candidates ADD COLUMN reason TEXT",
         "ALTER TABLE candidates ADD COLUMN failed_layer TEXT"),
+    2: ("ALTER TABLE candidates ADD COLUMN int8_accuracy REAL",),
 }
 STATUS_OK = "ok"
 STATUS_INVALID = "invalid"
@@ -67,7 +69,8 @@ CREATE TABLE IF NOT EXISTS candidates (
     created REAL NOT NULL,
     status TEXT NOT NULL DEFAULT 'ok',
     reason TEXT,
-    failed_layer TEXT
+    failed_layer TEXT,
+    int8_accuracy REAL
 );
 CREATE INDEX IF NOT EXISTS candidates_plan ON candidates (plan_hash, phase);
 CREATE TABLE IF NOT EXISTS measurements (
@@ -109,6 +112,9 @@ class CandidateRecord:
     status: str = STATUS_OK  # "ok" or "invalid" (the plan could not be masked, realized or exported)
     reason: str | None = None  # why an invalid candidate failed, as the user should read it
     failed_layer: str | None = None  # the layer whose choice made it fail, when that could be told
+    # int8 searches: validation accuracy of the candidate's int8 artifact, run by the real runtime (None: not
+    # quantized). ``accuracy`` stays the fp32 (masked model's) accuracy either way.
+    int8_accuracy: float | None = None
 
     @property
     def plan_hash(self) -> str:
@@ -118,6 +124,11 @@ class CandidateRecord:
     def valid(self) -> bool:
         """False for a plan that could not be built; such a row has no accuracy, cost or measurement."""
         return self.status == STATUS_OK
+
+    @property
+    def deployed_accuracy(self) -> float:
+        """The accuracy of what would be deployed: the int8 artifact's when it was quantized, else fp32."""
+        return self.accuracy if self.int8_accuracy is None else self.int8_accuracy
 
 
 class Journal:
@@ -291,6 +302,7 @@ class Journal:
                     candidate.status,
                     candidate.reason,
                     candidate.failed_layer,
+                    None if candidate.int8_accuracy is None else float(candidate.int8_accuracy),
                 ),
             )
         return replace(candidate, id=cur.lastrowid, created=created)
@@ -352,14 +364,15 @@ class Journal:
 
 
 _COLUMNS = ("id", "phase", "plan_hash", "plan_json", "accuracy", "macs", "params", "artifact_sha256",
-            "measurement_json", "reward", "eval_seconds", "reused", "created", "status", "reason", "failed_layer")
+            "measurement_json", "reward", "eval_seconds", "reused", "created", "status", "reason", "failed_layer",
+            "int8_accuracy")
 # named columns, not *: rows unpack by position, so the order must be this module's, not the file's
 _SELECT = ", ".join(_COLUMNS)
 
 
 def _row_to_record(row: tuple[Any, ...]) -> CandidateRecord:
     (id_, phase, _hash, plan_json, acc, macs, params, sha, meas_json, reward, secs, reused, created, status, reason,
-     failed_layer) = row
+     failed_layer, int8_acc) = row
     return CandidateRecord(
         phase=phase,
         plan=json.loads(plan_json),
@@ -376,5 +389,6 @@ def _row_to_record(row: tuple[Any, ...]) -> CandidateRecord:
         status=status,
         reason=reason,
         failed_layer=failed_layer,
+        int8_accuracy=int8_acc,
     )
 

@@ -177,14 +177,16 @@ class SearchRunner:
         model, splits = load_trained(cfg, self.progress)
         ev = cfg.evaluation
         data = EvalData.from_splits(splits, ev.bn_batches, ev.batch_size, ev.val_limit, cfg.seed,
-                                    ev.recover_steps, ev.recover_batch_size)
+                                    ev.recover_steps, ev.recover_batch_size,
+                                    calibration_images=ev.calibration_images if cfg.precision == "int8" else 0)
         self.progress(Progress("prepare", 1, 1, "building the model graph"))
         space = SearchSpace(model, data.example_input)
         if objective.name == "flops":
             self._check_flops_reachable(space, model, data)
         bench = BenchSettings(ev.warmup_runs, ev.min_runs, ev.min_time_s, ev.threads, objective.name == "energy")
         measure_policy = MeasurePolicy(ev.measure_min_accuracy_drop, ev.min_measured, ev.measure_slack, ev.recover_lr)
-        evaluator = CandidateEvaluator(model, space, data, self.journal, objective, devices, bench, measure_policy)
+        evaluator = CandidateEvaluator(model, space, data, self.journal, objective, devices, bench, measure_policy,
+                                       precision=cfg.precision)
         try:
             self.progress(Progress("dense", 0, 2, "evaluating and measuring the dense model"))
             evaluator.evaluate_dense()

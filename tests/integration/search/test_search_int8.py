@@ -1,0 +1,77 @@
+"""An int8 search end to end against a real local agent: every measured candidate (dense and the floor plan
+included) is realized with its recovered weights, quantized on training images, scored by the ExecuTorch
+runtime and measured in int8; the final model is written in both precisions and reported side by side."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from host.search.journal import Journal
+from tests.integration.search.conftest import tiny_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.executorch, pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def int8_search(tmp_path_factory, trained_resnet20_mnist):
+    from host.search.runner import SearchRunner
+
+    base = tiny_config(tmp_path_factory.mktemp("int8") / "run", trained_resnet20_mnist)
+    config = replace(base, precision="int8", budget=2,
+                     evaluation=replace(base.evaluation, calibration_images=8, val_limit=200))
+    return config, SearchRunner.start(config).run()
+
+
+def test_int8_search_rewards_and_reports_int8(int8_search):
+    config, result = int8_search
+    run = config.out
+    assert result["precision"] == "int8"
+    dense, final = result["dense"], result["finals"][0]
+    assert dense["precision"] == final["precision"] == "int8"
+    twins = {m["name"]: m for m in result["fp32_twins"]}
+    assert set(twins) == {"dense", "final-1"} and all(m["precision"] == "fp32" for m in twins.values())
+    # int8 and fp32 models measured in the same rounds; int8 accuracy close to fp32 on a trained model
+    for name, m in (("dense", dense), ("final-1", final)):
+        assert m["latency_ms"]["local"] > 0 and twins[name]["latency_ms"]["local"] > 0
+        assert abs(m["val_accuracy"] - twins[name]["val_accuracy"]) < 0.05, name
+        assert m["test_accuracy"] is not None and twins[name]["test_accuracy"] is not None
+
+    with Journal.open(run) as journal:
+        dense_row = journal.candidates("dense")[0]
+        assert dense_row.int8_accuracy is not None and dense_row.int8_accuracy > 0.5
+        measured = [r for r in journal.candidates() if r.measurement and not r.reused and r.phase != "final"]
+        assert len(measured) >= 2  # dense and the floor plan at least
+        assert all(r.int8_accuracy is not None for r in measured)
+        # a measured search candidate's reward is computed from its int8 accuracy and int8 latency
+        objective = config.reward_objective()
+        dense_ms = {d: m["p50_ms"] for d, m in dense_row.measurement.items()}
+        for row in (r for r in measured if r.phase == "search"):
+            figures = {d: m["p50_ms"] for d, m in row.measurement.items()}
+            expected = objective.reward(row.int8_accuracy, row.macs, dense_row.macs, measured=figures,
+                                        dense_measured=dense_ms)
+            assert row.reward == pytest.approx(expected)
+        final_row = journal.candidates("final")[0]
+        assert final_row.int8_accuracy == pytest.approx(result["finals"][0]["val_accuracy"])
+
+    sidecar = json.loads((run / "final-1-int8.json").read_text())
+    entry = sidecar["artifacts"]["final-1-int8.pte"]
+    assert entry["int8"] is True and entry["format"] == "pte"
+    assert sidecar["accuracy"]["fp32"]["val"] == pytest.approx(twins["final-1"]["val_accuracy"])
+    assert (run / "final-1.pte").is_file() and (run / "final-1-int8.pte").is_file()
+    assert final["artifacts"]["int8_pte"].endswith("final-1-int8.pte")
+    report = (run / "report.md").read_text()
+    assert "int8 next to fp32" in report and "precision: **int8**" in report
+
+
+def test_int8_artifact_runs_in_the_agent(int8_search):
+    """The int8 final artifact is what the agent benchmarks (its input is fp32, quantized inside)."""
+    import torch
+
+    from host.export.pte import run_pte
+
+    config, _result = int8_search
+    out = run_pte(config.out / "final-1-int8.pte", [torch.zeros(1, 1, 16, 16)])
+    assert tuple(out[0].shape) == (1, 10)

@@ -202,8 +202,8 @@ class FinalStage:
         x_val, y_val = evaluator.data.val_tensors()
         x_test, y_test = torch.cat([x for x, _ in test_batches]), torch.cat([y for _, y in test_batches])
         return {"path": str(artifact.path), "sha256": artifact.sha256, "artifact": artifact,
-                "val": artifact_accuracy(artifact.path, "pte", x_val, y_val),
-                "test": artifact_accuracy(artifact.path, "pte", x_test, y_test)}
+                "val": artifact_accuracy(artifact.path, "pte", x_val, y_val), "val_images": len(x_val),
+                "test": artifact_accuracy(artifact.path, "pte", x_test, y_test), "test_images": len(x_test)}
 
     def _skip(self, row: CandidateRecord, reason: str | None) -> None:
         text = f"search candidate {row.id} was not finished: {reason}; the next plan of the Pareto front, if any, took its place"
@@ -246,7 +246,11 @@ class FinalStage:
         return write_sidecar(
             self.run_dir / f"{name}-int8.json", artifacts=[int8["artifact"]], preprocessing=self.preprocessing.to_dict(),
             model=self.sidecar_model(name),
-            accuracy={"val": int8["val"], "test": int8["test"], "fp32": dict(fp32),
+            # the shape `export --from-run --quantize` writes: the fp32 model's accuracy, then int8 beside fp32
+            accuracy={**fp32, "int8_eval": {"fp32": round(fp32["val"], 4), "int8": round(int8["val"], 4),
+                                            "images": int8["val_images"], "split": "val"},
+                      "int8_test_eval": {"fp32": round(fp32["test"], 4), "int8": round(int8["test"], 4),
+                                         "images": int8["test_images"], "split": "test"},
                       "calibration_batches": calibration},
             notes=[f"int8 (PT2E, XNNPACK quantizer, per-channel weights) of {name}; calibrated on training images"],
         )

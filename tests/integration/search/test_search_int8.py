@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 
 import pytest
+from torch import nn
 
 from host.search.journal import Journal
 from tests.integration.search.conftest import tiny_config
@@ -15,14 +16,42 @@ from tests.integration.search.conftest import tiny_config
 pytestmark = [pytest.mark.integration, pytest.mark.executorch, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
+class SmallNet(nn.Module):
+    """A user's small CNN (not a zoo model): lowering it takes a few seconds, so the int8 search stays cheap."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean(dim=(2, 3)))
+
+
+def build(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    return SmallNet(num_classes, in_channels)
+
+
 @pytest.fixture(scope="module")
-def int8_search(tmp_path_factory, trained_resnet20_mnist):
+def int8_search(tmp_path_factory, monkeypatch_module):
     from host.search.runner import SearchRunner
 
-    base = tiny_config(tmp_path_factory.mktemp("int8") / "run", trained_resnet20_mnist)
+    root = tmp_path_factory.mktemp("int8")
+    monkeypatch_module.setenv("AUTOSCULPT_CACHE_DIR", str(root / "cache"))  # its checkpoint is trained here
+    base = tiny_config(root / "run", None)
     config = replace(base, precision="int8", budget=2,
-                     evaluation=replace(base.evaluation, calibration_images=8, val_limit=200))
+                     model=replace(base.model, model=f"{__name__}:build", checkpoint=None, train_epochs=15),
+                     evaluation=replace(base.evaluation, calibration_images=8))
     return config, SearchRunner.start(config).run()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
 
 
 def test_int8_search_rewards_and_reports_int8(int8_search):
@@ -59,7 +88,10 @@ def test_int8_search_rewards_and_reports_int8(int8_search):
     sidecar = json.loads((run / "final-1-int8.json").read_text())
     entry = sidecar["artifacts"]["final-1-int8.pte"]
     assert entry["int8"] is True and entry["format"] == "pte"
-    assert sidecar["accuracy"]["fp32"]["val"] == pytest.approx(twins["final-1"]["val_accuracy"])
+    accuracy = sidecar["accuracy"]  # as `export --from-run --quantize` writes it
+    assert accuracy["val"] == pytest.approx(twins["final-1"]["val_accuracy"])
+    assert accuracy["int8_eval"]["int8"] == pytest.approx(final["val_accuracy"], abs=1e-4)
+    assert accuracy["int8_test_eval"]["int8"] == pytest.approx(final["test_accuracy"], abs=1e-4)
     assert (run / "final-1.pte").is_file() and (run / "final-1-int8.pte").is_file()
     assert final["artifacts"]["int8_pte"].endswith("final-1-int8.pte")
     report = (run / "report.md").read_text()

@@ -67,6 +67,39 @@ def test_fold_removes_every_foldable_bn_and_keeps_the_function():
         torch.testing.assert_close(folded.module()(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+def test_fold_reaches_through_spatial_slices_and_channel_concats():
+    """A realized kernel-pattern layer: sub-convs whose surplus border rows/columns are sliced off, concatenated
+    along channels, then one BN; each sub-conv takes its own channels of the BN. A channel slice (not
+    spatial) or a sliced output used twice must stay unfolded."""
+
+    class Sub(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.top = nn.Conv2d(3, 4, (2, 3), padding=1)  # a 2x3 window, one surplus output row
+            self.left = nn.Conv2d(3, 2, (3, 2), padding=1, bias=False)
+            self.bn = nn.BatchNorm2d(6)
+            self.single = nn.Conv2d(6, 5, 3, padding=1)
+            self.bn_single = nn.BatchNorm2d(5)
+            self.wide = nn.Conv2d(5, 6, 1)
+            self.bn_channels = nn.BatchNorm2d(3)  # after a CHANNEL slice: not foldable
+
+        def forward(self, x):
+            a = self.top(x)[:, :, :-1, :]
+            b = self.left(x)[:, :, :, 1:]
+            y = torch.relu(self.bn(torch.cat([a, b], dim=1)))
+            z = torch.relu(self.bn_single(self.single(y)[:, :, 1:, :][:, :, :-1, :]))
+            return self.bn_channels(self.wide(z)[:, :3])
+
+    torch.manual_seed(0)
+    model = _randomize_bn(Sub())
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        program = torch.export.export(model, (x,))
+        folded, count = fold_batchnorm(program, (x,))
+        assert count == 2 and _bn_ops(folded) == 1
+        torch.testing.assert_close(folded.module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 def test_nothing_to_fold_returns_the_same_program():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
     x = torch.randn(1, 3, 8, 8)

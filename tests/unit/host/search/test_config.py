@@ -27,6 +27,23 @@ def test_bad_values_fail_at_once():
     SearchConfig(devices=(), objective="flops")  # flops needs no device
     with pytest.raises(ConfigError, match="another AutoSculpt version"):
         SearchConfig.from_dict({**SearchConfig().to_dict(), "surprise": 1})
+    with pytest.raises(ConfigError, match="precision"):
+        SearchConfig(precision="int4")
+
+
+def test_int8_settings_round_trip_and_old_configs_read_as_fp32():
+    from dataclasses import replace
+
+    from host.search.config import EvalConfig
+
+    config = SearchConfig(precision="int8", evaluation=EvalConfig(calibration_images=8))
+    assert SearchConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ConfigError, match="calibration image"):
+        replace(config, evaluation=EvalConfig(calibration_images=0))
+    old = SearchConfig().to_dict()  # a journal written before --precision existed
+    del old["precision"]
+    del old["evaluation"]["calibration_images"]
+    assert SearchConfig.from_dict(old).precision == "fp32"
 
 
 def test_cli_flags_build_the_config():
@@ -35,9 +52,11 @@ def test_cli_flags_build_the_config():
 
     args = build_parser().parse_args(
         ["search", "--model", "vgg16", "--device", "local", "--device", "grpc://10.0.0.5:50051", "--budget", "9",
-         "--objective", "flops", "--target-flops", "0.6", "--bench-runs", "8", "--out", "runs/y"]
+         "--objective", "flops", "--target-flops", "0.6", "--bench-runs", "8", "--out", "runs/y",
+         "--precision", "int8", "--calibration-images", "12"]
     )
     config = build_config(args)
+    assert config.precision == "int8" and config.evaluation.calibration_images == 12
     assert config.model.model == "vgg16" and config.budget == 9 and config.target_flops == 0.6
     assert config.devices == ("local", "grpc://10.0.0.5:50051")
     assert config.evaluation.min_runs == 8 and config.out == Path("runs/y")

@@ -6,6 +6,7 @@ import sqlite3
 
 import pytest
 
+import host.search.journal as journal_module
 from host.errors import SearchError
 from host.search.journal import JOURNAL_NAME, CandidateRecord, Journal, plan_hash
 
@@ -131,6 +132,32 @@ def test_schema_1_journal_is_upgraded_and_its_rows_stay_valid(tmp_path):
         journal.record(CandidateRecord(**{**_record().__dict__, "status": "invalid", "reason": "x"}))
     with Journal.open(tmp_path) as journal:
         assert [r.status for r in journal.candidates()] == ["ok", "invalid"]
+
+
+def test_int8_accuracy_round_trips_and_schema_2_journals_gain_the_column(tmp_path):
+    with Journal.create(tmp_path, {}) as journal:
+        journal.record(CandidateRecord(**{**_record(0.9).__dict__, "int8_accuracy": 0.88}))
+        journal.record(_record(0.7))
+    with Journal.open(tmp_path) as journal:
+        quantized, plain = journal.candidates()
+        assert quantized.int8_accuracy == pytest.approx(0.88) and quantized.deployed_accuracy == pytest.approx(0.88)
+        assert plain.int8_accuracy is None and plain.deployed_accuracy == pytest.approx(0.7)
+    # a schema-2 journal (no int8_accuracy column) opens, its rows read as not quantized
+    other = tmp_path / "old"
+    other.mkdir()
+    conn = sqlite3.connect(other / JOURNAL_NAME)
+    schema2 = journal_module._SCHEMA.replace(",\n    int8_accuracy REAL", "")
+    assert "int8_accuracy" not in schema2
+    conn.executescript(schema2)
+    conn.execute("INSERT INTO meta VALUES ('schema', 'autosculpt-search-journal'), ('schema_version', '2'), "
+                 "('metadata', '{}')")
+    conn.execute("INSERT INTO candidates (phase, plan_hash, plan_json, accuracy, macs, params, reward, eval_seconds, "
+                 "created) VALUES ('search', 'h', '{}', 0.9, 10, 5, 0.8, 1.0, 0.0)")
+    conn.commit()
+    conn.close()
+    with Journal.open(other) as journal:
+        (row,) = journal.candidates()
+        assert row.int8_accuracy is None and row.deployed_accuracy == 0.9
 
 
 def test_elapsed_time_adds_up_over_processes_and_reading_adds_nothing(tmp_path, monkeypatch):

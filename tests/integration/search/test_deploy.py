@@ -59,7 +59,7 @@ def test_final_model_files_and_side_by_side_figures(tiny_search):
     final = result["finals"][0]
     for kind in ("pte", "plan", "pt2", "state_dict", "sidecar"):
         assert (run / final["artifacts"][kind]).is_file(), kind
-    assert result["schema_version"] == 2
+    assert result["schema_version"] == 3  # precision and fp32_twins since 3
     assert result["preprocessing"]["input"]["shape"] == [1, 1, 16, 16]
     assert isinstance(final["target_met"], bool)
     # the report's speed-up is of dense and final measured again, side by side, in rounds

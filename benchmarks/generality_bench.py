@@ -108,12 +108,14 @@ def _width(module: nn.Module) -> int:
 
 def side_by_side(devices, paths: dict[str, Path], rounds: int) -> dict[str, float]:
     """Median p50 (ms) of every artifact, measured in interleaved rounds on one device session."""
-    from host.search.devices import BenchSettings, measure
+    from host.devices.policy import BenchPolicy
+    from host.devices.results import BenchSpec
+    from host.search.devices import measure
 
     samples: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(rounds):
         for name, path in paths.items():
-            samples[name].append(measure(devices[0], path, BenchSettings(10, 50, 1.0, 1))["p50_ms"])
+            samples[name].append(measure(devices[0], path, BenchSpec(threads=1, policy=BenchPolicy.final()))["p50_ms"])
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -139,7 +141,7 @@ def search_row(entry, out: Path, devices, args) -> dict:
     from host.data import load_dataset
     from host.export import export_pte
     from host.models.train import TrainConfig, train
-    from host.search.config import EvalConfig, ModelSpec, SearchConfig
+    from host.search.config import ModelSpec, SearchConfig
     from host.search.finetune import FinetuneConfig
     from host.search.runner import SearchRunner
 
@@ -154,8 +156,7 @@ def search_row(entry, out: Path, devices, args) -> dict:
                      in_channels=c, data_limit=args.data_limit, checkpoint=str(checkpoint))
     config = replace(SearchConfig(), out=out / "search", model=spec, devices=("local",), budget=args.budget,
                      objective="latency", target=args.target_latency, final_top=1, export_tflite=False,
-                     finetune=FinetuneConfig(epochs=args.finetune_epochs, distill_alpha=0.5),
-                     evaluation=replace(EvalConfig(), min_runs=20, warmup_runs=5))
+                     finetune=FinetuneConfig(epochs=args.finetune_epochs, distill_alpha=0.5))
     found = SearchRunner.start(config).run()
     finals = found.get("finals") or []
     if not finals:

@@ -57,8 +57,10 @@ def _uniform_l1(model, splits, target_ms: float, out: Path, bench_runs: int):
     row and a ``make()`` giving a fresh (pruned model, no masks) to fine-tune like the searched rows."""
     import torch_pruning as tp
 
+    from host.devices.policy import BenchPolicy
+    from host.devices.results import BenchSpec
     from host.export import export_pte
-    from host.search.devices import BenchSettings, measure, open_devices
+    from host.search.devices import measure, open_devices
     from patterns import count
 
     x_val, _ = splits.val.tensors()
@@ -77,7 +79,7 @@ def _uniform_l1(model, splits, target_ms: float, out: Path, bench_runs: int):
     with open_devices(["local"]) as devices:
         def latency(m) -> float:
             artifact = export_pte(m, (example,), out / "l1-probe.pte")
-            return measure(devices[0], Path(artifact.path), BenchSettings(5, 30, 0.3, 1))["p50_ms"]
+            return measure(devices[0], Path(artifact.path), BenchSpec(threads=1, policy=BenchPolicy.timed(30, 0.3, warmup_runs=5)))["p50_ms"]
 
         lo, hi = 0.0, 0.9
         probes = {}
@@ -89,7 +91,7 @@ def _uniform_l1(model, splits, target_ms: float, out: Path, bench_runs: int):
         m, cut = pruned(ratio)
         # latency depends on the structure only, so the pruned (not yet fine-tuned) model is what gets timed
         artifact = export_pte(m, (example,), out / "l1.pte")
-        summary = measure(devices[0], Path(artifact.path), BenchSettings(10, bench_runs, 1.0, 1))
+        summary = measure(devices[0], Path(artifact.path), BenchSpec(threads=1, policy=BenchPolicy.final(runs=bench_runs)))
     row = {"cut": cut, "latency_ms": summary["p50_ms"], "pte": str(artifact.path), "ratio": ratio}
     return row, lambda: (pruned(ratio)[0], {})
 
@@ -141,13 +143,15 @@ def _side_by_side(paths: dict[str, Path], rounds: int = 3) -> dict[str, float]:
     long run; separate sessions made the dense reference alone vary by 20% on this shared machine)."""
     import statistics
 
-    from host.search.devices import BenchSettings, measure, open_devices
+    from host.devices.policy import BenchPolicy
+    from host.devices.results import BenchSpec
+    from host.search.devices import measure, open_devices
 
     samples: dict[str, list[float]] = {name: [] for name in paths}
     with open_devices(["local"]) as devices:
         for _ in range(rounds):
             for name, path in paths.items():
-                samples[name].append(measure(devices[0], path, BenchSettings(10, 50, 1.0, 1))["p50_ms"])
+                samples[name].append(measure(devices[0], path, BenchSpec(threads=1, policy=BenchPolicy.final()))["p50_ms"])
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

@@ -16,7 +16,7 @@ DEFAULT_OUT = "runs/search"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from host.search.config import DEFAULT_TARGET, EvalConfig, ModelSpec, SearchConfig
+    from host.search.config import DEFAULT_TARGET, PRECISIONS, EvalConfig, ModelSpec, SearchConfig
 
     # every default below is the config dataclasses' own (one place), shown in the help text
     cfg, spec, ev = SearchConfig(), ModelSpec(), EvalConfig()
@@ -64,12 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"from {cfg.finetune.lr:g})")
     p.add_argument("--train-epochs", type=int, default=spec.train_epochs,
                    help=f"epochs when a checkpoint must be trained ({spec.train_epochs})")
-    p.add_argument("--bench-runs", type=int, default=ev.min_runs,
-                   help=f"timed runs per candidate measurement (default {ev.min_runs}; final models use 50)")
+    p.add_argument("--bench-runs", type=int, default=ev.bench.min_runs,
+                   help=f"timed runs per candidate measurement (default {ev.bench.min_runs}; final models use "
+                        f"{ev.final_bench.min_runs} in each of their rounds)")
     p.add_argument("--recover-steps", type=int, default=ev.recover_steps,
                    help=f"distillation steps each candidate gets before its accuracy is taken (default "
                         f"{ev.recover_steps})")
-    p.add_argument("--precision", choices=("fp32", "int8"), default=cfg.precision,
+    p.add_argument("--precision", choices=PRECISIONS, default=cfg.precision,
                    help=f"int8: quantize every measured candidate (PT2E, XNNPACK) and reward its int8 accuracy and "
                         f"latency; targets are of the dense int8 model (default {cfg.precision})")
     p.add_argument("--calibration-images", type=int, default=ev.calibration_images,
@@ -87,9 +88,13 @@ def build_config(args: argparse.Namespace) -> Any:
     from dataclasses import replace
 
     from host.data import default_channels
+    from host.devices.policy import BenchPolicy
+    from host.errors import ConfigError
     from host.models.external import parse_model_args
     from host.search.config import EvalConfig, ModelSpec, SearchConfig
 
+    if args.bench_runs < 1:
+        raise ConfigError(f"--bench-runs {args.bench_runs} must be at least 1", hint="e.g. --bench-runs 20")
     spec = ModelSpec(
         model=args.model, data=args.data, image_size=args.image_size, width=args.width,
         in_channels=args.channels or default_channels(args.data),
@@ -114,7 +119,7 @@ def build_config(args: argparse.Namespace) -> Any:
         final_top=args.final_top,
         precision=args.precision,
         finetune=replace(base.finetune, epochs=args.finetune_epochs),
-        evaluation=replace(EvalConfig(), min_runs=args.bench_runs, warmup_runs=max(2, args.bench_runs // 4),
+        evaluation=replace(EvalConfig(), bench=BenchPolicy.search(runs=args.bench_runs),
                            recover_steps=args.recover_steps, calibration_images=args.calibration_images),
     )
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from device_agent.bench import Policy, Stats
+from device_agent.bench import Stats
+from host.devices.policy import BenchPolicy
 from protos.agent.v1 import agent_pb2 as pb
 
 _DTYPES = {pb.DTYPE_FLOAT32: np.float32, pb.DTYPE_FLOAT16: np.float16, pb.DTYPE_INT8: np.int8,
@@ -49,32 +50,6 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
-class BenchPolicy(Policy):
-    """Warm-up and repetition policy: the agent's own :class:`device_agent.bench.Policy` (same fields and
-    defaults, one definition), plus presets and the protocol mapping. ``search()`` (the default) is ~50
-    runs / 1 s; ``final()`` is longer."""
-
-    @classmethod
-    def search(cls) -> BenchPolicy:
-        """Short policy for the search loop."""
-        return cls()
-
-    @classmethod
-    def final(cls) -> BenchPolicy:
-        """Long policy for the final verification of a chosen model."""
-        return cls(warmup_runs=20, warmup_seconds=1.0, min_runs=200, min_seconds=5.0, max_runs=20000,
-                   max_seconds=60.0)
-
-    def gate_wait_s(self) -> float:
-        """Longest the agent may wait for the board to cool before timing (0 without a temperature gate)."""
-        return self.cooldown_timeout_seconds if self.max_temperature_c > 0 else 0.0
-
-    def to_proto(self) -> pb.BenchPolicy:
-        """The protocol message."""
-        return pb.BenchPolicy(**self.__dict__)
-
-
-@dataclass(frozen=True)
 class BenchSpec:
     """What to benchmark and how. ``inputs``: arrays (used as given) or :class:`InputSpec` (random fill);
     empty means the model's declared inputs. ``timeout_s`` is the agent-side worker deadline."""
@@ -82,7 +57,7 @@ class BenchSpec:
     inputs: tuple[np.ndarray | InputSpec, ...] = ()
     input_seed: int = 0
     threads: int = 0  # 0 = runtime default
-    policy: BenchPolicy = field(default_factory=BenchPolicy.search)
+    policy: BenchPolicy = field(default_factory=BenchPolicy)  # the agent's default; see host.devices.policy
     return_outputs: bool = False
     job_id: str | None = None  # idempotency key; a fresh one is chosen per call when None
     timeout_s: float = 120.0

@@ -34,8 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from host.devices.results import BenchSpec
 from host.errors import MissingDependencyError, PlanError, SculptError, SearchError
-from host.search.devices import BenchSettings, DeviceHandle, measure
+from host.search.devices import DeviceHandle, measure
 from host.search.finetune import FinetuneConfig, accuracy, masked_finetune, recalibrate_bn
 from host.search.journal import STATUS_INVALID, CandidateRecord, Journal, plan_hash
 from host.search.reward import Objective
@@ -200,7 +201,7 @@ class CandidateEvaluator:
         journal: Journal,
         objective: Objective,
         devices: Sequence[DeviceHandle],
-        bench: BenchSettings,
+        bench: BenchSpec,
         policy: MeasurePolicy = MeasurePolicy(),
         precision: str = "fp32",
     ) -> None:
@@ -514,7 +515,7 @@ class CandidateEvaluator:
             )
         )
 
-    def measure_artifact(self, path: Path, sha256: str, bench: BenchSettings, use_cache: bool = True) -> dict[str, Any]:
+    def measure_artifact(self, path: Path, sha256: str, bench: BenchSpec, use_cache: bool = True) -> dict[str, Any]:
         """{device name: summary} for an exported artifact, from the cache where possible."""
         result: dict[str, Any] = {}
         for device in self.devices:

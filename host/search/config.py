@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from host.devices.policy import BenchPolicy
 from host.errors import ConfigError
 from host.search.reward import Constraint, Objective, Target
 
@@ -70,11 +71,10 @@ class EvalConfig:
     recover_steps: int = 16
     recover_batch_size: int = 64
     recover_lr: float = 0.01
-    warmup_runs: int = 5
-    min_runs: int = 20
-    min_time_s: float = 0.2
-    # final models (and dense beside them) are timed for at least this long in each of the interleaved rounds
-    final_min_time_s: float = 1.0
+    # how every measured candidate is timed, and how the final models (and dense beside them) are timed in
+    # each of the interleaved rounds: the presets of host.devices.policy
+    bench: BenchPolicy = field(default_factory=BenchPolicy.search)
+    final_bench: BenchPolicy = field(default_factory=BenchPolicy.final)
     threads: int = 1
     # int8 searches: training images (batches of one) every quantized candidate is calibrated on, the same ones
     calibration_images: int = 32
@@ -175,7 +175,7 @@ class SearchConfig:
             kwargs["devices"] = tuple(kwargs["devices"])
             kwargs["model"] = _build(ModelSpec, kwargs["model"])
             kwargs["finetune"] = _build(FinetuneConfig, kwargs["finetune"])
-            kwargs["evaluation"] = _build(EvalConfig, kwargs["evaluation"])
+            kwargs["evaluation"] = _evaluation(kwargs["evaluation"])
             kwargs["ppo"] = _build(PPOSettings, kwargs["ppo"])
             return _build(cls, kwargs)
         except (KeyError, TypeError) as exc:
@@ -183,6 +183,22 @@ class SearchConfig:
                 f"stored search config cannot be read ({exc})",
                 hint="the run was made by another AutoSculpt version; start a new run",
             ) from exc
+
+
+# EvalConfig fields of journals written before the one benchmark policy type (read so that --resume works)
+_LEGACY_BENCH = ("warmup_runs", "min_runs", "min_time_s", "final_min_time_s")
+
+
+def _evaluation(data: dict[str, Any]) -> EvalConfig:
+    data = dict(data)
+    if any(key in data for key in _LEGACY_BENCH):
+        warmup = data.pop("warmup_runs")
+        data["bench"] = BenchPolicy.timed(data.pop("min_runs"), data.pop("min_time_s"), warmup)
+        data["final_bench"] = BenchPolicy.final(seconds=data.pop("final_min_time_s"), warmup_runs=2 * warmup)
+    else:
+        data["bench"] = BenchPolicy.from_dict(data["bench"])
+        data["final_bench"] = BenchPolicy.from_dict(data["final_bench"])
+    return _build(EvalConfig, data)
 
 
 def _build(cls: type, data: dict[str, Any]) -> Any:

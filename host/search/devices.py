@@ -9,24 +9,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from host.errors import BenchmarkError, DeviceError, DeviceUnreachableError
 
+if TYPE_CHECKING:
+    from host.devices.results import BenchSpec
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    """The benchmark policy used for search candidates (short) or final models (longer)."""
-
-    warmup_runs: int = 5
-    min_runs: int = 20
-    min_time_s: float = 0.2
-    threads: int = 1
-    measure_energy: bool = False
 
 
 @dataclass
@@ -90,34 +82,21 @@ def _connect(text: str, fleet: Any = None) -> Iterator[Any]:
         yield handle
 
 
-# an energy figure is the mean power over the timed window, so the window must span many meter samples:
-# with energy on, the run cap is lifted and ``min_time_s`` alone sets the window (a fast model otherwise
-# hits the cap after a few ms, e.g. 200 runs of a 0.2 ms model = 40 ms, under one INA3221 sample period)
-ENERGY_MAX_RUNS = 1_000_000
 # idle-subtracted energy <= 0 means the background load changed between the idle and the timed windows;
 # measuring again once usually lands in a quieter moment
 ENERGY_ATTEMPTS = 2
 
 
-def measure(handle: DeviceHandle, artifact_path: Path, settings: BenchSettings) -> dict[str, Any]:
+def measure(handle: DeviceHandle, artifact_path: Path, spec: BenchSpec) -> dict[str, Any]:
     """Benchmark an artifact (uploaded only if the device lacks it); return a JSON-able summary.
 
-    With ``settings.measure_energy`` on a metered device, the summary's ``energy_mj`` is always a positive
-    number: a meter that fails, or an idle-subtracted energy that stays <= 0, raises :class:`BenchmarkError`
-    rather than letting the search compare a missing or meaningless figure.
+    With ``spec.measure_energy`` on a metered device, the policy's run cap is lifted
+    (:meth:`BenchPolicy.for_energy`) and the summary's ``energy_mj`` is always a positive number: a meter
+    that fails, or an idle-subtracted energy that stays <= 0, raises :class:`BenchmarkError` rather than
+    letting the search compare a missing or meaningless figure. Without a meter, energy is not asked for.
     """
-    from host.devices.results import BenchPolicy, BenchSpec
-
-    energy = settings.measure_energy and handle.has_energy
-    policy = BenchPolicy(
-        warmup_runs=settings.warmup_runs,
-        warmup_seconds=min(0.2, settings.min_time_s),
-        min_runs=settings.min_runs,
-        min_seconds=settings.min_time_s,
-        max_runs=ENERGY_MAX_RUNS if energy else max(settings.min_runs * 20, 200),
-        max_seconds=max(10.0, settings.min_time_s * 4),
-    )
-    spec = BenchSpec(threads=settings.threads, policy=policy, measure_energy=energy)
+    energy = spec.measure_energy and handle.has_energy
+    spec = replace(spec, measure_energy=energy, policy=spec.policy.for_energy() if energy else spec.policy)
     for attempt in range(1, ENERGY_ATTEMPTS + 1):
         summary = summarize(handle.client.benchmark_file(Path(artifact_path), spec))
         if not energy:
@@ -136,7 +115,7 @@ def measure(handle: DeviceHandle, artifact_path: Path, settings: BenchSettings) 
         f"{handle.name}: the energy of {Path(artifact_path).name} above idle was not positive in "
         f"{ENERGY_ATTEMPTS} measurements ({summary['energy_mj']:.4f} mJ): the device's background power "
         "varies more than the model adds",
-        hint="stop other work on the device, or lengthen the timed window (EvalConfig.min_time_s)",
+        hint="stop other work on the device, or lengthen the timed window (EvalConfig.bench.min_seconds)",
     )
 
 

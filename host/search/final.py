@@ -39,7 +39,6 @@ from host.search.progress import Progress, ProgressFn
 
 logger = logging.getLogger(__name__)
 
-FINAL_BENCH_RUNS = 50
 ACCURACY_WARNING_DROP = 0.10  # a final model this far below dense (validation) is flagged
 FINAL_ROUNDS = 3  # interleaved dense/final measurement rounds; the report gives the median of each
 
@@ -162,11 +161,7 @@ class FinalStage:
         """Measure dense and every final ``.pte`` (and, in an int8 search, their int8 twins) in
         :data:`FINAL_ROUNDS` interleaved rounds with the final benchmark policy; each model's measurement
         becomes the per-field median of its rounds."""
-        from host.search.devices import BenchSettings
-
-        ev = self.config.evaluation
-        bench = BenchSettings(ev.warmup_runs * 2, FINAL_BENCH_RUNS, ev.final_min_time_s, ev.threads,
-                              self.config.objective == "energy")
+        bench = replace(evaluator.bench, policy=self.config.evaluation.final_bench)
         dense = evaluator.export(base_model, evaluator.workdir / "final-dense.pte")
         paths = [(Path(dense.path), dense.sha256)] + [(Path(f["artifacts"]["pte"]), f["sha256"]) for f in finals]
         if dense_int8 is not None:

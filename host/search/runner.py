@@ -168,8 +168,8 @@ class SearchRunner:
 
     # -- stages --------------------------------------------------------------------------------------
     def _run_with(self, devices: list, objective) -> dict[str, Any]:
+        from host.devices.results import BenchSpec
         from host.search.candidate import CandidateEvaluator, EvalData, MeasurePolicy
-        from host.search.devices import BenchSettings
         from host.search.final import FinalStage
         from host.search.space import SearchSpace
 
@@ -183,7 +183,7 @@ class SearchRunner:
         space = SearchSpace(model, data.example_input)
         if objective.name == "flops":
             self._check_flops_reachable(space, model, data)
-        bench = BenchSettings(ev.warmup_runs, ev.min_runs, ev.min_time_s, ev.threads, objective.name == "energy")
+        bench = BenchSpec(threads=ev.threads, policy=ev.bench, measure_energy=objective.name == "energy")
         measure_policy = MeasurePolicy(ev.measure_min_accuracy_drop, ev.min_measured, ev.measure_slack, ev.recover_lr)
         evaluator = CandidateEvaluator(model, space, data, self.journal, objective, devices, bench, measure_policy,
                                        precision=cfg.precision)

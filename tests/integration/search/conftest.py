@@ -10,6 +10,7 @@ import pytest
 
 def tiny_config(out, checkpoint, **changes):
     """The smallest search that still exercises every stage; ``changes`` override SearchConfig fields."""
+    from host.devices.policy import BenchPolicy
     from host.search.config import EvalConfig, ModelSpec, PPOSettings, SearchConfig
     from host.search.finetune import FinetuneConfig
 
@@ -19,8 +20,9 @@ def tiny_config(out, checkpoint, **changes):
         out=out, model=spec, devices=("local",), budget=4, objective="latency", target="0.7x",
         final_top=1, export_tflite=False,
         finetune=FinetuneConfig(epochs=1, max_batches_per_epoch=4, distill_alpha=0.5),
-        evaluation=EvalConfig(bn_batches=2, warmup_runs=2, min_runs=5, min_time_s=0.05, final_min_time_s=0.2,
-                              recover_steps=3, min_measured=2),
+        evaluation=EvalConfig(bn_batches=2, bench=BenchPolicy.search(runs=5, seconds=0.05),
+                              final_bench=BenchPolicy.final(seconds=0.2, warmup_runs=4), recover_steps=3,
+                              min_measured=2),
         ppo=PPOSettings(n_steps=2, batch_size=2, n_epochs=2, hidden=32),
     )
     return replace(config, **changes)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from host.devices.policy import BenchPolicy
 from host.search.journal import JOURNAL_NAME, Journal
 from tests.integration.search.conftest import tiny_config
 
@@ -116,7 +117,7 @@ def metered(tmp_path_factory) -> Iterator[tuple[str, CpuPoweredRapl]]:
 def _energy_config(out, checkpoint, device, **changes):
     base = tiny_config(out, checkpoint, objective="energy", target="0.7x", devices=(device,), budget=3)
     # a longer timed window than the latency tests: the meter integrates CPU time counted in 10 ms ticks
-    evaluation = replace(base.evaluation, min_time_s=0.15)
+    evaluation = replace(base.evaluation, bench=BenchPolicy.search(runs=base.evaluation.bench.min_runs, seconds=0.15))
     return replace(base, evaluation=evaluation, **changes)
 
 
@@ -230,11 +231,13 @@ def test_absolute_energy_target(energy_search, trained_resnet20_mnist, metered, 
 
 def _measure_energy(address: str, pte: Path) -> dict:
     """``devices.measure`` of ``pte`` with energy on, as the search calls it."""
-    from host.search.devices import BenchSettings, measure, open_devices
+    from host.devices.results import BenchSpec
+    from host.search.devices import measure, open_devices
 
     with open_devices([address]) as (device,):
         assert device.has_energy
-        return measure(device, pte, BenchSettings(warmup_runs=1, min_runs=3, min_time_s=0.15, measure_energy=True))
+        spec = BenchSpec(threads=1, policy=BenchPolicy.timed(3, 0.15, warmup_runs=1), measure_energy=True)
+        return measure(device, pte, spec)
 
 
 def test_energy_that_drops_while_the_model_runs_is_refused(energy_search, metered):
@@ -249,7 +252,7 @@ def test_energy_that_drops_while_the_model_runs_is_refused(energy_search, metere
     with (meter.power(3 * BUSY_W, -BUSY_W),
           pytest.raises(BenchmarkError, match="above idle was not positive in 2 measurements") as caught):
         _measure_energy(address, config.out / "final-1.pte")
-    assert "min_time_s" in caught.value.hint
+    assert "bench.min_seconds" in caught.value.hint
     _check_physics(_measure_energy(address, config.out / "final-1.pte"))  # the usual board again: fine
 
 

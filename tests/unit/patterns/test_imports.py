@@ -43,11 +43,13 @@ def test_host_errors_are_the_pattern_library_errors():
 
 def test_the_error_root_and_the_cli_entry_load_no_torch():
     """host.errors imports patterns.errors: that must not pull in the library (torch), or `sculpt-host --help`
-    and every error path would pay for importing torch."""
+    and every error path would pay for importing torch. The search config holds benchmark policies: their
+    module must not load protobuf or gRPC either."""
     code = ("import json, sys\nimport patterns.errors, patterns.plan, host.errors, host.cli.main, host.search.config\n"
             "print(json.dumps(sorted({n.split('.')[0] for n in sys.modules})))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert "torch" not in json.loads(proc.stdout.strip().splitlines()[-1])
+    loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert not loaded & {"torch", "google", "grpc"}, sorted(loaded & {"torch", "google", "grpc"})  # nor protobuf
 
 
 def test_the_public_names_load_on_first_use():

@@ -127,13 +127,13 @@ def test_benchmark_result_is_typed(scripted):
     np.testing.assert_array_equal(m.outputs[0], np.arange(6, dtype=np.float32).reshape(2, 3))
     assert m.energy == Energy(False, unavailable_reason="no meter") and m.joules_per_inference is None
     req = servicer.requests[0]
-    assert req.threads == 2 and req.measure_energy and req.policy.min_runs == 200 and len(req.job_id) == 32
+    assert req.threads == 2 and req.measure_energy and req.policy.min_runs == 50 and req.policy.min_seconds == 1.0 and len(req.job_id) == 32
     assert list(req.inputs[1].shape) == [2, 2] and req.inputs[1].data == b"" and req.inputs[1].dtype == pb.DTYPE_INT8
     assert np.array_equal(tensor_from_proto(req.inputs[0]), np.ones((1, 3), np.float32))
     assert m.to_dict()["energy"]["joules_per_inference"] is None
 
 
-def test_spec_defaults_are_search_mode():
+def test_spec_defaults_are_the_agents_policy():
     spec = BenchSpec()
     assert spec.policy.min_runs == 50 and spec.policy.min_seconds == 1.0 and spec.timeout_s > 0
     assert spec.to_proto("a" * 64).job_id != spec.to_proto("a" * 64).job_id  # fresh idempotency key per call

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from host.devices.results import BenchSpec
 from host.search.candidate import CandidateEvaluator, EvalData
-from host.search.devices import BenchSettings
 from host.search.journal import Journal
 from host.search.reward import Objective
 from host.search.space import SearchSpace
@@ -57,7 +57,7 @@ def checked_evaluator(tmp_path, space: SearchSpace, data: EvalData) -> Candidate
     """An evaluator of the flops objective (no device) over a fresh journal in ``tmp_path``."""
     journal = Journal.create(tmp_path / "run", {})
     return CandidateEvaluator(space.graph_model, space, data, journal, Objective("flops", target_flops=0.5), [],
-                              BenchSettings())
+                              BenchSpec(threads=1))
 
 
 def checked_space() -> tuple[SearchSpace, EvalData]:

@@ -59,7 +59,7 @@ def test_cli_flags_build_the_config():
     assert config.precision == "int8" and config.evaluation.calibration_images == 12
     assert config.model.model == "vgg16" and config.budget == 9 and config.target_flops == 0.6
     assert config.devices == ("local", "grpc://10.0.0.5:50051")
-    assert config.evaluation.min_runs == 8 and config.out == Path("runs/y")
+    assert config.evaluation.bench.min_runs == 8 and config.out == Path("runs/y")
     default = build_config(build_parser().parse_args(["search"]))
     assert default.model.model == "resnet20" and default.devices == ("local",) and default.target == "0.5x"
 

@@ -12,11 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from host.kinds import Aggregate, ConstraintName, ObjectiveName, Precision, choices
+
 DEFAULT_OUT = "runs/search"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from host.search.config import DEFAULT_TARGET, PRECISIONS, EvalConfig, ModelSpec, SearchConfig
+    from host.search.config import DEFAULT_TARGET, EvalConfig, ModelSpec, SearchConfig
 
     # every default below is the config dataclasses' own (one place), shown in the help text
     cfg, spec, ev = SearchConfig(), ModelSpec(), EvalConfig()
@@ -47,15 +49,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "(see deploy/fleet.example.toml)")
     p.add_argument("--budget", type=int, default=cfg.budget,
                    help=f"candidates to evaluate in the search (default {cfg.budget})")
-    p.add_argument("--objective", choices=("latency", "energy", "flops"), default=cfg.objective)
+    p.add_argument("--objective", choices=choices(ObjectiveName), default=cfg.objective)
     p.add_argument("--target-flops", type=float, default=cfg.target_flops,
                    help=f"MAC reduction for --objective flops ({cfg.target_flops:g})")
     p.add_argument("--target-latency", "--target-energy", "--target", dest="target", default=None,
                    help=f"latency/energy target: {DEFAULT_TARGET} of dense (default) or absolute like 12ms / 3mJ")
-    p.add_argument("--constraint", choices=("balanced", "soft", "mnasnet", "hard"), default=cfg.constraint,
+    p.add_argument("--constraint", choices=choices(ConstraintName), default=cfg.constraint,
                    help="reward shape acc*(m/T)^w, w below/above the target: hard 0/-1 (default: the most "
                    "accurate plan that meets the target), balanced -0.07/-0.5, soft -0.5/-0.5, mnasnet -0.07/-0.07")
-    p.add_argument("--aggregate", choices=("worst", "weighted"), default=cfg.aggregate,
+    p.add_argument("--aggregate", choices=choices(Aggregate), default=cfg.aggregate,
                    help="how several devices combine (default: worst case)")
     p.add_argument("--final-top", type=int, default=cfg.final_top,
                    help=f"Pareto-front plans to fine-tune and verify ({cfg.final_top})")
@@ -70,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--recover-steps", type=int, default=ev.recover_steps,
                    help=f"distillation steps each candidate gets before its accuracy is taken (default "
                         f"{ev.recover_steps})")
-    p.add_argument("--precision", choices=PRECISIONS, default=cfg.precision,
+    p.add_argument("--precision", choices=choices(Precision), default=cfg.precision,
                    help=f"int8: quantize every measured candidate (PT2E, XNNPACK) and reward its int8 accuracy and "
                         f"latency; targets are of the dense int8 model (default {cfg.precision})")
     p.add_argument("--calibration-images", type=int, default=ev.calibration_images,
@@ -111,7 +113,7 @@ def build_config(args: argparse.Namespace) -> Any:
         budget=args.budget,
         objective=args.objective,
         target_flops=args.target_flops,
-        target=args.target or (base.target if args.objective != "flops" else None),
+        target=args.target or (base.target if ObjectiveName(args.objective).measured else None),
         constraint=args.constraint,
         aggregate=args.aggregate,
         seed=args.seed,
@@ -163,7 +165,7 @@ def _print_human(result: dict[str, Any], run_dir: Path) -> None:
         test = "" if m.get("test_accuracy") is None else f" test {100 * m['test_accuracy']:.2f}%"
         return f"  {m['name']:<12} val {100 * m['val_accuracy']:.2f}%{test}  MAC cut {100 * cut:.1f}%  {lat}{energy}"
 
-    int8 = result.get("precision") == "int8"
+    int8 = result.get("precision") == Precision.INT8
     print(line(dense) + ("  (int8)" if int8 else ""))
     for m in result["finals"]:
         print(line(m) + ("  (int8)" if int8 else "") + ("  (target missed)" if m.get("target_met") is False else ""))

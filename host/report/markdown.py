@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from host.kinds import ObjectiveName, Precision
 from host.report.summary import ModelFigures, RunSummary
 
 MAX_INVALID_LINES = 20  # result.json keeps them all; the report stays readable
@@ -60,10 +61,11 @@ def render_markdown(summary: RunSummary) -> str:
         f"# AutoSculpt search: {summary.model} on {summary.dataset}",
         "",
         f"- objective: **{summary.objective}**, target {summary.target}"
-        + (" of the dense **int8** model" if summary.precision == "int8" and summary.objective != "flops" else ""),
+        + (" of the dense **int8** model" if summary.precision == Precision.INT8 and summary.objective != ObjectiveName.FLOPS
+           else ""),
         "- precision: **int8** (PT2E, XNNPACK quantizer, per-channel weights): accuracies are of the int8 "
         "artifacts run by the ExecuTorch runtime, latencies of the int8 artifacts; fp32 figures are below"
-        if summary.precision == "int8" else "",
+        if summary.precision == Precision.INT8 else "",
         f"- devices: {', '.join(f'{d} (`{fp[:12]}`)' for d, fp in summary.devices.items()) or 'none'}",
         f"- candidates evaluated: {summary.candidates_evaluated} of budget {summary.budget}; "
         f"device measurements taken: {summary.measurements_taken}; working time {summary.seconds:.0f} s "

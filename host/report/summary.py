@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from host.kinds import Precision
+
 # 2: warnings, preprocessing, target_met, final-N pt2/state_dict/sidecar artifacts, side-by-side final figures
 # 3: precision (of the run and of each model's figures), fp32_twins of an int8 search
 SCHEMA_VERSION = 3
@@ -25,7 +27,7 @@ class ModelFigures:
     artifacts: dict[str, str] = field(default_factory=dict)  # kind -> path
     reward: float | None = None
     target_met: bool | None = None  # final models: the objective's target met on every device (None: not judged)
-    precision: str = "fp32"  # of the artifact these figures are of: "fp32" or "int8"
+    precision: str = Precision.FP32  # of the artifact these figures are of
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class RunSummary:
     invalid: tuple[InvalidCandidate, ...] = ()  # every plan that could not be built, in journal order
     warnings: tuple[str, ...] = ()  # missed targets, final models slower than dense, ...
     preprocessing: dict[str, Any] | None = None  # host.data.preprocess.Preprocessing.to_dict() of the run's data
-    precision: str = "fp32"  # of the search: "int8" means dense, best_search and finals are int8 figures
+    precision: str = Precision.FP32  # of the search: int8 means dense, best_search and finals are int8 figures
     # int8 searches: the fp32 models the int8 ones came from (dense first, then each final), measured in the
     # same interleaved rounds; their speed-ups are against the fp32 dense
     fp32_twins: tuple[ModelFigures, ...] = ()

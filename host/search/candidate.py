@@ -36,6 +36,7 @@ from torch import nn
 
 from host.devices.results import BenchSpec
 from host.errors import MissingDependencyError, PlanError, SculptError, SearchError
+from host.kinds import ObjectiveName, Phase, Precision
 from host.search.devices import DeviceHandle, measure
 from host.search.finetune import FinetuneConfig, accuracy, masked_finetune, recalibrate_bn
 from host.search.journal import STATUS_INVALID, CandidateRecord, Journal, plan_hash
@@ -203,7 +204,7 @@ class CandidateEvaluator:
         devices: Sequence[DeviceHandle],
         bench: BenchSpec,
         policy: MeasurePolicy = MeasurePolicy(),
-        precision: str = "fp32",
+        precision: Precision = Precision.FP32,
     ) -> None:
         from host.search.costmodel import CostModel
 
@@ -218,7 +219,7 @@ class CandidateEvaluator:
         # "int8": every measured candidate (dense included) is realized with its fine-tuned weights, quantized on
         # data.calibration, exported, scored on the validation split by the runtime and measured in int8
         self.precision = precision
-        if precision == "int8" and not data.calibration:
+        if precision == Precision.INT8 and not data.calibration:
             raise ValueError("an int8 evaluator needs calibration batches (EvalData.from_splits calibration_images)")
         self.dense: CandidateRecord | None = None
         self.measurements_taken = 0
@@ -238,11 +239,11 @@ class CandidateEvaluator:
 
     def evaluate_dense(self) -> CandidateRecord:
         """Evaluate (or reload) the dense model: the reference of relative targets and MAC cuts."""
-        found = self.journal.candidates("dense")
+        found = self.journal.candidates(Phase.DENSE)
         if found:
             self.dense = found[0]
         else:
-            self.dense = self.evaluate(self.space.dense_choices(), phase="dense", force_measure=True)
+            self.dense = self.evaluate(self.space.dense_choices(), phase=Phase.DENSE, force_measure=True)
         self.refit_cost_model()
         return self.dense
 
@@ -275,7 +276,7 @@ class CandidateEvaluator:
         """Fit the cost model on every candidate with a known cost (the journal is the only state)."""
         samples = []
         for record in self.journal.candidates():
-            if record.phase in ("dense", "final") or record.reused or not record.valid or record.accuracy <= 0:
+            if record.phase in (Phase.DENSE, Phase.FINAL) or record.reused or not record.valid or record.accuracy <= 0:
                 continue
             ratio = self.cost_ratio(record)
             if ratio is not None:
@@ -288,12 +289,12 @@ class CandidateEvaluator:
         return {dev: value * ratio for dev, value in self.dense_figures().items()}
 
     # -- one candidate -------------------------------------------------------------------------------
-    def evaluate(self, choices: np.ndarray, phase: str = "search", force_measure: bool = False) -> CandidateRecord:
+    def evaluate(self, choices: np.ndarray, phase: Phase = Phase.SEARCH, force_measure: bool = False) -> CandidateRecord:
         """Evaluate a plan given as per-layer choice indices, record it in the journal and return the row."""
         plan, plan_data = plan_record_data(self.space, choices)
         key = plan_hash(plan_data)
-        known = self.journal.find(key, phase if phase != "search" else None)
-        if known is not None and known.phase in ("search", "floor", "dense") and phase in ("search", "floor"):
+        known = self.journal.find(key, phase if phase != Phase.SEARCH else None)
+        if known is not None and known.phase in (Phase.SEARCH, Phase.FLOOR, Phase.DENSE) and phase in (Phase.SEARCH, Phase.FLOOR):
             logger.debug("plan %s already evaluated (row %s); reusing", key[:12], known.id)
             if not known.valid:  # a plan that failed to build fails again: same reason, no second attempt
                 return self.journal.record(replace(known, phase=phase, reward=INVALID_REWARD, eval_seconds=0.0,
@@ -316,7 +317,7 @@ class CandidateEvaluator:
             cost = self.count(model, masks)
             sha, measurement, int8_acc = None, None, None
             if self.devices and (force_measure or self._worth_measuring(acc, cost.macs, choices)):
-                if self.precision == "int8":
+                if self.precision == Precision.INT8:
                     sha, measurement, int8_acc = self.measure_int8(plan, model, key, plan_data["choices"])
                 else:
                     sha, measurement = self.measure_realized(realized, key)
@@ -324,7 +325,7 @@ class CandidateEvaluator:
             # the worst reward, recorded so the policy learns from it and a resume does not retry it
             return self._record_invalid(phase, plan_data, failure, time.perf_counter() - start)
         scored = self.scored_accuracy(acc, int8_acc)
-        reward = self._reward(scored, cost.macs, measurement, choices) if phase != "dense" else 0.0
+        reward = self._reward(scored, cost.macs, measurement, choices) if phase != Phase.DENSE else 0.0
         record = CandidateRecord(
             phase=phase, plan=plan_data, accuracy=acc, macs=int(cost.macs), params=int(cost.params),
             reward=reward, eval_seconds=time.perf_counter() - start, artifact_sha256=sha, measurement=measurement,
@@ -332,7 +333,7 @@ class CandidateEvaluator:
         )
         record = self.journal.record(record)
         predicted = self.cost_model.predict(choices)
-        if phase != "dense" and (measurement is not None or not self.objective.needs_measurement):
+        if phase != Phase.DENSE and (measurement is not None or not self.objective.needs_measurement):
             self.refit_cost_model()
         logger.info(
             "%s candidate %s: acc %.4f%s macs %d measured %s predicted %.3f reward %.4f (%.1fs)", phase, record.id,
@@ -399,10 +400,10 @@ class CandidateEvaluator:
         """The accuracy a reward uses: fp32 searches ``acc``; int8 searches the int8 artifact's accuracy, or,
         for a candidate that was not quantized (not measured), ``acc`` less the mean fp32 -> int8 drop of the
         candidates that were (an unmeasured plan must not look better for having skipped quantization)."""
-        if self.precision != "int8" or int8_acc is not None:
+        if self.precision != Precision.INT8 or int8_acc is not None:
             return acc if int8_acc is None else int8_acc
         drops = [r.accuracy - r.int8_accuracy for r in self.journal.candidates()
-                 if r.int8_accuracy is not None and not r.reused and r.phase != "final"]
+                 if r.int8_accuracy is not None and not r.reused and r.phase != Phase.FINAL]
         return acc - (sum(drops) / len(drops) if drops else 0.0)
 
     def export(self, realized: nn.Module, path: Path, exporter: Any = None, quantize: bool = False) -> Any:
@@ -502,7 +503,7 @@ class CandidateEvaluator:
 
     def _record_invalid(self, phase: str, plan_data: dict[str, Any], failure: CandidateFailure,
                         seconds: float) -> CandidateRecord:
-        if phase == "dense":  # no reference to compare against: nothing else can be scored either
+        if phase == Phase.DENSE:  # no reference to compare against: nothing else can be scored either
             raise SearchError(f"the unpruned model cannot be measured: {failure.message}",
                               hint="check that it exports on its own: sculpt-host export --model ... --out m.pte")
         logger.info("%s candidate invalid: %s", phase, failure.message)
@@ -542,7 +543,7 @@ class CandidateEvaluator:
             for i, record in enumerate(records):
                 plan, _ = plan_record_data(self.space, self.choices_of(record))
                 artifacts.append(self.export(self.realize_checked(plan), self._workdir / f"side-by-side-{i}.pte",
-                                             quantize=self.precision == "int8"))
+                                             quantize=self.precision == Precision.INT8))
             taken: list[list[dict[str, float]]] = [[] for _ in records]
             for _ in range(rounds):
                 for i, artifact in enumerate(artifacts):
@@ -555,7 +556,7 @@ class CandidateEvaluator:
 
     # -- reward --------------------------------------------------------------------------------------
     def _figures(self, measurement: Any) -> dict[str, float]:
-        key = "energy_mj" if self.objective.name == "energy" else "p50_ms"
+        key = "energy_mj" if self.objective.name == ObjectiveName.ENERGY else "p50_ms"
         if not measurement:
             return {}
         return {dev: float(m[key]) for dev, m in measurement.items() if m.get(key) is not None}
@@ -570,7 +571,7 @@ class CandidateEvaluator:
             return False
         if self.dense is None:
             return True
-        measured = [r for r in self.journal.candidates("search") if r.measurement and not r.reused]
+        measured = [r for r in self.journal.candidates(Phase.SEARCH) if r.measurement and not r.reused]
         drop = self.policy.min_accuracy_drop
         if drop is not None:
             # "cannot win" holds only against a measured plan that meets the target: until one does, the most

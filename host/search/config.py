@@ -12,10 +12,8 @@ from typing import Any
 
 from host.devices.policy import BenchPolicy
 from host.errors import ConfigError
-from host.search.reward import Constraint, Objective, Target
-
-PRECISIONS = ("fp32", "int8")
-DEFAULT_TARGET = "0.5x"  # latency/energy target when none is given: half the dense model's figure
+from host.kinds import Aggregate, ConstraintName, ObjectiveName, Precision, Strategy, choices
+from host.search.reward import DEFAULT_TARGET, Constraint, Objective, Target
 
 
 @dataclass(frozen=True)
@@ -111,17 +109,17 @@ class SearchConfig:
     devices: tuple[str, ...] = ("local",)
     fleet: str | None = None  # fleet file whose device names --device may use (with their credentials)
     budget: int = 16
-    objective: str = "latency"
+    objective: ObjectiveName = ObjectiveName.LATENCY
     target_flops: float = 0.5
     target: str | None = DEFAULT_TARGET
-    constraint: str = "hard"
-    aggregate: str = "worst"
+    constraint: ConstraintName = ConstraintName.HARD
+    aggregate: Aggregate = Aggregate.WORST
     seed: int = 0
     policy_file: str | None = None
-    strategy: str = "ppo"  # "ppo" (the GNN policy) or "random" (same prior, no learning: a baseline)
-    # "int8": measured candidates are quantized (PT2E, XNNPACK) and rewarded with their int8 artifact's accuracy
-    # and latency; relative targets are of the dense int8 model. "fp32": no quantization.
-    precision: str = "fp32"
+    strategy: Strategy = Strategy.PPO
+    # int8: measured candidates are quantized (PT2E, XNNPACK) and rewarded with their int8 artifact's accuracy
+    # and latency; relative targets are of the dense int8 model. fp32: no quantization.
+    precision: Precision = Precision.FP32
     final_top: int = 1
     export_tflite: bool = True  # also write final-N.tflite when litert-torch is installed
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=4, distill_alpha=0.5))
@@ -129,17 +127,23 @@ class SearchConfig:
     ppo: PPOSettings = field(default_factory=PPOSettings)
 
     def __post_init__(self) -> None:
+        # names given as text (the CLI, a stored journal) become their enum members, or a clear error
+        for name, kind, label in (("objective", ObjectiveName, "objective"), ("constraint", ConstraintName, "constraint"),
+                                  ("aggregate", Aggregate, "device aggregation"),
+                                  ("strategy", Strategy, "search strategy"), ("precision", Precision, "precision")):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, kind(value))
+            except ValueError:
+                raise ConfigError(f"unknown {label} {value!r}",
+                                  hint=f"use one of: {', '.join(choices(kind))}") from None
         if self.budget < 1:
             raise ConfigError(f"--budget {self.budget} must be at least 1", hint="e.g. --budget 24")
-        if not self.devices and self.objective != "flops":
+        if not self.devices and self.objective.measured:
             raise ConfigError(
                 f"the {self.objective} objective needs a device to measure on", hint="add --device local"
             )
-        if self.strategy not in ("ppo", "random"):
-            raise ConfigError(f"unknown search strategy {self.strategy!r}", hint="use 'ppo' or 'random'")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}", hint="use 'fp32' or 'int8'")
-        if self.precision == "int8" and self.evaluation.calibration_images < 1:
+        if self.precision == Precision.INT8 and self.evaluation.calibration_images < 1:
             raise ConfigError("an int8 search needs at least one calibration image",
                               hint="pass --calibration-images N with N >= 1")
         if self.final_top < 0:
@@ -149,7 +153,7 @@ class SearchConfig:
     def reward_objective(self) -> Objective:
         """The :class:`Objective` these settings describe."""
         target = None
-        if self.objective in ("latency", "energy"):
+        if self.objective.measured:
             target = Target.parse(self.target or DEFAULT_TARGET, self.objective)
         return Objective(
             name=self.objective,

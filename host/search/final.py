@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from host.errors import SearchError
+from host.kinds import ObjectiveName, Phase, Precision, Stage
 from host.search.candidate import INVALID_REWARD, CandidateFailure
 from host.search.config import SearchConfig
 from host.search.journal import STATUS_INVALID, CandidateRecord, Journal
@@ -66,7 +67,7 @@ class FinalStage:
         finishes the first ``final_top`` that can be built; the rest stand in for those that cannot."""
         from host.report.pareto import pareto_front
 
-        rows = [r for r in self.journal.candidates("search") if not r.reused and r.valid and r.accuracy > 0]
+        rows = [r for r in self.journal.candidates(Phase.SEARCH) if not r.reused and r.valid and r.accuracy > 0]
         if self.config.reward_objective().needs_measurement:
             # measured candidates only (an unmeasured one's reward rests on the cost model's prediction),
             # unless none was accurate enough to be measured: then the front of all of them
@@ -106,8 +107,8 @@ class FinalStage:
         if wanted == 0:
             return finals
         dense_int8 = None
-        if self.config.precision == "int8":
-            self.progress(Progress("final", 0, wanted, "quantizing the dense model (the int8 reference)"))
+        if self.config.precision == Precision.INT8:
+            self.progress(Progress(Stage.FINAL, 0, wanted, "quantizing the dense model (the int8 reference)"))
             dense_int8 = self._quantize(evaluator, base_model, evaluator.workdir / "final-dense-int8.pte",
                                         test_batches)
             self.dense_int8 = {"val": dense_int8["val"], "test": dense_int8["test"]}
@@ -115,8 +116,8 @@ class FinalStage:
             if len(finals) == wanted:
                 break
             name = f"final-{len(finals) + 1}"
-            self.progress(Progress("final", len(finals), wanted, f"fine-tuning {name}"))
-            stored = self.journal.find(plan_hash(row.plan), "final")
+            self.progress(Progress(Stage.FINAL, len(finals), wanted, f"fine-tuning {name}"))
+            stored = self.journal.find(plan_hash(row.plan), Phase.FINAL)
             if stored is not None and not stored.valid:  # failed before this resume: it would fail again
                 self._skip(row, stored.reason)
                 continue
@@ -125,7 +126,7 @@ class FinalStage:
             except CandidateFailure as failure:
                 self.journal.record(
                     CandidateRecord(
-                        phase="final", plan=row.plan, accuracy=0.0, macs=row.macs, params=row.params,
+                        phase=Phase.FINAL, plan=row.plan, accuracy=0.0, macs=row.macs, params=row.params,
                         reward=INVALID_REWARD, eval_seconds=0.0, status=STATUS_INVALID,
                         reason=f"{failure.stage} failed: {failure.reason}", failed_layer=failure.layer,
                     )
@@ -138,7 +139,7 @@ class FinalStage:
             )
         try:
             if evaluator.devices:
-                self.progress(Progress("final", len(finals), wanted, "measuring dense and final models side by side"))
+                self.progress(Progress(Stage.FINAL, len(finals), wanted, "measuring dense and final models side by side"))
                 self._measure_side_by_side(evaluator, base_model, finals, dense_int8)
         finally:
             if dense_int8 is not None:
@@ -147,13 +148,13 @@ class FinalStage:
             int8 = f["int8"]
             f["record"] = f.pop("stored") or self.journal.record(
                 CandidateRecord(
-                    phase="final", plan=f["search_row"].plan, accuracy=f["val"], macs=f["search_row"].macs,
+                    phase=Phase.FINAL, plan=f["search_row"].plan, accuracy=f["val"], macs=f["search_row"].macs,
                     params=f["search_row"].params, reward=f["search_row"].reward, eval_seconds=0.0,
                     artifact_sha256=int8["sha256"] if int8 else f["sha256"], measurement=f["measurement"],
                     int8_accuracy=int8["val"] if int8 else None,
                 )
             )
-        self.progress(Progress("final", len(finals), wanted, "final models done"))
+        self.progress(Progress(Stage.FINAL, len(finals), wanted, "final models done"))
         return finals
 
     def _measure_side_by_side(self, evaluator, base_model, finals: list[dict[str, Any]],
@@ -224,7 +225,7 @@ class FinalStage:
                            masked_val)
         artifacts, sha = self._export_final(evaluator, realized, plan, name, model, {"val": val, "test": test})
         int8 = None
-        if self.config.precision == "int8":
+        if self.config.precision == Precision.INT8:
             int8 = self._quantize(evaluator, realized, self.run_dir / f"{name}-int8.pte", test_batches)
             artifacts["int8_pte"] = int8["path"]
             artifacts["int8_sidecar"] = str(self._int8_sidecar(name, int8, {"val": val, "test": test},
@@ -307,7 +308,7 @@ class FinalStage:
         """Write result.json, report.md, plots and TensorBoard logs; return the summary as a dict."""
         from host.report import InvalidCandidate, ModelFigures, RunSummary, write_report, write_tensorboard
 
-        self.progress(Progress("report", 0, 1, "writing the report"))
+        self.progress(Progress(Stage.REPORT, 0, 1, "writing the report"))
         cfg = self.config
         objective = cfg.reward_objective()
         dense = evaluator.dense
@@ -322,7 +323,7 @@ class FinalStage:
                 **extra,
             )
 
-        rows = [r for r in self.journal.candidates("search") if not r.reused]
+        rows = [r for r in self.journal.candidates(Phase.SEARCH) if not r.reused]
         valid = [r for r in rows if r.valid]  # an invalid row has no accuracy or cost to plot or rank
         best = max(valid, key=lambda r: r.reward) if valid else None
         invalid = tuple(
@@ -330,14 +331,14 @@ class FinalStage:
                              choice=r.plan.get("choices", {}).get(r.failed_layer) if r.failed_layer else None)
             for r in self.journal.candidates() if not r.valid and not r.reused
         )
-        int8 = cfg.precision == "int8"
+        int8 = cfg.precision == Precision.INT8
         if int8:  # the int8 models are the results; their fp32 twins are reported beside them
-            dense_figures = figures("dense", dense, val=dense.deployed_accuracy, precision="int8",
+            dense_figures = figures("dense", dense, val=dense.deployed_accuracy, precision=Precision.INT8,
                                     test_accuracy=(self.dense_int8 or {}).get("test"),
                                     measurement=self.dense_measurement or dense.measurement)
             final_figures = tuple(
                 figures(f["name"], f["search_row"], val=f["int8"]["val"], test_accuracy=f["int8"]["test"],
-                        artifacts=f["artifacts"], measurement=f["measurement"], precision="int8")
+                        artifacts=f["artifacts"], measurement=f["measurement"], precision=Precision.INT8)
                 for f in finals
             )
             twins = (figures("dense", dense, val=dense.accuracy, test_accuracy=self._dense_test,
@@ -358,12 +359,12 @@ class FinalStage:
         best_figures = None
         if best:
             best_figures = figures("best-search", best, val=best.deployed_accuracy,
-                                   precision="int8" if best.int8_accuracy is not None else "fp32")
+                                   precision=Precision.INT8 if best.int8_accuracy is not None else Precision.FP32)
         summary = RunSummary(
             model=cfg.model.model, dataset=cfg.model.data, objective=objective.name,
             target=str(objective.target) if objective.target else f"{cfg.target_flops:.0%} MAC reduction",
             devices={d.name: d.fingerprint for d in devices}, budget=cfg.budget,
-            candidates_evaluated=self.journal.count("search", evaluated_only=True),
+            candidates_evaluated=self.journal.count(Phase.SEARCH, evaluated_only=True),
             measurements_taken=self.journal.measurement_count(), seconds=seconds,
             dense=dense_figures, best_search=best_figures, finals=final_figures,
             precision=cfg.precision, fp32_twins=twins,
@@ -375,13 +376,11 @@ class FinalStage:
         )
         summary = target_verdicts(summary, objective)
         if objective.needs_measurement:
-            cost_label = "energy (mJ)" if objective.name == "energy" else "latency p50 (ms)"
             points = [(r.deployed_accuracy, max(evaluator._figures(r.measurement).values()))
                       for r in valid if r.measurement]
         else:
-            cost_label = "MACs"
             points = [(r.deployed_accuracy, float(r.macs)) for r in valid]
-        write_report(self.run_dir, summary, points, [r.reward for r in rows], cost_label)
+        write_report(self.run_dir, summary, points, [r.reward for r in rows])
         tb_rows = []
         for r in rows:
             row = {"reward": r.reward, "accuracy": r.deployed_accuracy, "macs": float(r.macs)}
@@ -390,7 +389,7 @@ class FinalStage:
                 row["cost"] = max(figs.values())
             tb_rows.append(row)
         write_tensorboard(self.run_dir / "tensorboard", tb_rows)
-        self.progress(Progress("report", 1, 1, f"report written to {self.run_dir / 'report.md'}"))
+        self.progress(Progress(Stage.REPORT, 1, 1, f"report written to {self.run_dir / 'report.md'}"))
         return summary.to_dict()
 
 
@@ -403,7 +402,7 @@ def target_verdicts(summary, objective):
     for m in summary.finals:
         met = True
         if objective.needs_measurement:
-            figs, dense_figs, unit = ((m.energy_mj, dense.energy_mj, "mJ") if objective.name == "energy"
+            figs, dense_figs, unit = ((m.energy_mj, dense.energy_mj, "mJ") if objective.name == ObjectiveName.ENERGY
                                       else (m.latency_ms, dense.latency_ms, "ms"))
             for dev, value in figs.items():
                 if dev not in dense_figs:
@@ -467,7 +466,7 @@ def _notes(cfg: SearchConfig, rows: list[CandidateRecord], invalid: int) -> tupl
         notes.append(f"{invalid} search candidate(s) could not be built (see 'Plans that could not be built'); "
                      "each got the invalid reward and used its budget slot")
     unmeasured = sum(1 for r in rows if not r.measurement)
-    if cfg.objective != "flops" and unmeasured:
+    if cfg.objective.measured and unmeasured:
         notes.append(
             f"{unmeasured} candidate(s) were not measured (too inaccurate, or their predicted reward was not "
             f"close to the best measured one); their reward used the {cfg.objective} predicted by the cost model "

@@ -97,7 +97,7 @@ def plan_hash(plan_data: Mapping[str, Any]) -> str:
 class CandidateRecord:
     """One evaluated candidate as stored in the journal."""
 
-    phase: str  # "dense", "search", "final"
+    phase: str  # a host.kinds.Phase (stored as its text)
     plan: Mapping[str, Any]
     accuracy: float
     macs: int

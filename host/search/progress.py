@@ -12,7 +12,7 @@ from host.search.journal import CandidateRecord
 class Progress:
     """What the CLI shows after each candidate."""
 
-    stage: str  # "prepare", "dense", "search", "final", "report"
+    stage: str  # a host.kinds.Stage
     done: int
     total: int
     message: str = ""

@@ -45,14 +45,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from host.errors import ConfigError
+from host.kinds import Aggregate, ConstraintName, ObjectiveName, choices
 
+DEFAULT_TARGET = "0.5x"  # latency/energy target when none is given: half the dense model's figure
 SOFT_EXPONENT = -0.5
 MNASNET_EXPONENT = -0.07
 FLOPS_BAND = 0.05
 
 _TARGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(x|ms|s|us|mj|j)?\s*$", re.IGNORECASE)
 _UNIT_SCALE = {"ms": 1.0, "s": 1000.0, "us": 0.001, "mj": 1.0, "j": 1000.0}
-_UNIT_KIND = {"ms": "latency", "s": "latency", "us": "latency", "mj": "energy", "j": "energy"}
+_UNIT_KIND = {"ms": ObjectiveName.LATENCY, "s": ObjectiveName.LATENCY, "us": ObjectiveName.LATENCY,
+              "mj": ObjectiveName.ENERGY, "j": ObjectiveName.ENERGY}
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class Target:
 
     value: float
     relative: bool
-    kind: str | None = None  # "latency" / "energy" for an absolute value, None for a relative one
+    kind: ObjectiveName | None = None  # latency / energy for an absolute value, None for a relative one
 
     @classmethod
     def parse(cls, text: str, objective: str) -> Target:
@@ -84,7 +87,7 @@ class Target:
                 )
             return cls(value=value, relative=True)
         if not unit:
-            unit = "ms" if objective == "latency" else "mj"
+            unit = "ms" if objective == ObjectiveName.LATENCY else "mj"
         kind = _UNIT_KIND[unit]
         if kind != objective:
             raise ConfigError(
@@ -100,7 +103,7 @@ class Target:
     def __str__(self) -> str:
         if self.relative:
             return f"{self.value:g}x"
-        return f"{self.value:g}{'ms' if self.kind == 'latency' else 'mJ'}"
+        return f"{self.value:g}{'ms' if self.kind == ObjectiveName.LATENCY else 'mJ'}"
 
 
 @dataclass(frozen=True)
@@ -112,15 +115,12 @@ class Constraint:
 
     @classmethod
     def named(cls, name: str) -> Constraint:
-        if name == "balanced":
-            return cls(alpha=MNASNET_EXPONENT, beta=SOFT_EXPONENT)
-        if name == "soft":
-            return cls()
-        if name == "mnasnet":
-            return cls(alpha=MNASNET_EXPONENT, beta=MNASNET_EXPONENT)
-        if name == "hard":
-            return cls(alpha=0.0, beta=-1.0)
-        raise ConfigError(f"unknown constraint {name!r}", hint="use 'balanced', 'soft', 'mnasnet' or 'hard'")
+        shapes = {ConstraintName.BALANCED: (MNASNET_EXPONENT, SOFT_EXPONENT), ConstraintName.SOFT: (SOFT_EXPONENT, SOFT_EXPONENT),
+                  ConstraintName.MNASNET: (MNASNET_EXPONENT, MNASNET_EXPONENT), ConstraintName.HARD: (0.0, -1.0)}
+        if name not in shapes:
+            raise ConfigError(f"unknown constraint {name!r}", hint=f"use one of: {', '.join(choices(ConstraintName))}")
+        alpha, beta = shapes[ConstraintName(name)]
+        return cls(alpha=alpha, beta=beta)
 
 
 def flops_reward(accuracy: float, macs: int, dense_macs: int, target: float, band: float = FLOPS_BAND) -> float:
@@ -142,14 +142,14 @@ def constrained_reward(accuracy: float, ratio: float, constraint: Constraint = C
 
 
 def aggregate_ratio(
-    ratios: Mapping[str, float], mode: str = "worst", weights: Mapping[str, float] | None = None
+    ratios: Mapping[str, float], mode: str = Aggregate.WORST, weights: Mapping[str, float] | None = None
 ) -> float:
     """Combine per-device ``measured/target`` ratios: ``worst`` = max, ``weighted`` = geometric mean."""
     if not ratios:
         raise ValueError("no device ratios to aggregate")
-    if mode == "worst":
+    if mode == Aggregate.WORST:
         return max(ratios.values())
-    if mode == "weighted":
+    if mode == Aggregate.WEIGHTED:
         if weights is None:
             weights = {name: 1.0 for name in ratios}
         missing = set(ratios) - set(weights)
@@ -159,23 +159,24 @@ def aggregate_ratio(
         if total <= 0:
             raise ConfigError("device weights must sum to a positive number", hint="e.g. 1 for each device")
         return math.exp(sum(weights[n] / total * math.log(r) for n, r in ratios.items()))
-    raise ConfigError(f"unknown device aggregation {mode!r}", hint="use 'worst' or 'weighted'")
+    raise ConfigError(f"unknown device aggregation {mode!r}", hint=f"use one of: {', '.join(choices(Aggregate))}")
 
 
 @dataclass(frozen=True)
 class Objective:
     """Everything needed to turn (accuracy, cost, measurements) into one reward."""
 
-    name: str  # "flops", "latency", "energy"
+    name: ObjectiveName
     target_flops: float = 0.5  # MAC reduction wanted by the flops objective (0.5 = half the MACs)
     target: Target | None = None  # latency / energy target
     constraint: Constraint = Constraint()
-    aggregate: str = "worst"
+    aggregate: Aggregate = Aggregate.WORST
     weights: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.name not in ("flops", "latency", "energy"):
-            raise ConfigError(f"unknown objective {self.name!r}", hint="use latency, energy or flops")
+        if self.name not in choices(ObjectiveName):
+            raise ConfigError(f"unknown objective {self.name!r}", hint=f"use one of: {', '.join(choices(ObjectiveName))}")
+        object.__setattr__(self, "name", ObjectiveName(self.name))
         if not 0.0 < self.target_flops < 1.0:
             raise ConfigError(
                 f"--target-flops {self.target_flops} is not a reduction in (0, 1)",
@@ -184,7 +185,7 @@ class Objective:
 
     @property
     def needs_measurement(self) -> bool:
-        return self.name != "flops"
+        return self.name.measured
 
     def reward(
         self,
@@ -195,11 +196,11 @@ class Objective:
         dense_measured: Mapping[str, float] | None = None,
     ) -> float:
         """Reward of one candidate. ``measured``/``dense_measured``: per-device ms (or mJ) of it / of dense."""
-        if self.name == "flops":
+        if self.name == ObjectiveName.FLOPS:
             return flops_reward(accuracy, macs, dense_macs, self.target_flops)
         if not measured or not dense_measured:
             raise ValueError(f"the {self.name} objective needs measurements of the candidate and of dense")
-        target = self.target or Target(0.5, relative=True)
+        target = self.target or Target.parse(DEFAULT_TARGET, self.name)
         ratios = {dev: value / target.resolve(dense_measured[dev]) for dev, value in measured.items()}
         ratio = aggregate_ratio(ratios, self.aggregate, dict(self.weights) if self.weights else None)
         return constrained_reward(accuracy, ratio, self.constraint)

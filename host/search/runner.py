@@ -28,6 +28,7 @@ import numpy as np
 
 from host.cache import cache_root
 from host.errors import ConfigError, DataError, ModelError, SearchError
+from host.kinds import ObjectiveName, Phase, Precision, Stage, Strategy
 from host.search.config import SearchConfig
 from host.search.journal import CandidateRecord, Journal
 from host.search.progress import Progress, ProgressFn
@@ -85,9 +86,9 @@ def load_trained(config: SearchConfig, progress: ProgressFn) -> tuple[Any, Any]:
         return model.eval(), splits
 
     def on_epoch(epoch: int, epochs: int, loss: float, val: float) -> None:
-        progress(Progress("prepare", epoch, epochs, f"training {spec.model}: epoch {epoch}/{epochs} val {val:.3f}"))
+        progress(Progress(Stage.PREPARE, epoch, epochs, f"training {spec.model}: epoch {epoch}/{epochs} val {val:.3f}"))
 
-    progress(Progress("prepare", 0, spec.train_epochs, f"loading or training {spec.model} on {spec.data}"))
+    progress(Progress(Stage.PREPARE, 0, spec.train_epochs, f"loading or training {spec.model} on {spec.data}"))
     # any model, zoo or not, is trained with the same recipe (and cached) when no checkpoint is given
     path = get_or_train_checkpoint(
         spec.model, spec.data, cache_dir=cache_dir(), config=TrainConfig(epochs=spec.train_epochs, seed=config.seed),
@@ -129,7 +130,7 @@ class SearchRunner:
         config = SearchConfig.from_dict(stored)
         config = replace(config, out=Path(run_dir), budget=budget or config.budget)
         check_names(config)
-        logger.info("resuming %s: %d candidates done", run_dir, journal.count("search"))
+        logger.info("resuming %s: %d candidates done", run_dir, journal.count(Phase.SEARCH))
         return cls(config, journal, progress)
 
     def run(self) -> dict[str, Any]:
@@ -146,7 +147,7 @@ class SearchRunner:
             torch.set_num_threads(self.config.evaluation.host_threads)
         try:
             with open_devices(self.config.devices, self.config.fleet) as devices:
-                if objective.name == "energy" and not all(d.has_energy for d in devices):
+                if objective.name == ObjectiveName.ENERGY and not all(d.has_energy for d in devices):
                     missing = [f"{d.name} has none ({d.energy_unavailable_reason or 'no meter found'})"
                                for d in devices if not d.has_energy]
                     raise SearchError(
@@ -155,7 +156,7 @@ class SearchRunner:
                     )
                 return self._run_with(devices, objective)
         except BaseException:
-            if self.fresh and self.journal.count("search") == 0 and self.journal.count("final") == 0:
+            if self.fresh and self.journal.count(Phase.SEARCH) == 0 and self.journal.count(Phase.FINAL) == 0:
                 # failed before the search proper (bad device, unreachable target...): leave no half-made
                 # run behind, so the corrected command can reuse the same --out
                 self.journal.close()
@@ -178,26 +179,26 @@ class SearchRunner:
         ev = cfg.evaluation
         data = EvalData.from_splits(splits, ev.bn_batches, ev.batch_size, ev.val_limit, cfg.seed,
                                     ev.recover_steps, ev.recover_batch_size,
-                                    calibration_images=ev.calibration_images if cfg.precision == "int8" else 0)
-        self.progress(Progress("prepare", 1, 1, "building the model graph"))
+                                    calibration_images=ev.calibration_images if cfg.precision == Precision.INT8 else 0)
+        self.progress(Progress(Stage.PREPARE, 1, 1, "building the model graph"))
         space = SearchSpace(model, data.example_input)
-        if objective.name == "flops":
+        if objective.name == ObjectiveName.FLOPS:
             self._check_flops_reachable(space, model, data)
-        bench = BenchSpec(threads=ev.threads, policy=ev.bench, measure_energy=objective.name == "energy")
+        bench = BenchSpec(threads=ev.threads, policy=ev.bench, measure_energy=objective.name == ObjectiveName.ENERGY)
         measure_policy = MeasurePolicy(ev.measure_min_accuracy_drop, ev.min_measured, ev.measure_slack, ev.recover_lr)
         evaluator = CandidateEvaluator(model, space, data, self.journal, objective, devices, bench, measure_policy,
                                        precision=cfg.precision)
         try:
-            self.progress(Progress("dense", 0, 2, "evaluating and measuring the dense model"))
+            self.progress(Progress(Stage.DENSE, 0, 2, "evaluating and measuring the dense model"))
             evaluator.evaluate_dense()
             from host.data.checks import data_warnings
 
             for warning in data_warnings(splits, ev.batch_size, evaluator.dense.accuracy):  # also in the report
                 logger.warning("%s", warning)
             if objective.needs_measurement:
-                self.progress(Progress("dense", 1, 2, "measuring the most aggressive plan (is the target reachable?)"))
+                self.progress(Progress(Stage.DENSE, 1, 2, "measuring the most aggressive plan (is the target reachable?)"))
                 self._check_target_reachable(evaluator, space)
-            self.progress(Progress("dense", 2, 2, "dense model measured"))
+            self.progress(Progress(Stage.DENSE, 2, 2, "dense model measured"))
             self._search(evaluator, space)
             self._check_some_valid()
             final = FinalStage(cfg, self.journal, self.progress)
@@ -232,12 +233,12 @@ class SearchRunner:
         else every layer holding the most aggressive choice in use) until one builds. Each failed attempt
         is journaled as an invalid "floor" row, so a resume walks the same path without rebuilding.
         """
-        valid = [r for r in self.journal.candidates("floor") if r.valid]
+        valid = [r for r in self.journal.candidates(Phase.FLOOR) if r.valid]
         if valid:
             return valid[0]
         choices, failures = space.floor_choices(), []
         while True:
-            record = evaluator.evaluate(choices, phase="floor", force_measure=True)
+            record = evaluator.evaluate(choices, phase=Phase.FLOOR, force_measure=True)
             if record.valid:
                 if failures:
                     logger.warning("the most aggressive plan could not be built (%s); the reachability check "
@@ -259,7 +260,7 @@ class SearchRunner:
         objective = self.config.reward_objective()
         dense = evaluator.dense_figures()
         floor_figs = evaluator._figures(record.measurement)
-        unit = "mJ" if objective.name == "energy" else "ms"
+        unit = "mJ" if objective.name == ObjectiveName.ENERGY else "ms"
 
         def missed(dense_figs: dict[str, float], floor: dict[str, float]) -> list[str]:
             return [dev for dev, value in floor.items() if value > objective.target.resolve(dense_figs[dev])]
@@ -305,33 +306,33 @@ class SearchRunner:
         budget = cfg.budget
         # the budget counts EVALUATED candidates; steps that drew an already evaluated plan are free, but
         # capped so a policy that keeps proposing the same plans cannot loop forever
-        done = self.journal.count("search", evaluated_only=True)
+        done = self.journal.count(Phase.SEARCH, evaluated_only=True)
         max_steps = 3 * budget
         best = self._best()
-        self.progress(Progress("search", done, budget, "searching", best))
+        self.progress(Progress(Stage.SEARCH, done, budget, "searching", best))
         if done >= budget:
             return
         target = self._target_ratio(evaluator)
         keep_logit = self._keep_logit(evaluator, space, target)
-        if cfg.strategy == "random":
+        if cfg.strategy == Strategy.RANDOM:
             self._random_search(evaluator, space, done, budget, keep_logit)
             return
         band = Band.around(target, cfg.ppo.band, cfg.ppo.band / 2)  # a little under the target rather than over
-        rng = np.random.default_rng(cfg.seed + 1000 + self.journal.count("search"))
+        rng = np.random.default_rng(cfg.seed + 1000 + self.journal.count(Phase.SEARCH))
         if cfg.ppo.project and cfg.ppo.family_seeds and not self.journal.get_value("seeds_done"):
             for choices in family_seeds(space.choice_mask, space.vocab, space.keep_index, evaluator.cost_model,
                                         band, rng):
-                if self.journal.count("search", evaluated_only=True) >= budget:
+                if self.journal.count(Phase.SEARCH, evaluated_only=True) >= budget:
                     break
-                evaluator.evaluate(choices, phase="search")
-                self.progress(Progress("search", self.journal.count("search", evaluated_only=True), budget,
+                evaluator.evaluate(choices, phase=Phase.SEARCH)
+                self.progress(Progress(Stage.SEARCH, self.journal.count(Phase.SEARCH, evaluated_only=True), budget,
                                        "family seeds", self._best()))
             self.journal.set_value("seeds_done", True)
 
         def evaluate(choices: np.ndarray) -> StepOutcome:
             if cfg.ppo.project:
                 choices = project(choices, space.choice_mask, evaluator.cost_model, band, rng)
-            record = evaluator.evaluate(choices, phase="search")
+            record = evaluator.evaluate(choices, phase=Phase.SEARCH)
             return StepOutcome(record.reward, {"candidate": record.id, "accuracy": record.accuracy})
 
         env = PruningEnv(space.observation(), evaluate)
@@ -359,16 +360,16 @@ class SearchRunner:
 
         class Budget(BaseCallback):
             def _on_step(self) -> bool:
-                count = runner.journal.count("search", evaluated_only=True)
-                runner.progress(Progress("search", count, budget, "searching", runner._best()))
-                return count < budget and runner.journal.count("search") < max_steps
+                count = runner.journal.count(Phase.SEARCH, evaluated_only=True)
+                runner.progress(Progress(Stage.SEARCH, count, budget, "searching", runner._best()))
+                return count < budget and runner.journal.count(Phase.SEARCH) < max_steps
 
             def _on_rollout_end(self) -> None:
                 tmp = ppo_path.with_suffix(".tmp.zip")
                 self.model.save(tmp)
                 os.replace(tmp, ppo_path)  # atomic: a kill never leaves half a policy
 
-        if self.journal.count("search", evaluated_only=True) < budget:  # the seeds may have used it all
+        if self.journal.count(Phase.SEARCH, evaluated_only=True) < budget:  # the seeds may have used it all
             model.learn(total_timesteps=max_steps, callback=Budget(), reset_num_timesteps=False)
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)
 
@@ -400,21 +401,21 @@ class SearchRunner:
         from host.search.projection import sample_prior
 
         rng = np.random.default_rng(self.config.seed + done)  # a resumed run continues a different stream
-        steps = self.journal.count("search")
-        while self.journal.count("search", evaluated_only=True) < budget and steps < 3 * budget:
+        steps = self.journal.count(Phase.SEARCH)
+        while self.journal.count(Phase.SEARCH, evaluated_only=True) < budget and steps < 3 * budget:
             steps += 1
             choices = sample_prior(space.choice_mask, space.keep_index, keep_logit, rng.random(len(space.layer_names)))
-            evaluator.evaluate(choices, phase="search")
-            done = self.journal.count("search", evaluated_only=True)
-            self.progress(Progress("search", done, budget, "random search", self._best()))
+            evaluator.evaluate(choices, phase=Phase.SEARCH)
+            done = self.journal.count(Phase.SEARCH, evaluated_only=True)
+            self.progress(Progress(Stage.SEARCH, done, budget, "random search", self._best()))
 
     def _best(self) -> CandidateRecord | None:
-        rows = [r for r in self.journal.candidates("search") if not r.reused and r.valid]
+        rows = [r for r in self.journal.candidates(Phase.SEARCH) if not r.reused and r.valid]
         return max(rows, key=lambda r: r.reward) if rows else None
 
     def _check_some_valid(self) -> None:
         """Invalid candidates only cost their budget, unless there is nothing else: then stop and say why."""
-        rows = [r for r in self.journal.candidates("search") if not r.reused]
+        rows = [r for r in self.journal.candidates(Phase.SEARCH) if not r.reused]
         if not rows or any(r.valid for r in rows):
             return
         reasons = Counter(r.reason or "no reason recorded" for r in rows)

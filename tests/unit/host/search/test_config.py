@@ -74,3 +74,23 @@ def test_the_cli_defaults_are_the_config_defaults():
 
     built = build_config(build_parser().parse_args(["search"]))
     assert built == replace(SearchConfig(), out=type(built.out)(DEFAULT_OUT))
+
+
+def test_names_given_as_text_become_their_kinds_and_are_stored_as_text():
+    """The CLI and a stored journal give names as strings: the config holds enum members (so code compares
+    members, not literals), the journal's JSON holds the same strings as before, and a typo names the choices."""
+    from host.kinds import Aggregate, ConstraintName, ObjectiveName, Precision, Strategy
+
+    config = SearchConfig(objective="energy", constraint="soft", aggregate="weighted", strategy="random",
+                          precision="int8")
+    assert config.objective is ObjectiveName.ENERGY and config.constraint is ConstraintName.SOFT
+    assert config.aggregate is Aggregate.WEIGHTED and config.strategy is Strategy.RANDOM
+    assert config.precision is Precision.INT8 and config.reward_objective().name is ObjectiveName.ENERGY
+    data = json.loads(json.dumps(config.to_dict()))
+    assert (data["objective"], data["precision"], data["strategy"]) == ("energy", "int8", "random")
+    assert SearchConfig.from_dict(data) == config
+    with pytest.raises(ConfigError, match="unknown search strategy 'evolution'") as caught:
+        SearchConfig(strategy="evolution")
+    assert "ppo, random" in caught.value.hint
+    with pytest.raises(ConfigError, match="device aggregation"):
+        SearchConfig(aggregate="mean")

@@ -20,7 +20,8 @@ import subprocess
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.executorch, pytest.mark.slow]
+# one xdist worker for the module: its module fixtures (an export, a search) then run once, not once per worker
+pytestmark = [pytest.mark.integration, pytest.mark.executorch, pytest.mark.slow, pytest.mark.xdist_group("cli_quiet")]
 
 OURS = re.compile(
     r"progress: "

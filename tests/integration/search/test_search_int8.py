@@ -42,7 +42,9 @@ def int8_search(tmp_path_factory, monkeypatch_module):
     root = tmp_path_factory.mktemp("int8")
     monkeypatch_module.setenv("AUTOSCULPT_CACHE_DIR", str(root / "cache"))  # its checkpoint is trained here
     base = tiny_config(root / "run", None)
-    config = replace(base, precision="int8", budget=2,
+    # the int8 net runs in ~0.016 ms, its floor plan at ~0.69x of that: 0.9x leaves room for the noise of
+    # figures this small (0.7x failed the reachability check about one run in two)
+    config = replace(base, precision="int8", budget=2, target="0.9x",
                      model=replace(base.model, model=f"{__name__}:build", checkpoint=None, train_epochs=15),
                      evaluation=replace(base.evaluation, calibration_images=8))
     return config, SearchRunner.start(config).run()

@@ -54,7 +54,7 @@ def connect_options(args: argparse.Namespace, device=None):
 def resolve(args: argparse.Namespace, text: str):
     """(DeviceAddress, ConnectOptions) for a device named on the command line."""
     from host.devices.address import parse_device
-    from host.devices.fleet import load_fleet
+    from host.fleet.file import load_fleet
 
     fleet = load_fleet(args.fleet) if args.fleet else None
     device = fleet.find(text) if fleet else None
@@ -237,8 +237,8 @@ def _probe(args, device) -> dict:
 def run_list(args) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
-    from host.devices.fleet import load_fleet
     from host.errors import ConfigError
+    from host.fleet.file import load_fleet
 
     if args.fleet is None:
         raise ConfigError("devices list needs a fleet file", hint="sculpt-host devices list --fleet fleet.toml")

@@ -41,12 +41,12 @@ def register(subparsers) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from host.devices.fleet import load_fleet
-    from host.devices.fleet_report import summary, write_reports
-    from host.devices.fleet_runner import Artifact, FleetRunConfig, FleetRunner, FleetTarget
     from host.devices.results import BenchPolicy, BenchSpec
     from host.devices.retry import RetryPolicy
     from host.errors import ConfigError
+    from host.fleet.file import load_fleet
+    from host.fleet.report import summary, write_reports
+    from host.fleet.runner import BenchArtifact, FleetRunConfig, FleetRunner, FleetTarget
 
     if args.fleet is None:
         raise ConfigError("fleet bench needs --fleet FILE", hint="see deploy/fleet.example.toml")
@@ -58,7 +58,7 @@ def run_bench(args: argparse.Namespace) -> int:
             raise ConfigError(f"model file {model} does not exist", hint="pass .pte or .tflite files")
         if model.suffix.lower() not in (".pte", ".tflite"):
             raise ConfigError(f"{model} is neither .pte nor .tflite", hint="export it first: sculpt-host export")
-        artifacts.append(Artifact.from_path(model))
+        artifacts.append(BenchArtifact.from_path(model))
     retry = RetryPolicy(attempts=max(1, args.retries + 1))
     targets = [
         FleetTarget(name=d.name, address=d.address,
@@ -69,7 +69,7 @@ def run_bench(args: argparse.Namespace) -> int:
     policy = BenchPolicy(warmup_runs=args.warmup, min_runs=args.runs, min_seconds=args.seconds,
                          max_seconds=max(10.0, args.seconds * 4))
 
-    def make_spec(target: FleetTarget, artifact: Artifact, job_id: str) -> BenchSpec:
+    def make_spec(target: FleetTarget, artifact: BenchArtifact, job_id: str) -> BenchSpec:
         return BenchSpec(threads=target.threads or 0, policy=policy, job_id=job_id, timeout_s=args.bench_timeout,
                          measure_energy=args.energy)
 

@@ -13,12 +13,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from host.errors import ConfigError
-
-if TYPE_CHECKING:
-    from host.devices.fleet import Fleet
 
 KINDS = ("local", "ssh", "grpc", "grpcs")
 DEFAULT_AGENT_PORT = 50051
@@ -117,7 +115,22 @@ def _valid_host(host: str) -> bool:
         return bool(_HOSTNAME.match(host)) and not host.replace(".", "").isdigit()
 
 
-def parse_device(text: str, fleet: Fleet | None = None) -> DeviceAddress:
+class NamedDevice(Protocol):
+    address: DeviceAddress
+
+
+class DeviceNames(Protocol):
+    """Where device names resolve (a fleet file, :class:`host.fleet.Fleet`): the transport layer needs only
+    this, so it does not depend on the fleet feature."""
+
+    path: Path
+
+    def find(self, name: str) -> NamedDevice | None: ...
+
+    def names(self) -> list[str]: ...
+
+
+def parse_device(text: str, fleet: DeviceNames | None = None) -> DeviceAddress:
     """Parse a device address (see the module docstring); names are looked up in ``fleet`` first.
 
     Raises ConfigError, with examples of valid addresses, for anything else.

@@ -16,7 +16,7 @@ from host.devices.retry import classify
 from host.errors import DeviceUnreachableError
 
 if TYPE_CHECKING:
-    from host.devices.fleet import Fleet
+    from host.devices.address import DeviceNames
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,7 +42,7 @@ class DevicePool:
         addresses: Iterable[str],
         options: ConnectOptions | None = None,
         *,
-        fleet: Fleet | None = None,
+        fleet: DeviceNames | None = None,
         require_all: bool = True,
         offline_after: int = 2,
     ) -> DevicePool:

@@ -37,7 +37,7 @@ from torch import nn
 from host.devices.results import BenchSpec
 from host.errors import MissingDependencyError, PlanError, SculptError, SearchError
 from host.kinds import ObjectiveName, Phase, Precision
-from host.search.devices import DeviceHandle, measure
+from host.search.devices import SearchDevice, measure
 from host.search.finetune import FinetuneConfig, accuracy, masked_finetune, recalibrate_bn
 from host.search.journal import STATUS_INVALID, CandidateRecord, Journal, plan_hash
 from host.search.reward import Objective
@@ -201,7 +201,7 @@ class CandidateEvaluator:
         data: EvalData,
         journal: Journal,
         objective: Objective,
-        devices: Sequence[DeviceHandle],
+        devices: Sequence[SearchDevice],
         bench: BenchSpec,
         policy: MeasurePolicy = MeasurePolicy(),
         precision: Precision = Precision.FP32,

@@ -1,7 +1,7 @@
 """The devices a search measures on: open them all up front (fail fast), measure artifacts, close them.
 
 This is the one place the search touches the device layer, so the rest of the search sees only
-:class:`DeviceHandle` and JSON-able measurement summaries.
+:class:`SearchDevice` and JSON-able measurement summaries.
 """
 
 from __future__ import annotations
@@ -16,18 +16,20 @@ from typing import TYPE_CHECKING, Any
 from host.errors import BenchmarkError, DeviceError, DeviceUnreachableError
 
 if TYPE_CHECKING:
+    from host.devices.connect import DeviceHandle
     from host.devices.results import BenchSpec
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class DeviceHandle:
-    """An open device: its name (as the user typed it), fingerprint, energy meters and client."""
+class SearchDevice:
+    """A device the search measures on: its connection (a :class:`host.devices.connect.DeviceHandle`) plus
+    what the search keeps of its GetInfo: the name as the user typed it, fingerprint and energy meters."""
 
     name: str
     fingerprint: str
-    client: Any  # host.devices.connect.DeviceHandle
+    client: DeviceHandle  # the open connection
     energy_meters: tuple[str, ...] = ()
     energy_unavailable_reason: str = ""  # the agent's words for why it has no meter (empty when it has one)
 
@@ -37,12 +39,12 @@ class DeviceHandle:
 
 
 @contextlib.contextmanager
-def open_devices(addresses: Sequence[str], fleet: str | Path | None = None) -> Iterator[list[DeviceHandle]]:
+def open_devices(addresses: Sequence[str], fleet: str | Path | None = None) -> Iterator[list[SearchDevice]]:
     """Connect to every device and read its info before any long work; close them all on exit.
 
     ``fleet`` (a fleet file) lets ``addresses`` name its devices; their token, CA certificate and agent
     command come from the file."""
-    from host.devices.fleet import load_fleet
+    from host.fleet.file import load_fleet
 
     loaded = load_fleet(fleet) if fleet is not None else None
     with contextlib.ExitStack() as stack:
@@ -59,7 +61,7 @@ def open_devices(addresses: Sequence[str], fleet: str | Path | None = None) -> I
                 ) from exc
             meters = tuple(getattr(info, "energy_meters", ()) or ())
             reason = "" if meters else str(getattr(info, "energy_unavailable_reason", "") or "")
-            handles.append(DeviceHandle(text, str(info.fingerprint), client, meters, reason))
+            handles.append(SearchDevice(text, str(info.fingerprint), client, meters, reason))
             logger.info("device %s: fingerprint %s, meters %s", text, info.fingerprint, meters or "none")
         yield handles
 
@@ -87,7 +89,7 @@ def _connect(text: str, fleet: Any = None) -> Iterator[Any]:
 ENERGY_ATTEMPTS = 2
 
 
-def measure(handle: DeviceHandle, artifact_path: Path, spec: BenchSpec) -> dict[str, Any]:
+def measure(handle: SearchDevice, artifact_path: Path, spec: BenchSpec) -> dict[str, Any]:
     """Benchmark an artifact (uploaded only if the device lacks it); return a JSON-able summary.
 
     With ``spec.measure_energy`` on a metered device, the policy's run cap is lifted

@@ -9,11 +9,11 @@ import pytest
 
 from host.devices.address import parse_device
 from host.devices.connect import ConnectOptions, connect
-from host.devices.fleet_runner import Artifact, FleetRunConfig, FleetRunner, FleetTarget, ResultLog
 from host.devices.pool import DevicePool
 from host.devices.results import BenchPolicy, BenchSpec
 from host.devices.retry import RetryPolicy
 from host.errors import DeviceUnreachableError, ProtocolMismatchError
+from host.fleet.runner import BenchArtifact, FleetRunConfig, FleetRunner, FleetTarget, ResultLog
 from protos.agent.v1 import agent_pb2, agent_pb2_grpc
 from tests.fixtures.sshd import free_port
 
@@ -50,7 +50,7 @@ def models(tmp_path_factory):
     for i, ch in enumerate([(3, 8, 8), (3, 8, 16)]):
         p = d / f"m{i}.tflite"
         p.write_bytes(conv_net(size=16, channels=ch)[0])
-        paths.append(Artifact.from_path(p))
+        paths.append(BenchArtifact.from_path(p))
     return paths
 
 
@@ -177,7 +177,7 @@ def test_offline_needs_n_failures_in_a_row_and_a_success_resets_the_count(tmp_pa
     for i in range(4):
         path = tmp_path / f"m{i}.tflite"
         path.write_bytes(conv_net(size=16, channels=(3, 8, 8 * (i + 1)))[0])
-        artifacts.append(Artifact.from_path(path))
+        artifacts.append(BenchArtifact.from_path(path))
     port = free_port()
     config = AgentConfig(host="127.0.0.1", port=port, store_dir=tmp_path / "store")
     board = {"server": None}

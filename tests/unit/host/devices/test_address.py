@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from host.devices.address import DeviceAddress, parse_device
-from host.devices.fleet import parse_fleet
 from host.errors import ConfigError
+from host.fleet.file import parse_fleet
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from host.devices.fleet import load_fleet, parse_fleet
 from host.errors import ConfigError
+from host.fleet.file import load_fleet, parse_fleet
 
 REPO = Path(__file__).resolve().parents[4]
 

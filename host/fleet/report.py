@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from host.devices.fleet_runner import JobRecord
+from host.fleet.runner import JobRecord
 
 COLUMNS = [f.name for f in dataclasses.fields(JobRecord)]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from host.devices.fleet_runner import JobRecord, ResultLog
+from host.fleet.runner import JobRecord, ResultLog
 
 
 def test_a_line_with_a_damaged_byte_is_skipped_and_the_others_read(tmp_path):

@@ -59,7 +59,7 @@ class FleetTarget:
 
 
 @dataclass(frozen=True)
-class Artifact:
+class BenchArtifact:
     """A model file to benchmark, identified by content."""
 
     path: Path
@@ -77,7 +77,7 @@ class Artifact:
         return ARTIFACT_RUNTIME.get(self.path.suffix.lower())
 
     @classmethod
-    def from_path(cls, path: str | Path) -> Artifact:
+    def from_path(cls, path: str | Path) -> BenchArtifact:
         """Hash the file (streamed) and describe it."""
         path = Path(path)
         digest = hashlib.sha256()
@@ -181,8 +181,8 @@ class FleetRunner:
     def __init__(
         self,
         targets: list[FleetTarget],
-        artifacts: list[Artifact],
-        make_spec: Callable[[FleetTarget, Artifact, str], Any],
+        artifacts: list[BenchArtifact],
+        make_spec: Callable[[FleetTarget, BenchArtifact, str], Any],
         out_dir: Path,
         config: FleetRunConfig | None = None,
         on_event: Event | None = None,
@@ -200,7 +200,7 @@ class FleetRunner:
         self.offline: set[str] = set()
         self._lock = threading.Lock()
 
-    def jobs_for(self, target: FleetTarget) -> list[Artifact]:
+    def jobs_for(self, target: FleetTarget) -> list[BenchArtifact]:
         """Artifacts to run on ``target``, in order."""
         return list(self.artifacts)
 
@@ -220,7 +220,7 @@ class FleetRunner:
         wanted = {(t.name, a.sha256) for t in self.targets for a in self.artifacts}
         return [r for r in latest_records(self.log.read()) if (r.device, r.artifact_sha256) in wanted]
 
-    def _record(self, target: FleetTarget, artifact: Artifact, **fields) -> JobRecord:
+    def _record(self, target: FleetTarget, artifact: BenchArtifact, **fields) -> JobRecord:
         record = JobRecord(
             device=target.name, address=str(target.address), artifact=artifact.name, precision=artifact.precision,
             artifact_sha256=artifact.sha256, finished_at=time.time(), **fields,
@@ -281,7 +281,7 @@ class FleetRunner:
             if handle is not None:
                 handle.close()
 
-    def _job_id(self, target: FleetTarget, artifact: Artifact) -> str:
+    def _job_id(self, target: FleetTarget, artifact: BenchArtifact) -> str:
         # Stable within a run, so a retried Benchmark returns the agent's stored result instead of re-running.
         return hashlib.sha256(f"{self.run_id}/{target.name}/{artifact.sha256}".encode()).hexdigest()[:32]
 

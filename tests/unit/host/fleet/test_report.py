@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
-from host.devices.fleet_report import summary, write_reports
-from host.devices.fleet_runner import JobRecord, latest_records
+from host.fleet.report import summary, write_reports
+from host.fleet.runner import JobRecord, latest_records
 
 
 def _ok(device, model, p50):
@@ -44,7 +44,7 @@ def test_latest_record_wins_per_job():
 
 
 def test_latencies_spanning_more_than_ten_times_get_a_log_axis():
-    from host.devices.fleet_report import log_scale
+    from host.fleet.report import log_scale
 
     assert log_scale([0.1, 2.0])
     assert not log_scale([0.5, 2.0])
@@ -54,15 +54,15 @@ def test_latencies_spanning_more_than_ten_times_get_a_log_axis():
 def test_artifact_precision_comes_from_the_exporters_sidecar(tmp_path):
     import json
 
-    from host.devices.fleet_runner import Artifact, JobRecord
+    from host.fleet.runner import BenchArtifact, JobRecord
 
     model = tmp_path / "m-int8.pte"
     model.write_bytes(b"program bytes")
-    assert Artifact.from_path(model).precision is None  # no sidecar: unknown, not guessed
-    sha = Artifact.from_path(model).sha256
+    assert BenchArtifact.from_path(model).precision is None  # no sidecar: unknown, not guessed
+    sha = BenchArtifact.from_path(model).sha256
     sidecar = {"artifacts": {"m-int8.pte": {"sha256": sha, "int8": True}, "other.pte": {"sha256": "x", "int8": False}}}
     (tmp_path / "m-int8.json").write_text(json.dumps(sidecar))
-    assert Artifact.from_path(model).precision == "int8"
+    assert BenchArtifact.from_path(model).precision == "int8"
     model.write_bytes(b"rebuilt since")  # the sidecar describes another file now
-    assert Artifact.from_path(model).precision is None
+    assert BenchArtifact.from_path(model).precision is None
     assert "precision" in JobRecord(device="d", address="a", artifact="m", artifact_sha256=sha, status="ok").to_json()

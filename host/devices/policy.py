@@ -54,11 +54,6 @@ class BenchPolicy(Policy):
         """Longer policy for the final models and dense beside them (each of the interleaved rounds)."""
         return cls.timed(runs, seconds, warmup_runs)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BenchPolicy:
-        """Inverse of ``dataclasses.asdict`` (a stored search config); unknown keys raise ``TypeError``."""
-        return cls(**data)
-
     def for_energy(self) -> BenchPolicy:
         """The same policy with the run cap lifted (:data:`ENERGY_MAX_RUNS`): the timed window sets the span."""
         return replace(self, max_runs=ENERGY_MAX_RUNS)

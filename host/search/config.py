@@ -200,8 +200,8 @@ def _evaluation(data: dict[str, Any]) -> EvalConfig:
         data["bench"] = BenchPolicy.timed(data.pop("min_runs"), data.pop("min_time_s"), warmup)
         data["final_bench"] = BenchPolicy.final(seconds=data.pop("final_min_time_s"), warmup_runs=2 * warmup)
     else:
-        data["bench"] = BenchPolicy.from_dict(data["bench"])
-        data["final_bench"] = BenchPolicy.from_dict(data["final_bench"])
+        data["bench"] = _build(BenchPolicy, data["bench"])
+        data["final_bench"] = _build(BenchPolicy, data["final_bench"])
     return _build(EvalConfig, data)
 
 

@@ -13,6 +13,15 @@ the validation split by the ExecuTorch runtime and measured in int8; its reward 
 latency, and the dense reference is the dense int8 model. A quantized artifact differs in bytes from the fp32
 one, so the measurement cache (keyed by artifact sha256) keeps the precisions apart.
 
+Every measured candidate is paired with the dense model: dense is measured again right after it (same
+device, same policy, cache bypassed) and the candidate's ratio to dense, which decides its reward, whether it
+meets a relative target and what the cost model learns, is taken against that paired figure
+(``measurement[device]["dense_p50_ms"]`` / ``"dense_energy_mj"``). A search runs for minutes to hours on a
+board whose speed drifts (thermal throttling, other load): one dense figure taken at the start made every
+later ratio carry its error (RepVGG's dense first measured at 2.51 ms on a busy host, 1.5 ms side by side,
+so a 0.76x plan was credited 0.43x). :meth:`CandidateEvaluator.dense_figures` is the median of every dense
+figure taken, for the references that are not paired (unmeasured plans, absolute targets' reports).
+
 Every candidate is realized (and run once) before its recovery fine-tune, measured or not: it costs about
 0.35 s on ResNet-20 at 16 px against 7-9 s for masking and recovery (one thread), and an unmeasured plan
 that cannot be built must not collect a predicted reward.
@@ -226,6 +235,8 @@ class CandidateEvaluator:
         # cost relative to dense: measured latency/energy (worst device) or, for the flops objective, MACs
         self.cost_model = CostModel.from_space(space)
         self._out_shape: tuple[int, ...] | None = None  # the base model's output shape, for realize_checked
+        self._dense_artifact: Any = None  # the dense model's artifact, kept for the paired measurements
+        self._dense_samples: dict[str, list[float]] = {}  # every dense figure taken, per device
         # <run>/.work: emptied here (a killed process may have left a half-written artifact), removed by close()
         self._workdir = Path(journal.path).parent / WORK_DIR_NAME
         shutil.rmtree(self._workdir, ignore_errors=True)
@@ -244,14 +255,54 @@ class CandidateEvaluator:
             self.dense = found[0]
         else:
             self.dense = self.evaluate(self.space.dense_choices(), phase=Phase.DENSE, force_measure=True)
+        self._dense_samples = {dev: [value] for dev, value in self._figures(self.dense.measurement).items()}
+        for record in self.journal.candidates():  # a resumed run: the pairs taken so far
+            if record.phase != Phase.DENSE and not record.reused:
+                self._add_dense_samples(self._paired(record.measurement))
         self.refit_cost_model()
         return self.dense
 
     def dense_figures(self) -> dict[str, float]:
-        """Per-device figure (ms or mJ) of the dense model that the objective compares against."""
+        """Per-device figure (ms or mJ) of the dense model: the median of every time it was measured (at the
+        start, and paired with each measured candidate). The reference of plans without a paired figure."""
+        import statistics
+
         if self.dense is None:
             raise RuntimeError("evaluate_dense() first")
-        return self._figures(self.dense.measurement)
+        if not self._dense_samples:
+            return self._figures(self.dense.measurement)
+        return {dev: statistics.median(values) for dev, values in self._dense_samples.items()}
+
+    def reference(self, measurement: Any) -> dict[str, float]:
+        """Per-device dense figure a measured candidate is compared with: the one measured right after it,
+        where it was paired, else :meth:`dense_figures`."""
+        return {**self.dense_figures(), **self._paired(measurement)}
+
+    def _reference_key(self) -> str:
+        return "dense_" + ("energy_mj" if self.objective.name == ObjectiveName.ENERGY else "p50_ms")
+
+    def _paired(self, measurement: Any) -> dict[str, float]:
+        key = self._reference_key()
+        return {dev: float(m[key]) for dev, m in (measurement or {}).items() if m.get(key) is not None}
+
+    def _add_dense_samples(self, figures: dict[str, float]) -> None:
+        for dev, value in figures.items():
+            self._dense_samples.setdefault(dev, []).append(value)
+
+    def _pair_with_dense(self, measurement: dict[str, Any]) -> dict[str, Any]:
+        """``measurement`` with the dense model measured right after it on every device (cache bypassed)."""
+        if self._dense_artifact is None:
+            plan, _ = plan_record_data(self.space, self.space.dense_choices())
+            path = self._workdir / ("dense-reference.int8.pte" if self.precision == Precision.INT8
+                                    else "dense-reference.pte")
+            self._dense_artifact = self.export(self.realize_checked(plan), path,
+                                               quantize=self.precision == Precision.INT8)
+        dense = self._figures(self.measure_artifact(self._dense_artifact.path, self._dense_artifact.sha256,
+                                                    self.bench, use_cache=False))
+        self._add_dense_samples(dense)
+        key = self._reference_key()
+        return {dev: {**summary, key: dense[dev]} if dev in dense else dict(summary)
+                for dev, summary in measurement.items()}
 
     # -- cost model ----------------------------------------------------------------------------------
     def choices_of(self, record: CandidateRecord) -> np.ndarray:
@@ -268,7 +319,7 @@ class CandidateEvaluator:
             return None
         if not self.objective.needs_measurement:
             return record.macs / self.dense.macs if self.dense.macs else None
-        figures, dense = self._figures(record.measurement), self.dense_figures()
+        figures, dense = self._figures(record.measurement), self.reference(record.measurement)
         ratios = [figures[d] / dense[d] for d in figures if d in dense and dense[d] > 0]
         return max(ratios) if ratios else None
 
@@ -321,6 +372,8 @@ class CandidateEvaluator:
                     sha, measurement, int8_acc = self.measure_int8(plan, model, key, plan_data["choices"])
                 else:
                     sha, measurement = self.measure_realized(realized, key)
+                if phase != Phase.DENSE and self.objective.needs_measurement:
+                    measurement = self._pair_with_dense(measurement)
         except CandidateFailure as failure:
             # the worst reward, recorded so the policy learns from it and a resume does not retry it
             return self._record_invalid(phase, plan_data, failure, time.perf_counter() - start)
@@ -562,9 +615,10 @@ class CandidateEvaluator:
         return {dev: float(m[key]) for dev, m in measurement.items() if m.get(key) is not None}
 
     def cost_estimate(self, record: CandidateRecord) -> float:
-        """Worst-device figure of a candidate: measured, or the dense figure when it was not measured."""
-        figures = self._figures(record.measurement) or self.dense_figures()
-        return max(figures.values())
+        """Worst-device cost of a candidate relative to dense (its paired reference): measured, or 1.0 when it
+        was not measured."""
+        ratio = self.cost_ratio(record)
+        return 1.0 if ratio is None else ratio
 
     def _worth_measuring(self, acc: float, macs: int, choices: np.ndarray) -> bool:
         if not self.objective.needs_measurement:
@@ -590,7 +644,7 @@ class CandidateEvaluator:
 
     def _meets_target(self, measurement: Any) -> bool:
         """The measured figures are within the objective's target on every device."""
-        figures, dense = self._figures(measurement), self.dense_figures()
+        figures, dense = self._figures(measurement), self.reference(measurement)
         return bool(figures) and all(value <= self.objective.target.resolve(dense[dev])
                                      for dev, value in figures.items() if dev in dense)
 
@@ -598,7 +652,7 @@ class CandidateEvaluator:
         dense_macs = self.dense.macs if self.dense is not None else macs
         if not self.objective.needs_measurement:
             return self.objective.reward(acc, macs, dense_macs)
-        dense = self.dense_figures()
+        dense = self.reference(measurement)
         figures = self._figures(measurement)
         if not figures:
             # not measured: the cost model's prediction (fitted on the measured candidates). Without

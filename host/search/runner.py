@@ -258,7 +258,7 @@ class SearchRunner:
     def _check_target_reachable(self, evaluator, space) -> None:
         record = self._floor_record(evaluator, space)
         objective = self.config.reward_objective()
-        dense = evaluator.dense_figures()
+        dense = evaluator.reference(record.measurement)  # dense as measured right after the floor plan
         floor_figs = evaluator._figures(record.measurement)
         unit = "mJ" if objective.name == ObjectiveName.ENERGY else "ms"
 

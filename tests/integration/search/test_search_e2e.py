@@ -233,9 +233,12 @@ def test_two_devices_measured_and_combined_worst_case(tmp_path, trained_resnet20
         for row in measured:
             ms = {dev: m["p50_ms"] for dev, m in row.measurement.items()}
             assert ms.keys() == dense_ms.keys()
-            worst = max(ms[d] / objective.target.resolve(dense_ms[d]) for d in ms)
-            best = min(ms[d] / objective.target.resolve(dense_ms[d]) for d in ms)
-            expected = objective.reward(row.accuracy, row.macs, dense.macs, measured=ms, dense_measured=dense_ms)
+            # each device's ratio is to dense measured there right after the candidate (paired)
+            paired = {dev: m["dense_p50_ms"] for dev, m in row.measurement.items()}
+            assert all(v > 0 for v in paired.values())
+            worst = max(ms[d] / objective.target.resolve(paired[d]) for d in ms)
+            best = min(ms[d] / objective.target.resolve(paired[d]) for d in ms)
+            expected = objective.reward(row.accuracy, row.macs, dense.macs, measured=ms, dense_measured=paired)
             assert row.reward == pytest.approx(expected)
             assert row.reward == pytest.approx(constrained_reward(row.accuracy, worst, objective.constraint))
             if worst != best:  # the worst device, not the better one, sets the reward

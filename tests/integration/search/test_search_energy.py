@@ -163,7 +163,10 @@ def test_energy_search_measures_and_rewards_energy(energy_search):
             mj = _energy(row.measurement)[device]
             assert mj > 0, row.measurement
             _check_physics(row.measurement[device])
-            ratio = mj / objective.target.resolve(dense_mj[device])
+            # the reward compares with dense measured right after the candidate (paired), not the first figure
+            paired = row.measurement[device]["dense_energy_mj"]
+            assert paired > 0
+            ratio = mj / objective.target.resolve(paired)
             assert row.reward == pytest.approx(constrained_reward(row.accuracy, ratio, objective.constraint))
         # the floor plan does far less work than dense: the CPU-driven meter must see it
         floor = measured[0]

@@ -81,8 +81,10 @@ def test_int8_search_rewards_and_reports_int8(int8_search):
         dense_ms = {d: m["p50_ms"] for d, m in dense_row.measurement.items()}
         for row in (r for r in measured if r.phase == "search"):
             figures = {d: m["p50_ms"] for d, m in row.measurement.items()}
+            paired = {d: m["dense_p50_ms"] for d, m in row.measurement.items()}  # dense int8, right after it
+            assert paired.keys() == dense_ms.keys()
             expected = objective.reward(row.int8_accuracy, row.macs, dense_row.macs, measured=figures,
-                                        dense_measured=dense_ms)
+                                        dense_measured=paired)
             assert row.reward == pytest.approx(expected)
         final_row = journal.candidates("final")[0]
         assert final_row.int8_accuracy == pytest.approx(result["finals"][0]["val_accuracy"])

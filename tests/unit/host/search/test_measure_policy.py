@@ -23,6 +23,9 @@ def _evaluator(measured: list[tuple[float, float]], dense_ms: float = 1.0, targe
     )
     ev._figures = lambda m: CandidateEvaluator._figures(ev, m)
     ev.dense_figures = lambda: ev._figures(ev.dense.measurement)
+    ev._reference_key = lambda: "dense_p50_ms"
+    ev._paired = lambda m: CandidateEvaluator._paired(ev, m)
+    ev.reference = lambda m: CandidateEvaluator.reference(ev, m)
     ev._meets_target = lambda m: CandidateEvaluator._meets_target(ev, m)
     ev._reward = lambda acc, macs, meas, choices: acc  # predicted reward: its accuracy (the plan meets the target)
     return ev
@@ -47,3 +50,15 @@ def test_when_dense_meets_the_target_dense_sets_the_bar():
     ev = _evaluator([], target="2ms")  # an absolute target dense already meets
     assert not worth(ev, 0.80)
     assert worth(ev, 0.90)
+
+
+def test_a_measured_candidate_is_compared_with_dense_measured_right_after_it():
+    ev = _evaluator([])
+    ev._dense_samples = {"pi": [2.5, 1.5, 1.6]}  # the first dense figure taken on a busy board, then two pairs
+    ev.dense_figures = lambda: CandidateEvaluator.dense_figures(ev)
+    assert ev.dense_figures() == {"pi": 1.6}  # the median: one outlier does not set the reference
+    paired = {"pi": {"p50_ms": 1.1, "dense_p50_ms": 1.5}}
+    assert ev.reference(paired) == {"pi": 1.5}
+    assert ev.reference({"pi": {"p50_ms": 1.1}}) == {"pi": 1.6}  # not paired: the median
+    assert not ev._meets_target(paired)  # 1.1 ms against 0.7 x 1.5 ms, though 0.7 x 1.6 ms would admit it
+    assert ev._meets_target({"pi": {"p50_ms": 1.1}})

@@ -3,6 +3,11 @@ dense), realized, exported (``.pte``, and ``.tflite`` when available), benchmark
 longer final policy, and reported (result.json, report.md, plots, TensorBoard).
 
 Which plans: the Pareto front of the search candidates in (validation accuracy, cost), best reward first.
+For a latency/energy search, the front's best few measured plans (:data:`CONFIRM_TOP`, at least one more than
+``final_top``) are first measured again side by side with dense and re-ranked on those figures: the best
+reward over candidates measured once each is biased towards the luckiest measurement (the winner's curse;
+RepVGG's winner was measured at 0.58x of dense during the search and ran at 0.75x beside it). The order is
+kept in the journal, so a resumed run finishes the same plans.
 A plan that cannot be finished (its fine-tuned realization or export fails) is journaled as an invalid
 "final" row with the reason, named in the report's notes, and the next plan of the front takes its place.
 The test split is read here for the report only; it never chooses anything.
@@ -31,7 +36,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from host.errors import SearchError
+from host.errors import DeviceError, SearchError
 from host.kinds import ObjectiveName, Phase, Precision, Stage
 from host.search.candidate import INVALID_REWARD, CandidateFailure
 from host.search.config import SearchConfig
@@ -41,6 +46,8 @@ from host.search.progress import Progress, ProgressFn
 logger = logging.getLogger(__name__)
 
 ACCURACY_WARNING_DROP = 0.10  # a final model this far below dense (validation) is flagged
+CONFIRM_TOP = 3  # measured plans confirmed side by side with dense before choosing the final ones
+FINAL_ORDER_KEY = "final_order"  # journal value: the confirmed order (plan hashes), for a resume
 FINAL_ROUNDS = 3  # interleaved dense/final measurement rounds; the report gives the median of each
 
 
@@ -83,7 +90,37 @@ class FinalStage:
             if r.plan_hash not in seen:
                 unique.append(r)
                 seen.add(r.plan_hash)
-        return unique
+        return self._confirmed(evaluator, unique)
+
+    def _confirmed(self, evaluator, rows: list[CandidateRecord]) -> list[CandidateRecord]:
+        """``rows`` with the best few measured ones re-ranked on a side-by-side measurement with dense."""
+        objective = self.config.reward_objective()
+        order = self.journal.get_value(FINAL_ORDER_KEY)
+        if order is None:
+            top = [r for r in rows if r.measurement][:max(CONFIRM_TOP, self.config.final_top + 1)]
+            if (not objective.needs_measurement or not evaluator.devices or self.config.final_top == 0
+                    or len(top) < 2):
+                return rows
+            self.progress(Progress(Stage.FINAL, 0, self.config.final_top,
+                                   f"confirming the best {len(top)} plans side by side with dense"))
+            try:
+                dense, *figures = evaluator.remeasure_side_by_side([evaluator.dense, *top])
+            except (DeviceError, CandidateFailure) as exc:  # a failing board: keep the search's order
+                logger.warning("could not confirm the best plans side by side (%s); keeping the search's order", exc)
+                return rows
+            rewards = {r.plan_hash: objective.reward(evaluator.scored_accuracy(r.accuracy, r.int8_accuracy), r.macs,
+                                                     evaluator.dense.macs, measured=f, dense_measured=dense)
+                       for r, f in zip(top, figures, strict=True)}
+            confirmed = sorted(top, key=lambda r: rewards[r.plan_hash], reverse=True)
+            for r, f in zip(top, figures, strict=True):
+                logger.info("candidate %s confirmed side by side: %s of dense (search: %s), reward %.4f (search %.4f)",
+                            r.id, _ratios(f, dense), _ratios(evaluator._figures(r.measurement),
+                                                             evaluator.reference(r.measurement)),
+                            rewards[r.plan_hash], r.reward)
+            order = [r.plan_hash for r in confirmed]
+            self.journal.set_value(FINAL_ORDER_KEY, order)
+        rank = {h: i for i, h in enumerate(order)}
+        return sorted(rows, key=lambda r: rank.get(r.plan_hash, len(rank)))  # stable: the rest as they were
 
     def run(self, evaluator, splits, base_model) -> list[dict[str, Any]]:
         """Fine-tune, realize, export and measure every chosen plan; one dict per final model."""
@@ -430,6 +467,10 @@ def target_verdicts(summary, objective):
                                 "(measured side by side)")
         finals.append(replace(m, target_met=met))
     return replace(summary, finals=tuple(finals), warnings=summary.warnings + tuple(warnings))
+
+
+def _ratios(figures: dict[str, float], dense: dict[str, float]) -> str:
+    return ", ".join(f"{v / dense[d]:.2f}x on {d}" for d, v in figures.items() if dense.get(d))
 
 
 def _median_measurement(rounds: list[dict[str, Any]]) -> dict[str, Any]:

@@ -9,12 +9,16 @@ One row per architecture:
 - search: a budget-8 latency search at --target-latency (0.7x) on the 5k MNIST digits (3 channels, the entry's
   size) from a checkpoint trained here for --train-epochs; its final model's MAC cut, speed-up (measured side by
   side with the dense .pte again) and validation accuracy against dense (or why it failed);
+- px: the input size the row was measured at: the entry's own (the CI size, 32 px for most), doubled until the
+  dense model runs at least --min-dense-ms (0.5 ms) on the agent, up to 256 px. Below that XNNPACK's fixed
+  per-operator cost, not the model's work, sets the latency (LCNet-0.5 at 32 px: 0.09 ms, and a 54% MAC
+  cut ran slower than dense), which no edge deployment of these networks sees;
 - torch-pruning: tp.pruner.MagnitudePruner at 50% (the layers producing the logits ignored) runs or fails,
   and whether our channel choices cover every layer it prunes.
 
     .venv/bin/python benchmarks/generality_bench.py [--only NAME[,NAME]] [--no-search] [--out DIR]
         [--budget 8] [--target-latency 0.7x] [--rounds 3] [--train-epochs 10] [--finetune-epochs 3]
-        [--data-limit 3000]
+        [--data-limit 3000] [--min-dense-ms 0.5]
 
 Prints a markdown table and writes it to DIR/generality.md (rows also as DIR/generality.json).
 """
@@ -147,7 +151,7 @@ def search_row(entry, out: Path, devices, args) -> dict:
 
     _, c, size, _ = entry.input_shape
     splits = load_dataset("mnist", image_size=size, channels=c, seed=0, limit=args.data_limit)
-    model = corpus.model(entry.name).train()
+    model = entry.build().train()
     result = train(model, splits, TrainConfig(epochs=args.train_epochs))
     model.eval()
     checkpoint = out / "trained.pt"
@@ -170,12 +174,47 @@ def search_row(entry, out: Path, devices, args) -> dict:
             "search_val": final.get("val_accuracy"), "dense_val": dense.get("val_accuracy")}
 
 
+def at_size(entry, size: int):
+    """``entry`` built for ``size`` px inputs (an explicit ``img_size`` kwarg follows the size)."""
+    kwargs = dict(entry.kwargs)
+    if "img_size" in kwargs:
+        kwargs["img_size"] = size
+    return replace(entry, kwargs=kwargs, input_shape=(*entry.input_shape[:2], size, size))
+
+
+def sized_entry(entry, out: Path, devices, min_ms: float, max_size: int = 256):
+    """The entry at the smallest size (its own, doubled) whose dense model runs >= ``min_ms`` on the agent."""
+    from host.devices.policy import BenchPolicy
+    from host.devices.results import BenchSpec
+    from host.export import export_pte
+    from host.search.devices import measure
+
+    out.mkdir(parents=True, exist_ok=True)
+    while True:
+        model, x = entry.build(), entry.example_input()
+        path = export_pte(model, (x,), out / "size-probe.pte").path
+        ms = measure(devices[0], path, BenchSpec(threads=1, policy=BenchPolicy.final()))["p50_ms"]
+        path.unlink(missing_ok=True)
+        size = entry.input_shape[-1]
+        if ms >= min_ms or 2 * size > max_size:
+            return entry
+        print(f"   {entry.name}: dense {ms:.3f} ms at {size} px, measuring at {2 * size} px", file=sys.stderr,
+              flush=True)
+        entry = at_size(entry, 2 * size)
+
+
 def run_entry(entry, out: Path, devices, args) -> dict:
     from host.search.space import SearchSpace
 
     row: dict = {"name": entry.name, "spec": entry.spec, "tags": list(entry.tags)}
     start = time.perf_counter()
-    model = corpus.model(entry.name)
+    try:
+        entry = sized_entry(entry, out, devices, args.min_dense_ms)
+    except Exception as exc:  # noqa: BLE001 - one row per architecture, whatever fails
+        row["error"] = f"dense export/measurement: {_short(exc)}"
+        return row
+    row["px"] = entry.input_shape[-1]
+    model = entry.build()
     x = entry.example_input()
     try:
         space = SearchSpace(model, x, name=entry.name)
@@ -210,25 +249,25 @@ def _x(v) -> str:
 
 
 def table(rows: list[dict], args) -> str:
-    head = ["architecture", "families", "layers", "realizable MACs", "floor cut", "floor speed-up",
+    head = ["architecture", "families", "px", "layers", "realizable MACs", "floor cut", "floor speed-up",
             "dense ms", "torch-pruning 50%"]
     if args.search:
-        head[6:6] = [f"search {args.target_latency} cut", "search speed-up", "search val acc (dense)"]
+        head[7:7] = [f"search {args.target_latency} cut", "search speed-up", "search val acc (dense)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
-            cells = [r["name"], ", ".join(r["tags"]), "-", "-", r["error"], "", "", ""]
+            cells = [r["name"], ", ".join(r["tags"]), "-", "-", "-", r["error"], "", "", ""]
             if args.search:
-                cells[6:6] = ["", "", ""]
+                cells[7:7] = ["", "", ""]
         else:
             floor = _x(r.get("floor_speedup")) if "floor_error" not in r else f"failed: {r['floor_error']}"
-            cells = [r["name"], ", ".join(r["tags"]), str(r["layers"]), _pct(r["realizable"]),
+            cells = [r["name"], ", ".join(r["tags"]), str(r.get("px", "-")), str(r["layers"]), _pct(r["realizable"]),
                      _pct(r.get("floor_cut")), floor,
                      f"{r['dense_ms']:.3f}" if "dense_ms" in r else "-", r["torch_pruning"]]
             if args.search:
                 search = r.get("search")
                 acc = (f"{_pct(r.get('search_val'))} ({_pct(r.get('dense_val'))})" if "dense_val" in r else "")
-                cells[6:6] = [search or _pct(r.get("search_cut")), "" if search else _x(r.get("search_speedup")), acc]
+                cells[7:7] = [search or _pct(r.get("search_cut")), "" if search else _x(r.get("search_speedup")), acc]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -245,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs of the checkpoint the search starts from (default 10)")
     parser.add_argument("--finetune-epochs", type=int, default=3, help="final fine-tuning epochs (default 3)")
     parser.add_argument("--data-limit", type=int, default=3000, help="MNIST digits used by the search (3000)")
+    parser.add_argument("--min-dense-ms", type=float, default=0.5,
+                        help="double the input size (up to 256 px) until dense runs this long (default 0.5 ms; "
+                             "0 keeps every entry's own size)")
     args = parser.parse_args(argv)
     names = args.only.split(",") if args.only else list(corpus.NAMES)
     entries = [corpus.entry(n.strip()) for n in names]

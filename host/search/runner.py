@@ -183,7 +183,7 @@ class SearchRunner:
         # Every candidate's BatchNorm statistics are recalibrated on the run's batches, and so is dense when it is
         # scored; the base model is the teacher of every recovery step and the final reference, so it gets the
         # same. A checkpoint's own running statistics can be useless: torchvision's MobileNetV3 uses BN momentum
-        # 0.01, and after 10 epochs on 3k images it scored 10% in eval mode (98% recalibrated), so recovery steps
+        # 0.01, and after 10 epochs on 3k images it scored 10% in eval mode (97% recalibrated), so recovery steps
         # distilled every candidate towards noise and all of them ended at chance.
         from host.search.finetune import recalibrate_bn
 

@@ -175,10 +175,12 @@ def search_row(entry, out: Path, devices, args) -> dict:
 
 
 def at_size(entry, size: int):
-    """``entry`` built for ``size`` px inputs (an explicit ``img_size`` kwarg follows the size)."""
+    """``entry`` built for ``size`` px inputs (an explicit ``img_size`` kwarg, timm's spelling, or ``image_size``,
+    this project's, follows the size)."""
     kwargs = dict(entry.kwargs)
-    if "img_size" in kwargs:
-        kwargs["img_size"] = size
+    for key in ("img_size", "image_size"):
+        if key in kwargs:
+            kwargs[key] = size
     return replace(entry, kwargs=kwargs, input_shape=(*entry.input_shape[:2], size, size))
 
 

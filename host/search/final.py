@@ -2,7 +2,8 @@
 dense), realized, exported (``.pte``, and ``.tflite`` when available), benchmarked on the device(s) with the
 longer final policy, and reported (result.json, report.md, plots, TensorBoard).
 
-Which plans: the Pareto front of the search candidates in (validation accuracy, cost), best reward first.
+Which plans: the Pareto front of the search candidates in (validation accuracy, cost), best reward first;
+under the ``hard`` constraint (a budget), every plan that meets the target before any that does not.
 For a latency/energy search, the front's best few measured plans (:data:`CONFIRM_TOP`, at least one more than
 ``final_top``) are first measured again side by side with dense and re-ranked on those figures: the best
 reward over candidates measured once each is biased towards the luckiest measurement (the winner's curse;
@@ -84,7 +85,12 @@ class FinalStage:
             costs = [float(r.macs) for r in rows]
         points = [(r.deployed_accuracy, c) for r, c in zip(rows, costs, strict=True)]
         front = [rows[i] for i in pareto_front(points)]
-        front.sort(key=lambda r: r.reward, reverse=True)
+        objective = self.config.reward_objective()
+        if objective.needs_measurement:  # under a budget constraint, plans that meet the target first
+            front.sort(key=lambda r: objective.rank_key(r.reward, bool(r.measurement)
+                                                        and evaluator._meets_target(r.measurement)))
+        else:
+            front.sort(key=lambda r: r.reward, reverse=True)
         unique, seen = [], set()
         for r in front:
             if r.plan_hash not in seen:
@@ -111,7 +117,8 @@ class FinalStage:
             rewards = {r.plan_hash: objective.reward(evaluator.scored_accuracy(r.accuracy, r.int8_accuracy), r.macs,
                                                      evaluator.dense.macs, measured=f, dense_measured=dense)
                        for r, f in zip(top, figures, strict=True)}
-            confirmed = sorted(top, key=lambda r: rewards[r.plan_hash], reverse=True)
+            meets = {r.plan_hash: evaluator.meets_target(f, dense) for r, f in zip(top, figures, strict=True)}
+            confirmed = sorted(top, key=lambda r: objective.rank_key(rewards[r.plan_hash], meets[r.plan_hash]))
             for r, f in zip(top, figures, strict=True):
                 logger.info("candidate %s confirmed side by side: %s of dense (search: %s), reward %.4f (search %.4f)",
                             r.id, _ratios(f, dense), _ratios(evaluator._figures(r.measurement),

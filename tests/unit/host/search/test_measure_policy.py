@@ -6,17 +6,19 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from host.search.candidate import CandidateEvaluator, MeasurePolicy
-from host.search.reward import Objective, Target
+from host.search.reward import Constraint, Objective, Target
 
 
-def _evaluator(measured: list[tuple[float, float]], dense_ms: float = 1.0, target: str = "0.7x"):
+def _evaluator(measured: list[tuple[float, float]], dense_ms: float = 1.0, target: str = "0.7x",
+               constraint: str = "soft"):
     """An evaluator's state: dense at ``dense_ms`` and acc 0.97; ``measured`` (accuracy, ms) search rows."""
     limit = 0.7 * dense_ms
     rows = [SimpleNamespace(accuracy=acc, measurement={"pi": {"p50_ms": ms}}, reused=False,
                             reward=acc * min(1.0, limit / ms))  # the hard constraint's reward
             for acc, ms in measured]
     ev = SimpleNamespace(
-        objective=Objective(name="latency", target=Target.parse(target, "latency")),
+        objective=Objective(name="latency", target=Target.parse(target, "latency"),
+                            constraint=Constraint.named(constraint)),
         policy=MeasurePolicy(min_accuracy_drop=0.15, min_measured=2, slack=0.03),
         dense=SimpleNamespace(accuracy=0.97, measurement={"pi": {"p50_ms": dense_ms}}),
         journal=SimpleNamespace(candidates=lambda _phase: rows),
@@ -27,12 +29,13 @@ def _evaluator(measured: list[tuple[float, float]], dense_ms: float = 1.0, targe
     ev._paired = lambda m: CandidateEvaluator._paired(ev, m)
     ev.reference = lambda m: CandidateEvaluator.reference(ev, m)
     ev._meets_target = lambda m: CandidateEvaluator._meets_target(ev, m)
+    ev.meets_target = lambda f, d: CandidateEvaluator.meets_target(ev, f, d)
     ev._reward = lambda acc, macs, meas, choices: acc  # predicted reward: its accuracy (the plan meets the target)
     return ev
 
 
-def worth(ev, acc: float) -> bool:
-    return CandidateEvaluator._worth_measuring(ev, acc, 100, None)
+def worth(ev, acc: float, choices=None) -> bool:
+    return CandidateEvaluator._worth_measuring(ev, acc, 100, choices)
 
 
 def test_far_below_dense_is_measured_while_no_measured_plan_meets_the_target():
@@ -62,3 +65,26 @@ def test_a_measured_candidate_is_compared_with_dense_measured_right_after_it():
     assert ev.reference({"pi": {"p50_ms": 1.1}}) == {"pi": 1.6}  # not paired: the median
     assert not ev._meets_target(paired)  # 1.1 ms against 0.7 x 1.5 ms, though 0.7 x 1.6 ms would admit it
     assert ev._meets_target({"pi": {"p50_ms": 1.1}})
+
+
+def test_under_the_hard_constraint_only_a_plan_that_meets_the_target_sets_the_bar():
+    # MobileNetV3-small at 0.7x: an accurate plan at 0.80x (reward 0.83) kept every plan at 0.70x, 85% after
+    # the recovery steps, from being measured; under the hard constraint it cannot be delivered before them
+    ev = _evaluator([(0.95, 0.80), (0.94, 0.85), (0.93, 0.9)], constraint="hard")
+    ev.predicted_figures = lambda choices: {"pi": choices}  # the cost model's prediction: here, the choices
+    ev._reward = lambda acc, macs, meas, choices: acc * min(1.0, 0.7 / choices)
+    assert worth(ev, 0.80, choices=0.68)  # expected to meet the target, none measured does: measure it
+    assert not worth(ev, 0.80, choices=0.78)  # expected to miss it, and below the best reward
+    soft = _evaluator([(0.95, 0.80), (0.94, 0.85), (0.93, 0.9)])
+    soft.predicted_figures, soft._reward = ev.predicted_figures, ev._reward
+    assert not worth(soft, 0.80, choices=0.68)  # a soft constraint: the best reward (0.83) is the bar
+    # once one meets it, that plan's reward is the bar, not the higher one (0.97 x 0.7/0.75 = 0.905) of a
+    # plan that misses it
+    rows = [(0.97, 0.75), (0.85, 0.69), (0.93, 0.9)]
+    ev, soft = _evaluator(rows, constraint="hard"), _evaluator(rows)
+    for e in (ev, soft):
+        e.predicted_figures = lambda choices: {"pi": choices}
+        e._reward = lambda acc, macs, meas, choices: acc * min(1.0, 0.7 / choices)
+    assert worth(ev, 0.84, choices=0.68)  # within the slack of the plan that meets the target (0.85)
+    assert not worth(soft, 0.84, choices=0.68)  # below 0.905 less the slack
+    assert not worth(ev, 0.80, choices=0.68)  # below 0.85 less the slack

@@ -4,8 +4,11 @@
 keeping one row costs 3 MACs per output pixel per input channel; a dropped filter costs nothing, and the
 consumers' weights on its channel are masked too, so downstream work disappears with it); ``params``
 counts non-zero parameter entries (BN and LayerNorm included). ``dense_macs`` / ``dense_params`` count
-every entry, i.e. what a dense engine such as XNNPACK really executes. Attention's activation x activation
-matmuls are not counted (they have no weights). All numbers are per sample.
+every entry, i.e. what a dense engine such as XNNPACK really executes. An ``nn.MultiheadAttention`` (and
+its pruned stand-in, :class:`patterns.heads.PrunedMultiheadAttention`) runs its q/k/v and out projections
+through ``F.linear`` on its own parameters, never through a Linear module's forward: they are counted from
+its call (q rows over the query's tokens, k and v rows over the key's and value's). Attention's activation x
+activation matmuls are not counted (they have no weights). All numbers are per sample.
 """
 
 from __future__ import annotations
@@ -58,10 +61,38 @@ def count(model: nn.Module, example_input: torch.Tensor, masks: Mapping[str, tor
             totals["macs"] += int(torch.count_nonzero(conv.weight.detach())) * positions
             totals["dense"] += conv.weight.numel() * positions
 
+    def add(weight: torch.Tensor, positions: int) -> None:
+        totals["macs"] += int(torch.count_nonzero(weight)) * positions
+        totals["dense"] += weight.numel() * positions
+
+    def attention_hook(module: nn.Module, args, kwargs, _output) -> None:
+        name = names[module]
+        prefix = f"{name}." if name else ""
+        inputs = list(args) + [kwargs[k] for k in ("query", "key", "value")[len(args):] if k in kwargs]
+        query, key, value = (inputs + [None] * 3)[:3]
+        key = query if key is None else key
+        value = key if value is None else value
+        tokens = [t.numel() // (t.shape[-1] * batch) for t in (query, key, value)]
+        packed = getattr(module, "in_proj_weight", None)
+        if packed is not None:
+            weight = _effective(packed, masks.get(f"{prefix}in_proj_weight"))
+            for part, positions in zip(weight.chunk(3, dim=0), tokens, strict=True):
+                add(part, positions)
+        else:
+            for part, positions in zip(("q", "k", "v"), tokens, strict=True):
+                add(_effective(getattr(module, f"{part}_proj_weight"), masks.get(f"{prefix}{part}_proj_weight")),
+                    positions)
+        add(_effective(module.out_proj.weight, masks.get(f"{prefix}out_proj.weight")), tokens[0])
+
+    from patterns.heads import PrunedMultiheadAttention
     from patterns.kernel import PatternConv
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    attention = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention | PrunedMultiheadAttention)]
+    projections = {id(m.out_proj) for m in attention}  # run inside the attention's call, counted there
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, nn.Conv2d | nn.Linear) and id(m) not in projections]
     handles += [m.register_forward_hook(pattern_hook) for m in model.modules() if isinstance(m, PatternConv)]
+    handles += [m.register_forward_hook(attention_hook, with_kwargs=True) for m in attention]
     was_training = model.training
     model.eval()
     try:

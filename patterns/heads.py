@@ -1139,6 +1139,7 @@ class PrunedMultiheadAttention(nn.Module):
                 key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
                 attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[torch.Tensor, None]:
+        packed = query is key and key is value  # self-attention
         unbatched = query.dim() == 2
         if unbatched:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
@@ -1151,12 +1152,19 @@ class PrunedMultiheadAttention(nn.Module):
         inner, h, d = self.inner_dim, self.num_heads, self.head_dim
         w, b = self.in_proj_weight, self.in_proj_bias
         kd = self.embed_dim if self.kdim is None else self.kdim
-        wq, wk, wv = w[:inner], w[inner:2 * inner], w[2 * inner:]
-        bq, bk, bv = (None, None, None) if b is None else (b[:inner], b[inner:2 * inner], b[2 * inner:])
         del kd
-        q = F.linear(query, wq, bq).reshape(tgt, batch * h, d).transpose(0, 1).reshape(batch, h, tgt, d)
-        k = F.linear(key, wk, bk).reshape(src, batch * h, d).transpose(0, 1).reshape(batch, h, src, d)
-        v = F.linear(value, wv, bv).reshape(src, batch * h, d).transpose(0, 1).reshape(batch, h, src, d)
+        if packed:
+            # self-attention, as torch's own packed path: one projection with the whole (constant) weight, the
+            # output split; slicing the weight instead leaves three linears on computed weights, which
+            # XNNPACK cannot pack ahead of time
+            q, k, v = F.linear(query, w, b).split(inner, dim=-1)
+        else:
+            wq, wk, wv = w[:inner], w[inner:2 * inner], w[2 * inner:]
+            bq, bk, bv = (None, None, None) if b is None else (b[:inner], b[inner:2 * inner], b[2 * inner:])
+            q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+        q = q.reshape(tgt, batch * h, d).transpose(0, 1).reshape(batch, h, tgt, d)
+        k = k.reshape(src, batch * h, d).transpose(0, 1).reshape(batch, h, src, d)
+        v = v.reshape(src, batch * h, d).transpose(0, 1).reshape(batch, h, src, d)
         mask = _float_mask(attn_mask, q.dtype)
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)  # (1, L, S) -> broadcast over heads

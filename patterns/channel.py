@@ -2,14 +2,17 @@
 
 Applies to Conv2d filters and to Linear output features alike (an MLP's hidden units of any spelling:
 ``fc1 -> act -> fc2``, ``nn.Sequential`` ``mlp.0/mlp.2``, channels-last convnext MLPs), wherever the
-dependency analysis shows the group is exact to remove: not through a LayerNorm, not across a barrier
-(see :mod:`patterns.structure`), and consumed by at least one layer (a group that reaches the model's
-output unconsumed, such as a classifier's logits, keeps its width).
+dependency analysis shows the group is exact to remove: not across a barrier (see
+:mod:`patterns.structure`), and consumed by at least one layer (a group that reaches the model's output
+unconsumed, such as a classifier's logits, keeps its width).
 
 The pattern sets the share of a group's channels that go (``ratio`` overrides it). Channels are ranked by
 the L2 norm of every parameter slice the group ties together (producers' filters, BN, consumers' input
-weights), smallest first, ties to the lower index. Groups that pass through a LayerNorm (the ViT residual
-stream) are excluded: a LayerNorm mixes channels, so a masked channel is not equivalent to a removed one.
+weights), smallest first, ties to the lower index. A group that passes through LayerNorms (a transformer's
+residual stream, a ConvNeXt stage, as torch-pruning prunes them) is removable too: a LayerNorm mixes its
+channels, so the masked model's LayerNorms normalize over the kept channels only (:mod:`patterns.norms`),
+which is what the realized, narrower ones compute. A LayerNorm over more than one axis, or one whose axis
+cannot be read off its call, keeps the group's width.
 """
 
 from __future__ import annotations
@@ -84,14 +87,36 @@ class ChannelFamily(Family):
                                 hint="use a smaller ratio")
             if not drop:
                 return Decision({})
-        return Decision(ctx.group_masks(layer, drop), removals=((layer, tuple(drop)),))
+        return Decision(ctx.group_masks(layer, drop), removals=((layer, tuple(drop)),),
+                        norms=_kept_norms(ctx, layer, group, drop, n))
+
+
+def _kept_norms(ctx: Context, layer: str, group: CoupledGroup, drop: list[int],
+                n: int) -> dict[str, tuple[int, torch.Tensor]]:
+    """{LayerNorm of the group: (its axis, keep-mask)} for dropping ``drop`` of the group's ``n`` channels."""
+    names = sorted({m.name for m in group.members if _is_layernorm(ctx.module(m.name))})
+    if not names:
+        return {}
+    axes = ctx.norm_axes(names)
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[drop] = False
+    norms = {}
+    for name in names:
+        width = ctx.module(name).normalized_shape
+        if axes[name] is None or tuple(width) != (n,):
+            raise PlanError(f"layer '{layer}': channel pruning is not exact here: its channels pass through the "
+                            f"LayerNorm {name} (normalized shape {tuple(width)}), whose channel axis cannot be "
+                            "identified", hint="keep this layer's width")
+        norms[name] = (axes[name], keep)
+    return norms
+
+
+def _is_layernorm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm)
 
 
 def _refusal(group: CoupledGroup) -> str:
     """Why the group's channels cannot be removed exactly, or "" (shown by ``sculpt-host inspect``)."""
-    if group.has_layernorm:
-        norms = ", ".join(m.name for m in group.members if m.module_type == "LayerNorm")
-        return f"its channels pass through a LayerNorm ({norms}), which mixes them"
     if group.barrier:
         return group.barrier
     if not group.consumers:

@@ -42,13 +42,15 @@ class Decision:
 
     ``masks`` maps parameter qualified names to bool keep-masks; ``removals`` lists (producer layer, output
     indices) that torch-pruning removes physically with their whole coupled group; ``rewrites`` are
-    (priority, function) pairs run in priority order after the removals.
+    (priority, function) pairs run in priority order after the removals; ``norms`` are the LayerNorms the
+    removed channels pass through, ``{name: (normalized axis, keep-mask)}`` (:mod:`patterns.norms`).
     """
 
     masks: dict[str, torch.Tensor]
     removals: tuple[tuple[str, tuple[int, ...]], ...] = ()
     rewrites: tuple[tuple[int, Rewrite], ...] = ()
     note: str = ""
+    norms: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict)
 
 
 class Context:
@@ -86,6 +88,19 @@ class Context:
             channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
             self._groups[layer] = try_group_of(self.dg, module, self.names, layer, channels)
         return self._groups[layer]
+
+    def norm_axes(self, names: list[str]) -> dict[str, int | None]:
+        """{LayerNorm name: the axis it normalizes} (:func:`patterns.norms.normalized_axes`, probed once)."""
+        from patterns.norms import normalized_axes
+
+        cache = self.__dict__.setdefault("_norm_axes", {})
+        missing = [name for name in names if name not in cache]
+        if missing:
+            if self.example_input is None:
+                raise PlanError("this plan needs the model's LayerNorm axes, but no example input was given",
+                                hint="pass example_input (a tensor of the model's input shape)")
+            cache.update(normalized_axes(self.model, missing, self.example_input))
+        return {name: cache[name] for name in names}
 
     def channel_classes(self, layer: str) -> list[list[int]]:
         """``layer``'s output channels split into the smallest sets that can be removed on their own.
@@ -128,8 +143,17 @@ class Context:
         """Keep-masks that zero output channels ``idxs`` of ``layer`` across its whole coupled group."""
         tp_group = group_of(self.dg, self.module(layer), self.names, idxs)
         masks: dict[str, torch.Tensor] = {}
+        params = {id(p): name for name, p in self.model.named_parameters()}
         for dep, dep_idxs in tp_group:
             module = dep.target.module
+            if isinstance(module, nn.Parameter) and id(module) in params:
+                # a bare parameter on the channels (a ViT's class token and position embedding), pruned
+                # by torch-pruning along its pruning axis
+                mask = torch.ones_like(module, dtype=torch.bool)
+                mask.index_fill_(dep.target.pruning_dim, torch.as_tensor(list(dep_idxs), dtype=torch.long), False)
+                key = params[id(module)]
+                masks[key] = masks[key] & mask if key in masks else mask
+                continue
             if not isinstance(module, nn.Module) or module not in self.names:
                 continue
             name = self.names[module]

@@ -1,4 +1,5 @@
-"""MaskSet: boolean keep-masks by parameter name, applied in place (and re-applied after optimizer steps)."""
+"""MaskSet: boolean keep-masks by parameter name, applied in place (and re-applied after optimizer steps),
+plus the kept channels of LayerNorms a channel group passes through (:mod:`patterns.norms`)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from patterns.errors import PlanError
 class MaskSet(Mapping[str, torch.Tensor]):
     """Keep-masks (True = keep) for the parameters a plan touches; read-only mapping."""
 
-    def __init__(self, masks: Mapping[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, masks: Mapping[str, torch.Tensor] | None = None,
+                 norms: Mapping[str, tuple[int, torch.Tensor]] | None = None) -> None:
         self._masks = {name: mask.to(torch.bool) for name, mask in (masks or {}).items()}
+        # {LayerNorm name: (normalized axis, keep-mask of its channels)}
+        self.norms = {name: (dim, keep.to(torch.bool)) for name, (dim, keep) in (norms or {}).items()}
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._masks[name]
@@ -30,11 +34,19 @@ class MaskSet(Mapping[str, torch.Tensor]):
         merged = dict(self._masks)
         for name, mask in other.items():
             merged[name] = merged[name] & mask if name in merged else mask.to(torch.bool)
-        return MaskSet(merged)
+        norms = dict(self.norms)
+        for name, (dim, keep) in getattr(other, "norms", {}).items():
+            norms[name] = (dim, norms[name][1] & keep) if name in norms else (dim, keep)
+        return MaskSet(merged, norms)
 
     @torch.no_grad()
-    def apply(self, model: nn.Module) -> nn.Module:
-        """Zero every masked entry of ``model``'s parameters in place (call after each optimizer step)."""
+    def apply(self, model: nn.Module, norms: bool = True) -> nn.Module:
+        """Zero every masked entry of ``model``'s parameters in place (call after each optimizer step) and,
+        with ``norms``, make its restricted LayerNorms normalize over their kept channels only."""
+        if norms and self.norms:
+            from patterns.norms import restrict
+
+            restrict(model, self.norms)
         params = dict(model.named_parameters())
         for name, mask in self._masks.items():
             param = params.get(name)

@@ -18,6 +18,7 @@ from torch import nn
 from patterns.errors import PlanError
 from patterns.family import Context, Decision, RealizeState
 from patterns.masks import MaskSet
+from patterns.norms import strip
 from patterns.plan import Plan
 from patterns.registry import KEEP, get_family
 from patterns.structure import build_dependency_graph, group_of, prunable_layers
@@ -47,7 +48,7 @@ def decide(model: nn.Module, plan: Plan, example_input: torch.Tensor | None,
 def plan_masks(decisions: dict[str, Decision]) -> MaskSet:
     masks = MaskSet()
     for decision in decisions.values():
-        masks = masks.combine(decision.masks)
+        masks = masks.combine(MaskSet(decision.masks, decision.norms))
     return masks
 
 
@@ -117,8 +118,8 @@ def realize(model: nn.Module, plan: Plan, example_input: torch.Tensor, *, check_
     removals = _merge_removals(ctx, decisions)
     if check_only:
         return model
-    realized = copy.deepcopy(weights_from if weights_from is not None else model).eval()
-    masks.apply(realized)
+    realized = strip(copy.deepcopy(weights_from if weights_from is not None else model)).eval()
+    masks.apply(realized, norms=False)  # its LayerNorms lose the removed channels instead
     state = RealizeState(groups={name: group for name, (_, group) in ctx._groups.items()})
     state.notes.extend(d.note for d in decisions.values() if d.note)
     if removals:

@@ -78,8 +78,7 @@ class ModelGraph:
 
     @staticmethod
     def channel_refusal(group: CoupledGroup) -> str:
-        """Why ``group``'s channels get no channel choices ("" when they do): a LayerNorm, a coupling
-        barrier (a reshape that splits the channel axis, a construct torch-pruning cannot map), or no
+        """Why ``group``'s channels get no channel choices ("" when they do): a coupling barrier (a reshape that splits the channel axis, a construct torch-pruning cannot map), or no
         consumer (logits)."""
         from patterns.channel import channel_refusal
 

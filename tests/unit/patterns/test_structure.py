@@ -40,7 +40,7 @@ def test_choices_depend_on_layer_kind():
     choices = layer_choices(model, torch.randn(1, 3, 8, 8))
     assert ("vit", "heads50") in choices["blocks.0.attn.q"]
     assert ("vit", "hidden50") in choices["blocks.0.mlp.fc1"]
-    assert not any(f == "channel" for f, _ in choices["patch_embed"])  # its group passes a LayerNorm
+    assert ("channel", "prune50") in choices["patch_embed"]  # the residual stream, through its LayerNorms
     assert all(c[0] in ("keep", "nm", "block") for c in choices["blocks.0.attn.k"])
     conv = torch.nn.Conv2d(4, 8, 3)
     assert choices_for(conv)[0] == ("keep", "dense") and ("kernel", "paper6") in choices_for(conv)

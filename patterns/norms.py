@@ -26,10 +26,11 @@ class KeptChannels:
     def __init__(self, dim: int, keep: torch.Tensor) -> None:
         self.dim = dim
         self.keep = keep.to(torch.bool)
+        self.index = torch.nonzero(self.keep).flatten()  # a constant, so the hook exports (torch.export)
 
     def __call__(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
         x = args[0]
-        index = torch.nonzero(self.keep.to(x.device)).flatten()
+        index = self.index.to(x.device)
         moved = x.movedim(self.dim, -1).index_select(-1, index)
         weight = None if module.weight is None else module.weight.index_select(0, index)
         bias = None if module.bias is None else module.bias.index_select(0, index)

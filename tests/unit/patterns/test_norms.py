@@ -77,13 +77,18 @@ def test_a_group_through_channels_first_layernorms_is_pruned_exactly():
         assert torch.allclose(copied.eval()(x), small(x), atol=1e-5)
 
 
-def test_zoo_vit_residual_stream():
+@pytest.mark.slow
+@pytest.mark.executorch
+def test_zoo_vit_residual_stream_and_the_masked_model_exports(tmp_path):
+    from host.export import export_pte
     from host.models import zoo
 
     torch.manual_seed(1)
     model, x = zoo.create_model("vit_tiny", width=0.25, image_size=8).eval(), torch.randn(2, 3, 8, 8)
-    _, small = _check(model, x, "patch_embed")
+    masked, small = _check(model, x, "patch_embed")
     assert small.norm.normalized_shape[0] == model.norm.normalized_shape[0] // 2
+    # `export --masks-only` exports the masked model, hooks and all (checked against eager by export_pte)
+    assert export_pte(masked, (x[:1],), tmp_path / "masked.pte").path.is_file()
 
 
 class _WideNorm(nn.Module):

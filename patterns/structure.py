@@ -290,6 +290,9 @@ def describe_group(group, names: dict[nn.Module, str], root: str, channels: int,
             members.append(GroupMember(names[module], kind, mtype))
             if isinstance(module, nn.LayerNorm):
                 has_layernorm = True
+                if not barrier and len(module.normalized_shape) != 1:
+                    barrier = (f"channels pass through the LayerNorm {names[module]} over several axes (normalized "
+                               f"shape {tuple(module.normalized_shape)}), which has no channel axis to narrow")
             if kind == "out" and isinstance(module, nn.Conv2d | nn.Linear):
                 producers += 1  # a depthwise conv in the group counts too: it breaks privacy
             if kind == "in" and not (isinstance(module, nn.Conv2d) and module.groups == 1):

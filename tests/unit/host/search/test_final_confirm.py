@@ -68,6 +68,21 @@ def test_a_lucky_winner_is_re_ranked_and_the_order_kept_for_a_resume(tmp_path):
     assert fresh.calls == []
 
 
+def test_a_lone_plan_on_the_front_is_confirmed_against_the_runners_up(tmp_path):
+    # MobileNetV3-small on a loaded host: a plan with 0.4% of the MACs cut measured once at 0.72x of dense
+    # and dominated every other plan; beside dense it runs at 0.97x, and a runner-up meets the target
+    lucky = _row(1, 0.97, 0.72, 1.0, reward=0.97 * 0.7 / 0.72)
+    runner = _row(2, 0.87, 0.75, 1.0, reward=0.87 * 0.7 / 0.75)
+    evaluator = _Evaluator(again=[0.97, 0.66])
+    stage = _stage(tmp_path)
+    ranked = stage._confirmed(evaluator, [lucky], [runner])
+    assert [r.id for r in ranked] == [2, 1]
+    assert evaluator.calls[0][1:] == [lucky, runner]
+    # resumed: the same order, the runner-up found again among the runners-up
+    again = FinalStage(stage.config, stage.journal, lambda _p: None)
+    assert [r.id for r in again._confirmed(_Evaluator(again=[]), [lucky], [runner])] == [2, 1]
+
+
 def test_nothing_to_confirm_with_a_single_measured_plan(tmp_path):
     evaluator = _Evaluator(again=[0.5])
     unmeasured = CandidateRecord(phase="search", plan={"choices": {"layer": "other"}}, accuracy=0.95, macs=1,

@@ -25,9 +25,10 @@ Named variants (``--constraint``):
   *delivered* (:attr:`Constraint.budget`): the final stage finishes plans that meet it before any that
   do not, and while none measured does, a plan the cost model expects to meet it is measured. Without the
   wall, torchvision's MobileNetV3-small at 0.7x delivered an accurate plan at 0.80x of dense (reward
-  0.95 x 0.7/0.8 = 0.83) over plans at 0.70x that were at 85% after the short recovery steps (0.80-0.85). Measured on ResNet-20/MNIST-5k: with ``balanced`` a 0.495x target ended at 0.36x and 0.65
-  points less accurate than needed, because 2% reward for being faster outweighed the accuracy the short
-  candidate scoring can resolve.
+  0.95 x 0.7/0.8 = 0.83) over plans at 0.70x that were at 85% after the short recovery steps (0.80-0.85).
+  Measured on ResNet-20/MNIST-5k: with ``balanced`` a 0.495x target ended at 0.36x and 0.65 points less
+  accurate than needed, because 2% reward for being faster outweighed the accuracy the short candidate
+  scoring can resolve.
 * ``balanced`` ``alpha = -0.07, beta = -0.5``: MnasNet's gentle slope below the target (a plan twice as fast
   as needed gains 5%) and a steep one above it (2x too slow loses 29%). Smooth everywhere.
 * ``soft`` ``alpha = beta = -0.5``: faster than the target keeps paying (a plan at 0.4x with 84% beat one at

@@ -86,6 +86,7 @@ def count(model: nn.Module, example_input: torch.Tensor, masks: Mapping[str, tor
 
     from patterns.heads import PrunedMultiheadAttention
     from patterns.kernel import PatternConv
+    from patterns.probe import run_hooked
 
     attention = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention | PrunedMultiheadAttention)]
     projections = {id(m.out_proj) for m in attention}  # run inside the attention's call, counted there
@@ -93,15 +94,7 @@ def count(model: nn.Module, example_input: torch.Tensor, masks: Mapping[str, tor
                if isinstance(m, nn.Conv2d | nn.Linear) and id(m) not in projections]
     handles += [m.register_forward_hook(pattern_hook) for m in model.modules() if isinstance(m, PatternConv)]
     handles += [m.register_forward_hook(attention_hook, with_kwargs=True) for m in attention]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    run_hooked(model, example_input, handles)
     params = dense_params = 0
     for name, param in model.named_parameters():
         params += int(torch.count_nonzero(_effective(param, masks.get(name))))

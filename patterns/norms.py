@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from patterns.errors import PlanError
+from patterns.probe import run_hooked
 
 
 class KeptChannels:
@@ -68,7 +69,6 @@ def restrict(model: nn.Module, norms: dict[str, tuple[int, torch.Tensor]]) -> No
 def normalized_axes(model: nn.Module, names: list[str], example_input: torch.Tensor) -> dict[str, int | None]:
     """{LayerNorm name: the input axis it normalizes, or None when no single axis reproduces its output}."""
     found: dict[str, int | None] = {}
-    handles = []
 
     def probe(name: str):
         def hook(module: nn.Module, args, output: torch.Tensor) -> None:
@@ -77,17 +77,7 @@ def normalized_axes(model: nn.Module, names: list[str], example_input: torch.Ten
             found[name] = _axis(module, args[0], output)
         return hook
 
-    for name in names:
-        handles.append(model.get_submodule(name).register_forward_hook(probe(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    run_hooked(model, example_input, [model.get_submodule(name).register_forward_hook(probe(name)) for name in names])
     return {name: found.get(name) for name in names}
 
 

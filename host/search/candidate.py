@@ -304,6 +304,41 @@ class CandidateEvaluator:
         return {dev: {**summary, key: dense[dev]} if dev in dense else dict(summary)
                 for dev, summary in measurement.items()}
 
+    def _settle(self, artifact: Any, measurement: dict[str, Any], acc: float, macs: int, choices: np.ndarray | None,
+                confirm: bool = True) -> dict[str, Any]:
+        """The measurement a candidate is recorded with: ``measurement`` paired with dense measured right after
+        it; and, when ``confirm`` and that one pair would make the plan the best measured plan that meets a
+        hard constraint's target (:meth:`_would_set_the_bar`), measured again until two pairs agree on
+        whether it meets the target (at most three), keeping the pair of median ratio (of two that agree, the
+        slower one).
+
+        Such a plan sets the bar for which plans are worth measuring after it, and is what the search
+        delivers, so one lucky pair must not make it: on a shared host a 256 px MobileNetV3-small plan
+        measured 0.68x of its paired dense once and 0.88-1.12x every time after, and no plan less accurate
+        than it was measured for the rest of the search."""
+        samples = [self._pair_with_dense(measurement)]
+        if not confirm or not self._would_set_the_bar(acc, macs, samples[0], choices):
+            return samples[0]
+        while len(samples) < 3:
+            again = self.measure_artifact(artifact.path, artifact.sha256, self.bench, use_cache=False)
+            samples.append(self._pair_with_dense(again))
+            if len(samples) == 2 and self._meets_target(samples[0]) == self._meets_target(samples[1]):
+                break
+        ratios = [self.measured_ratio(s) for s in samples]
+        logger.info("candidate met the target on one measurement; measured %d times side by side with dense: "
+                    "%s of dense", len(samples), ", ".join(f"{r:.3f}x" for r in ratios if r is not None))
+        order = sorted(range(len(samples)), key=lambda i: ratios[i] if ratios[i] is not None else float("inf"))
+        return samples[order[1]]
+
+    def _would_set_the_bar(self, acc: float, macs: int, measurement: Any, choices: np.ndarray | None) -> bool:
+        """Under a hard constraint, ``measurement`` meets the target and its reward beats every measured search
+        plan that meets it (or none does yet)."""
+        if not self.objective.constraint.budget or not self._meets_target(measurement):
+            return False
+        winners = [r.reward for r in self.journal.candidates(Phase.SEARCH)
+                   if r.measurement and not r.reused and self._meets_target(r.measurement)]
+        return not winners or self._reward(acc, macs, measurement, choices) > max(winners)
+
     # -- cost model ----------------------------------------------------------------------------------
     def choices_of(self, record: CandidateRecord) -> np.ndarray:
         """The per-layer choice indices a journal row stands for."""
@@ -319,7 +354,11 @@ class CandidateEvaluator:
             return None
         if not self.objective.needs_measurement:
             return record.macs / self.dense.macs if self.dense.macs else None
-        figures, dense = self._figures(record.measurement), self.reference(record.measurement)
+        return self.measured_ratio(record.measurement)
+
+    def measured_ratio(self, measurement: Any) -> float | None:
+        """Worst-device ratio of a measurement to its dense reference; None when nothing was measured."""
+        figures, dense = self._figures(measurement), self.reference(measurement)
         ratios = [figures[d] / dense[d] for d in figures if d in dense and dense[d] > 0]
         return max(ratios) if ratios else None
 
@@ -368,12 +407,15 @@ class CandidateEvaluator:
             cost = self.count(model, masks)
             sha, measurement, int8_acc = None, None, None
             if self.devices and (force_measure or self._worth_measuring(acc, cost.macs, choices)):
-                if self.precision == Precision.INT8:
-                    sha, measurement, int8_acc = self.measure_int8(plan, model, key, plan_data["choices"])
-                else:
-                    sha, measurement = self.measure_realized(realized, key)
+                settle = None
                 if phase != Phase.DENSE and self.objective.needs_measurement:
-                    measurement = self._pair_with_dense(measurement)
+                    def settle(artifact, measured, int8_accuracy=None):
+                        return self._settle(artifact, measured, self.scored_accuracy(acc, int8_accuracy),
+                                            cost.macs, choices, confirm=phase == Phase.SEARCH)
+                if self.precision == Precision.INT8:
+                    sha, measurement, int8_acc = self.measure_int8(plan, model, key, plan_data["choices"], settle)
+                else:
+                    sha, measurement = self.measure_realized(realized, key, settle)
         except CandidateFailure as failure:
             # the worst reward, recorded so the policy learns from it and a resume does not retry it
             return self._record_invalid(phase, plan_data, failure, time.perf_counter() - start)
@@ -422,18 +464,22 @@ class CandidateEvaluator:
 
         return patterns.count(model, self.data.example_input, masks=masks or None)
 
-    def measure_realized(self, realized: nn.Module, key: str) -> tuple[str, dict[str, Any]]:
-        """Export a realized plan (:meth:`realize_checked`), then measure it on every device (cache first)."""
+    def measure_realized(self, realized: nn.Module, key: str, settle: Any = None) -> tuple[str, dict[str, Any]]:
+        """Export a realized plan (:meth:`realize_checked`), then measure it on every device (cache first).
+        ``settle(artifact, measurement)``, while the artifact exists, turns that into the recorded measurement
+        (:meth:`_settle`: paired with dense, confirmed)."""
         path = self._workdir / f"{key[:16]}.pte"
         artifact = self.export(realized, path)
         try:
             measurement = self.measure_artifact(artifact.path, artifact.sha256, self.bench)
+            if settle is not None:
+                measurement = settle(artifact, measurement)
         finally:
             Path(artifact.path).unlink(missing_ok=True)
         return artifact.sha256, measurement
 
-    def measure_int8(self, plan: Any, model: nn.Module, key: str,
-                     names: dict[str, str] | None = None) -> tuple[str, dict[str, Any], float]:
+    def measure_int8(self, plan: Any, model: nn.Module, key: str, names: dict[str, str] | None = None,
+                     settle: Any = None) -> tuple[str, dict[str, Any], float]:
         """(sha256, measurement, validation accuracy) of the plan's int8 artifact: realized with the weights of
         ``model`` (the masked, recovered copy: int8 accuracy depends on them and on the calibration), quantized
         on the run's calibration batches, scored by the ExecuTorch runtime, then measured on every device."""
@@ -445,6 +491,8 @@ class CandidateEvaluator:
             x_val, y_val = self.data.val_tensors()
             int8_acc = artifact_accuracy(artifact.path, "pte", x_val, y_val)
             measurement = self.measure_artifact(artifact.path, artifact.sha256, self.bench)
+            if settle is not None:  # as in measure_realized; the reward it weighs uses the int8 accuracy
+                measurement = settle(artifact, measurement, int8_acc)
         finally:
             Path(artifact.path).unlink(missing_ok=True)
         return artifact.sha256, measurement, int8_acc

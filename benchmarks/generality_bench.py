@@ -119,7 +119,7 @@ def side_by_side(devices, paths: dict[str, Path], rounds: int) -> dict[str, floa
     samples: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(rounds):
         for name, path in paths.items():
-            samples[name].append(measure(devices[0], path, BenchSpec(threads=1, policy=BenchPolicy.final()))["p50_ms"])
+            samples[name].append(measure(devices[0], path, BenchSpec(threads=1, policy=BenchPolicy.final())).p50_ms)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -161,7 +161,7 @@ def search_row(entry, out: Path, devices, args) -> dict:
     config = replace(SearchConfig(), out=out / "search", model=spec, devices=("local",), budget=args.budget,
                      objective="latency", target=args.target_latency, final_top=1, export_tflite=False,
                      finetune=FinetuneConfig(epochs=args.finetune_epochs, distill_alpha=0.5))
-    found = SearchRunner.start(config).run()
+    found = SearchRunner.start(config).run().to_dict()  # the result.json form
     finals = found.get("finals") or []
     if not finals:
         return {"search": "no final model", "dense_val": result.val_accuracy}
@@ -195,7 +195,7 @@ def sized_entry(entry, out: Path, devices, min_ms: float, max_size: int = 256):
     while True:
         model, x = entry.build(), entry.example_input()
         path = export_pte(model, (x,), out / "size-probe.pte").path
-        ms = measure(devices[0], path, BenchSpec(threads=1, policy=BenchPolicy.final()))["p50_ms"]
+        ms = measure(devices[0], path, BenchSpec(threads=1, policy=BenchPolicy.final())).p50_ms
         path.unlink(missing_ok=True)
         size = entry.input_shape[-1]
         if ms >= min_ms or 2 * size > max_size:

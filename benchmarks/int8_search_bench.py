@@ -34,7 +34,7 @@ def run_seed(args, seed: int, out: Path) -> dict:
                           finetune=FinetuneConfig(epochs=args.finetune_epochs, distill_alpha=0.5),
                           model=ModelSpec(train_epochs=args.train_epochs))
     start = time.perf_counter()
-    result = SearchRunner.start(config).run()
+    result = SearchRunner.start(config).run().to_dict()  # the result.json form
     seconds = time.perf_counter() - start
     if not result["finals"]:
         raise SystemExit(f"seed {seed}: the search produced no final model (see {out / 'report.md'})")

@@ -46,7 +46,7 @@ def _search(base_config, name: str, out: Path, **changes):
 
     config = replace(base_config, out=out / name, **changes)
     start = time.perf_counter()
-    result = SearchRunner.start(config).run()
+    result = SearchRunner.start(config).run().to_dict()  # the result.json form
     final = result["finals"][0] if result["finals"] else None
     return result, final, time.perf_counter() - start
 
@@ -79,7 +79,7 @@ def _uniform_l1(model, splits, target_ms: float, out: Path, bench_runs: int):
     with open_devices(["local"]) as devices:
         def latency(m) -> float:
             artifact = export_pte(m, (example,), out / "l1-probe.pte")
-            return measure(devices[0], Path(artifact.path), BenchSpec(threads=1, policy=BenchPolicy.timed(30, 0.3, warmup_runs=5)))["p50_ms"]
+            return measure(devices[0], Path(artifact.path), BenchSpec(threads=1, policy=BenchPolicy.timed(30, 0.3, warmup_runs=5))).p50_ms
 
         lo, hi = 0.0, 0.9
         probes = {}
@@ -92,7 +92,7 @@ def _uniform_l1(model, splits, target_ms: float, out: Path, bench_runs: int):
         # latency depends on the structure only, so the pruned (not yet fine-tuned) model is what gets timed
         artifact = export_pte(m, (example,), out / "l1.pte")
         summary = measure(devices[0], Path(artifact.path), BenchSpec(threads=1, policy=BenchPolicy.final(runs=bench_runs)))
-    row = {"cut": cut, "latency_ms": summary["p50_ms"], "pte": str(artifact.path), "ratio": ratio}
+    row = {"cut": cut, "latency_ms": summary.p50_ms, "pte": str(artifact.path), "ratio": ratio}
     return row, lambda: (pruned(ratio)[0], {})
 
 
@@ -151,7 +151,7 @@ def _side_by_side(paths: dict[str, Path], rounds: int = 3) -> dict[str, float]:
     with open_devices(["local"]) as devices:
         for _ in range(rounds):
             for name, path in paths.items():
-                samples[name].append(measure(devices[0], path, BenchSpec(threads=1, policy=BenchPolicy.final()))["p50_ms"])
+                samples[name].append(measure(devices[0], path, BenchSpec(threads=1, policy=BenchPolicy.final())).p50_ms)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

@@ -10,9 +10,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from host.kinds import Aggregate, ConstraintName, ObjectiveName, Precision, choices
+
+if TYPE_CHECKING:
+    from host.report.summary import ModelFigures, RunSummary
 
 DEFAULT_OUT = "runs/search"
 
@@ -140,52 +143,50 @@ def run(args: argparse.Namespace) -> int:
             print(f"\ninterrupted: resume with  sculpt-host search --resume {runner.run_dir}", file=sys.stderr)
             raise
     if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
+        print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
     else:
         _print_human(result, runner.run_dir)
     return 0
 
 
-def _print_human(result: dict[str, Any], run_dir: Path) -> None:
-    dense = result["dense"]
-    print(f"{result['model']} on {result['dataset']}: objective {result['objective']}, target {result['target']}")
-    print(f"evaluated {result['candidates_evaluated']} candidates, {result['measurements_taken']} device measurements,"
-          f" {result['seconds']:.0f} s")
-    if result.get("invalid"):
-        print(f"{len(result['invalid'])} plan(s) could not be built and were skipped; reasons in "
+def _print_human(result: RunSummary, run_dir: Path) -> None:
+    dense = result.dense
+    print(f"{result.model} on {result.dataset}: objective {result.objective}, target {result.target}")
+    print(f"evaluated {result.candidates_evaluated} candidates, {result.measurements_taken} device measurements,"
+          f" {result.seconds:.0f} s")
+    if result.invalid:
+        print(f"{len(result.invalid)} plan(s) could not be built and were skipped; reasons in "
               f"{run_dir / 'report.md'}")
 
-    def line(m: dict[str, Any]) -> str:
-        cut = 1 - m["macs"] / dense["macs"] if dense["macs"] else 0.0
-        lat = ", ".join(f"{d} {ms:.3f} ms ({dense['latency_ms'][d] / ms:.2f}x)" for d, ms in m["latency_ms"].items()
-                        if ms > 0 and d in dense["latency_ms"])
-        dense_mj = dense.get("energy_mj") or {}
-        energy = "".join(f", {d} {mj:.3f} mJ ({dense_mj[d] / mj:.2f}x less)" for d, mj in (m.get("energy_mj") or {}).items()
-                         if mj and mj > 0 and dense_mj.get(d))
-        test = "" if m.get("test_accuracy") is None else f" test {100 * m['test_accuracy']:.2f}%"
-        return f"  {m['name']:<12} val {100 * m['val_accuracy']:.2f}%{test}  MAC cut {100 * cut:.1f}%  {lat}{energy}"
+    def line(m: ModelFigures) -> str:
+        cut = 1 - m.macs / dense.macs if dense.macs else 0.0
+        lat = ", ".join(f"{d} {ms:.3f} ms ({dense.latency_ms[d] / ms:.2f}x)" for d, ms in m.latency_ms.items()
+                        if ms > 0 and d in dense.latency_ms)
+        energy = "".join(f", {d} {mj:.3f} mJ ({dense.energy_mj[d] / mj:.2f}x less)" for d, mj in m.energy_mj.items()
+                         if mj and mj > 0 and dense.energy_mj.get(d))
+        test = "" if m.test_accuracy is None else f" test {100 * m.test_accuracy:.2f}%"
+        return f"  {m.name:<12} val {100 * m.val_accuracy:.2f}%{test}  MAC cut {100 * cut:.1f}%  {lat}{energy}"
 
-    int8 = result.get("precision") == Precision.INT8
+    int8 = result.precision == Precision.INT8
     print(line(dense) + ("  (int8)" if int8 else ""))
-    for m in result["finals"]:
-        print(line(m) + ("  (int8)" if int8 else "") + ("  (target missed)" if m.get("target_met") is False else ""))
-    twins = result.get("fp32_twins") or []
-    if twins:
-        reference = twins[0]["latency_ms"]
+    for m in result.finals:
+        print(line(m) + ("  (int8)" if int8 else "") + ("  (target missed)" if m.target_met is False else ""))
+    if result.fp32_twins:
+        reference = result.fp32_twins[0].latency_ms
         print("fp32 twins (speed-ups against dense fp32):")
-        for m in twins:
-            lat = ", ".join(f"{d} {ms:.3f} ms ({reference[d] / ms:.2f}x)" for d, ms in m["latency_ms"].items()
+        for m in result.fp32_twins:
+            lat = ", ".join(f"{d} {ms:.3f} ms ({reference[d] / ms:.2f}x)" for d, ms in m.latency_ms.items()
                             if ms > 0 and d in reference)
-            test = "" if m.get("test_accuracy") is None else f" test {100 * m['test_accuracy']:.2f}%"
-            print(f"  {m['name']:<12} val {100 * m['val_accuracy']:.2f}%{test}  {lat}  (fp32)")
-    for warning in result.get("warnings") or []:
+            test = "" if m.test_accuracy is None else f" test {100 * m.test_accuracy:.2f}%"
+            print(f"  {m.name:<12} val {100 * m.val_accuracy:.2f}%{test}  {lat}  (fp32)")
+    for warning in result.warnings:
         print(f"WARNING: {warning}")
     print(f"report: {run_dir / 'report.md'}")
-    if result["finals"] and int8:
+    if result.finals and int8:
         print(f"deploy: {run_dir / 'final-1-int8.pte'} (feed it as {run_dir / 'final-1-int8.json'} says); fp32: "
               f"{run_dir / 'final-1.pte'}; int8 .tflite: sculpt-host export --from-run {run_dir} --format tflite "
               "--quantize")
-    elif result["finals"]:
+    elif result.finals:
         print(f"deploy: {run_dir / 'final-1.pte'} (feed it as {run_dir / 'final-1.json'} says); other formats: "
               f"sculpt-host export --from-run {run_dir} --format tflite")
 

@@ -16,7 +16,7 @@ one, so the measurement cache (keyed by artifact sha256) keeps the precisions ap
 Every measured candidate is paired with the dense model: dense is measured again right after it (same
 device, same policy, cache bypassed) and the candidate's ratio to dense, which decides its reward, whether it
 meets a relative target and what the cost model learns, is taken against that paired figure
-(``measurement[device]["dense_p50_ms"]`` / ``"dense_energy_mj"``). A search runs for minutes to hours on a
+(:attr:`MeasurementSummary.dense_p50_ms` / ``dense_energy_mj``). A search runs for minutes to hours on a
 board whose speed drifts (thermal throttling, other load): one dense figure taken at the start made every
 later ratio carry its error (RepVGG's dense first measured at 2.51 ms on a busy host, 1.5 ms side by side,
 so a 0.76x plan was credited 0.43x). :meth:`CandidateEvaluator.dense_figures` is the median of every dense
@@ -45,10 +45,11 @@ from torch import nn
 
 from host.devices.results import BenchSpec
 from host.errors import MissingDependencyError, PlanError, SculptError, SearchError
-from host.kinds import ObjectiveName, Phase, Precision
+from host.kinds import Phase, Precision
 from host.search.devices import SearchDevice, measure
 from host.search.finetune import FinetuneConfig, accuracy, masked_finetune, recalibrate_bn
 from host.search.journal import STATUS_INVALID, CandidateRecord, Journal, plan_hash
+from host.search.measurement import Measurements, MeasurementSummary
 from host.search.reward import Objective
 from host.search.space import SearchSpace
 from patterns.masks import MaskSet
@@ -273,23 +274,21 @@ class CandidateEvaluator:
             return self._figures(self.dense.measurement)
         return {dev: statistics.median(values) for dev, values in self._dense_samples.items()}
 
-    def reference(self, measurement: Any) -> dict[str, float]:
+    def reference(self, measurement: Measurements | None) -> dict[str, float]:
         """Per-device dense figure a measured candidate is compared with: the one measured right after it,
         where it was paired, else :meth:`dense_figures`."""
         return {**self.dense_figures(), **self._paired(measurement)}
 
-    def _reference_key(self) -> str:
-        return "dense_" + ("energy_mj" if self.objective.name == ObjectiveName.ENERGY else "p50_ms")
-
-    def _paired(self, measurement: Any) -> dict[str, float]:
-        key = self._reference_key()
-        return {dev: float(m[key]) for dev, m in (measurement or {}).items() if m.get(key) is not None}
+    def _paired(self, measurement: Measurements | None) -> dict[str, float]:
+        """Per-device dense figure measured right after ``measurement`` (only the devices where it was)."""
+        pairs = {dev: m.dense_figure(self.objective.name) for dev, m in (measurement or {}).items()}
+        return {dev: float(value) for dev, value in pairs.items() if value is not None}
 
     def _add_dense_samples(self, figures: dict[str, float]) -> None:
         for dev, value in figures.items():
             self._dense_samples.setdefault(dev, []).append(value)
 
-    def _pair_with_dense(self, measurement: dict[str, Any]) -> dict[str, Any]:
+    def _pair_with_dense(self, measurement: Measurements) -> dict[str, MeasurementSummary]:
         """``measurement`` with the dense model measured right after it on every device (cache bypassed)."""
         if self._dense_artifact is None:
             plan, _ = plan_record_data(self.space, self.space.dense_choices())
@@ -300,12 +299,11 @@ class CandidateEvaluator:
         dense = self._figures(self.measure_artifact(self._dense_artifact.path, self._dense_artifact.sha256,
                                                     self.bench, use_cache=False))
         self._add_dense_samples(dense)
-        key = self._reference_key()
-        return {dev: {**summary, key: dense[dev]} if dev in dense else dict(summary)
+        return {dev: summary.paired(self.objective.name, dense[dev]) if dev in dense else summary
                 for dev, summary in measurement.items()}
 
-    def _settle(self, artifact: Any, measurement: dict[str, Any], acc: float, macs: int, choices: np.ndarray | None,
-                confirm: bool = True) -> dict[str, Any]:
+    def _settle(self, artifact: Any, measurement: Measurements, acc: float, macs: int, choices: np.ndarray | None,
+                confirm: bool = True) -> dict[str, MeasurementSummary]:
         """The measurement a candidate is recorded with: ``measurement`` paired with dense measured right after
         it; and, when ``confirm`` and that one pair would make the plan the best measured plan that meets a
         hard constraint's target (:meth:`_would_set_the_bar`), measured again until two pairs agree on
@@ -330,7 +328,7 @@ class CandidateEvaluator:
         order = sorted(range(len(samples)), key=lambda i: ratios[i] if ratios[i] is not None else float("inf"))
         return samples[order[1]]
 
-    def _would_set_the_bar(self, acc: float, macs: int, measurement: Any, choices: np.ndarray | None) -> bool:
+    def _would_set_the_bar(self, acc: float, macs: int, measurement: Measurements, choices: np.ndarray | None) -> bool:
         """Under a hard constraint, ``measurement`` meets the target and its reward beats every measured search
         plan that meets it (or none does yet)."""
         if not self.objective.constraint.budget or not self._meets_target(measurement):
@@ -356,7 +354,7 @@ class CandidateEvaluator:
             return record.macs / self.dense.macs if self.dense.macs else None
         return self.measured_ratio(record.measurement)
 
-    def measured_ratio(self, measurement: Any) -> float | None:
+    def measured_ratio(self, measurement: Measurements | None) -> float | None:
         """Worst-device ratio of a measurement to its dense reference; None when nothing was measured."""
         figures, dense = self._figures(measurement), self.reference(measurement)
         ratios = [figures[d] / dense[d] for d in figures if d in dense and dense[d] > 0]
@@ -464,7 +462,7 @@ class CandidateEvaluator:
 
         return patterns.count(model, self.data.example_input, masks=masks or None)
 
-    def measure_realized(self, realized: nn.Module, key: str, settle: Any = None) -> tuple[str, dict[str, Any]]:
+    def measure_realized(self, realized: nn.Module, key: str, settle: Any = None) -> tuple[str, Measurements]:
         """Export a realized plan (:meth:`realize_checked`), then measure it on every device (cache first).
         ``settle(artifact, measurement)``, while the artifact exists, turns that into the recorded measurement
         (:meth:`_settle`: paired with dense, confirmed)."""
@@ -479,7 +477,7 @@ class CandidateEvaluator:
         return artifact.sha256, measurement
 
     def measure_int8(self, plan: Any, model: nn.Module, key: str, names: dict[str, str] | None = None,
-                     settle: Any = None) -> tuple[str, dict[str, Any], float]:
+                     settle: Any = None) -> tuple[str, Measurements, float]:
         """(sha256, measurement, validation accuracy) of the plan's int8 artifact: realized with the weights of
         ``model`` (the masked, recovered copy: int8 accuracy depends on them and on the calibration), quantized
         on the run's calibration batches, scored by the ExecuTorch runtime, then measured on every device."""
@@ -617,9 +615,10 @@ class CandidateEvaluator:
             )
         )
 
-    def measure_artifact(self, path: Path, sha256: str, bench: BenchSpec, use_cache: bool = True) -> dict[str, Any]:
+    def measure_artifact(self, path: Path, sha256: str, bench: BenchSpec,
+                         use_cache: bool = True) -> dict[str, MeasurementSummary]:
         """{device name: summary} for an exported artifact, from the cache where possible."""
-        result: dict[str, Any] = {}
+        result: dict[str, MeasurementSummary] = {}
         for device in self.devices:
             cached = self.journal.cached_measurement(sha256, device.fingerprint) if use_cache else None
             if cached is None:
@@ -656,11 +655,10 @@ class CandidateEvaluator:
         return [{dev: statistics.median(f[dev] for f in rows) for dev in rows[0]} for rows in taken]
 
     # -- reward --------------------------------------------------------------------------------------
-    def _figures(self, measurement: Any) -> dict[str, float]:
-        key = "energy_mj" if self.objective.name == ObjectiveName.ENERGY else "p50_ms"
-        if not measurement:
-            return {}
-        return {dev: float(m[key]) for dev, m in measurement.items() if m.get(key) is not None}
+    def _figures(self, measurement: Measurements | None) -> dict[str, float]:
+        """Per-device figure of the objective (ms or mJ) in ``measurement``; {} when nothing was measured."""
+        figures = {dev: m.figure(self.objective.name) for dev, m in (measurement or {}).items()}
+        return {dev: float(value) for dev, value in figures.items() if value is not None}
 
     def cost_estimate(self, record: CandidateRecord) -> float:
         """Worst-device cost of a candidate relative to dense (its paired reference): measured, or 1.0 when it
@@ -700,7 +698,7 @@ class CandidateEvaluator:
         predicted = self._reward(acc, macs, None, choices)
         return predicted >= best * (1.0 - self.policy.slack)
 
-    def _meets_target(self, measurement: Any) -> bool:
+    def _meets_target(self, measurement: Measurements | None) -> bool:
         """The measured figures are within the objective's target on every device."""
         return self.meets_target(self._figures(measurement), self.reference(measurement))
 
@@ -709,7 +707,8 @@ class CandidateEvaluator:
         return bool(figures) and all(value <= self.objective.target.resolve(dense[dev])
                                      for dev, value in figures.items() if dev in dense)
 
-    def _reward(self, acc: float, macs: int, measurement: Any, choices: np.ndarray | None = None) -> float:
+    def _reward(self, acc: float, macs: int, measurement: Measurements | None,
+                choices: np.ndarray | None = None) -> float:
         dense_macs = self.dense.macs if self.dense is not None else macs
         if not self.objective.needs_measurement:
             return self.objective.reward(acc, macs, dense_macs)

@@ -1,7 +1,7 @@
 """The devices a search measures on: open them all up front (fail fast), measure artifacts, close them.
 
 This is the one place the search touches the device layer, so the rest of the search sees only
-:class:`SearchDevice` and JSON-able measurement summaries.
+:class:`SearchDevice` and :class:`host.search.measurement.MeasurementSummary`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from host.errors import BenchmarkError, DeviceError, DeviceUnreachableError
+from host.search.measurement import MeasurementSummary
 
 if TYPE_CHECKING:
     from host.devices.connect import DeviceHandle
@@ -89,8 +90,8 @@ def _connect(text: str, fleet: Any = None) -> Iterator[Any]:
 ENERGY_ATTEMPTS = 2
 
 
-def measure(handle: SearchDevice, artifact_path: Path, spec: BenchSpec) -> dict[str, Any]:
-    """Benchmark an artifact (uploaded only if the device lacks it); return a JSON-able summary.
+def measure(handle: SearchDevice, artifact_path: Path, spec: BenchSpec) -> MeasurementSummary:
+    """Benchmark an artifact (uploaded only if the device lacks it); return what the search keeps of it.
 
     With ``spec.measure_energy`` on a metered device, the policy's run cap is lifted
     (:meth:`BenchPolicy.for_energy`) and the summary's ``energy_mj`` is always a positive number: a meter
@@ -103,47 +104,39 @@ def measure(handle: SearchDevice, artifact_path: Path, spec: BenchSpec) -> dict[
         summary = summarize(handle.client.benchmark_file(Path(artifact_path), spec))
         if not energy:
             return summary
-        if summary["energy_mj"] is None:
+        if summary.energy_mj is None:
             raise BenchmarkError(
-                f"{handle.name} measured {Path(artifact_path).name} but not its energy: {summary['energy_error']}",
+                f"{handle.name} measured {Path(artifact_path).name} but not its energy: {summary.energy_error}",
                 hint="check the device's meter (sculpt-agent info), or use --objective latency",
             )
-        if summary["energy_mj"] > 0:
+        if summary.energy_mj > 0:
             return summary
         logger.warning("%s: energy above idle of %s was %.4f mJ (attempt %d of %d): the background load changed "
-                       "during the measurement", handle.name, Path(artifact_path).name, summary["energy_mj"],
+                       "during the measurement", handle.name, Path(artifact_path).name, summary.energy_mj,
                        attempt, ENERGY_ATTEMPTS)
     raise BenchmarkError(
         f"{handle.name}: the energy of {Path(artifact_path).name} above idle was not positive in "
-        f"{ENERGY_ATTEMPTS} measurements ({summary['energy_mj']:.4f} mJ): the device's background power "
+        f"{ENERGY_ATTEMPTS} measurements ({summary.energy_mj:.4f} mJ): the device's background power "
         "varies more than the model adds",
         hint="stop other work on the device, or lengthen the timed window (EvalConfig.bench.min_seconds)",
     )
 
 
-def summarize(result: Any) -> dict[str, Any]:
-    """The fields of a Measurement the search keeps (p50 decides; the rest is for the report).
+def summarize(result: Any) -> MeasurementSummary:
+    """The fields of an agent's Measurement the search keeps (p50 decides; the rest is for the report).
 
     ``energy_mj`` is the idle-subtracted energy per inference (what the model adds to the board's idle
     draw), never the total: mixing the two across candidates would compare different quantities. The total
     and the idle power are kept for the report; ``energy_error`` says why there is no energy figure.
     """
     stats = result.stats
-    summary: dict[str, Any] = {
-        "p50_ms": float(stats.p50_ms),
-        "p90_ms": float(stats.p90_ms),
-        "mean_ms": float(stats.mean_ms),
-        "cv": float(stats.cv),
-        "count": int(stats.count),
-        "energy_mj": None,
-        "meter": None,
-    }
+    figures: dict[str, Any] = {}
     energy = getattr(result, "energy", None)
     if energy is not None and getattr(energy, "available", False):
-        summary["energy_mj"] = float(energy.joules_per_inference_idle_subtracted) * 1000.0
-        summary["energy_total_mj"] = float(energy.joules_per_inference) * 1000.0
-        summary["idle_power_w"] = float(energy.idle_power_w)
-        summary["meter"] = str(energy.meter)
+        figures = dict(energy_mj=float(energy.joules_per_inference_idle_subtracted) * 1000.0,
+                       energy_total_mj=float(energy.joules_per_inference) * 1000.0,
+                       idle_power_w=float(energy.idle_power_w), meter=str(energy.meter))
     elif energy is not None:
-        summary["energy_error"] = str(getattr(energy, "unavailable_reason", "") or "no reason given")
-    return summary
+        figures = dict(energy_error=str(getattr(energy, "unavailable_reason", "") or "no reason given"))
+    return MeasurementSummary(p50_ms=float(stats.p50_ms), p90_ms=float(stats.p90_ms), mean_ms=float(stats.mean_ms),
+                              cv=float(stats.cv), count=int(stats.count), **figures)

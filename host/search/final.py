@@ -32,17 +32,20 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from host.errors import DeviceError, SearchError
 from host.kinds import ObjectiveName, Phase, Precision, Stage
 from host.search.candidate import INVALID_REWARD, CandidateFailure
 from host.search.config import SearchConfig
 from host.search.journal import STATUS_INVALID, CandidateRecord, Journal
+from host.search.measurement import Measurements, median_measurements
 from host.search.progress import Progress, ProgressFn
+
+if TYPE_CHECKING:
+    from host.report.summary import RunSummary
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,46 @@ ACCURACY_WARNING_DROP = 0.10  # a final model this far below dense (validation) 
 CONFIRM_TOP = 3  # measured plans confirmed side by side with dense before choosing the final ones
 FINAL_ORDER_KEY = "final_order"  # journal value: the confirmed order (plan hashes), for a resume
 FINAL_ROUNDS = 3  # interleaved dense/final measurement rounds; the report gives the median of each
+
+
+@dataclass(frozen=True)
+class QuantizedModel:
+    """A model's int8 ``.pte`` (calibrated on the run's calibration images) and its accuracy as the ExecuTorch
+    runtime scores it on the validation and test splits."""
+
+    artifact: Any  # host.export.Artifact
+    val: float
+    val_images: int
+    test: float
+    test_images: int
+
+    @property
+    def path(self) -> Path:
+        return Path(self.artifact.path)
+
+    @property
+    def sha256(self) -> str:
+        return self.artifact.sha256
+
+
+@dataclass(frozen=True)
+class FinalModel:
+    """One finished final model: the search row it came from, its accuracy (realized module), its files in
+    the run folder (``artifacts``: kind -> path) and, once measured side by side with dense, its measurement.
+    In an int8 search ``int8`` is its quantized twin, ``measurement`` the int8 one and ``fp32_measurement``
+    the fp32 model's."""
+
+    name: str
+    search_row: CandidateRecord
+    val: float
+    test: float
+    artifacts: dict[str, str]
+    sha256: str  # of the fp32 .pte
+    int8: QuantizedModel | None = None
+    stored: CandidateRecord | None = None  # its journal row, when a resumed run had finished it before
+    measurement: Measurements | None = None
+    fp32_measurement: Measurements | None = None
+    record: CandidateRecord | None = None  # its "final" journal row
 
 
 class FinalStage:
@@ -63,11 +106,11 @@ class FinalStage:
         self._dense_test: float | None = None
         self.skipped: list[str] = []  # why Pareto plans were passed over, for the report's notes
         self.preprocessing: Any = None  # host.data.preprocess.Preprocessing of the run's data
-        self.dense_measurement: dict[str, Any] | None = None  # dense, measured side by side with the finals
-        # int8 searches: the dense int8 model's accuracies {"val", "test"} and, side by side, the fp32 dense's
-        # measurement (dense_measurement is then the int8 one)
-        self.dense_int8: dict[str, float] | None = None
-        self.dense_fp32_measurement: dict[str, Any] | None = None
+        self.dense_measurement: Measurements | None = None  # dense, measured side by side with the finals
+        # int8 searches: the dense int8 model (its accuracies) and, side by side, the fp32 dense's measurement
+        # (dense_measurement is then the int8 one)
+        self.dense_int8: QuantizedModel | None = None
+        self.dense_fp32_measurement: Measurements | None = None
         self.data_warnings: list[str] = []  # host.data.checks: splits too small, a baseline near chance
 
     def candidates(self, evaluator) -> list[CandidateRecord]:
@@ -137,8 +180,8 @@ class FinalStage:
         confirmed = [pool[h] for h in order if h in pool]
         return confirmed + [r for r in rows if r.plan_hash not in rank]  # the rest of the front as it was
 
-    def run(self, evaluator, splits, base_model) -> list[dict[str, Any]]:
-        """Fine-tune, realize, export and measure every chosen plan; one dict per final model."""
+    def run(self, evaluator, splits, base_model) -> list[FinalModel]:
+        """Fine-tune, realize, export and measure every chosen plan, in the order of :meth:`candidates`."""
         from host.data.checks import data_warnings
         from host.data.preprocess import Preprocessing
         from host.search.candidate import batches
@@ -149,7 +192,7 @@ class FinalStage:
         self.data_warnings = data_warnings(splits, self.config.evaluation.batch_size, evaluator.dense.accuracy)
         chosen = self.candidates(evaluator)
         wanted = min(self.config.final_top, len(chosen))
-        finals: list[dict[str, Any]] = []
+        finals: list[FinalModel] = []
         self.skipped = []
         x_train, y_train = splits.train.tensors()
         train_batches = batches(x_train, y_train, self.config.evaluation.batch_size, self.config.seed)
@@ -158,12 +201,10 @@ class FinalStage:
         self._dense_test = accuracy(base_model, test_batches)  # for the report only, never for choosing
         if wanted == 0:
             return finals
-        dense_int8 = None
         if self.config.precision == Precision.INT8:
             self.progress(Progress(Stage.FINAL, 0, wanted, "quantizing the dense model (the int8 reference)"))
-            dense_int8 = self._quantize(evaluator, base_model, evaluator.workdir / "final-dense-int8.pte",
-                                        test_batches)
-            self.dense_int8 = {"val": dense_int8["val"], "test": dense_int8["test"]}
+            self.dense_int8 = self._quantize(evaluator, base_model, evaluator.workdir / "final-dense-int8.pte",
+                                             test_batches)
         for row in chosen:
             if len(finals) == wanted:
                 break
@@ -192,56 +233,52 @@ class FinalStage:
         try:
             if evaluator.devices:
                 self.progress(Progress(Stage.FINAL, len(finals), wanted, "measuring dense and final models side by side"))
-                self._measure_side_by_side(evaluator, base_model, finals, dense_int8)
+                finals = self._measure_side_by_side(evaluator, base_model, finals, self.dense_int8)
         finally:
-            if dense_int8 is not None:
-                Path(dense_int8["path"]).unlink(missing_ok=True)
-        for f in finals:
-            int8 = f["int8"]
-            f["record"] = f.pop("stored") or self.journal.record(
-                CandidateRecord(
-                    phase=Phase.FINAL, plan=f["search_row"].plan, accuracy=f["val"], macs=f["search_row"].macs,
-                    params=f["search_row"].params, reward=f["search_row"].reward, eval_seconds=0.0,
-                    artifact_sha256=int8["sha256"] if int8 else f["sha256"], measurement=f["measurement"],
-                    int8_accuracy=int8["val"] if int8 else None,
-                )
+            if self.dense_int8 is not None:
+                self.dense_int8.path.unlink(missing_ok=True)
+        finals = [replace(f, record=f.stored or self.journal.record(
+            CandidateRecord(
+                phase=Phase.FINAL, plan=f.search_row.plan, accuracy=f.val, macs=f.search_row.macs,
+                params=f.search_row.params, reward=f.search_row.reward, eval_seconds=0.0,
+                artifact_sha256=f.int8.sha256 if f.int8 else f.sha256, measurement=f.measurement,
+                int8_accuracy=f.int8.val if f.int8 else None,
             )
+        )) for f in finals]
         self.progress(Progress(Stage.FINAL, len(finals), wanted, "final models done"))
         return finals
 
-    def _measure_side_by_side(self, evaluator, base_model, finals: list[dict[str, Any]],
-                              dense_int8: dict[str, Any] | None = None) -> None:
+    def _measure_side_by_side(self, evaluator, base_model, finals: list[FinalModel],
+                              dense_int8: QuantizedModel | None = None) -> list[FinalModel]:
         """Measure dense and every final ``.pte`` (and, in an int8 search, their int8 twins) in
         :data:`FINAL_ROUNDS` interleaved rounds with the final benchmark policy; each model's measurement
-        becomes the per-field median of its rounds."""
+        is the per-field median of its rounds. Returns ``finals`` with their measurements."""
         bench = replace(evaluator.bench, policy=self.config.evaluation.final_bench)
         dense = evaluator.export(base_model, evaluator.workdir / "final-dense.pte")
-        paths = [(Path(dense.path), dense.sha256)] + [(Path(f["artifacts"]["pte"]), f["sha256"]) for f in finals]
+        paths = [(Path(dense.path), dense.sha256)] + [(Path(f.artifacts["pte"]), f.sha256) for f in finals]
         if dense_int8 is not None:
-            paths += [(Path(dense_int8["path"]), dense_int8["sha256"])]
-            paths += [(Path(f["int8"]["path"]), f["int8"]["sha256"]) for f in finals]
-        taken: list[list[dict[str, Any]]] = [[] for _ in paths]
+            paths += [(dense_int8.path, dense_int8.sha256)]
+            paths += [(f.int8.path, f.int8.sha256) for f in finals]
+        taken: list[list[Measurements]] = [[] for _ in paths]
         try:
             for _ in range(FINAL_ROUNDS):
                 for i, (path, sha) in enumerate(paths):
                     taken[i].append(evaluator.measure_artifact(path, sha, bench, use_cache=False))
         finally:
             Path(dense.path).unlink(missing_ok=True)
-        medians = [_median_measurement(rounds) for rounds in taken]
+        medians = [median_measurements(rounds) for rounds in taken]
         fp32, int8 = medians[: len(finals) + 1], medians[len(finals) + 1:]
         if not int8:
             self.dense_measurement = fp32[0]
-            for f, measurement in zip(finals, fp32[1:], strict=True):
-                f["measurement"] = measurement
-            return
+            return [replace(f, measurement=m) for f, m in zip(finals, fp32[1:], strict=True)]
         # int8 search: the int8 models are the results, the fp32 ones their twins
         self.dense_measurement, self.dense_fp32_measurement = int8[0], fp32[0]
-        for f, m32, m8 in zip(finals, fp32[1:], int8[1:], strict=True):
-            f["measurement"], f["fp32_measurement"] = m8, m32
+        return [replace(f, measurement=m8, fp32_measurement=m32)
+                for f, m32, m8 in zip(finals, fp32[1:], int8[1:], strict=True)]
 
-    def _quantize(self, evaluator, realized, path: Path, test_batches) -> dict[str, Any]:
+    def _quantize(self, evaluator, realized, path: Path, test_batches) -> QuantizedModel:
         """``realized`` exported int8 at ``path`` (calibrated on the run's calibration images) and scored by
-        the runtime on the validation and test splits: {"path", "sha256", "artifact", "val", "test"}."""
+        the runtime on the validation and test splits."""
         import torch
 
         from host.export.evaluate import artifact_accuracy
@@ -249,16 +286,16 @@ class FinalStage:
         artifact = evaluator.export(realized, path, quantize=True)
         x_val, y_val = evaluator.data.val_tensors()
         x_test, y_test = torch.cat([x for x, _ in test_batches]), torch.cat([y for _, y in test_batches])
-        return {"path": str(artifact.path), "sha256": artifact.sha256, "artifact": artifact,
-                "val": artifact_accuracy(artifact.path, "pte", x_val, y_val), "val_images": len(x_val),
-                "test": artifact_accuracy(artifact.path, "pte", x_test, y_test), "test_images": len(x_test)}
+        return QuantizedModel(artifact=artifact, val=artifact_accuracy(artifact.path, "pte", x_val, y_val),
+                              val_images=len(x_val), test=artifact_accuracy(artifact.path, "pte", x_test, y_test),
+                              test_images=len(x_test))
 
     def _skip(self, row: CandidateRecord, reason: str | None) -> None:
         text = f"search candidate {row.id} was not finished: {reason}; the next plan of the Pareto front, if any, took its place"
         logger.warning("%s", text)
         self.skipped.append(text)
 
-    def _finish(self, evaluator, base_model, row, name, stored, train_batches, test_batches) -> dict[str, Any]:
+    def _finish(self, evaluator, base_model, row, name, stored, train_batches, test_batches) -> FinalModel:
         """Fine-tune, realize, export and measure one plan; CandidateFailure when it cannot be built."""
         from host.search.finetune import accuracy, masked_finetune, recalibrate_bn
 
@@ -283,26 +320,26 @@ class FinalStage:
         int8 = None
         if self.config.precision == Precision.INT8:
             int8 = self._quantize(evaluator, realized, self.run_dir / f"{name}-int8.pte", test_batches)
-            artifacts["int8_pte"] = int8["path"]
+            artifacts["int8_pte"] = str(int8.path)
             artifacts["int8_sidecar"] = str(self._int8_sidecar(name, int8, {"val": val, "test": test},
                                                                len(evaluator.data.calibration)))
-            logger.info("%s int8: val %.4f test %.4f (fp32 val %.4f test %.4f)", name, int8["val"], int8["test"],
+            logger.info("%s int8: val %.4f test %.4f (fp32 val %.4f test %.4f)", name, int8.val, int8.test,
                         val, test)
-        return {"name": name, "stored": stored, "val": val, "test": test, "artifacts": artifacts,
-                "measurement": None, "fp32_measurement": None, "sha256": sha, "search_row": row, "int8": int8}
+        return FinalModel(name=name, search_row=row, val=val, test=test, artifacts=artifacts, sha256=sha, int8=int8,
+                          stored=stored)
 
-    def _int8_sidecar(self, name: str, int8: dict[str, Any], fp32: dict[str, float], calibration: int) -> Path:
+    def _int8_sidecar(self, name: str, int8: QuantizedModel, fp32: dict[str, float], calibration: int) -> Path:
         """``name-int8.json``: the sidecar of the int8 artifact (its accuracy, with the fp32 model's beside it)."""
         from host.export.sidecar import write_sidecar
 
         return write_sidecar(
-            self.run_dir / f"{name}-int8.json", artifacts=[int8["artifact"]], preprocessing=self.preprocessing.to_dict(),
+            self.run_dir / f"{name}-int8.json", artifacts=[int8.artifact], preprocessing=self.preprocessing.to_dict(),
             model=self.sidecar_model(name),
             # the shape `export --from-run --quantize` writes: the fp32 model's accuracy, then int8 beside fp32
-            accuracy={**fp32, "int8_eval": {"fp32": round(fp32["val"], 4), "int8": round(int8["val"], 4),
-                                            "images": int8["val_images"], "split": "val"},
-                      "int8_test_eval": {"fp32": round(fp32["test"], 4), "int8": round(int8["test"], 4),
-                                         "images": int8["test_images"], "split": "test"},
+            accuracy={**fp32, "int8_eval": {"fp32": round(fp32["val"], 4), "int8": round(int8.val, 4),
+                                            "images": int8.val_images, "split": "val"},
+                      "int8_test_eval": {"fp32": round(fp32["test"], 4), "int8": round(int8.test, 4),
+                                         "images": int8.test_images, "split": "test"},
                       "calibration_batches": calibration},
             notes=[f"int8 (PT2E, XNNPACK quantizer, per-channel weights) of {name}; calibrated on training images"],
         )
@@ -360,8 +397,8 @@ class FinalStage:
         os.replace(tmp, state)
         return {"pt2": str(pt2), "state_dict": str(state)}
 
-    def report(self, evaluator, space, devices, finals, seconds: float) -> dict[str, Any]:
-        """Write result.json, report.md, plots and TensorBoard logs; return the summary as a dict."""
+    def report(self, evaluator, space, devices, finals: list[FinalModel], seconds: float) -> RunSummary:
+        """Write result.json, report.md, plots and TensorBoard logs; return the run's summary."""
         from host.report import InvalidCandidate, ModelFigures, RunSummary, write_report, write_tensorboard
 
         self.progress(Progress(Stage.REPORT, 0, 1, "writing the report"))
@@ -373,8 +410,8 @@ class FinalStage:
             meas = extra.pop("measurement", record.measurement) or {}
             return ModelFigures(
                 name=name, val_accuracy=extra.pop("val", record.accuracy), macs=record.macs, params=record.params,
-                latency_ms={d: m["p50_ms"] for d, m in meas.items()},
-                energy_mj={d: m["energy_mj"] for d, m in meas.items() if m.get("energy_mj") is not None},
+                latency_ms={d: m.p50_ms for d, m in meas.items()},
+                energy_mj={d: m.energy_mj for d, m in meas.items() if m.energy_mj is not None},
                 choices=_ordered(record.plan.get("choices", {}), space.layer_names), reward=record.reward,
                 **extra,
             )
@@ -390,25 +427,25 @@ class FinalStage:
         int8 = cfg.precision == Precision.INT8
         if int8:  # the int8 models are the results; their fp32 twins are reported beside them
             dense_figures = figures("dense", dense, val=dense.deployed_accuracy, precision=Precision.INT8,
-                                    test_accuracy=(self.dense_int8 or {}).get("test"),
+                                    test_accuracy=self.dense_int8.test if self.dense_int8 else None,
                                     measurement=self.dense_measurement or dense.measurement)
             final_figures = tuple(
-                figures(f["name"], f["search_row"], val=f["int8"]["val"], test_accuracy=f["int8"]["test"],
-                        artifacts=f["artifacts"], measurement=f["measurement"], precision=Precision.INT8)
+                figures(f.name, f.search_row, val=f.int8.val, test_accuracy=f.int8.test,
+                        artifacts=f.artifacts, measurement=f.measurement, precision=Precision.INT8)
                 for f in finals
             )
             twins = (figures("dense", dense, val=dense.accuracy, test_accuracy=self._dense_test,
                              measurement=self.dense_fp32_measurement or {}),) + tuple(
-                figures(f["name"], f["search_row"], val=f["val"], test_accuracy=f["test"],
-                        measurement=f["fp32_measurement"] or {})
+                figures(f.name, f.search_row, val=f.val, test_accuracy=f.test,
+                        measurement=f.fp32_measurement or {})
                 for f in finals
             )
         else:
             dense_figures = figures("dense", dense, test_accuracy=self._dense_test,
                                     measurement=self.dense_measurement or dense.measurement)
             final_figures = tuple(
-                figures(f["name"], f["search_row"], val=f["val"], test_accuracy=f["test"], artifacts=f["artifacts"],
-                        measurement=f["measurement"])
+                figures(f.name, f.search_row, val=f.val, test_accuracy=f.test, artifacts=f.artifacts,
+                        measurement=f.measurement)
                 for f in finals
             )
             twins = ()
@@ -446,7 +483,7 @@ class FinalStage:
             tb_rows.append(row)
         write_tensorboard(self.run_dir / "tensorboard", tb_rows)
         self.progress(Progress(Stage.REPORT, 1, 1, f"report written to {self.run_dir / 'report.md'}"))
-        return summary.to_dict()
+        return summary
 
 
 def target_verdicts(summary, objective):
@@ -496,20 +533,6 @@ def _unique(rows: list[CandidateRecord]) -> list[CandidateRecord]:
 
 def _ratios(figures: dict[str, float], dense: dict[str, float]) -> str:
     return ", ".join(f"{v / dense[d]:.2f}x on {d}" for d, v in figures.items() if dense.get(d))
-
-
-def _median_measurement(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """{device: summary} with every numeric field the median over ``rounds`` (other fields from the first)."""
-    out: dict[str, Any] = {}
-    for device, first in rounds[0].items():
-        merged = dict(first)
-        for key, value in first.items():
-            values = [r[device].get(key) for r in rounds]
-            if isinstance(value, float) and all(isinstance(v, int | float) for v in values):
-                merged[key] = statistics.median(values)
-        merged["rounds"] = len(rounds)
-        out[device] = merged
-    return out
 
 
 def _ordered(choices: dict[str, str], layer_names: list[str]) -> dict[str, str]:

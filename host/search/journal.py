@@ -32,6 +32,12 @@ from time import monotonic
 from typing import Any
 
 from host.errors import SearchError
+from host.search.measurement import (
+    Measurements,
+    MeasurementSummary,
+    measurements_from_json,
+    measurements_to_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +111,7 @@ class CandidateRecord:
     reward: float
     eval_seconds: float
     artifact_sha256: str | None = None
-    measurement: Mapping[str, Any] | None = None  # {device name: summary}, JSON-able; None = not measured
+    measurement: Measurements | None = None  # {device name: summary}; None = not measured
     reused: bool = False  # the plan was already evaluated; this step took its result from the journal
     id: int | None = None
     created: float | None = None
@@ -294,7 +300,7 @@ class Journal:
                     int(candidate.macs),
                     int(candidate.params),
                     candidate.artifact_sha256,
-                    None if candidate.measurement is None else canonical_json(dict(candidate.measurement)),
+                    None if candidate.measurement is None else canonical_json(measurements_to_json(candidate.measurement)),
                     float(candidate.reward),
                     float(candidate.eval_seconds),
                     int(candidate.reused),
@@ -319,7 +325,7 @@ class Journal:
             sql += " AND phase=?"
             args += (phase,)
         row = self._conn.execute(sql + " AND reused=0 ORDER BY id LIMIT 1", args).fetchone()
-        return None if row is None else _row_to_record(row)
+        return None if row is None else self._read(row)
 
     def count(self, phase: str | None = None, *, evaluated_only: bool = False) -> int:
         """Rows (of one phase); ``evaluated_only`` leaves out steps that reused an earlier result."""
@@ -338,26 +344,40 @@ class Journal:
         else:
             cur = self._conn.execute(f"SELECT {_SELECT} FROM candidates WHERE phase=? ORDER BY id", (phase,))
         for row in cur:
-            yield _row_to_record(row)
+            yield self._read(row)
+
+    def _read(self, row: tuple[Any, ...]) -> CandidateRecord:
+        try:
+            return _row_to_record(row)
+        except ValueError as exc:  # a malformed measurement
+            raise self._unreadable(f"candidate row {row[0]}", exc) from exc
 
     # -- measurement cache ---------------------------------------------------------------------------
-    def cached_measurement(self, artifact_sha256: str, device_fingerprint: str) -> dict[str, Any] | None:
+    def cached_measurement(self, artifact_sha256: str, device_fingerprint: str) -> MeasurementSummary | None:
         """The stored measurement of this artifact on this device, or None if it was never measured."""
         row = self._conn.execute(
             "SELECT measurement_json FROM measurements WHERE artifact_sha256=? AND device_fingerprint=?",
             (artifact_sha256, device_fingerprint),
         ).fetchone()
-        return None if row is None else json.loads(row[0])
+        if row is None:
+            return None
+        try:
+            return MeasurementSummary.from_json(json.loads(row[0]))
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            raise self._unreadable(f"the cached measurement of artifact {artifact_sha256[:12]}", exc) from exc
 
-    def store_measurement(
-        self, artifact_sha256: str, device_fingerprint: str, measurement: Mapping[str, Any]
-    ) -> None:
+    def store_measurement(self, artifact_sha256: str, device_fingerprint: str, measurement: MeasurementSummary) -> None:
         """Cache a measurement; storing the same key twice keeps the first one."""
         with self._conn:
             self._conn.execute(
                 "INSERT OR IGNORE INTO measurements VALUES (?, ?, ?, ?)",
-                (artifact_sha256, device_fingerprint, canonical_json(dict(measurement)), time.time()),
+                (artifact_sha256, device_fingerprint, canonical_json(measurement.to_json()), time.time()),
             )
+
+    def _unreadable(self, what: str, exc: BaseException) -> SearchError:
+        return SearchError(f"{self.path}: {what} cannot be read: {exc}",
+                           hint="the journal was written by another AutoSculpt version or edited by hand; "
+                                "start a new run with another --out")
 
     def measurement_count(self) -> int:
         return self._conn.execute("SELECT count(*) FROM measurements").fetchone()[0]
@@ -383,7 +403,7 @@ def _row_to_record(row: tuple[Any, ...]) -> CandidateRecord:
         eval_seconds=secs,
         reused=bool(reused),
         artifact_sha256=sha,
-        measurement=None if meas_json is None else json.loads(meas_json),
+        measurement=None if meas_json is None else measurements_from_json(json.loads(meas_json)),
         id=id_,
         created=created,
         status=status,

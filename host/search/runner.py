@@ -22,7 +22,7 @@ import os
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from host.kinds import ObjectiveName, Phase, Precision, Stage, Strategy
 from host.search.config import SearchConfig
 from host.search.journal import CandidateRecord, Journal
 from host.search.progress import Progress, ProgressFn
+
+if TYPE_CHECKING:
+    from host.report.summary import RunSummary
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +136,8 @@ class SearchRunner:
         logger.info("resuming %s: %d candidates done", run_dir, journal.count(Phase.SEARCH))
         return cls(config, journal, progress)
 
-    def run(self) -> dict[str, Any]:
-        """Run (or finish) the search; returns the result summary as a dict (also in result.json)."""
+    def run(self) -> RunSummary:
+        """Run (or finish) the search; returns its summary (``result.json`` holds :meth:`RunSummary.to_dict`)."""
         import torch
 
         from host.search.devices import open_devices
@@ -168,7 +171,7 @@ class SearchRunner:
             self.journal.close()
 
     # -- stages --------------------------------------------------------------------------------------
-    def _run_with(self, devices: list, objective) -> dict[str, Any]:
+    def _run_with(self, devices: list, objective) -> RunSummary:
         from host.devices.results import BenchSpec
         from host.search.candidate import CandidateEvaluator, EvalData, MeasurePolicy
         from host.search.final import FinalStage

@@ -30,7 +30,7 @@ def tiny_config(out, checkpoint, **changes):
 
 @pytest.fixture(scope="package")  # shared by every test module of this folder
 def tiny_search(tmp_path_factory, trained_resnet20_mnist):
-    """(config, result dict, progress events) of one finished tiny latency search."""
+    """(config, RunSummary, progress events) of one finished tiny latency search."""
     from host.search.runner import SearchRunner
 
     config = tiny_config(tmp_path_factory.mktemp("search") / "run", trained_resnet20_mnist)

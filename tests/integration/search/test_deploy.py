@@ -56,16 +56,16 @@ def _accuracy(run_artifact, x: torch.Tensor, labels: np.ndarray) -> float:
 def test_final_model_files_and_side_by_side_figures(tiny_search):
     config, result, _ = tiny_search
     run = config.out
-    final = result["finals"][0]
+    final = result.finals[0]
     for kind in ("pte", "plan", "pt2", "state_dict", "sidecar"):
-        assert (run / final["artifacts"][kind]).is_file(), kind
-    assert result["schema_version"] == 3  # precision and fp32_twins since 3
-    assert result["preprocessing"]["input"]["shape"] == [1, 1, 16, 16]
-    assert isinstance(final["target_met"], bool)
+        assert (run / final.artifacts[kind]).is_file(), kind
+    assert result.schema_version == 3  # precision and fp32_twins since 3
+    assert result.preprocessing["input"]["shape"] == [1, 1, 16, 16]
+    assert isinstance(final.target_met, bool)
     # the report's speed-up is of dense and final measured again, side by side, in rounds
-    assert result["dense"]["latency_ms"]["local"] > 0
+    assert result.dense.latency_ms["local"] > 0
     sidecar = json.loads((run / "final-1.json").read_text())
-    assert sidecar["accuracy"]["test"] == pytest.approx(final["test_accuracy"])
+    assert sidecar["accuracy"]["test"] == pytest.approx(final.test_accuracy)
     assert sidecar["artifacts"]["final-1.pte"]["sha256"]
     assert json.loads((run / "final-1.plan.json").read_text())["model"] == "resnet20"  # not null
     # the masked state dict loads into the original architecture
@@ -89,7 +89,7 @@ def test_export_from_run_gives_the_search_accuracy_back(tiny_search, tmp_path, f
     x, labels = _test_images(config, sidecar["preprocessing"])
     runner = run_pte if fmt == "pte" else run_tflite
     accuracy = _accuracy(lambda t: runner(out, (t,)), x, labels)
-    assert accuracy == pytest.approx(result["finals"][0]["test_accuracy"], abs=0.005)
+    assert accuracy == pytest.approx(result.finals[0].test_accuracy, abs=0.005)
     assert accuracy > 0.5  # not a model at chance that happens to match a chance-level report
 
 

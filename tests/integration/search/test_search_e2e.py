@@ -31,13 +31,13 @@ TINY = ["--image-size", "16", "--channels", "1", "--data-limit", "1500", "--benc
 def test_tiny_latency_search_end_to_end(tiny_search):
     config, result, progress = tiny_search
     run = config.out
-    assert result["candidates_evaluated"] == 4
-    dense = result["dense"]
-    assert dense["latency_ms"]["local"] > 0 and dense["val_accuracy"] > 0.5
-    assert len(result["finals"]) == 1
-    final = result["finals"][0]
-    assert final["latency_ms"]["local"] > 0 and final["test_accuracy"] is not None
-    assert final["macs"] < dense["macs"]
+    assert result.candidates_evaluated == 4
+    dense = result.dense
+    assert dense.latency_ms["local"] > 0 and dense.val_accuracy > 0.5
+    assert len(result.finals) == 1
+    final = result.finals[0]
+    assert final.latency_ms["local"] > 0 and final.test_accuracy is not None
+    assert final.macs < dense.macs
     for name in ("result.json", "report.md", "pareto.png", "patterns.png", "reward_curve.png", "policy.pt",
                  "final-1.pte", "final-1.plan.json"):
         assert (run / name).is_file(), name
@@ -74,7 +74,7 @@ def test_policy_carries_to_another_model(tiny_search, tmp_path):
                     target_flops=0.3, devices=(), budget=2, final_top=0,
                     policy_file=str(config.out / "policy.pt"), ppo=replace(base.ppo, n_steps=8, batch_size=8))
     result = SearchRunner.start(other).run()
-    assert result["candidates_evaluated"] == 2
+    assert result.candidates_evaluated == 2
     loaded = torch.load(config.out / "policy.pt", weights_only=True)["state_dict"]
     saved = torch.load(other.out / "policy.pt", weights_only=True)["state_dict"]
     assert loaded.keys() == saved.keys()
@@ -220,21 +220,21 @@ def test_two_devices_measured_and_combined_worst_case(tmp_path, trained_resnet20
     config = tiny_config(tmp_path / "two", trained_resnet20_mnist, devices=devices, budget=2, final_top=0,
                          constraint="soft")
     result = SearchRunner.start(config).run()
-    assert len(result["dense"]["latency_ms"]) == 2
+    assert len(result.dense.latency_ms) == 2
     objective = config.reward_objective()
     with Journal.open(config.out) as journal:
         dense = journal.candidates("dense")[0]
-        dense_ms = {dev: m["p50_ms"] for dev, m in dense.measurement.items()}
+        dense_ms = {dev: m.p50_ms for dev, m in dense.measurement.items()}
         assert len(dense_ms) == 2 and all(v > 0 for v in dense_ms.values())
         # the most aggressive plan ("floor") is always measured, to check that the target is reachable
         rows = journal.candidates("floor") + journal.candidates("search")
         measured = [r for r in rows if r.measurement and not r.reused]
         assert measured and measured[0].phase == "floor"
         for row in measured:
-            ms = {dev: m["p50_ms"] for dev, m in row.measurement.items()}
+            ms = {dev: m.p50_ms for dev, m in row.measurement.items()}
             assert ms.keys() == dense_ms.keys()
             # each device's ratio is to dense measured there right after the candidate (paired)
-            paired = {dev: m["dense_p50_ms"] for dev, m in row.measurement.items()}
+            paired = {dev: m.dense_p50_ms for dev, m in row.measurement.items()}
             assert all(v > 0 for v in paired.values())
             worst = max(ms[d] / objective.target.resolve(paired[d]) for d in ms)
             best = min(ms[d] / objective.target.resolve(paired[d]) for d in ms)

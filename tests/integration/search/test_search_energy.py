@@ -29,6 +29,7 @@ import pytest
 
 from host.devices.policy import BenchPolicy
 from host.search.journal import JOURNAL_NAME, Journal
+from host.search.measurement import MeasurementSummary
 from tests.integration.search.conftest import tiny_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.executorch, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -131,17 +132,17 @@ def energy_search(tmp_path_factory, trained_resnet20_mnist, metered):
 
 
 def _energy(measurement) -> dict[str, float]:
-    return {dev: m["energy_mj"] for dev, m in measurement.items()}
+    return {dev: m.energy_mj for dev, m in measurement.items()}
 
 
-def _check_physics(m: dict) -> None:
+def _check_physics(m) -> None:
     """The figure is what the simulated board spent above idle: about BUSY_W x the CPU time per inference,
     i.e. BUSY_W x mean latency for a one-thread benchmark (less when the shared machine preempts the worker:
     its CPU time then trails the wall time). Catches unit slips (J vs mJ) and a broken idle subtraction."""
-    assert 0.25 * BUSY_W * m["mean_ms"] <= m["energy_mj"] <= 1.5 * BUSY_W * m["mean_ms"], m
-    assert m["energy_total_mj"] > m["energy_mj"]  # the total also holds the idle draw over the inference
+    assert 0.25 * BUSY_W * m.mean_ms <= m.energy_mj <= 1.5 * BUSY_W * m.mean_ms, m
+    assert m.energy_total_mj > m.energy_mj  # the total also holds the idle draw over the inference
     # idle: the workers do nothing; the slack is the counter's 10 ms update step against a short window
-    assert 0.8 * IDLE_W <= m["idle_power_w"] < IDLE_W + 0.25 * BUSY_W, m
+    assert 0.8 * IDLE_W <= m.idle_power_w < IDLE_W + 0.25 * BUSY_W, m
 
 
 def test_energy_search_measures_and_rewards_energy(energy_search):
@@ -149,13 +150,13 @@ def test_energy_search_measures_and_rewards_energy(energy_search):
 
     config, result = energy_search
     objective = config.reward_objective()
-    assert result["objective"] == "energy" and result["target"] == "0.7x"
+    assert result.objective == "energy" and result.target == "0.7x"
     with Journal.open(config.out) as journal:
         dense = journal.candidates("dense")[0]
         dense_mj = _energy(dense.measurement)
         (device,) = dense_mj
         assert dense_mj[device] > 0
-        assert dense.measurement[device]["meter"] == "rapl:package-0"
+        assert dense.measurement[device].meter == "rapl:package-0"
         rows = journal.candidates("floor") + journal.candidates("search")
         measured = [r for r in rows if r.measurement and not r.reused]
         assert measured and measured[0].phase == "floor"  # the reachability check measured the floor plan
@@ -164,7 +165,7 @@ def test_energy_search_measures_and_rewards_energy(energy_search):
             assert mj > 0, row.measurement
             _check_physics(row.measurement[device])
             # the reward compares with dense measured right after the candidate (paired), not the first figure
-            paired = row.measurement[device]["dense_energy_mj"]
+            paired = row.measurement[device].dense_energy_mj
             assert paired > 0
             ratio = mj / objective.target.resolve(paired)
             assert row.reward == pytest.approx(constrained_reward(row.accuracy, ratio, objective.constraint))
@@ -175,16 +176,16 @@ def test_energy_search_measures_and_rewards_energy(energy_search):
         final_row = journal.candidates("final")[0]
         assert any(r.plan_hash == final_row.plan_hash for r in measured)  # a measured plan was finished
 
-    (final,) = result["finals"]
-    assert final["energy_mj"][device] > 0 and final["latency_ms"][device] > 0
+    (final,) = result.finals
+    assert final.energy_mj[device] > 0 and final.latency_ms[device] > 0
     with Journal.open(config.out) as journal:
         _check_physics(journal.candidates("final")[0].measurement[device])
     # dense was measured again beside the final model for the report: the same model, so about the same energy
-    assert result["dense"]["energy_mj"][device] == pytest.approx(dense_mj[device], rel=0.5)
+    assert result.dense.energy_mj[device] == pytest.approx(dense_mj[device], rel=0.5)
     stored = json.loads((config.out / "result.json").read_text())
-    assert stored["finals"][0]["energy_mj"] == final["energy_mj"]
+    assert stored["finals"][0]["energy_mj"] == final.energy_mj
     report = (config.out / "report.md").read_text()
-    assert "mJ" in report and f"{final['energy_mj'][device]:.3f}" in report
+    assert "mJ" in report and f"{final.energy_mj[device]:.3f}" in report
 
 
 def test_energy_objective_refused_without_a_meter(tmp_path):
@@ -221,7 +222,7 @@ def test_absolute_energy_target(energy_search, trained_resnet20_mnist, metered, 
     objective = absolute.reward_objective()
     assert not objective.target.relative and objective.target.value == pytest.approx(target_mj, abs=1e-4)
     result = SearchRunner.start(absolute).run()
-    assert result["target"] == f"{objective.target.value:g}mJ" and result["candidates_evaluated"] == 1
+    assert result.target == f"{objective.target.value:g}mJ" and result.candidates_evaluated == 1
     with Journal.open(absolute.out) as journal:
         rows = journal.candidates("floor") + journal.candidates("search")
         measured = [r for r in rows if r.measurement and not r.reused]
@@ -232,7 +233,7 @@ def test_absolute_energy_target(energy_search, trained_resnet20_mnist, metered, 
                 constrained_reward(row.accuracy, mj / objective.target.value, objective.constraint))
 
 
-def _measure_energy(address: str, pte: Path) -> dict:
+def _measure_energy(address: str, pte: Path) -> MeasurementSummary:
     """``devices.measure`` of ``pte`` with energy on, as the search calls it."""
     from host.devices.results import BenchSpec
     from host.search.devices import measure, open_devices

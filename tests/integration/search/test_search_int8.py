@@ -59,16 +59,16 @@ def monkeypatch_module():
 def test_int8_search_rewards_and_reports_int8(int8_search):
     config, result = int8_search
     run = config.out
-    assert result["precision"] == "int8"
-    dense, final = result["dense"], result["finals"][0]
-    assert dense["precision"] == final["precision"] == "int8"
-    twins = {m["name"]: m for m in result["fp32_twins"]}
-    assert set(twins) == {"dense", "final-1"} and all(m["precision"] == "fp32" for m in twins.values())
+    assert result.precision == "int8"
+    dense, final = result.dense, result.finals[0]
+    assert dense.precision == final.precision == "int8"
+    twins = {m.name: m for m in result.fp32_twins}
+    assert set(twins) == {"dense", "final-1"} and all(m.precision == "fp32" for m in twins.values())
     # int8 and fp32 models measured in the same rounds; int8 accuracy close to fp32 on a trained model
     for name, m in (("dense", dense), ("final-1", final)):
-        assert m["latency_ms"]["local"] > 0 and twins[name]["latency_ms"]["local"] > 0
-        assert abs(m["val_accuracy"] - twins[name]["val_accuracy"]) < 0.05, name
-        assert m["test_accuracy"] is not None and twins[name]["test_accuracy"] is not None
+        assert m.latency_ms["local"] > 0 and twins[name].latency_ms["local"] > 0
+        assert abs(m.val_accuracy - twins[name].val_accuracy) < 0.05, name
+        assert m.test_accuracy is not None and twins[name].test_accuracy is not None
 
     with Journal.open(run) as journal:
         dense_row = journal.candidates("dense")[0]
@@ -78,26 +78,26 @@ def test_int8_search_rewards_and_reports_int8(int8_search):
         assert all(r.int8_accuracy is not None for r in measured)
         # a measured search candidate's reward is computed from its int8 accuracy and int8 latency
         objective = config.reward_objective()
-        dense_ms = {d: m["p50_ms"] for d, m in dense_row.measurement.items()}
+        dense_ms = {d: m.p50_ms for d, m in dense_row.measurement.items()}
         for row in (r for r in measured if r.phase == "search"):
-            figures = {d: m["p50_ms"] for d, m in row.measurement.items()}
-            paired = {d: m["dense_p50_ms"] for d, m in row.measurement.items()}  # dense int8, right after it
+            figures = {d: m.p50_ms for d, m in row.measurement.items()}
+            paired = {d: m.dense_p50_ms for d, m in row.measurement.items()}  # dense int8, right after it
             assert paired.keys() == dense_ms.keys()
             expected = objective.reward(row.int8_accuracy, row.macs, dense_row.macs, measured=figures,
                                         dense_measured=paired)
             assert row.reward == pytest.approx(expected)
         final_row = journal.candidates("final")[0]
-        assert final_row.int8_accuracy == pytest.approx(result["finals"][0]["val_accuracy"])
+        assert final_row.int8_accuracy == pytest.approx(result.finals[0].val_accuracy)
 
     sidecar = json.loads((run / "final-1-int8.json").read_text())
     entry = sidecar["artifacts"]["final-1-int8.pte"]
     assert entry["int8"] is True and entry["format"] == "pte"
     accuracy = sidecar["accuracy"]  # as `export --from-run --quantize` writes it
-    assert accuracy["val"] == pytest.approx(twins["final-1"]["val_accuracy"])
-    assert accuracy["int8_eval"]["int8"] == pytest.approx(final["val_accuracy"], abs=1e-4)
-    assert accuracy["int8_test_eval"]["int8"] == pytest.approx(final["test_accuracy"], abs=1e-4)
+    assert accuracy["val"] == pytest.approx(twins["final-1"].val_accuracy)
+    assert accuracy["int8_eval"]["int8"] == pytest.approx(final.val_accuracy, abs=1e-4)
+    assert accuracy["int8_test_eval"]["int8"] == pytest.approx(final.test_accuracy, abs=1e-4)
     assert (run / "final-1.pte").is_file() and (run / "final-1-int8.pte").is_file()
-    assert final["artifacts"]["int8_pte"].endswith("final-1-int8.pte")
+    assert final.artifacts["int8_pte"].endswith("final-1-int8.pte")
     report = (run / "report.md").read_text()
     assert "int8 next to fp32" in report and "precision: **int8**" in report
 

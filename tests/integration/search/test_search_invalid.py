@@ -59,13 +59,13 @@ def test_search_goes_on_past_plans_that_cannot_be_realized(tmp_path, checked_che
     assert not floor[0].valid and floor[0].plan["choices"]["b"] == "channel:prune75"
     assert floor[-1].valid and floor[-1].measurement and not floor[-1].plan["choices"]["b"].startswith("channel:")
     # the search used its whole budget (invalid candidates count) and finished with a valid, measured model
-    assert result["candidates_evaluated"] == 4
-    (final,) = result["finals"]
-    assert not final["choices"]["b"].startswith("channel:") and final["latency_ms"]["local"] > 0
+    assert result.candidates_evaluated == 4
+    (final,) = result.finals
+    assert not final.choices["b"].startswith("channel:") and final.latency_ms["local"] > 0
     assert (config.out / "final-1.pte").is_file()
-    assert {c["id"] for c in result["invalid"]} == {r.id for r in invalid}
-    assert all(c["failed_layer"] == "b" for c in result["invalid"])
-    assert json.loads((config.out / "result.json").read_text())["invalid"] == list(result["invalid"])
+    assert {c.id for c in result.invalid} == {r.id for r in invalid}
+    assert all(c.failed_layer == "b" for c in result.invalid)
+    assert json.loads((config.out / "result.json").read_text())["invalid"] == list(result.to_dict()["invalid"])
     report = (config.out / "report.md").read_text()
     assert "## Plans that could not be built" in report and "layer `b` (channel:" in report
 
@@ -102,7 +102,7 @@ def test_final_stage_passes_over_a_plan_that_cannot_be_built(tmp_path):
         stage.report(evaluator, space, [], finals, 1.0)
     finally:
         evaluator.close()
-    assert [f["search_row"].id for f in finals] == [good.id] and finals[0]["name"] == "final-1"
+    assert [f.search_row.id for f in finals] == [good.id] and finals[0].name == "final-1"
     assert (journal.path.parent / "final-1.pte").is_file()
     failed = [r for r in journal.candidates("final") if not r.valid]
     assert len(failed) == 1 and failed[0].plan_hash == broken.plan_hash and failed[0].failed_layer == "b"

@@ -8,12 +8,13 @@ from types import SimpleNamespace
 from host.search.config import SearchConfig
 from host.search.final import FINAL_ORDER_KEY, FinalStage
 from host.search.journal import CandidateRecord, Journal
+from host.search.measurement import MeasurementSummary
 
 
 def _row(i: int, accuracy: float, ms: float, paired: float, reward: float) -> CandidateRecord:
     return CandidateRecord(phase="search", plan={"choices": {"layer": f"plan{i}"}}, accuracy=accuracy, macs=100,
                            params=1, reward=reward, eval_seconds=0.0,
-                           measurement={"pi": {"p50_ms": ms, "dense_p50_ms": paired}}, id=i)
+                           measurement={"pi": MeasurementSummary(p50_ms=ms, dense_p50_ms=paired)}, id=i)
 
 
 class _Evaluator:
@@ -21,7 +22,7 @@ class _Evaluator:
 
     def __init__(self, again: list[float]) -> None:
         self.devices = ["pi"]
-        self.dense = SimpleNamespace(macs=200, measurement={"pi": {"p50_ms": 1.0}})
+        self.dense = SimpleNamespace(macs=200, measurement={"pi": MeasurementSummary(p50_ms=1.0)})
         self.again = again
         self.calls: list[list] = []
 
@@ -33,10 +34,10 @@ class _Evaluator:
         return acc
 
     def _figures(self, measurement):
-        return {d: m["p50_ms"] for d, m in measurement.items()}
+        return {d: m.p50_ms for d, m in measurement.items()}
 
     def reference(self, measurement):
-        return {d: m["dense_p50_ms"] for d, m in measurement.items()}
+        return {d: m.dense_p50_ms for d, m in measurement.items()}
 
     def meets_target(self, figures, dense):  # the stage's 0.7x target
         return all(v <= 0.7 * dense[d] for d, v in figures.items())

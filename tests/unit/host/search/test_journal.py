@@ -9,6 +9,7 @@ import pytest
 import host.search.journal as journal_module
 from host.errors import SearchError
 from host.search.journal import JOURNAL_NAME, CandidateRecord, Journal, plan_hash
+from host.search.measurement import MeasurementSummary
 
 
 def _record(acc: float = 0.9, plan: dict | None = None, phase: str = "search") -> CandidateRecord:
@@ -21,7 +22,7 @@ def _record(acc: float = 0.9, plan: dict | None = None, phase: str = "search") -
         reward=acc * 0.9,
         eval_seconds=0.5,
         artifact_sha256="ab" * 32,
-        measurement={"dev1": {"p50_ms": 1.5}},
+        measurement={"dev1": MeasurementSummary(p50_ms=1.5, p90_ms=1.8, count=40, dense_p50_ms=2.0)},
     )
 
 
@@ -34,7 +35,7 @@ def test_records_survive_reopen(tmp_path):
     with Journal.open(tmp_path) as journal:
         rows = journal.candidates()
         assert [r.accuracy for r in rows] == [0.8, 0.7]
-        assert rows[0].measurement == {"dev1": {"p50_ms": 1.5}}
+        assert rows[0].measurement == {"dev1": MeasurementSummary(p50_ms=1.5, p90_ms=1.8, count=40, dense_p50_ms=2.0)}
         assert journal.metadata == {"model": "resnet20", "seed": 3}
         assert journal.get_value("dense") == {"dev1": 2.0}
         assert journal.find(plan_hash({"layers": {"conv1": "drop"}})).accuracy == 0.7
@@ -50,11 +51,34 @@ def test_plan_hash_ignores_key_order():
 def test_measurement_cache_keyed_by_artifact_and_device(tmp_path):
     journal = Journal.create(tmp_path, {})
     assert journal.cached_measurement("sha", "fp1") is None
-    journal.store_measurement("sha", "fp1", {"p50_ms": 1.0})
-    journal.store_measurement("sha", "fp1", {"p50_ms": 9.0})  # first one wins
-    assert journal.cached_measurement("sha", "fp1") == {"p50_ms": 1.0}
+    journal.store_measurement("sha", "fp1", MeasurementSummary(p50_ms=1.0, energy_mj=0.5, meter="ina219"))
+    journal.store_measurement("sha", "fp1", MeasurementSummary(p50_ms=9.0))  # first one wins
+    assert journal.cached_measurement("sha", "fp1") == MeasurementSummary(p50_ms=1.0, energy_mj=0.5, meter="ina219")
     assert journal.cached_measurement("sha", "fp2") is None
     assert journal.measurement_count() == 1
+
+
+def test_measurements_written_before_the_typed_summary_read_back(tmp_path):
+    """A journal row and a cache entry as earlier versions wrote them (plain JSON) read back as summaries; a
+    measurement this version cannot read is a SearchError naming the row, not a KeyError mid-resume."""
+    journal = Journal.create(tmp_path, {})
+    old = ('{"dev1": {"count": 40, "cv": 0.02, "dense_p50_ms": 2.0, "energy_mj": null, "mean_ms": 1.52, '
+           '"meter": null, "p50_ms": 1.5, "p90_ms": 1.8}}')
+    journal.record(_record())
+    journal._conn.execute("UPDATE candidates SET measurement_json=?", (old,))
+    journal._conn.execute("INSERT INTO measurements VALUES ('sha', 'fp', ?, 0)",
+                          ('{"p50_ms": 1.0, "energy_mj": 0.4, "energy_total_mj": 0.9, "idle_power_w": 2.5, '
+                           '"meter": "ina219", "rounds": 3}',))
+    summary = journal.candidates()[0].measurement["dev1"]
+    assert (summary.p50_ms, summary.cv, summary.count, summary.dense_p50_ms) == (1.5, 0.02, 40, 2.0)
+    assert summary.to_json() == {"count": 40, "cv": 0.02, "dense_p50_ms": 2.0, "energy_mj": None, "mean_ms": 1.52,
+                                 "meter": None, "p50_ms": 1.5, "p90_ms": 1.8}  # the same JSON when written again
+    cached = journal.cached_measurement("sha", "fp")
+    assert (cached.energy_mj, cached.idle_power_w, cached.rounds) == (0.4, 2.5, 3)
+    journal._conn.execute("UPDATE candidates SET measurement_json='{\"dev1\": {\"latency\": 1.5}}'")
+    with pytest.raises(SearchError, match="candidate row 1.*unknown field.*latency"):
+        journal.candidates()
+    journal.close()
 
 
 def test_create_refuses_existing_run(tmp_path):

@@ -6,26 +6,31 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from host.search.candidate import CandidateEvaluator, MeasurePolicy
+from host.search.measurement import MeasurementSummary
 from host.search.reward import Constraint, Objective, Target
+
+
+def _m(ms: float, dense_ms: float | None = None) -> dict[str, MeasurementSummary]:
+    """A measurement on device "pi" (``dense_ms``: dense measured right after it)."""
+    return {"pi": MeasurementSummary(p50_ms=ms, dense_p50_ms=dense_ms)}
 
 
 def _evaluator(measured: list[tuple[float, float]], dense_ms: float = 1.0, target: str = "0.7x",
                constraint: str = "soft"):
     """An evaluator's state: dense at ``dense_ms`` and acc 0.97; ``measured`` (accuracy, ms) search rows."""
     limit = 0.7 * dense_ms
-    rows = [SimpleNamespace(accuracy=acc, measurement={"pi": {"p50_ms": ms}}, reused=False,
+    rows = [SimpleNamespace(accuracy=acc, measurement=_m(ms), reused=False,
                             reward=acc * min(1.0, limit / ms))  # the hard constraint's reward
             for acc, ms in measured]
     ev = SimpleNamespace(
         objective=Objective(name="latency", target=Target.parse(target, "latency"),
                             constraint=Constraint.named(constraint)),
         policy=MeasurePolicy(min_accuracy_drop=0.15, min_measured=2, slack=0.03),
-        dense=SimpleNamespace(accuracy=0.97, measurement={"pi": {"p50_ms": dense_ms}}),
+        dense=SimpleNamespace(accuracy=0.97, measurement=_m(dense_ms)),
         journal=SimpleNamespace(candidates=lambda _phase: rows),
     )
     ev._figures = lambda m: CandidateEvaluator._figures(ev, m)
     ev.dense_figures = lambda: ev._figures(ev.dense.measurement)
-    ev._reference_key = lambda: "dense_p50_ms"
     ev._paired = lambda m: CandidateEvaluator._paired(ev, m)
     ev.reference = lambda m: CandidateEvaluator.reference(ev, m)
     ev._meets_target = lambda m: CandidateEvaluator._meets_target(ev, m)
@@ -60,11 +65,11 @@ def test_a_measured_candidate_is_compared_with_dense_measured_right_after_it():
     ev._dense_samples = {"pi": [2.5, 1.5, 1.6]}  # the first dense figure taken on a busy board, then two pairs
     ev.dense_figures = lambda: CandidateEvaluator.dense_figures(ev)
     assert ev.dense_figures() == {"pi": 1.6}  # the median: one outlier does not set the reference
-    paired = {"pi": {"p50_ms": 1.1, "dense_p50_ms": 1.5}}
+    paired = _m(1.1, 1.5)
     assert ev.reference(paired) == {"pi": 1.5}
-    assert ev.reference({"pi": {"p50_ms": 1.1}}) == {"pi": 1.6}  # not paired: the median
+    assert ev.reference(_m(1.1)) == {"pi": 1.6}  # not paired: the median
     assert not ev._meets_target(paired)  # 1.1 ms against 0.7 x 1.5 ms, though 0.7 x 1.6 ms would admit it
-    assert ev._meets_target({"pi": {"p50_ms": 1.1}})
+    assert ev._meets_target(_m(1.1))
 
 
 def test_under_the_hard_constraint_only_a_plan_that_meets_the_target_sets_the_bar():
@@ -99,10 +104,10 @@ def _settling(rows: list[tuple[float, float]], pairs: list[tuple[float, float]],
     def measure_artifact(path, sha, bench, use_cache=True):
         assert use_cache == (ev.taken == 0)  # the first from the cache, every confirmation measured afresh
         ev.taken += 1
-        return {"pi": {"p50_ms": queue[0][0]}}
+        return _m(queue[0][0])
 
     def pair(measurement):
-        return {"pi": {**measurement["pi"], "dense_p50_ms": queue.pop(0)[1]}}
+        return {"pi": measurement["pi"].paired(ev.objective.name, queue.pop(0)[1])}
 
     ev.measure_artifact, ev._pair_with_dense, ev.bench = measure_artifact, pair, None
     ev.measured_ratio = lambda m: CandidateEvaluator.measured_ratio(ev, m)
@@ -121,23 +126,23 @@ def test_a_plan_that_meets_the_target_once_is_measured_again_before_it_sets_the_
     ev = _settling([(0.92, 0.9)], [(1.01, 1.49), (1.0, 1.14), (1.05, 1.0)])
     settled = settle(ev)
     assert ev.taken == 3  # the two pairs disagreed: a third decides
-    assert settled == {"pi": {"p50_ms": 1.0, "dense_p50_ms": 1.14}}  # the median ratio
+    assert settled == _m(1.0, 1.14)  # the median ratio
     assert not ev._meets_target(settled)
 
 
 def test_two_pairs_that_agree_settle_it_and_the_slower_is_kept():
     ev = _settling([], [(0.60, 1.0), (0.65, 1.0), (0.1, 1.0)])
-    assert settle(ev) == {"pi": {"p50_ms": 0.65, "dense_p50_ms": 1.0}}
+    assert settle(ev) == _m(0.65, 1.0)
     assert ev.taken == 2
 
 
 def test_only_a_plan_that_would_set_the_bar_is_measured_again():
     # misses the target: one pair, as before
     ev = _settling([], [(0.9, 1.0)])
-    assert settle(ev) == {"pi": {"p50_ms": 0.9, "dense_p50_ms": 1.0}} and ev.taken == 1
+    assert settle(ev) == _m(0.9, 1.0) and ev.taken == 1
     # meets it, but a measured winner is more accurate: it cannot lead, so it does not decide anything
     ev = _settling([(0.95, 0.6)], [(0.6, 1.0)])
-    assert settle(ev, acc=0.90) == {"pi": {"p50_ms": 0.6, "dense_p50_ms": 1.0}} and ev.taken == 1
+    assert settle(ev, acc=0.90) == _m(0.6, 1.0) and ev.taken == 1
     # a soft constraint has no wall for one measurement to open
     ev = _settling([], [(0.6, 1.0)], constraint="soft")
-    assert settle(ev) == {"pi": {"p50_ms": 0.6, "dense_p50_ms": 1.0}} and ev.taken == 1
+    assert settle(ev) == _m(0.6, 1.0) and ev.taken == 1

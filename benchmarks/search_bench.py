@@ -115,8 +115,8 @@ def _finetuned_accuracy(make, model, splits, finetune, seeds: int) -> dict:
     differences the verdicts judge. Returns the per-seed and mean val/test accuracies."""
     import statistics
 
-    from host.search.candidate import batches
     from host.search.finetune import accuracy, masked_finetune
+    from host.search.scorer import batches
 
     x_tr, y_tr = splits.train.tensors()
     vals, tests = [], []

@@ -38,11 +38,12 @@ from typing import TYPE_CHECKING, Any
 
 from host.errors import DeviceError, SearchError
 from host.kinds import ObjectiveName, Phase, Precision, Stage
-from host.search.candidate import INVALID_REWARD, CandidateFailure
+from host.search.candidate import INVALID_REWARD
 from host.search.config import SearchConfig
 from host.search.journal import STATUS_INVALID, CandidateRecord, Journal
 from host.search.measurement import Measurements, median_measurements
 from host.search.progress import Progress, ProgressFn
+from host.search.scorer import CandidateFailure
 
 if TYPE_CHECKING:
     from host.report.summary import RunSummary
@@ -171,8 +172,8 @@ class FinalStage:
             confirmed = sorted(top, key=lambda r: objective.rank_key(rewards[r.plan_hash], meets[r.plan_hash]))
             for r, f in zip(top, figures, strict=True):
                 logger.info("candidate %s confirmed side by side: %s of dense (search: %s), reward %.4f (search %.4f)",
-                            r.id, _ratios(f, dense), _ratios(evaluator._figures(r.measurement),
-                                                             evaluator.reference(r.measurement)),
+                            r.id, _ratios(f, dense), _ratios(evaluator.measurer.figures(r.measurement),
+                                                             evaluator.measurer.reference(r.measurement)),
                             rewards[r.plan_hash], r.reward)
             order = [r.plan_hash for r in confirmed]
             self.journal.set_value(FINAL_ORDER_KEY, order)
@@ -184,9 +185,9 @@ class FinalStage:
         """Fine-tune, realize, export and measure every chosen plan, in the order of :meth:`candidates`."""
         from host.data.checks import data_warnings
         from host.data.preprocess import Preprocessing
-        from host.search.candidate import batches
         from host.search.finetune import accuracy
         from host.search.journal import plan_hash
+        from host.search.scorer import batches
 
         self.preprocessing = Preprocessing.from_splits(splits)
         self.data_warnings = data_warnings(splits, self.config.evaluation.batch_size, evaluator.dense.accuracy)
@@ -254,7 +255,7 @@ class FinalStage:
         :data:`FINAL_ROUNDS` interleaved rounds with the final benchmark policy; each model's measurement
         is the per-field median of its rounds. Returns ``finals`` with their measurements."""
         bench = replace(evaluator.bench, policy=self.config.evaluation.final_bench)
-        dense = evaluator.export(base_model, evaluator.workdir / "final-dense.pte")
+        dense = evaluator.scorer.export(base_model, evaluator.workdir / "final-dense.pte")
         paths = [(Path(dense.path), dense.sha256)] + [(Path(f.artifacts["pte"]), f.sha256) for f in finals]
         if dense_int8 is not None:
             paths += [(dense_int8.path, dense_int8.sha256)]
@@ -263,7 +264,7 @@ class FinalStage:
         try:
             for _ in range(FINAL_ROUNDS):
                 for i, (path, sha) in enumerate(paths):
-                    taken[i].append(evaluator.measure_artifact(path, sha, bench, use_cache=False))
+                    taken[i].append(evaluator.measurer.measure(path, sha, bench, use_cache=False))
         finally:
             Path(dense.path).unlink(missing_ok=True)
         medians = [median_measurements(rounds) for rounds in taken]
@@ -283,7 +284,7 @@ class FinalStage:
 
         from host.export.evaluate import artifact_accuracy
 
-        artifact = evaluator.export(realized, path, quantize=True)
+        artifact = evaluator.scorer.export(realized, path, quantize=True)
         x_val, y_val = evaluator.data.val_tensors()
         x_test, y_test = torch.cat([x for x, _ in test_batches]), torch.cat([y for _, y in test_batches])
         return QuantizedModel(artifact=artifact, val=artifact_accuracy(artifact.path, "pte", x_val, y_val),
@@ -300,7 +301,7 @@ class FinalStage:
         from host.search.finetune import accuracy, masked_finetune, recalibrate_bn
 
         plan = _plan_from_row(row)
-        model, masks = evaluator.masked_model(plan)
+        model, masks = evaluator.scorer.masked_model(plan)
         masked_finetune(model, masks, train_batches, self.config.finetune, teacher=base_model)
         # as every candidate's: a BatchNorm with a low momentum (torchvision's MobileNetV3: 0.01) still holds
         # mostly the pre-fine-tuning statistics after a few epochs (a 256 px MobileNetV3-small final model,
@@ -310,7 +311,7 @@ class FinalStage:
         # accuracy is taken on the REALIZED module, i.e. exactly what gets exported and deployed
         # decisions (filter ranking of mixed kernel patterns) from the base model the masks were made on,
         # weights from the fine-tuned copy: ranking the fine-tuned weights again could pick other filters
-        realized = evaluator.realize_checked(plan, weights_from=model, names=row.plan.get("choices"))
+        realized = evaluator.scorer.realize_checked(plan, weights_from=model, names=row.plan.get("choices"))
         val = accuracy(realized, evaluator.data.val_batches)
         test = accuracy(realized, test_batches)
         if abs(val - masked_val) > 0.005:
@@ -350,7 +351,7 @@ class FinalStage:
         from host.export.sidecar import write_sidecar
 
         artifacts: dict[str, str] = {}
-        pte = evaluator.export(realized, self.run_dir / f"{name}.pte")
+        pte = evaluator.scorer.export(realized, self.run_dir / f"{name}.pte")
         artifacts["pte"] = str(pte.path)
         exported = [pte]
         if self.config.export_tflite:
@@ -469,7 +470,7 @@ class FinalStage:
         )
         summary = target_verdicts(summary, objective)
         if objective.needs_measurement:
-            points = [(r.deployed_accuracy, max(evaluator._figures(r.measurement).values()))
+            points = [(r.deployed_accuracy, max(evaluator.measurer.figures(r.measurement).values()))
                       for r in valid if r.measurement]
         else:
             points = [(r.deployed_accuracy, float(r.macs)) for r in valid]
@@ -477,7 +478,7 @@ class FinalStage:
         tb_rows = []
         for r in rows:
             row = {"reward": r.reward, "accuracy": r.deployed_accuracy, "macs": float(r.macs)}
-            figs = evaluator._figures(r.measurement)
+            figs = evaluator.measurer.figures(r.measurement)
             if figs:
                 row["cost"] = max(figs.values())
             tb_rows.append(row)

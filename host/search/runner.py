@@ -173,8 +173,9 @@ class SearchRunner:
     # -- stages --------------------------------------------------------------------------------------
     def _run_with(self, devices: list, objective) -> RunSummary:
         from host.devices.results import BenchSpec
-        from host.search.candidate import CandidateEvaluator, EvalData, MeasurePolicy
+        from host.search.candidate import CandidateEvaluator, MeasurePolicy
         from host.search.final import FinalStage
+        from host.search.scorer import EvalData
         from host.search.space import SearchSpace
 
         cfg = self.config
@@ -269,8 +270,8 @@ class SearchRunner:
     def _check_target_reachable(self, evaluator, space) -> None:
         record = self._floor_record(evaluator, space)
         objective = self.config.reward_objective()
-        dense = evaluator.reference(record.measurement)  # dense as measured right after the floor plan
-        floor_figs = evaluator._figures(record.measurement)
+        dense = evaluator.measurer.reference(record.measurement)  # dense as measured right after the floor plan
+        floor_figs = evaluator.measurer.figures(record.measurement)
         unit = "mJ" if objective.name == ObjectiveName.ENERGY else "ms"
 
         def missed(dense_figs: dict[str, float], floor: dict[str, float]) -> list[str]:

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from host.devices.results import BenchSpec
-from host.search.candidate import CandidateEvaluator, EvalData
+from host.search.candidate import CandidateEvaluator
 from host.search.journal import Journal
 from host.search.reward import Objective
+from host.search.scorer import EvalData
 from host.search.space import SearchSpace
 
 CHECKED_CHANNELS = 8

@@ -25,6 +25,7 @@ class _Evaluator:
         self.dense = SimpleNamespace(macs=200, measurement={"pi": MeasurementSummary(p50_ms=1.0)})
         self.again = again
         self.calls: list[list] = []
+        self.measurer = SimpleNamespace(figures=self._figures, reference=self.reference)
 
     def remeasure_side_by_side(self, records):
         self.calls.append(list(records))

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from host.search.candidate import INVALID_REWARD, CandidateFailure
+from host.search.candidate import INVALID_REWARD
+from host.search.scorer import CandidateFailure
 from patterns import LayerAssignment, Plan
 from tests.unit.host.search.nets import checked_evaluator, checked_space, choices
 
@@ -28,7 +29,7 @@ def evaluator(tmp_path, space_and_data):
 def test_a_realization_that_does_not_run_names_the_layer(evaluator):
     # one layer: it is the one responsible, no re-try needed
     with pytest.raises(CandidateFailure) as err:
-        evaluator.realize_checked(Plan.from_mapping({"b": LayerAssignment("channel", "prune50")}))
+        evaluator.scorer.realize_checked(Plan.from_mapping({"b": LayerAssignment("channel", "prune50")}))
     assert err.value.stage == "realize" and err.value.layer == "b"
     assert "expects 8 channels after b, got 4" in err.value.reason
     # several layers: the failure happened in the root's forward, right after b ran; the plan realizes
@@ -36,10 +37,10 @@ def test_a_realization_that_does_not_run_names_the_layer(evaluator):
     plan = Plan.from_mapping({"stem": LayerAssignment("channel", "prune50"), "left": LayerAssignment("kernel", "row1"),
                               "b": LayerAssignment("channel", "prune25")})
     with pytest.raises(CandidateFailure) as err:
-        evaluator.realize_checked(plan)
+        evaluator.scorer.realize_checked(plan)
     assert err.value.layer == "b" and "got 6" in err.value.reason
     # the same plan without b realizes and runs
-    evaluator.realize_checked(Plan.from_mapping({"stem": LayerAssignment("channel", "prune50"),
+    evaluator.scorer.realize_checked(Plan.from_mapping({"stem": LayerAssignment("channel", "prune50"),
                                                  "left": LayerAssignment("kernel", "row1")}))
 
 

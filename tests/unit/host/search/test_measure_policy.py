@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from host.kinds import ObjectiveName
 from host.search.candidate import CandidateEvaluator, MeasurePolicy
 from host.search.measurement import MeasurementSummary
+from host.search.measurer import Measurer
 from host.search.reward import Constraint, Objective, Target
 
 
@@ -29,10 +31,12 @@ def _evaluator(measured: list[tuple[float, float]], dense_ms: float = 1.0, targe
         dense=SimpleNamespace(accuracy=0.97, measurement=_m(dense_ms)),
         journal=SimpleNamespace(candidates=lambda _phase: rows),
     )
-    ev._figures = lambda m: CandidateEvaluator._figures(ev, m)
-    ev.dense_figures = lambda: ev._figures(ev.dense.measurement)
-    ev._paired = lambda m: CandidateEvaluator._paired(ev, m)
-    ev.reference = lambda m: CandidateEvaluator.reference(ev, m)
+    ev.measurer = Measurer([], None, ev.journal, ObjectiveName.LATENCY, dense_artifact=None)
+    ev.measurer.start_dense(ev.dense.measurement)
+    ev.dense_figures = lambda: CandidateEvaluator.dense_figures(ev)
+    # the cost model's prediction: here, the choices are the predicted ratio
+    ev.cost_model = SimpleNamespace(predict=lambda choices: choices)
+    ev.predicted_figures = lambda choices: CandidateEvaluator.predicted_figures(ev, choices)
     ev._meets_target = lambda m: CandidateEvaluator._meets_target(ev, m)
     ev.meets_target = lambda f, d: CandidateEvaluator.meets_target(ev, f, d)
     ev._reward = lambda acc, macs, meas, choices: acc  # predicted reward: its accuracy (the plan meets the target)
@@ -61,13 +65,12 @@ def test_when_dense_meets_the_target_dense_sets_the_bar():
 
 
 def test_a_measured_candidate_is_compared_with_dense_measured_right_after_it():
-    ev = _evaluator([])
-    ev._dense_samples = {"pi": [2.5, 1.5, 1.6]}  # the first dense figure taken on a busy board, then two pairs
-    ev.dense_figures = lambda: CandidateEvaluator.dense_figures(ev)
+    ev = _evaluator([], dense_ms=2.5)  # the first dense figure, taken on a busy board
+    ev.measurer.start_dense(ev.dense.measurement, [_m(1.0, 1.5), _m(1.0, 1.6), None])  # then two pairs
     assert ev.dense_figures() == {"pi": 1.6}  # the median: one outlier does not set the reference
     paired = _m(1.1, 1.5)
-    assert ev.reference(paired) == {"pi": 1.5}
-    assert ev.reference(_m(1.1)) == {"pi": 1.6}  # not paired: the median
+    assert ev.measurer.reference(paired) == {"pi": 1.5}
+    assert ev.measurer.reference(_m(1.1)) == {"pi": 1.6}  # not paired: the median
     assert not ev._meets_target(paired)  # 1.1 ms against 0.7 x 1.5 ms, though 0.7 x 1.6 ms would admit it
     assert ev._meets_target(_m(1.1))
 
@@ -76,19 +79,17 @@ def test_under_the_hard_constraint_only_a_plan_that_meets_the_target_sets_the_ba
     # MobileNetV3-small at 0.7x: an accurate plan at 0.80x (reward 0.83) kept every plan at 0.70x, 85% after
     # the recovery steps, from being measured; under the hard constraint it cannot be delivered before them
     ev = _evaluator([(0.95, 0.80), (0.94, 0.85), (0.93, 0.9)], constraint="hard")
-    ev.predicted_figures = lambda choices: {"pi": choices}  # the cost model's prediction: here, the choices
     ev._reward = lambda acc, macs, meas, choices: acc * min(1.0, 0.7 / choices)
     assert worth(ev, 0.80, choices=0.68)  # expected to meet the target, none measured does: measure it
     assert not worth(ev, 0.80, choices=0.78)  # expected to miss it, and below the best reward
     soft = _evaluator([(0.95, 0.80), (0.94, 0.85), (0.93, 0.9)])
-    soft.predicted_figures, soft._reward = ev.predicted_figures, ev._reward
+    soft._reward = ev._reward
     assert not worth(soft, 0.80, choices=0.68)  # a soft constraint: the best reward (0.83) is the bar
     # once one meets it, that plan's reward is the bar, not the higher one (0.97 x 0.7/0.75 = 0.905) of a
     # plan that misses it
     rows = [(0.97, 0.75), (0.85, 0.69), (0.93, 0.9)]
     ev, soft = _evaluator(rows, constraint="hard"), _evaluator(rows)
     for e in (ev, soft):
-        e.predicted_figures = lambda choices: {"pi": choices}
         e._reward = lambda acc, macs, meas, choices: acc * min(1.0, 0.7 / choices)
     assert worth(ev, 0.84, choices=0.68)  # within the slack of the plan that meets the target (0.85)
     assert not worth(soft, 0.84, choices=0.68)  # below 0.905 less the slack
@@ -101,7 +102,7 @@ def _settling(rows: list[tuple[float, float]], pairs: list[tuple[float, float]],
     queue = list(pairs)
     ev.taken = 0
 
-    def measure_artifact(path, sha, bench, use_cache=True):
+    def measure(path, sha, bench=None, use_cache=True):
         assert use_cache == (ev.taken == 0)  # the first from the cache, every confirmation measured afresh
         ev.taken += 1
         return _m(queue[0][0])
@@ -109,15 +110,14 @@ def _settling(rows: list[tuple[float, float]], pairs: list[tuple[float, float]],
     def pair(measurement):
         return {"pi": measurement["pi"].paired(ev.objective.name, queue.pop(0)[1])}
 
-    ev.measure_artifact, ev._pair_with_dense, ev.bench = measure_artifact, pair, None
-    ev.measured_ratio = lambda m: CandidateEvaluator.measured_ratio(ev, m)
+    ev.measurer.measure, ev.measurer.pair_with_dense = measure, pair
     ev._would_set_the_bar = lambda acc, macs, m, choices: CandidateEvaluator._would_set_the_bar(ev, acc, macs, m,
                                                                                                    choices)
     return ev
 
 
 def settle(ev, acc: float = 0.94):
-    first = ev.measure_artifact("a.pte", "sha", None)
+    first = ev.measurer.measure("a.pte", "sha")
     return CandidateEvaluator._settle(ev, SimpleNamespace(path="a.pte", sha256="sha"), first, acc, 100, None)
 
 

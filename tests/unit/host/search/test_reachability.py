@@ -19,6 +19,7 @@ class _Evaluator:
         self.floor = SimpleNamespace(figures={"pi": journaled[1]})
         self.again = again
         self.remeasured: list[list] = []
+        self.measurer = SimpleNamespace(figures=self._figures, reference=self.reference)
 
     def dense_figures(self):
         return self.dense.figures

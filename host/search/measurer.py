@@ -1,0 +1,118 @@
+"""Measuring a search's artifacts: on every device of the run, through the journal's measurement cache, each
+candidate paired with the dense model measured right after it on the same device.
+
+The :class:`Measurer` knows artifacts, devices and the objective's figure (ms or mJ); it knows nothing of
+plans, accuracy or rewards, which stay with :class:`host.search.candidate.CandidateEvaluator`. It is the
+part of candidate evaluation that runs where the devices are.
+
+Why pairs: a search runs for minutes to hours on a board whose speed drifts (thermal throttling, other load),
+and one dense figure taken at the start made every later ratio carry its error (RepVGG's dense first measured
+at 2.51 ms on a busy host, 1.5 ms side by side, so a 0.76x plan was credited 0.43x). A measured candidate is
+compared with the dense figure taken right after it (:meth:`Measurer.reference`); :meth:`Measurer.dense_figures`,
+the median of every dense figure taken, is the reference of what was not paired.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from host.kinds import ObjectiveName
+from host.search.devices import SearchDevice, measure
+from host.search.measurement import Measurements, MeasurementSummary
+
+if TYPE_CHECKING:
+    from host.devices.results import BenchSpec
+    from host.search.journal import Journal
+
+
+class Measurer:
+    """Measures artifacts on ``devices`` with ``bench`` (cache: ``journal``); ``dense_artifact()`` exports the
+    dense model once, on the first pairing (an object with ``path`` and ``sha256``)."""
+
+    def __init__(self, devices: Sequence[SearchDevice], bench: BenchSpec, journal: Journal,
+                 objective: ObjectiveName, dense_artifact: Callable[[], Any]) -> None:
+        self.devices = list(devices)
+        self.bench = bench
+        self.journal = journal
+        self.objective = ObjectiveName(objective)
+        self.measurements_taken = 0  # benchmarks run on a device (cache hits not counted)
+        self._make_dense_artifact = dense_artifact
+        self._dense_artifact: Any = None
+        self._dense_samples: dict[str, list[float]] = {}  # every dense figure taken, per device
+
+    # -- measuring -----------------------------------------------------------------------------------
+    def measure(self, path: Path, sha256: str, bench: BenchSpec | None = None,
+                use_cache: bool = True) -> dict[str, MeasurementSummary]:
+        """{device name: summary} for an exported artifact, from the cache where possible (``use_cache``
+        False: measured afresh, and not stored)."""
+        bench = self.bench if bench is None else bench
+        result: dict[str, MeasurementSummary] = {}
+        for device in self.devices:
+            cached = self.journal.cached_measurement(sha256, device.fingerprint) if use_cache else None
+            if cached is None:
+                cached = measure(device, path, bench)
+                self.measurements_taken += 1
+                if use_cache:
+                    self.journal.store_measurement(sha256, device.fingerprint, cached)
+            result[device.name] = cached
+        return result
+
+    def pair_with_dense(self, measurement: Measurements) -> dict[str, MeasurementSummary]:
+        """``measurement`` with the dense model measured right after it on every device (cache bypassed)."""
+        if self._dense_artifact is None:
+            self._dense_artifact = self._make_dense_artifact()
+        dense = self.figures(self.measure(self._dense_artifact.path, self._dense_artifact.sha256, use_cache=False))
+        self.add_dense_samples(dense)
+        return {dev: summary.paired(self.objective, dense[dev]) if dev in dense else summary
+                for dev, summary in measurement.items()}
+
+    def side_by_side(self, artifacts: Sequence[Any], rounds: int) -> list[dict[str, float]]:
+        """The objective's figures of ``artifacts`` measured now, alternating between them ``rounds`` times,
+        cache bypassed: the median per device of each. Figures taken minutes apart on a busy board can be tens
+        of percent off; figures taken side by side are comparable."""
+        taken: list[list[dict[str, float]]] = [[] for _ in artifacts]
+        for _ in range(rounds):
+            for i, artifact in enumerate(artifacts):
+                taken[i].append(self.figures(self.measure(artifact.path, artifact.sha256, use_cache=False)))
+        return [{dev: statistics.median(f[dev] for f in rows) for dev in rows[0]} for rows in taken]
+
+    # -- figures and references ----------------------------------------------------------------------
+    def figures(self, measurement: Measurements | None) -> dict[str, float]:
+        """Per-device figure of the objective (ms or mJ) in ``measurement``; {} when nothing was measured."""
+        figures = {dev: m.figure(self.objective) for dev, m in (measurement or {}).items()}
+        return {dev: float(value) for dev, value in figures.items() if value is not None}
+
+    def paired(self, measurement: Measurements | None) -> dict[str, float]:
+        """Per-device dense figure measured right after ``measurement`` (only the devices where it was)."""
+        pairs = {dev: m.dense_figure(self.objective) for dev, m in (measurement or {}).items()}
+        return {dev: float(value) for dev, value in pairs.items() if value is not None}
+
+    def start_dense(self, dense: Measurements | None, paired: Iterable[Measurements | None] = ()) -> None:
+        """Start the dense samples from the dense model's own measurement and the pairs of measurements taken
+        before (a resumed run)."""
+        self._dense_samples = {dev: [value] for dev, value in self.figures(dense).items()}
+        for measurement in paired:
+            self.add_dense_samples(self.paired(measurement))
+
+    def add_dense_samples(self, figures: dict[str, float]) -> None:
+        for dev, value in figures.items():
+            self._dense_samples.setdefault(dev, []).append(value)
+
+    def dense_figures(self) -> dict[str, float]:
+        """Per-device figure of the dense model: the median of every time it was measured (at the start, and
+        paired with each measured candidate); {} before any."""
+        return {dev: statistics.median(values) for dev, values in self._dense_samples.items()}
+
+    def reference(self, measurement: Measurements | None) -> dict[str, float]:
+        """Per-device dense figure a measurement is compared with: the one taken right after it, where it was
+        paired, else :meth:`dense_figures`."""
+        return {**self.dense_figures(), **self.paired(measurement)}
+
+    def ratio(self, measurement: Measurements | None) -> float | None:
+        """Worst-device ratio of a measurement to its dense reference; None when nothing was measured."""
+        figures, dense = self.figures(measurement), self.reference(measurement)
+        ratios = [figures[d] / dense[d] for d in figures if d in dense and dense[d] > 0]
+        return max(ratios) if ratios else None

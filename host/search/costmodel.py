@@ -14,6 +14,12 @@ layers that took choice ``k``. The prior ``w_k = -cut_k`` (``cut_k``: MACs a cho
 share, from one virtual count per choice) says "latency follows MACs"; ridge regression TOWARDS that prior
 on the measured ratios learns how each pattern really realizes on the device (e.g. a kernel mix that runs
 slower than dense gets ``w_k > 0``). With ~10 weights it is identifiable from a handful of measurements.
+
+:attr:`CostModel.error` is how far off the model is on plans it has not seen: the median absolute
+leave-one-out error of its samples (each measured plan predicted by the model fitted on the others). On a
+shared host one noisy measurement moves the fit by tens of percent (LCNet-0.5: one plan measured at 0.96x of
+dense where its MACs said 0.56x, and the model then put every channel-pruned plan the projection proposed at
+0.70-0.73x, just over a 0.7x target), so the search uses it as the model's own uncertainty.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class CostModel:
         self.free = np.arange(self.num_choices) != keep_index
         self.weights = self.prior.copy()
         self.fitted_on = 0
+        self.error = 0.0  # median absolute leave-one-out error of the ratio (0: not fitted)
 
     @classmethod
     def from_space(cls, space, ridge: float = 0.02) -> CostModel:
@@ -78,14 +85,30 @@ class CostModel:
     def fit(self, samples: Sequence[tuple[np.ndarray, float]]) -> None:
         """Ridge regression towards the prior on (choices, measured ratio) samples; dense is implicit (1.0)."""
         self.fitted_on = len(samples)
+        self.error = 0.0
         if not samples:
             self.weights = self.prior.copy()
             return
-        x = np.stack([self.features(c) for c, _ in samples])
-        y = np.array([r for _, r in samples], np.float64) - 1.0 - x @ self.prior
-        x = x[:, self.free]
+        features = np.stack([self.features(c) for c, _ in samples])
+        ratios = np.array([r for _, r in samples], np.float64)
+        self.weights = self._solve(features, ratios)
+        held_out = []
+        for i in range(len(samples)):  # each sample predicted by the model fitted on the others
+            others = np.arange(len(samples)) != i
+            weights = self._solve(features[others], ratios[others])
+            held_out.append(abs(max(MIN_RATIO, 1.0 + float(features[i] @ weights)) - ratios[i]))
+        self.error = float(np.median(held_out))
+        logger.debug("cost model fitted on %d samples (leave-one-out error %.3f): %s", len(samples), self.error,
+                     np.round(self.weights, 3))
+
+    def _solve(self, features: np.ndarray, ratios: np.ndarray) -> np.ndarray:
+        """Weights fitted towards the prior on (features, ratio) rows (the prior itself for no rows)."""
+        weights = self.prior.copy()
+        if len(ratios) == 0:
+            return weights
+        y = ratios - 1.0 - features @ self.prior
+        x = features[:, self.free]
         # solve (X^T X + lambda I) d = X^T y ; weights = prior + d (keep's weight stays 0)
         a = x.T @ x + self.ridge * np.eye(x.shape[1])
-        self.weights = self.prior.copy()
-        self.weights[self.free] += np.linalg.solve(a, x.T @ y)
-        logger.debug("cost model fitted on %d samples: %s", len(samples), np.round(self.weights, 3))
+        weights[self.free] += np.linalg.solve(a, x.T @ y)
+        return weights

@@ -54,3 +54,15 @@ def test_bad_input():
         CostModel(np.array([[0.5]]), {}, 2)
     with pytest.raises(ValueError):
         _model().features(np.array([0, 1]))
+
+
+def test_error_is_the_held_out_error_of_the_fit():
+    """Each measured plan predicted by the model fitted on the others: a noisy sample shows up as error."""
+    shares = np.array([0.5, 0.5])
+    model = CostModel(shares, {1: 1.0}, 2, keep_index=0)
+    assert model.error == 0.0
+    halves = [(np.array([1, 0]), 0.5), (np.array([0, 1]), 0.5), (np.array([1, 1]), 0.02)]
+    model.fit(halves)  # latency follows MACs: the prior predicts every sample
+    assert model.error == pytest.approx(0.0, abs=0.02)
+    model.fit([*halves[:2], (np.array([1, 1]), 0.9)])  # one plan measured far slower than its MACs
+    assert model.error > 0.1

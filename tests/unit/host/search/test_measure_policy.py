@@ -34,9 +34,10 @@ def _evaluator(measured: list[tuple[float, float]], dense_ms: float = 1.0, targe
     ev.measurer = Measurer([], None, ev.journal, ObjectiveName.LATENCY, dense_artifact=None)
     ev.measurer.start_dense(ev.dense.measurement)
     ev.dense_figures = lambda: CandidateEvaluator.dense_figures(ev)
-    # the cost model's prediction: here, the choices are the predicted ratio
-    ev.cost_model = SimpleNamespace(predict=lambda choices: choices)
-    ev.predicted_figures = lambda choices: CandidateEvaluator.predicted_figures(ev, choices)
+    # the cost model's prediction: here, the choices are the predicted ratio; ``error`` its held-out error
+    ev.cost_model = SimpleNamespace(predict=lambda choices: choices, error=0.0)
+    ev.predicted_figures = lambda choices, optimistic=False: CandidateEvaluator.predicted_figures(ev, choices,
+                                                                                                  optimistic)
     ev._meets_target = lambda m: CandidateEvaluator._meets_target(ev, m)
     ev.meets_target = lambda f, d: CandidateEvaluator.meets_target(ev, f, d)
     ev._reward = lambda acc, macs, meas, choices: acc  # predicted reward: its accuracy (the plan meets the target)
@@ -94,6 +95,21 @@ def test_under_the_hard_constraint_only_a_plan_that_meets_the_target_sets_the_ba
     assert worth(ev, 0.84, choices=0.68)  # within the slack of the plan that meets the target (0.85)
     assert not worth(soft, 0.84, choices=0.68)  # below 0.905 less the slack
     assert not worth(ev, 0.80, choices=0.68)  # below 0.85 less the slack
+
+
+def test_while_nothing_meets_a_hard_target_a_plan_predicted_within_the_models_error_is_measured():
+    # LCNet-0.5 at 0.7x: after one noisy measurement the cost model put every plan the projection proposed at
+    # 0.70-0.73x; none was measured, and the search delivered a 0.80x plan
+    ev = _evaluator([(0.85, 0.80), (0.90, 1.03), (0.73, 0.96)], constraint="hard")
+    ev._reward = lambda acc, macs, meas, choices: acc * min(1.0, 0.7 / choices)
+    assert not worth(ev, 0.70, choices=0.726)  # a model that is never wrong: expected to miss, below the bar
+    ev.cost_model.error = 0.05  # how far off it was on the plans it had not seen
+    assert worth(ev, 0.70, choices=0.726)
+    assert not worth(ev, 0.70, choices=0.80)  # beyond its error: still expected to miss
+    # once a measured plan meets the target its reward is the bar again, error or not
+    met = _evaluator([(0.85, 0.68), (0.90, 1.03), (0.73, 0.96)], constraint="hard")
+    met._reward, met.cost_model.error = ev._reward, 0.05
+    assert not worth(met, 0.70, choices=0.726)
 
 
 def _settling(rows: list[tuple[float, float]], pairs: list[tuple[float, float]], constraint: str = "hard"):

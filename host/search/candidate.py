@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from host.devices.results import BenchSpec
@@ -53,7 +52,6 @@ from host.search.space import SearchSpace
 
 logger = logging.getLogger(__name__)
 
-Batches = list[tuple[torch.Tensor, torch.Tensor]]
 INVALID_REWARD = -1.0  # below every valid reward of the latency/energy objectives and the paper's "acc - 1"
 # Candidate artifacts are written inside the run directory, not the system temp folder: a SIGKILL runs no
 # cleanup, so whatever it leaves stays in the user's run folder, and the next process on the run clears it.

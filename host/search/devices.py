@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -130,6 +131,9 @@ def summarize(result: Any) -> MeasurementSummary:
     and the idle power are kept for the report; ``energy_error`` says why there is no energy figure.
     """
     stats = result.stats
+    if not (stats.count > 0 and math.isfinite(stats.p50_ms)):
+        raise BenchmarkError(f"the device returned no usable latency ({stats.count} timed runs, p50 {stats.p50_ms})",
+                             hint="check the agent's log (sculpt-agent serve) and its benchmark policy")
     figures: dict[str, Any] = {}
     energy = getattr(result, "energy", None)
     if energy is not None and getattr(energy, "available", False):

@@ -260,11 +260,8 @@ class FinalStage:
         if dense_int8 is not None:
             paths += [(dense_int8.path, dense_int8.sha256)]
             paths += [(f.int8.path, f.int8.sha256) for f in finals]
-        taken: list[list[Measurements]] = [[] for _ in paths]
         try:
-            for _ in range(FINAL_ROUNDS):
-                for i, (path, sha) in enumerate(paths):
-                    taken[i].append(evaluator.measurer.measure(path, sha, bench, use_cache=False))
+            taken = evaluator.measurer.rounds(paths, FINAL_ROUNDS, bench)
         finally:
             Path(dense.path).unlink(missing_ok=True)
         medians = [median_measurements(rounds) for rounds in taken]

@@ -69,15 +69,23 @@ class Measurer:
         return {dev: summary.paired(self.objective, dense[dev]) if dev in dense else summary
                 for dev, summary in measurement.items()}
 
-    def side_by_side(self, artifacts: Sequence[Any], rounds: int) -> list[dict[str, float]]:
-        """The objective's figures of ``artifacts`` measured now, alternating between them ``rounds`` times,
-        cache bypassed: the median per device of each. Figures taken minutes apart on a busy board can be tens
-        of percent off; figures taken side by side are comparable."""
-        taken: list[list[dict[str, float]]] = [[] for _ in artifacts]
+    def rounds(self, artifacts: Sequence[tuple[Path, str]], rounds: int,
+               bench: BenchSpec | None = None) -> list[list[dict[str, MeasurementSummary]]]:
+        """Every (path, sha256) measured now, alternating between them ``rounds`` times, cache bypassed: per
+        artifact, its ``rounds`` measurements. Figures taken minutes apart on a busy board can be tens of
+        percent off; figures taken side by side are comparable."""
+        taken: list[list[dict[str, MeasurementSummary]]] = [[] for _ in artifacts]
         for _ in range(rounds):
-            for i, artifact in enumerate(artifacts):
-                taken[i].append(self.figures(self.measure(artifact.path, artifact.sha256, use_cache=False)))
-        return [{dev: statistics.median(f[dev] for f in rows) for dev in rows[0]} for rows in taken]
+            for i, (path, sha256) in enumerate(artifacts):
+                taken[i].append(self.measure(path, sha256, bench, use_cache=False))
+        return taken
+
+    def side_by_side(self, artifacts: Sequence[Any], rounds: int) -> list[dict[str, float]]:
+        """The objective's figures of ``artifacts`` (with ``path`` and ``sha256``) in :meth:`rounds`: the
+        median per device of each."""
+        taken = self.rounds([(a.path, a.sha256) for a in artifacts], rounds)
+        return [{dev: statistics.median(self.figures(m)[dev] for m in rows) for dev in self.figures(rows[0])}
+                for rows in taken]
 
     # -- figures and references ----------------------------------------------------------------------
     def figures(self, measurement: Measurements | None) -> dict[str, float]:

@@ -3,11 +3,13 @@ of interleaved rounds, and its JSON form (the only place its field names are str
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 
 from host.devices.results import Energy, LatencyStats
+from host.errors import BenchmarkError
 from host.kinds import ObjectiveName
 from host.search.devices import summarize
 from host.search.measurement import (
@@ -31,6 +33,9 @@ def test_summarize_keeps_the_idle_subtracted_energy_and_says_why_there_is_none()
     assert metered.idle_power_w == 2.5 and metered.energy_error is None
     plain = summarize(_reply(2.0))
     assert plain.energy_mj is None and plain.energy_error == "no meter on this board"
+    # a reply without timed runs is the device's failure, not a figure the reward could compare
+    with pytest.raises(BenchmarkError, match="no usable latency"):
+        summarize(SimpleNamespace(stats=replace(_reply(2.0).stats, count=0, p50_ms=float("nan")), energy=None))
 
 
 def test_the_objective_picks_the_figure_and_its_paired_dense_figure():

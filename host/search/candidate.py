@@ -26,7 +26,6 @@ that cannot be built must not collect a predicted reward.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -43,7 +42,7 @@ from host.errors import SearchError
 from host.kinds import Phase, Precision
 from host.search.costmodel import MIN_RATIO, CostModel
 from host.search.devices import SearchDevice
-from host.search.journal import STATUS_INVALID, CandidateRecord, Journal, plan_hash
+from host.search.journal import STATUS_INVALID, CandidatePlan, CandidateRecord, Journal, plan_hash
 from host.search.measurement import Measurements, MeasurementSummary
 from host.search.measurer import Measurer
 from host.search.reward import Objective
@@ -58,10 +57,10 @@ INVALID_REWARD = -1.0  # below every valid reward of the latency/energy objectiv
 WORK_DIR_NAME = ".work"
 
 
-def plan_record_data(space: SearchSpace, choices: np.ndarray) -> tuple[Any, dict[str, Any]]:
-    """(Plan, the JSON stored in the journal: per-layer choice names plus the plan itself)."""
+def candidate_plan(space: SearchSpace, choices: np.ndarray) -> CandidatePlan:
+    """The plan per-layer choice indices stand for, with each layer's choice name (what the journal keeps)."""
     plan, names = space.decode(choices)
-    return plan, {"choices": names, "plan": json.loads(plan.to_json(indent=None))}
+    return CandidatePlan(plan, names)
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,7 @@ class CandidateEvaluator:
 
     def _export_dense_reference(self) -> Any:
         """The dense model's artifact in the run's precision, for the measurer's pairs (kept in the workdir)."""
-        plan, _ = plan_record_data(self.space, self.space.dense_choices())
+        plan = candidate_plan(self.space, self.space.dense_choices()).plan
         int8 = self.precision == Precision.INT8
         path = self._workdir / ("dense-reference.int8.pte" if int8 else "dense-reference.pte")
         return self.scorer.export(self.scorer.realize_checked(plan), path, quantize=int8)
@@ -173,7 +172,7 @@ class CandidateEvaluator:
         while len(samples) < 3:
             again = measurer.measure(artifact.path, artifact.sha256, use_cache=False)
             samples.append(measurer.pair_with_dense(again))
-            if len(samples) == 2 and self._meets_target(samples[0]) == self._meets_target(samples[1]):
+            if len(samples) == 2 and self.meets_target(samples[0]) == self.meets_target(samples[1]):
                 break
         ratios = [measurer.ratio(s) for s in samples]
         logger.info("candidate met the target on one measurement; measured %d times side by side with dense: "
@@ -184,16 +183,16 @@ class CandidateEvaluator:
     def _would_set_the_bar(self, acc: float, macs: int, measurement: Measurements, choices: np.ndarray | None) -> bool:
         """Under a hard constraint, ``measurement`` meets the target and its reward beats every measured search
         plan that meets it (or none does yet)."""
-        if not self.objective.constraint.budget or not self._meets_target(measurement):
+        if not self.objective.constraint.budget or not self.meets_target(measurement):
             return False
         winners = [r.reward for r in self.journal.candidates(Phase.SEARCH)
-                   if r.measurement and not r.reused and self._meets_target(r.measurement)]
+                   if r.measurement and not r.reused and self.meets_target(r.measurement)]
         return not winners or self._reward(acc, macs, measurement, choices) > max(winners)
 
     # -- cost model ----------------------------------------------------------------------------------
     def choices_of(self, record: CandidateRecord) -> np.ndarray:
         """The per-layer choice indices a journal row stands for."""
-        names = record.plan.get("choices", {})
+        names = record.plan.choices
         keep = self.space.vocab[self.space.keep_index]
         return np.array([self.space.vocab.index(names.get(layer, keep)) for layer in self.space.layer_names],
                         np.int64)
@@ -229,8 +228,8 @@ class CandidateEvaluator:
     # -- one candidate -------------------------------------------------------------------------------
     def evaluate(self, choices: np.ndarray, phase: Phase = Phase.SEARCH, force_measure: bool = False) -> CandidateRecord:
         """Evaluate a plan given as per-layer choice indices, record it in the journal and return the row."""
-        plan, plan_data = plan_record_data(self.space, choices)
-        key = plan_hash(plan_data)
+        chosen = candidate_plan(self.space, choices)
+        plan, key = chosen.plan, plan_hash(chosen)
         known = self.journal.find(key, phase if phase != Phase.SEARCH else None)
         if known is not None and known.phase in (Phase.SEARCH, Phase.FLOOR, Phase.DENSE) and phase in (Phase.SEARCH, Phase.FLOOR):
             logger.debug("plan %s already evaluated (row %s); reusing", key[:12], known.id)
@@ -249,7 +248,7 @@ class CandidateEvaluator:
         start = time.perf_counter()
         try:
             # realized first: a plan that cannot be built costs no recovery fine-tune
-            realized = self.scorer.realize_checked(plan, names=plan_data["choices"])
+            realized = self.scorer.realize_checked(plan, names=chosen.choices)
             model, masks = self.scorer.masked_model(plan)
             acc = self.scorer.accuracy(model)
             cost = self.scorer.count(model, masks)
@@ -261,16 +260,16 @@ class CandidateEvaluator:
                         return self._settle(artifact, measured, self.scored_accuracy(acc, int8_accuracy),
                                             cost.macs, choices, confirm=phase == Phase.SEARCH)
                 if self.precision == Precision.INT8:
-                    sha, measurement, int8_acc = self.measure_int8(plan, model, key, plan_data["choices"], settle)
+                    sha, measurement, int8_acc = self.measure_int8(plan, model, key, chosen.choices, settle)
                 else:
                     sha, measurement = self.measure_realized(realized, key, settle)
         except CandidateFailure as failure:
             # the worst reward, recorded so the policy learns from it and a resume does not retry it
-            return self._record_invalid(phase, plan_data, failure, time.perf_counter() - start)
+            return self._record_invalid(phase, chosen, failure, time.perf_counter() - start)
         scored = self.scored_accuracy(acc, int8_acc)
         reward = self._reward(scored, cost.macs, measurement, choices) if phase != Phase.DENSE else 0.0
         record = CandidateRecord(
-            phase=phase, plan=plan_data, accuracy=acc, macs=int(cost.macs), params=int(cost.params),
+            phase=phase, plan=chosen, accuracy=acc, macs=int(cost.macs), params=int(cost.params),
             reward=reward, eval_seconds=time.perf_counter() - start, artifact_sha256=sha, measurement=measurement,
             int8_accuracy=int8_acc,
         )
@@ -328,7 +327,7 @@ class CandidateEvaluator:
                  if r.int8_accuracy is not None and not r.reused and r.phase != Phase.FINAL]
         return acc - (sum(drops) / len(drops) if drops else 0.0)
 
-    def _record_invalid(self, phase: str, plan_data: dict[str, Any], failure: CandidateFailure,
+    def _record_invalid(self, phase: str, plan: CandidatePlan, failure: CandidateFailure,
                         seconds: float) -> CandidateRecord:
         if phase == Phase.DENSE:  # no reference to compare against: nothing else can be scored either
             raise SearchError(f"the unpruned model cannot be measured: {failure.message}",
@@ -336,7 +335,7 @@ class CandidateEvaluator:
         logger.info("%s candidate invalid: %s", phase, failure.message)
         return self.journal.record(
             CandidateRecord(
-                phase=phase, plan=plan_data, accuracy=0.0,
+                phase=phase, plan=plan, accuracy=0.0,
                 macs=self.dense.macs if self.dense else 0, params=self.dense.params if self.dense else 0,
                 reward=INVALID_REWARD, eval_seconds=seconds, status=STATUS_INVALID,
                 reason=f"{failure.stage} failed: {failure.reason}", failed_layer=failure.layer,
@@ -353,7 +352,7 @@ class CandidateEvaluator:
         artifacts = []
         try:
             for i, record in enumerate(records):
-                plan, _ = plan_record_data(self.space, self.choices_of(record))
+                plan = candidate_plan(self.space, self.choices_of(record)).plan
                 artifacts.append(self.scorer.export(self.scorer.realize_checked(plan),
                                                     self._workdir / f"side-by-side-{i}.pte",
                                                     quantize=self.precision == Precision.INT8))
@@ -380,8 +379,8 @@ class CandidateEvaluator:
             # "cannot win" holds only against a measured plan that meets the target: until one does, the most
             # accurate plans near the target are the ones to measure, however far below dense they fall
             # before fine-tuning (MobileNetV2 at 0.7x lost 20-30 points after the recovery steps)
-            winners = [r.accuracy for r in measured if self._meets_target(r.measurement)]
-            bar = max(winners) if winners else (self.dense.accuracy if self._meets_target(self.dense.measurement)
+            winners = [r.accuracy for r in measured if self.meets_target(r.measurement)]
+            bar = max(winners) if winners else (self.dense.accuracy if self.meets_target(self.dense.measurement)
                                                  else None)
             if bar is not None and acc < bar - drop:
                 return False
@@ -394,21 +393,21 @@ class CandidateEvaluator:
             # accuracy (an accurate plan at 0.80x must not keep 85%-accurate plans at 0.70x from being measured).
             # "Expects" within its own error: the projection proposes plans up to a little over the target, and
             # a model misled by one noisy measurement put all of them just over it, so none was ever measured
-            pool = [r for r in measured if self._meets_target(r.measurement)]
+            pool = [r for r in measured if self.meets_target(r.measurement)]
             if not pool:
-                if choices is not None and self.meets_target(self.predicted_figures(choices, optimistic=True),
-                                                             self.dense_figures()):
+                if choices is not None and self.figures_meet_target(self.predicted_figures(choices, optimistic=True),
+                                                                    self.dense_figures()):
                     return True
                 pool = measured
         best = max(r.reward for r in pool)
         predicted = self._reward(acc, macs, None, choices)
         return predicted >= best * (1.0 - self.policy.slack)
 
-    def _meets_target(self, measurement: Measurements | None) -> bool:
+    def meets_target(self, measurement: Measurements | None) -> bool:
         """The measured figures are within the objective's target on every device."""
-        return self.meets_target(self.measurer.figures(measurement), self.measurer.reference(measurement))
+        return self.figures_meet_target(self.measurer.figures(measurement), self.measurer.reference(measurement))
 
-    def meets_target(self, figures: dict[str, float], dense: dict[str, float]) -> bool:
+    def figures_meet_target(self, figures: dict[str, float], dense: dict[str, float]) -> bool:
         """``figures`` (ms or mJ per device) are within the objective's target of ``dense`` on every device."""
         return bool(figures) and all(value <= self.objective.target.resolve(dense[dev])
                                      for dev, value in figures.items() if dev in dense)

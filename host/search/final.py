@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,7 +133,7 @@ class FinalStage:
         objective = self.config.reward_objective()
         if objective.needs_measurement:  # under a budget constraint, plans that meet the target first
             def order(r):
-                return objective.rank_key(r.reward, bool(r.measurement) and evaluator._meets_target(r.measurement))
+                return objective.rank_key(r.reward, bool(r.measurement) and evaluator.meets_target(r.measurement))
         else:
             def order(r):
                 return -r.reward
@@ -168,7 +169,7 @@ class FinalStage:
             rewards = {r.plan_hash: objective.reward(evaluator.scored_accuracy(r.accuracy, r.int8_accuracy), r.macs,
                                                      evaluator.dense.macs, measured=f, dense_measured=dense)
                        for r, f in zip(top, figures, strict=True)}
-            meets = {r.plan_hash: evaluator.meets_target(f, dense) for r, f in zip(top, figures, strict=True)}
+            meets = {r.plan_hash: evaluator.figures_meet_target(f, dense) for r, f in zip(top, figures, strict=True)}
             confirmed = sorted(top, key=lambda r: objective.rank_key(rewards[r.plan_hash], meets[r.plan_hash]))
             for r, f in zip(top, figures, strict=True):
                 logger.info("candidate %s confirmed side by side: %s of dense (search: %s), reward %.4f (search %.4f)",
@@ -186,7 +187,6 @@ class FinalStage:
         from host.data.checks import data_warnings
         from host.data.preprocess import Preprocessing
         from host.search.finetune import accuracy
-        from host.search.journal import plan_hash
         from host.search.scorer import batches
 
         self.preprocessing = Preprocessing.from_splits(splits)
@@ -211,7 +211,7 @@ class FinalStage:
                 break
             name = f"final-{len(finals) + 1}"
             self.progress(Progress(Stage.FINAL, len(finals), wanted, f"fine-tuning {name}"))
-            stored = self.journal.find(plan_hash(row.plan), Phase.FINAL)
+            stored = self.journal.find(row.plan_hash, Phase.FINAL)
             if stored is not None and not stored.valid:  # failed before this resume: it would fail again
                 self._skip(row, stored.reason)
                 continue
@@ -297,7 +297,7 @@ class FinalStage:
         """Fine-tune, realize, export and measure one plan; CandidateFailure when it cannot be built."""
         from host.search.finetune import accuracy, masked_finetune, recalibrate_bn
 
-        plan = _plan_from_row(row)
+        plan = row.plan.plan
         model, masks = evaluator.scorer.masked_model(plan)
         masked_finetune(model, masks, train_batches, self.config.finetune, teacher=base_model)
         # as every candidate's: a BatchNorm with a low momentum (torchvision's MobileNetV3: 0.01) still holds
@@ -308,7 +308,7 @@ class FinalStage:
         # accuracy is taken on the REALIZED module, i.e. exactly what gets exported and deployed
         # decisions (filter ranking of mixed kernel patterns) from the base model the masks were made on,
         # weights from the fine-tuned copy: ranking the fine-tuned weights again could pick other filters
-        realized = evaluator.scorer.realize_checked(plan, weights_from=model, names=row.plan.get("choices"))
+        realized = evaluator.scorer.realize_checked(plan, weights_from=model, names=row.plan.choices)
         val = accuracy(realized, evaluator.data.val_batches)
         test = accuracy(realized, test_batches)
         if abs(val - masked_val) > 0.005:
@@ -410,7 +410,7 @@ class FinalStage:
                 name=name, val_accuracy=extra.pop("val", record.accuracy), macs=record.macs, params=record.params,
                 latency_ms={d: m.p50_ms for d, m in meas.items()},
                 energy_mj={d: m.energy_mj for d, m in meas.items() if m.energy_mj is not None},
-                choices=_ordered(record.plan.get("choices", {}), space.layer_names), reward=record.reward,
+                choices=_ordered(record.plan.choices, space.layer_names), reward=record.reward,
                 **extra,
             )
 
@@ -419,7 +419,7 @@ class FinalStage:
         best = max(valid, key=lambda r: r.reward) if valid else None
         invalid = tuple(
             InvalidCandidate(id=r.id, phase=r.phase, reason=r.reason or "no reason recorded", failed_layer=r.failed_layer,
-                             choice=r.plan.get("choices", {}).get(r.failed_layer) if r.failed_layer else None)
+                             choice=r.plan.choice(r.failed_layer))
             for r in self.journal.candidates() if not r.valid and not r.reused
         )
         int8 = cfg.precision == Precision.INT8
@@ -533,17 +533,9 @@ def _ratios(figures: dict[str, float], dense: dict[str, float]) -> str:
     return ", ".join(f"{v / dense[d]:.2f}x on {d}" for d, v in figures.items() if dense.get(d))
 
 
-def _ordered(choices: dict[str, str], layer_names: list[str]) -> dict[str, str]:
+def _ordered(choices: Mapping[str, str], layer_names: list[str]) -> dict[str, str]:
     """``choices`` in the model's layer order (the journal stores them sorted by name)."""
     return {name: choices[name] for name in layer_names if name in choices}
-
-
-def _plan_from_row(row: CandidateRecord):
-    import json
-
-    from patterns.plan import Plan
-
-    return Plan.from_json(json.dumps(row.plan["plan"]))
 
 
 def _notes(cfg: SearchConfig, rows: list[CandidateRecord], invalid: int) -> tuple[str, ...]:

@@ -26,9 +26,10 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from time import monotonic
+from types import MappingProxyType
 from typing import Any
 
 from host.errors import SearchError
@@ -38,6 +39,8 @@ from host.search.measurement import (
     measurements_from_json,
     measurements_to_json,
 )
+from patterns.errors import SculptError
+from patterns.plan import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +97,48 @@ def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def plan_hash(plan_data: Mapping[str, Any]) -> str:
-    """SHA-256 of a plan's canonical JSON; the key that says two candidates are the same."""
-    return hashlib.sha256(canonical_json(plan_data).encode()).hexdigest()
+def plan_hash(plan: CandidatePlan) -> str:
+    """SHA-256 of a candidate plan's canonical JSON; the key that says two candidates are the same."""
+    return hashlib.sha256(canonical_json(plan.to_json()).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CandidatePlan:
+    """A candidate's plan as the search chose it: the realizable :class:`~patterns.plan.Plan` and, for
+    every layer of the search space, the name of the choice it got (``keep`` included), which is what the
+    report, the policy's credit and invalid-plan reasons speak of.
+
+    Its JSON (``{"choices": {...}, "plan": {...}}``) is what the journal stores and hashes; it is the one
+    place that form is written or read.
+    """
+
+    plan: Plan = Plan()
+    choices: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "choices", MappingProxyType(dict(self.choices)))
+
+    def choice(self, layer: str | None) -> str | None:
+        """The choice name of ``layer`` (None for no layer or one outside the space)."""
+        return None if layer is None else self.choices.get(layer)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"choices": dict(self.choices), "plan": json.loads(self.plan.to_json(indent=None))}
+
+    @classmethod
+    def from_json(cls, data: Any) -> CandidatePlan:
+        """The plan of a journal row; ValueError when the stored form is not one."""
+        if not isinstance(data, Mapping) or set(data) != {"choices", "plan"}:
+            keys = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+            raise ValueError(f"a candidate plan is an object with 'choices' and 'plan', got {keys}")
+        choices = data["choices"]
+        if not isinstance(choices, Mapping) or not all(isinstance(v, str) for v in choices.values()):
+            raise ValueError("a candidate plan's 'choices' maps layer names to choice names")
+        try:
+            plan = Plan.from_json(json.dumps(data["plan"]))
+        except SculptError as exc:
+            raise ValueError(f"its plan cannot be read: {exc}") from exc
+        return cls(plan, {str(k): v for k, v in choices.items()})
 
 
 @dataclass(frozen=True)
@@ -104,7 +146,7 @@ class CandidateRecord:
     """One evaluated candidate as stored in the journal."""
 
     phase: str  # a host.kinds.Phase (stored as its text)
-    plan: Mapping[str, Any]
+    plan: CandidatePlan
     accuracy: float
     macs: int
     params: int
@@ -295,7 +337,7 @@ class Journal:
                 (
                     candidate.phase,
                     candidate.plan_hash,
-                    canonical_json(dict(candidate.plan)),
+                    canonical_json(candidate.plan.to_json()),
                     float(candidate.accuracy),
                     int(candidate.macs),
                     int(candidate.params),
@@ -349,7 +391,7 @@ class Journal:
     def _read(self, row: tuple[Any, ...]) -> CandidateRecord:
         try:
             return _row_to_record(row)
-        except ValueError as exc:  # a malformed measurement
+        except ValueError as exc:  # a malformed plan or measurement (json.JSONDecodeError is a ValueError)
             raise self._unreadable(f"candidate row {row[0]}", exc) from exc
 
     # -- measurement cache ---------------------------------------------------------------------------
@@ -395,7 +437,7 @@ def _row_to_record(row: tuple[Any, ...]) -> CandidateRecord:
      failed_layer, int8_acc) = row
     return CandidateRecord(
         phase=phase,
-        plan=json.loads(plan_json),
+        plan=CandidatePlan.from_json(json.loads(plan_json)),
         accuracy=acc,
         macs=macs,
         params=params,

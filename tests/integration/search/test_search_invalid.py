@@ -53,11 +53,11 @@ def test_search_goes_on_past_plans_that_cannot_be_realized(tmp_path, checked_che
     assert any(r.phase == "floor" for r in invalid) and any(r.phase == "search" for r in invalid)
     for r in invalid:
         assert r.reward == -1.0 and r.reason.startswith("realize failed: RuntimeError: ShapeCheckedNet expects 8")
-        assert r.failed_layer == "b" and r.plan["choices"]["b"].startswith("channel:")
+        assert r.failed_layer == "b" and r.plan.choices["b"].startswith("channel:")
     # the reachability check fell back from the failing most aggressive plan to one that realizes
     floor = [r for r in rows if r.phase == "floor"]
-    assert not floor[0].valid and floor[0].plan["choices"]["b"] == "channel:prune75"
-    assert floor[-1].valid and floor[-1].measurement and not floor[-1].plan["choices"]["b"].startswith("channel:")
+    assert not floor[0].valid and floor[0].plan.choices["b"] == "channel:prune75"
+    assert floor[-1].valid and floor[-1].measurement and not floor[-1].plan.choices["b"].startswith("channel:")
     # the search used its whole budget (invalid candidates count) and finished with a valid, measured model
     assert result.candidates_evaluated == 4
     (final,) = result.finals
@@ -74,7 +74,7 @@ def test_final_stage_passes_over_a_plan_that_cannot_be_built(tmp_path):
     """The best plan of the front fails to realize after fine-tuning: it is journaled as an invalid final
     row with its reason, the report says so, and the next plan becomes final-1."""
     from host.data import load_dataset
-    from host.search.candidate import INVALID_REWARD, plan_record_data
+    from host.search.candidate import INVALID_REWARD, candidate_plan
     from host.search.config import SearchConfig
     from host.search.final import FinalStage
     from host.search.finetune import FinetuneConfig
@@ -86,7 +86,7 @@ def test_final_stage_passes_over_a_plan_that_cannot_be_built(tmp_path):
     evaluator.evaluate_dense()
 
     def row(reward: float, acc: float, macs: int, **layers: str) -> CandidateRecord:
-        _, plan = plan_record_data(space, choices(space, **layers))
+        plan = candidate_plan(space, choices(space, **layers))
         return journal.record(CandidateRecord(phase="search", plan=plan, accuracy=acc, macs=macs, params=10,
                                               reward=reward, eval_seconds=0.0))
 

@@ -7,12 +7,12 @@ from types import SimpleNamespace
 
 from host.search.config import SearchConfig
 from host.search.final import FINAL_ORDER_KEY, FinalStage
-from host.search.journal import CandidateRecord, Journal
+from host.search.journal import CandidatePlan, CandidateRecord, Journal
 from host.search.measurement import MeasurementSummary
 
 
 def _row(i: int, accuracy: float, ms: float, paired: float, reward: float) -> CandidateRecord:
-    return CandidateRecord(phase="search", plan={"choices": {"layer": f"plan{i}"}}, accuracy=accuracy, macs=100,
+    return CandidateRecord(phase="search", plan=CandidatePlan(choices={"layer": f"plan{i}"}), accuracy=accuracy, macs=100,
                            params=1, reward=reward, eval_seconds=0.0,
                            measurement={"pi": MeasurementSummary(p50_ms=ms, dense_p50_ms=paired)}, id=i)
 
@@ -40,11 +40,11 @@ class _Evaluator:
     def reference(self, measurement):
         return {d: m.dense_p50_ms for d, m in measurement.items()}
 
-    def meets_target(self, figures, dense):  # the stage's 0.7x target
+    def figures_meet_target(self, figures, dense):  # the stage's 0.7x target
         return all(v <= 0.7 * dense[d] for d, v in figures.items())
 
-    def _meets_target(self, measurement):
-        return self.meets_target(self._figures(measurement), self.reference(measurement))
+    def meets_target(self, measurement):
+        return self.figures_meet_target(self._figures(measurement), self.reference(measurement))
 
 
 def _stage(tmp_path, **changes):
@@ -87,7 +87,7 @@ def test_a_lone_plan_on_the_front_is_confirmed_against_the_runners_up(tmp_path):
 
 def test_nothing_to_confirm_with_a_single_measured_plan(tmp_path):
     evaluator = _Evaluator(again=[0.5])
-    unmeasured = CandidateRecord(phase="search", plan={"choices": {"layer": "other"}}, accuracy=0.95, macs=1,
+    unmeasured = CandidateRecord(phase="search", plan=CandidatePlan(choices={"layer": "other"}), accuracy=0.95, macs=1,
                                  params=1, reward=0.5, eval_seconds=0.0, id=2)
     one = [_row(1, 0.9, 0.6, 1.0, reward=0.9), unmeasured]
     assert _stage(tmp_path)._confirmed(evaluator, one) == one

@@ -81,11 +81,11 @@ def test_evaluate_journals_an_unbuildable_plan_as_invalid_and_goes_on(evaluator)
 def test_the_search_stops_only_when_every_candidate_failed(tmp_path):
     from host.errors import SearchError
     from host.search.config import SearchConfig
-    from host.search.journal import CandidateRecord, Journal
+    from host.search.journal import CandidatePlan, CandidateRecord, Journal
     from host.search.runner import SearchRunner
 
     def row(i: int, valid: bool) -> CandidateRecord:
-        return CandidateRecord(phase="search", plan={"choices": {"b": f"channel:prune{i}"}}, accuracy=0.5 * valid,
+        return CandidateRecord(phase="search", plan=CandidatePlan(choices={"b": f"channel:prune{i}"}), accuracy=0.5 * valid,
                                macs=10, params=1, reward=0.5 if valid else INVALID_REWARD, eval_seconds=0.0,
                                status="ok" if valid else "invalid",
                                reason=None if valid else "realize failed: RuntimeError: boom", failed_layer="b")

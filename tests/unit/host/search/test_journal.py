@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
 
 import host.search.journal as journal_module
 from host.errors import SearchError
-from host.search.journal import JOURNAL_NAME, CandidateRecord, Journal, plan_hash
+from host.search.journal import JOURNAL_NAME, CandidatePlan, CandidateRecord, Journal, plan_hash
 from host.search.measurement import MeasurementSummary
+from patterns.plan import LayerAssignment, Plan
 
 
-def _record(acc: float = 0.9, plan: dict | None = None, phase: str = "search") -> CandidateRecord:
+def _record(acc: float = 0.9, plan: CandidatePlan | None = None, phase: str = "search") -> CandidateRecord:
     return CandidateRecord(
         phase=phase,
-        plan=plan or {"layers": {"conv1": "keep"}},
+        plan=plan or CandidatePlan(choices={"conv1": "keep"}),
         accuracy=acc,
         macs=1000,
         params=50,
@@ -29,7 +31,7 @@ def _record(acc: float = 0.9, plan: dict | None = None, phase: str = "search") -
 def test_records_survive_reopen(tmp_path):
     with Journal.create(tmp_path, {"model": "resnet20", "seed": 3}) as journal:
         first = journal.record(_record(0.8))
-        journal.record(_record(0.7, {"layers": {"conv1": "drop"}}))
+        journal.record(_record(0.7, CandidatePlan(choices={"conv1": "drop"})))
         journal.set_value("dense", {"dev1": 2.0})
     assert first.id == 1
     with Journal.open(tmp_path) as journal:
@@ -38,14 +40,35 @@ def test_records_survive_reopen(tmp_path):
         assert rows[0].measurement == {"dev1": MeasurementSummary(p50_ms=1.5, p90_ms=1.8, count=40, dense_p50_ms=2.0)}
         assert journal.metadata == {"model": "resnet20", "seed": 3}
         assert journal.get_value("dense") == {"dev1": 2.0}
-        assert journal.find(plan_hash({"layers": {"conv1": "drop"}})).accuracy == 0.7
+        assert journal.find(plan_hash(CandidatePlan(choices={"conv1": "drop"}))).accuracy == 0.7
         assert journal.find("0" * 64) is None
         assert journal.count("search") == 2 and journal.count("final") == 0
 
 
 def test_plan_hash_ignores_key_order():
-    assert plan_hash({"a": 1, "b": [1, 2]}) == plan_hash({"b": [1, 2], "a": 1})
-    assert plan_hash({"a": 1}) != plan_hash({"a": 2})
+    assert plan_hash(CandidatePlan(choices={"a": "keep", "b": "x"})) == plan_hash(CandidatePlan(choices={"b": "x", "a": "keep"}))
+    assert plan_hash(CandidatePlan(choices={"a": "keep"})) != plan_hash(CandidatePlan(choices={"a": "x"}))
+
+
+def test_candidate_plans_round_trip_with_their_layers_and_refuse_other_forms(tmp_path):
+    plan = Plan.from_mapping({"conv1": LayerAssignment("kernel", "row1"), "fc": LayerAssignment("channel", "prune50")})
+    chosen = CandidatePlan(plan, {"fc": "channel:prune50", "conv1": "kernel:row1", "conv2": "keep"})
+    with Journal.create(tmp_path, {}) as journal:
+        journal.record(_record(0.8, chosen))
+    with Journal.open(tmp_path) as journal:
+        (row,) = journal.candidates()
+    assert row.plan == chosen and row.plan.plan.get("conv1") == LayerAssignment("kernel", "row1")
+    assert row.plan_hash == plan_hash(chosen) and row.plan.choice("conv2") == "keep" and row.plan.choice(None) is None
+    for bad in ({"layers": {}}, {"choices": {"a": 1}, "plan": {"layers": {}}}, {"choices": {}, "plan": {"x": 1}}, []):
+        with pytest.raises(ValueError):
+            CandidatePlan.from_json(bad)
+    # a row whose plan cannot be read is a SearchError naming the row, not a KeyError halfway through a resume
+    conn = sqlite3.connect(tmp_path / JOURNAL_NAME)
+    conn.execute("UPDATE candidates SET plan_json = '{\"layers\": {}}'")
+    conn.commit()
+    conn.close()
+    with Journal.open(tmp_path) as journal, pytest.raises(SearchError, match="candidate row 1"):
+        journal.candidates()
 
 
 def test_measurement_cache_keyed_by_artifact_and_device(tmp_path):
@@ -121,7 +144,7 @@ def test_invalid_candidates_keep_status_reason_and_layer(tmp_path):
     with Journal.create(tmp_path, {}) as journal:
         journal.record(_record(0.8))
         journal.record(CandidateRecord(
-            phase="search", plan={"layers": {"conv1": "channel:prune50"}}, accuracy=0.0, macs=1000, params=50,
+            phase="search", plan=CandidatePlan(choices={"conv1": "channel:prune50"}), accuracy=0.0, macs=1000, params=50,
             reward=-1.0, eval_seconds=0.1, status="invalid", reason="realize failed: shape '[1, 2, 3]' is invalid",
             failed_layer="conv1"))
         with pytest.raises(ValueError, match="status"):
@@ -146,7 +169,8 @@ def test_schema_1_journal_is_upgraded_and_its_rows_stay_valid(tmp_path):
             measurement_json TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (artifact_sha256, device_fingerprint));
         INSERT INTO meta VALUES ('schema', 'autosculpt-search-journal'), ('schema_version', '1'), ('metadata', '{}');
         INSERT INTO candidates (phase, plan_hash, plan_json, accuracy, macs, params, reward, eval_seconds, created)
-            VALUES ('search', 'h', '{"layers": {}}', 0.9, 10, 5, 0.8, 1.0, 0.0);
+            VALUES ('search', 'h', '{"choices": {}, "plan": {"layers": {}, "model": null, "schema_version": 1}}',
+                    0.9, 10, 5, 0.8, 1.0, 0.0);
     """)
     conn.commit()
     conn.close()
@@ -176,7 +200,8 @@ def test_int8_accuracy_round_trips_and_schema_2_journals_gain_the_column(tmp_pat
     conn.execute("INSERT INTO meta VALUES ('schema', 'autosculpt-search-journal'), ('schema_version', '2'), "
                  "('metadata', '{}')")
     conn.execute("INSERT INTO candidates (phase, plan_hash, plan_json, accuracy, macs, params, reward, eval_seconds, "
-                 "created) VALUES ('search', 'h', '{}', 0.9, 10, 5, 0.8, 1.0, 0.0)")
+                 "created) VALUES ('search', 'h', ?, 0.9, 10, 5, 0.8, 1.0, 0.0)",
+                 (json.dumps(CandidatePlan().to_json()),))
     conn.commit()
     conn.close()
     with Journal.open(other) as journal:

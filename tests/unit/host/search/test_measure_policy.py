@@ -38,8 +38,8 @@ def _evaluator(measured: list[tuple[float, float]], dense_ms: float = 1.0, targe
     ev.cost_model = SimpleNamespace(predict=lambda choices: choices, error=0.0)
     ev.predicted_figures = lambda choices, optimistic=False: CandidateEvaluator.predicted_figures(ev, choices,
                                                                                                   optimistic)
-    ev._meets_target = lambda m: CandidateEvaluator._meets_target(ev, m)
-    ev.meets_target = lambda f, d: CandidateEvaluator.meets_target(ev, f, d)
+    ev.meets_target = lambda m: CandidateEvaluator.meets_target(ev, m)
+    ev.figures_meet_target = lambda f, d: CandidateEvaluator.figures_meet_target(ev, f, d)
     ev._reward = lambda acc, macs, meas, choices: acc  # predicted reward: its accuracy (the plan meets the target)
     return ev
 
@@ -72,8 +72,8 @@ def test_a_measured_candidate_is_compared_with_dense_measured_right_after_it():
     paired = _m(1.1, 1.5)
     assert ev.measurer.reference(paired) == {"pi": 1.5}
     assert ev.measurer.reference(_m(1.1)) == {"pi": 1.6}  # not paired: the median
-    assert not ev._meets_target(paired)  # 1.1 ms against 0.7 x 1.5 ms, though 0.7 x 1.6 ms would admit it
-    assert ev._meets_target(_m(1.1))
+    assert not ev.meets_target(paired)  # 1.1 ms against 0.7 x 1.5 ms, though 0.7 x 1.6 ms would admit it
+    assert ev.meets_target(_m(1.1))
 
 
 def test_under_the_hard_constraint_only_a_plan_that_meets_the_target_sets_the_bar():
@@ -143,7 +143,7 @@ def test_a_plan_that_meets_the_target_once_is_measured_again_before_it_sets_the_
     settled = settle(ev)
     assert ev.taken == 3  # the two pairs disagreed: a third decides
     assert settled == _m(1.0, 1.14)  # the median ratio
-    assert not ev._meets_target(settled)
+    assert not ev.meets_target(settled)
 
 
 def test_two_pairs_that_agree_settle_it_and_the_slower_is_kept():

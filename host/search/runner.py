@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from collections import Counter
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,10 @@ from host.search.progress import Progress, ProgressFn
 
 if TYPE_CHECKING:
     from host.report.summary import RunSummary
+    from host.search.candidate import CandidateEvaluator
+    from host.search.env import StepOutcome
+    from host.search.projection import Band
+    from host.search.space import SearchSpace
 
 logger = logging.getLogger(__name__)
 
@@ -299,20 +303,11 @@ class SearchRunner:
             hint=f"use a target of at least {value / dense[dev]:.2f}x (or {value:.3f}{unit})",
         )
 
-    def _search(self, evaluator, space) -> None:
-        from stable_baselines3 import PPO
-        from stable_baselines3.common.callbacks import BaseCallback
-        from stable_baselines3.common.logger import Logger
-
-        from host.search.env import PruningEnv, StepOutcome
-        from host.search.policy import (
-            GraphActorCriticPolicy,
-            load_policy_weights,
-            policy_kwargs,
-            read_policy_file,
-            save_policy,
-        )
-        from host.search.projection import Band, family_seeds, project
+    def _search(self, evaluator: CandidateEvaluator, space: SearchSpace) -> None:
+        from host.search.env import PruningEnv
+        from host.search.policy import save_policy
+        from host.search.ppo import BudgetCallback, ppo_model
+        from host.search.projection import Band, family_seeds
 
         cfg = self.config
         budget = cfg.budget
@@ -320,8 +315,7 @@ class SearchRunner:
         # capped so a policy that keeps proposing the same plans cannot loop forever
         done = self.journal.count(Phase.SEARCH, evaluated_only=True)
         max_steps = 3 * budget
-        best = self._best()
-        self.progress(Progress(Stage.SEARCH, done, budget, "searching", best))
+        self.progress(Progress(Stage.SEARCH, done, budget, "searching", self._best()))
         if done >= budget:
             return
         target = self._target_ratio(evaluator)
@@ -337,55 +331,32 @@ class SearchRunner:
                 if self.journal.count(Phase.SEARCH, evaluated_only=True) >= budget:
                     break
                 evaluator.evaluate(choices, phase=Phase.SEARCH)
-                self.progress(Progress(Stage.SEARCH, self.journal.count(Phase.SEARCH, evaluated_only=True), budget,
-                                       "family seeds", self._best()))
+                self._report_search(self.journal.count(Phase.SEARCH, evaluated_only=True), "family seeds")
             self.journal.set_value("seeds_done", True)
-
-        def evaluate(choices: np.ndarray) -> StepOutcome:
-            if cfg.ppo.project:
-                choices = project(choices, space.choice_mask, evaluator.cost_model, band, rng)
-            record = evaluator.evaluate(choices, phase=Phase.SEARCH)
-            return StepOutcome(record.reward, {"candidate": record.id, "accuracy": record.accuracy})
-
-        env = PruningEnv(space.observation(), evaluate)
+        env = PruningEnv(space.observation(), partial(self._step, evaluator, space, band, rng))
         ppo_path = self.run_dir / PPO_FILE
-        settings = cfg.ppo
-        if ppo_path.is_file():
-            model = PPO.load(ppo_path, env=env, device="cpu")
-            logger.info("resumed the policy from %s", ppo_path)
-        else:
-            model = PPO(
-                GraphActorCriticPolicy, env, n_steps=settings.n_steps, batch_size=settings.batch_size,
-                n_epochs=settings.n_epochs, learning_rate=settings.learning_rate, ent_coef=settings.ent_coef,
-                gamma=0.0,  # one-step episodes: the return is the reward
-                policy_kwargs=policy_kwargs(settings.hidden, settings.gnn_layers, keep_logit, space.keep_index),
-                seed=cfg.seed, device="cpu",
-                verbose=0,
-            )
-            if cfg.policy_file:
-                load_policy_weights(model.policy, read_policy_file(Path(cfg.policy_file)), space.vocab)
-                logger.info("starting from the trained policy %s", cfg.policy_file)
-        # SB3's default logger makes an (empty) $TMPDIR/SB3-<time> folder in every process that learns; the
-        # run's figures go to its own tensorboard/, so a logger without outputs leaves nothing in /tmp
-        model.set_logger(Logger(folder=None, output_formats=[]))
-        runner = self
-
-        class Budget(BaseCallback):
-            def _on_step(self) -> bool:
-                count = runner.journal.count(Phase.SEARCH, evaluated_only=True)
-                runner.progress(Progress(Stage.SEARCH, count, budget, "searching", runner._best()))
-                return count < budget and runner.journal.count(Phase.SEARCH) < max_steps
-
-            def _on_rollout_end(self) -> None:
-                tmp = ppo_path.with_suffix(".tmp.zip")
-                self.model.save(tmp)
-                os.replace(tmp, ppo_path)  # atomic: a kill never leaves half a policy
-
+        model = ppo_model(env, space, cfg.ppo, keep_logit, cfg.seed, ppo_path, cfg.policy_file)
         if self.journal.count(Phase.SEARCH, evaluated_only=True) < budget:  # the seeds may have used it all
-            model.learn(total_timesteps=max_steps, callback=Budget(), reset_num_timesteps=False)
+            callback = BudgetCallback(self.journal, budget, max_steps, ppo_path,
+                                      partial(self._report_search, info="searching"))
+            model.learn(total_timesteps=max_steps, callback=callback, reset_num_timesteps=False)
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)
 
-    def _target_ratio(self, evaluator) -> float:
+    def _step(self, evaluator: CandidateEvaluator, space: SearchSpace, band: Band, rng: np.random.Generator,
+              choices: np.ndarray) -> StepOutcome:
+        """One PPO step: the policy's choices (projected into the cost band when configured) evaluated."""
+        from host.search.env import StepOutcome
+        from host.search.projection import project
+
+        if self.config.ppo.project:
+            choices = project(choices, space.choice_mask, evaluator.cost_model, band, rng)
+        record = evaluator.evaluate(choices, phase=Phase.SEARCH)
+        return StepOutcome(record.reward, {"candidate": record.id, "accuracy": record.accuracy})
+
+    def _report_search(self, evaluated: int, info: str) -> None:
+        self.progress(Progress(Stage.SEARCH, evaluated, self.config.budget, info, self._best()))
+
+    def _target_ratio(self, evaluator: CandidateEvaluator) -> float:
         """The objective's target as a fraction of the dense cost (MACs, or the worst device's figure)."""
         objective = self.config.reward_objective()
         if not objective.needs_measurement:
@@ -393,7 +364,7 @@ class SearchRunner:
         dense = evaluator.dense_figures()
         return min(objective.target.resolve(value) / value for value in dense.values())
 
-    def _keep_logit(self, evaluator, space, target: float) -> float:
+    def _keep_logit(self, evaluator: CandidateEvaluator, space: SearchSpace, target: float) -> float:
         """The prior's keep preference: configured, or calibrated once to the target and kept in the journal
         (so a resumed run draws from the same prior)."""
         from host.search.projection import calibrate_keep_logit
@@ -407,7 +378,7 @@ class SearchRunner:
             self.journal.set_value("keep_logit", stored)
         return float(stored)
 
-    def _random_search(self, evaluator, space, done: int, budget: int, keep_logit: float) -> None:
+    def _random_search(self, evaluator: CandidateEvaluator, space: SearchSpace, done: int, budget: int, keep_logit: float) -> None:
         """Baseline: plans drawn from the untrained policy's prior (the same calibrated keep preference), no
         learning and no projection."""
         from host.search.projection import sample_prior
@@ -419,7 +390,7 @@ class SearchRunner:
             choices = sample_prior(space.choice_mask, space.keep_index, keep_logit, rng.random(len(space.layer_names)))
             evaluator.evaluate(choices, phase=Phase.SEARCH)
             done = self.journal.count(Phase.SEARCH, evaluated_only=True)
-            self.progress(Progress(Stage.SEARCH, done, budget, "random search", self._best()))
+            self._report_search(done, "random search")
 
     def _best(self) -> CandidateRecord | None:
         rows = [r for r in self.journal.candidates(Phase.SEARCH) if not r.reused and r.valid]

@@ -1,0 +1,74 @@
+"""PPO over one-step episodes: how the search drives stable-baselines3 with the graph policy.
+
+:func:`ppo_model` builds the PPO learner of a run (resumed from the run's ``ppo.zip``, or new with the
+graph policy, optionally started from a trained policy file); :class:`BudgetCallback` ends learning when the
+budget of evaluated candidates is used and saves the learner after every rollout, atomically, so a killed
+search resumes from its last rollout. Each environment step evaluates one candidate
+(:class:`host.search.env.PruningEnv`); this module knows nothing of what an evaluation does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
+
+from host.kinds import Phase
+from host.search.config import PPOSettings
+from host.search.env import PruningEnv
+from host.search.journal import Journal
+from host.search.policy import GraphActorCriticPolicy, load_policy_weights, policy_kwargs, read_policy_file
+from host.search.space import SearchSpace
+
+logger = logging.getLogger(__name__)
+
+
+class BudgetCallback(BaseCallback):
+    """Stops PPO once ``budget`` candidates were evaluated (steps that reused a journaled plan are free, up to
+    ``max_steps`` steps in all) and saves the learner to ``ppo_path`` at the end of every rollout.
+    ``report(evaluated)`` is called after every step (progress)."""
+
+    def __init__(self, journal: Journal, budget: int, max_steps: int, ppo_path: Path,
+                 report: Callable[[int], None]) -> None:
+        super().__init__()
+        self.journal, self.budget, self.max_steps = journal, budget, max_steps
+        self.ppo_path, self.report = ppo_path, report
+
+    def _on_step(self) -> bool:
+        count = self.journal.count(Phase.SEARCH, evaluated_only=True)
+        self.report(count)
+        return count < self.budget and self.journal.count(Phase.SEARCH) < self.max_steps
+
+    def _on_rollout_end(self) -> None:
+        tmp = self.ppo_path.with_suffix(".tmp.zip")
+        self.model.save(tmp)
+        os.replace(tmp, self.ppo_path)  # atomic: a kill never leaves half a policy
+
+
+def ppo_model(env: PruningEnv, space: SearchSpace, settings: PPOSettings, keep_logit: float, seed: int,
+              ppo_path: Path, policy_file: str | None = None) -> PPO:
+    """The run's PPO learner: the one saved at ``ppo_path`` (a resumed run), else a new one with the graph
+    policy (its keep prior ``keep_logit``), its weights from ``policy_file`` when given."""
+    if ppo_path.is_file():
+        model = PPO.load(ppo_path, env=env, device="cpu")
+        logger.info("resumed the policy from %s", ppo_path)
+    else:
+        model = PPO(
+            GraphActorCriticPolicy, env, n_steps=settings.n_steps, batch_size=settings.batch_size,
+            n_epochs=settings.n_epochs, learning_rate=settings.learning_rate, ent_coef=settings.ent_coef,
+            gamma=0.0,  # one-step episodes: the return is the reward
+            policy_kwargs=policy_kwargs(settings.hidden, settings.gnn_layers, keep_logit, space.keep_index),
+            seed=seed, device="cpu", verbose=0,
+        )
+        if policy_file:
+            load_policy_weights(model.policy, read_policy_file(Path(policy_file)), space.vocab)
+            logger.info("starting from the trained policy %s", policy_file)
+    # SB3's default logger makes an (empty) $TMPDIR/SB3-<time> folder in every process that learns; the run's
+    # figures go to its own tensorboard/, so a logger without outputs leaves nothing in /tmp
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model

@@ -142,7 +142,7 @@ def tile_padded_macs(model: nn.Module, x: torch.Tensor, nr: int = NR) -> int:
     kernels and are counted as they are. Pattern sub-convs count the border outputs that off-centre windows
     compute and slice off. This is the work model that explains the measured latencies.
     """
-    from patterns.kernel import PatternConv
+    from patterns.pattern_conv import PatternConv
 
     total = 0
 

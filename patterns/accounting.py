@@ -85,7 +85,7 @@ def count(model: nn.Module, example_input: torch.Tensor, masks: Mapping[str, tor
         add(_effective(module.out_proj.weight, masks.get(f"{prefix}out_proj.weight")), tokens[0])
 
     from patterns.heads import PrunedMultiheadAttention
-    from patterns.kernel import PatternConv
+    from patterns.pattern_conv import PatternConv
     from patterns.probe import run_hooked
 
     attention = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention | PrunedMultiheadAttention)]

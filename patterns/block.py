@@ -12,7 +12,16 @@ import torch
 from torch import Tensor, nn
 
 from patterns.errors import PlanError
-from patterns.family import Context, Decision, Family, RealizeState, count_for_ratio, stable_order, weight_key
+from patterns.family import (
+    Context,
+    Decision,
+    Family,
+    RealizeState,
+    count_for_ratio,
+    set_submodule,
+    stable_order,
+    weight_key,
+)
 from patterns.plan import LayerAssignment
 
 BLOCK = 4
@@ -102,8 +111,6 @@ class _ColumnRewrite:
         self.keep_cols = keep_cols
 
     def apply(self, model: nn.Module, state: RealizeState) -> None:
-        from patterns.kernel import _set_submodule
-
         module = model.get_submodule(self.layer)
         current = state.kept_in.get(self.layer)
         position = {orig: i for i, orig in enumerate(current)} if current is not None else None
@@ -122,4 +129,4 @@ class _ColumnRewrite:
             new.weight.data = module.weight.data[:, index].clone()
         if module.bias is not None:
             new.bias.data = module.bias.data.clone()
-        _set_submodule(model, self.layer, InputSelect(new, index))
+        set_submodule(model, self.layer, InputSelect(new, index))

@@ -227,3 +227,10 @@ def stable_order(values: torch.Tensor) -> list[int]:
 def count_for_ratio(total: int, ratio: float) -> int:
     """How many of ``total`` items a share ``ratio`` selects (round half up, deterministic)."""
     return int(ratio * total + 0.5 + 1e-9)
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` at the dotted module path ``name`` of ``model`` (how a rewrite replaces a layer)."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

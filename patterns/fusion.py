@@ -1,4 +1,4 @@
-"""Export-time folding of BatchNorm into the sub-convs of a realized :class:`~patterns.kernel.PatternConv`.
+"""Export-time BatchNorm folding into the sub-convs of a realized :class:`~patterns.pattern_conv.PatternConv`.
 
 Engines fold an eval-mode BN into the conv right before it, but a PatternConv ends in a concat (and maybe a
 gather), so the BN would run as separate multiply/add passes. Folding it here restores parity with the
@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from patterns.kernel import PatternConv, _set_submodule
+from patterns.family import set_submodule
+from patterns.pattern_conv import PatternConv
 
 
 @torch.no_grad()
@@ -54,5 +55,5 @@ def fuse_batchnorm(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
             bias = sub.bias if sub.bias is not None else torch.zeros(n)
             sub.bias = nn.Parameter(bias * s + t)
             start += n
-        _set_submodule(model, bn_name, nn.Identity())
+        set_submodule(model, bn_name, nn.Identity())
     return model

@@ -4,13 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from patterns.kernel import FilterShape, PatternConv, _symmetric_padding, assign_shapes
+from patterns.kernel import assign_shapes
+from patterns.pattern_conv import FilterShape, PatternConv, _symmetric_padding
 
 
 @pytest.mark.parametrize("extra", [1.0, 1.5])  # 1.0: only exact symmetric padding, else crop/pad copies
 @pytest.mark.parametrize("stride, padding, size", [(1, 1, 8), (2, 1, 8), (2, 1, 7), (1, 0, 6), (2, 2, 9)])
 def test_every_window_matches_the_masked_conv(stride, padding, size, extra, monkeypatch):
-    monkeypatch.setattr("patterns.kernel.MAX_EXTRA_OUTPUT", extra)
+    monkeypatch.setattr("patterns.pattern_conv.MAX_EXTRA_OUTPUT", extra)
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 1, 3, stride=stride, padding=padding, bias=True)
     x = torch.randn(2, 3, size, size)

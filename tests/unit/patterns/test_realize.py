@@ -140,7 +140,7 @@ def test_realize_with_weights_from_a_finetuned_copy_keeps_base_decisions():
 
 def test_fuse_batchnorm_keeps_outputs_and_removes_bn_after_pattern_convs():
     from patterns import fuse_batchnorm
-    from patterns.kernel import PatternConv
+    from patterns.pattern_conv import PatternConv
 
     model = _model("resnet20")
     x = torch.randn(2, 3, 16, 16)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import socket
 
 
 def require_models_extra() -> None:
@@ -24,3 +25,11 @@ def zoo_params(names) -> list:
     import pytest
 
     return [pytest.param(name, id=name, marks=() if name in FAST_ZOO else pytest.mark.slow) for name in names]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then closed): nothing listens on
+    it unless another process takes it in between."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -15,7 +15,7 @@ from host.devices.retry import RetryPolicy
 from host.errors import DeviceUnreachableError, ProtocolMismatchError
 from host.fleet.runner import BenchArtifact, FleetRunConfig, FleetRunner, FleetTarget, ResultLog
 from protos.agent.v1 import agent_pb2, agent_pb2_grpc
-from tests.fixtures.sshd import free_port
+from tests.helpers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.litert]
 

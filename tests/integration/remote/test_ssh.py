@@ -11,6 +11,7 @@ from host.devices.address import parse_device
 from host.devices.ssh import SSHOptions, open_ssh, run_command
 from host.devices.tunnel import Tunnel
 from host.errors import DeviceAuthError, DeviceUnreachableError
+from tests.helpers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.needs_root]
 
@@ -137,8 +138,6 @@ def test_ssh_config_alias_is_honoured(sshd, tmp_path):
 
 
 def test_closed_port_is_unreachable(sshd):
-    from tests.fixtures.sshd import free_port
-
     with pytest.raises(DeviceUnreachableError) as err:
         open_ssh(parse_device(f"root@127.0.0.1:{free_port()}"), _options(sshd, connect_timeout=3))
     assert "ssh -p" in err.value.hint

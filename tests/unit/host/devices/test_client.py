@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from concurrent import futures
 
 import grpc
@@ -15,6 +14,7 @@ from host.devices.results import BenchPolicy, BenchSpec, Energy, InputSpec, Meas
 from host.errors import BenchmarkError, DeviceAuthError, DeviceUnreachableError, ProtocolMismatchError
 from protos.agent.v1 import agent_pb2 as pb
 from protos.agent.v1 import agent_pb2_grpc
+from tests.helpers import free_port
 
 
 class ScriptedAgent(agent_pb2_grpc.AgentServicer):
@@ -65,14 +65,8 @@ def scripted():
         server.stop(0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_agent():
-    with AgentClient(f"127.0.0.1:{_free_port()}", timeout=2) as client:
+    with AgentClient(f"127.0.0.1:{free_port()}", timeout=2) as client:
         with pytest.raises(DeviceUnreachableError) as err:
             client.get_info()
         assert "sculpt-agent serve" in err.value.hint

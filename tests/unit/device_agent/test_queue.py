@@ -49,10 +49,9 @@ def test_runs_one_at_a_time_in_arrival_order():
 def test_full_queue_is_refused_and_frees_up():
     queue = BenchQueue(capacity=1, results_kept=10)
     release = threading.Event()
-    t = threading.Thread(target=queue.submit, args=("a", lambda _q, _w: release.wait(5)))
+    t = threading.Thread(target=queue.submit, args=("a", lambda _q, _w: release.wait(30)))
     t.start()
-    while queue.depth < 1:
-        time.sleep(0.005)
+    _wait_for(lambda: queue.depth == 1, "the first job to run")
     with pytest.raises(AgentError) as err:
         queue.submit("b", lambda _q, _w: 1)
     assert err.value.code == "RESOURCE_EXHAUSTED"
@@ -68,14 +67,24 @@ def test_same_job_id_runs_once():
 
     def fn(_q, _w):
         calls.append(1)
-        gate.wait(5)
+        gate.wait(30)
         return "result"
 
     results = []
-    threads = [threading.Thread(target=lambda: results.append(queue.submit("same", fn))) for _ in range(3)]
+    # A caller that joined a running job checks its is_active while it waits; the first caller, whose
+    # ticket is served at once, never does. Two submitters checked in = both joined the running job.
+    checked_in = set()
+
+    def submit(i):
+        def is_active():
+            checked_in.add(i)
+            return True
+        results.append(queue.submit("same", fn, is_active=is_active))
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.05)
+    _wait_for(lambda: len(checked_in) == 2, "the other two submitters to join the running job")
     gate.set()
     for t in threads:
         t.join()
@@ -97,10 +106,9 @@ def test_errors_propagate_and_do_not_wedge_the_queue():
 def test_a_caller_that_goes_away_leaves_the_queue():
     queue = BenchQueue(capacity=3, results_kept=10)
     release = threading.Event()
-    t = threading.Thread(target=queue.submit, args=("long", lambda _q, _w: release.wait(5)))
+    t = threading.Thread(target=queue.submit, args=("long", lambda _q, _w: release.wait(30)))
     t.start()
-    while queue.depth < 1:
-        time.sleep(0.005)
+    _wait_for(lambda: queue.depth == 1, "the long job to run")
     active = [True]
     errors = []
 
@@ -112,9 +120,9 @@ def test_a_caller_that_goes_away_leaves_the_queue():
 
     w = threading.Thread(target=waiter)
     w.start()
-    time.sleep(0.05)
+    _wait_for(lambda: queue.depth == 2, "the waiter to be queued behind the long job")
     active[0] = False
-    w.join(5)
+    w.join(30)
     assert errors == ["CANCELLED"]
     release.set()
     t.join()
@@ -150,17 +158,19 @@ def test_a_running_job_learns_when_nobody_waits_any_more():
         asked.append(1)
         return retry[0]
 
+    polls = []  # the job's checks of wanted()
+
     def job(_q, wanted):
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while wanted() and time.monotonic() < deadline:
+            polls.append(1)
             time.sleep(0.01)
         seen.append(wanted())
         return "stopped"
 
     t = threading.Thread(target=queue.submit, args=("j", job), kwargs={"is_active": lambda: first[0]})
     t.start()
-    while queue.depth < 1:
-        time.sleep(0.005)
+    _wait_for(lambda: queue.depth == 1, "the job to run")
     joined = []
 
     def join():
@@ -173,9 +183,13 @@ def test_a_running_job_learns_when_nobody_waits_any_more():
     j.start()
     _wait_for(lambda: asked, "the retry to join the running job")
     first[0] = False  # the first caller's connection dropped: the retry that joined keeps the job wanted
+    # The job must not stop: give it at least 0.1 s and two checks of wanted() begun after the drop, however
+    # slowly the machine runs them (a job that stopped wrongly ends the wait through ``seen``).
+    after = len(polls) + 2
     time.sleep(0.1)
+    _wait_for(lambda: len(polls) > after or seen, "the job to check wanted() twice after the drop")
     assert t.is_alive() and not seen
     retry[0] = False
-    t.join(5)
-    j.join(5)
+    t.join(30)
+    j.join(30)
     assert seen == [False] and joined in (["stopped"], ["CANCELLED"]) and queue.depth == 0

@@ -7,7 +7,11 @@ import argparse
 import json
 import sys
 from collections import Counter, defaultdict
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from host.graph import ModelGraph
 
 INSPECT_SCHEMA_VERSION = 1  # of `inspect --json`; raised when a key changes meaning or goes away
 
@@ -63,12 +67,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _family_counts(choices: Any) -> str:
+def _family_counts(choices: Iterable[tuple[str, str]]) -> str:
     counts = Counter(family for family, _ in choices if family != "keep")
     return " ".join(f"{family}({n})" for family, n in counts.items()) or "-"
 
 
-def _print_human(graph: Any, summary: dict[str, Any]) -> None:
+def _print_human(graph: ModelGraph, summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 

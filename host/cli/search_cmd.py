@@ -9,13 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from host.kinds import Aggregate, ConstraintName, ObjectiveName, Precision, choices
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
+
     from host.report.summary import ModelFigures, RunSummary
+    from host.search.config import SearchConfig
+    from host.search.progress import Progress
 
 DEFAULT_OUT = "runs/search"
 
@@ -88,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def build_config(args: argparse.Namespace) -> Any:
+def build_config(args: argparse.Namespace) -> SearchConfig:
     """SearchConfig from the parsed flags."""
     from dataclasses import replace
 
@@ -198,7 +203,7 @@ class _Display:
 
     PLAIN_INTERVAL_S = 5.0
 
-    def __init__(self, enabled: bool, live: bool | None = None, clock: Any = None) -> None:
+    def __init__(self, enabled: bool, live: bool | None = None, clock: Callable[[], float] | None = None) -> None:
         """``live``: rich bars (default: when stderr is a terminal); ``clock``: seconds, time.monotonic by default."""
         import time
 
@@ -208,7 +213,7 @@ class _Display:
         self.live = stderr_is_terminal() if live is None else live
         self._clock = clock or time.monotonic
         self._progress = None
-        self._tasks: dict[str, Any] = {}
+        self._tasks: dict[str, TaskID] = {}
         self._started = self._clock()
         self._shown: tuple[str, int] | None = None  # (stage, done) of the last plain line
         self._shown_at = float("-inf")
@@ -226,7 +231,7 @@ class _Display:
             self._progress.__enter__()
         return self
 
-    def update(self, p: Any) -> None:
+    def update(self, p: Progress) -> None:
         if not self.enabled:
             return
         info = p.message
@@ -241,7 +246,7 @@ class _Display:
             self._tasks[p.stage] = task
         self._progress.update(task, completed=p.done, total=max(p.total, 1), info=info)
 
-    def _plain(self, p: Any, info: str) -> None:
+    def _plain(self, p: Progress, info: str) -> None:
         now = self._clock()
         key = (p.stage, p.done)
         if key == self._shown:

@@ -29,16 +29,18 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 from torch import nn
 
 from host.devices.results import BenchSpec
 from host.errors import SearchError
+from host.export import Artifact
+from host.export.evaluate import artifact_accuracy
 from host.kinds import Phase, Precision
 from host.search.costmodel import MIN_RATIO, CostModel
 from host.search.devices import SearchDevice
@@ -48,6 +50,7 @@ from host.search.measurer import Measurer
 from host.search.reward import Objective
 from host.search.scorer import CandidateFailure, EvalData, PlanScorer
 from host.search.space import SearchSpace
+from patterns.plan import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,14 @@ INVALID_REWARD = -1.0  # below every valid reward of the latency/energy objectiv
 # Candidate artifacts are written inside the run directory, not the system temp folder: a SIGKILL runs no
 # cleanup, so whatever it leaves stays in the user's run folder, and the next process on the run clears it.
 WORK_DIR_NAME = ".work"
+
+
+class Settle(Protocol):
+    """Turns a candidate's first measurement into the one it is recorded with, while its artifact exists
+    (int8: knowing the artifact's accuracy, which the reward it weighs uses)."""
+
+    def __call__(self, artifact: Artifact, measurement: Measurements,
+                 int8_accuracy: float | None = None) -> Measurements: ...
 
 
 def candidate_plan(space: SearchSpace, choices: np.ndarray) -> CandidatePlan:
@@ -146,14 +157,14 @@ class CandidateEvaluator:
             raise RuntimeError("evaluate_dense() first")
         return self.measurer.dense_figures()
 
-    def _export_dense_reference(self) -> Any:
+    def _export_dense_reference(self) -> Artifact:
         """The dense model's artifact in the run's precision, for the measurer's pairs (kept in the workdir)."""
         plan = candidate_plan(self.space, self.space.dense_choices()).plan
         int8 = self.precision == Precision.INT8
         path = self._workdir / ("dense-reference.int8.pte" if int8 else "dense-reference.pte")
         return self.scorer.export(self.scorer.realize_checked(plan), path, quantize=int8)
 
-    def _settle(self, artifact: Any, measurement: Measurements, acc: float, macs: int, choices: np.ndarray | None,
+    def _settle(self, artifact: Artifact, measurement: Measurements, acc: float, macs: int, choices: np.ndarray | None,
                 confirm: bool = True) -> dict[str, MeasurementSummary]:
         """The measurement a candidate is recorded with: ``measurement`` paired with dense measured right after
         it; and, when ``confirm`` and that one pair would make the plan the best measured plan that meets a
@@ -256,7 +267,8 @@ class CandidateEvaluator:
             if self.devices and (force_measure or self._worth_measuring(acc, cost.macs, choices)):
                 settle = None
                 if phase != Phase.DENSE and self.objective.needs_measurement:
-                    def settle(artifact, measured, int8_accuracy=None):
+                    def settle(artifact: Artifact, measured: Measurements,
+                               int8_accuracy: float | None = None) -> Measurements:
                         return self._settle(artifact, measured, self.scored_accuracy(acc, int8_accuracy),
                                             cost.macs, choices, confirm=phase == Phase.SEARCH)
                 if self.precision == Precision.INT8:
@@ -284,7 +296,7 @@ class CandidateEvaluator:
         )
         return record
 
-    def measure_realized(self, realized: nn.Module, key: str, settle: Any = None) -> tuple[str, Measurements]:
+    def measure_realized(self, realized: nn.Module, key: str, settle: Settle | None = None) -> tuple[str, Measurements]:
         """Export a realized plan (:meth:`realize_checked`), then measure it on every device (cache first).
         ``settle(artifact, measurement)``, while the artifact exists, turns that into the recorded measurement
         (:meth:`_settle`: paired with dense, confirmed)."""
@@ -298,13 +310,11 @@ class CandidateEvaluator:
             Path(artifact.path).unlink(missing_ok=True)
         return artifact.sha256, measurement
 
-    def measure_int8(self, plan: Any, model: nn.Module, key: str, names: dict[str, str] | None = None,
-                     settle: Any = None) -> tuple[str, Measurements, float]:
+    def measure_int8(self, plan: Plan, model: nn.Module, key: str, names: Mapping[str, str] | None = None,
+                     settle: Settle | None = None) -> tuple[str, Measurements, float]:
         """(sha256, measurement, validation accuracy) of the plan's int8 artifact: realized with the weights of
         ``model`` (the masked, recovered copy: int8 accuracy depends on them and on the calibration), quantized
         on the run's calibration batches, scored by the ExecuTorch runtime, then measured on every device."""
-        from host.export.evaluate import artifact_accuracy
-
         realized = self.scorer.realize_checked(plan, weights_from=model, names=names)
         artifact = self.scorer.export(realized, self._workdir / f"{key[:16]}.int8.pte", quantize=True)
         try:

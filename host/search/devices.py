@@ -12,14 +12,16 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from host.devices.address import parse_device
+from host.devices.connect import ConnectOptions, DeviceHandle, connect
 from host.errors import BenchmarkError, DeviceError, DeviceUnreachableError
+from host.fleet.file import Fleet, load_fleet
 from host.search.measurement import MeasurementSummary
 
 if TYPE_CHECKING:
-    from host.devices.connect import DeviceHandle
-    from host.devices.results import BenchSpec
+    from host.devices.results import BenchSpec, Measurement
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +48,6 @@ def open_devices(addresses: Sequence[str], fleet: str | Path | None = None) -> I
 
     ``fleet`` (a fleet file) lets ``addresses`` name its devices; their token, CA certificate and agent
     command come from the file."""
-    from host.fleet.file import load_fleet
-
     loaded = load_fleet(fleet) if fleet is not None else None
     with contextlib.ExitStack() as stack:
         handles = []
@@ -61,22 +61,17 @@ def open_devices(addresses: Sequence[str], fleet: str | Path | None = None) -> I
                 raise DeviceUnreachableError(
                     f"device {text!r} did not answer GetInfo: {exc}", hint="check that its agent is running"
                 ) from exc
-            meters = tuple(getattr(info, "energy_meters", ()) or ())
-            reason = "" if meters else str(getattr(info, "energy_unavailable_reason", "") or "")
+            meters = tuple(info.energy_meters)
+            reason = "" if meters else info.energy_unavailable_reason
             handles.append(SearchDevice(text, str(info.fingerprint), client, meters, reason))
             logger.info("device %s: fingerprint %s, meters %s", text, info.fingerprint, meters or "none")
         yield handles
 
 
 @contextlib.contextmanager
-def _connect(text: str, fleet: Any = None) -> Iterator[Any]:
+def _connect(text: str, fleet: Fleet | None = None) -> Iterator[DeviceHandle]:
     """A connected device handle for ``text`` (``local`` starts a private agent on loopback; a fleet name
     connects with the credentials its fleet file gives)."""
-    from dataclasses import replace
-
-    from host.devices.address import parse_device
-    from host.devices.connect import ConnectOptions, connect
-
     options = ConnectOptions()
     device = fleet.find(text) if fleet is not None else None
     if device is not None:
@@ -123,7 +118,7 @@ def measure(handle: SearchDevice, artifact_path: Path, spec: BenchSpec) -> Measu
     )
 
 
-def summarize(result: Any) -> MeasurementSummary:
+def summarize(result: Measurement) -> MeasurementSummary:
     """The fields of an agent's Measurement the search keeps (p50 decides; the rest is for the report).
 
     ``energy_mj`` is the idle-subtracted energy per inference (what the model adds to the board's idle
@@ -134,13 +129,13 @@ def summarize(result: Any) -> MeasurementSummary:
     if not (stats.count > 0 and math.isfinite(stats.p50_ms)):
         raise BenchmarkError(f"the device returned no usable latency ({stats.count} timed runs, p50 {stats.p50_ms})",
                              hint="check the agent's log (sculpt-agent serve) and its benchmark policy")
-    figures: dict[str, Any] = {}
-    energy = getattr(result, "energy", None)
-    if energy is not None and getattr(energy, "available", False):
+    figures: dict[str, float | str] = {}
+    energy = result.energy
+    if energy.available:
         figures = dict(energy_mj=float(energy.joules_per_inference_idle_subtracted) * 1000.0,
                        energy_total_mj=float(energy.joules_per_inference) * 1000.0,
-                       idle_power_w=float(energy.idle_power_w), meter=str(energy.meter))
-    elif energy is not None:
-        figures = dict(energy_error=str(getattr(energy, "unavailable_reason", "") or "no reason given"))
+                       idle_power_w=float(energy.idle_power_w), meter=energy.meter)
+    else:
+        figures = dict(energy_error=energy.unavailable_reason or "no reason given")
     return MeasurementSummary(p50_ms=float(stats.p50_ms), p90_ms=float(stats.p90_ms), mean_ms=float(stats.mean_ms),
                               cv=float(stats.cv), count=int(stats.count), **figures)

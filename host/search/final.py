@@ -32,22 +32,34 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from host.errors import DeviceError, SearchError
+import torch
+from torch import nn
+
+from host.data.checks import data_warnings
+from host.data.preprocess import Preprocessing
+from host.data.splits import DatasetSplits
+from host.errors import DeviceError, ExportError, MissingDependencyError, SearchError
+from host.export import Artifact, export_tflite
+from host.export.evaluate import artifact_accuracy
+from host.export.sidecar import write_sidecar
 from host.kinds import ObjectiveName, Phase, Precision, Stage
-from host.search.candidate import INVALID_REWARD
+from host.report import InvalidCandidate, ModelFigures, RunSummary, write_report, write_tensorboard
+from host.report.pareto import pareto_front
+from host.search.candidate import INVALID_REWARD, CandidateEvaluator
 from host.search.config import SearchConfig
+from host.search.devices import SearchDevice
+from host.search.finetune import accuracy, masked_finetune, recalibrate_bn
 from host.search.journal import STATUS_INVALID, CandidateRecord, Journal
 from host.search.measurement import Measurements, median_measurements
 from host.search.progress import Progress, ProgressFn
-from host.search.scorer import CandidateFailure
-
-if TYPE_CHECKING:
-    from host.report.summary import RunSummary
+from host.search.scorer import Batches, CandidateFailure, batches
+from host.search.space import SearchSpace
+from patterns.plan import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +74,7 @@ class QuantizedModel:
     """A model's int8 ``.pte`` (calibrated on the run's calibration images) and its accuracy as the ExecuTorch
     runtime scores it on the validation and test splits."""
 
-    artifact: Any  # host.export.Artifact
+    artifact: Artifact
     val: float
     val_images: int
     test: float
@@ -107,7 +119,7 @@ class FinalStage:
         self.progress = progress
         self._dense_test: float | None = None
         self.skipped: list[str] = []  # why Pareto plans were passed over, for the report's notes
-        self.preprocessing: Any = None  # host.data.preprocess.Preprocessing of the run's data
+        self.preprocessing: Preprocessing | None = None  # of the run's data, for the sidecars
         self.dense_measurement: Measurements | None = None  # dense, measured side by side with the finals
         # int8 searches: the dense int8 model (its accuracies) and, side by side, the fp32 dense's measurement
         # (dense_measurement is then the int8 one)
@@ -115,11 +127,9 @@ class FinalStage:
         self.dense_fp32_measurement: Measurements | None = None
         self.data_warnings: list[str] = []  # host.data.checks: splits too small, a baseline near chance
 
-    def candidates(self, evaluator) -> list[CandidateRecord]:
+    def candidates(self, evaluator: CandidateEvaluator) -> list[CandidateRecord]:
         """The plans to finish, in order: Pareto front in (val accuracy, cost), best reward first. :meth:`run`
         finishes the first ``final_top`` that can be built; the rest stand in for those that cannot."""
-        from host.report.pareto import pareto_front
-
         rows = [r for r in self.journal.candidates(Phase.SEARCH) if not r.reused and r.valid and r.accuracy > 0]
         if self.config.reward_objective().needs_measurement:
             # measured candidates only (an unmeasured one's reward rests on the cost model's prediction),
@@ -144,7 +154,7 @@ class FinalStage:
         runners_up = sorted((r for r in rows if r.measurement and r not in front), key=order)
         return self._confirmed(evaluator, _unique(front), _unique(runners_up))
 
-    def _confirmed(self, evaluator, rows: list[CandidateRecord],
+    def _confirmed(self, evaluator: CandidateEvaluator, rows: list[CandidateRecord],
                    runners_up: list[CandidateRecord] = ()) -> list[CandidateRecord]:
         """``rows`` with the best few measured ones re-ranked on a side-by-side measurement with dense; the
         best measured ``runners_up`` fill the confirmation up to its size and take part in the ranking."""
@@ -182,13 +192,8 @@ class FinalStage:
         confirmed = [pool[h] for h in order if h in pool]
         return confirmed + [r for r in rows if r.plan_hash not in rank]  # the rest of the front as it was
 
-    def run(self, evaluator, splits, base_model) -> list[FinalModel]:
+    def run(self, evaluator: CandidateEvaluator, splits: DatasetSplits, base_model: nn.Module) -> list[FinalModel]:
         """Fine-tune, realize, export and measure every chosen plan, in the order of :meth:`candidates`."""
-        from host.data.checks import data_warnings
-        from host.data.preprocess import Preprocessing
-        from host.search.finetune import accuracy
-        from host.search.scorer import batches
-
         self.preprocessing = Preprocessing.from_splits(splits)
         self.data_warnings = data_warnings(splits, self.config.evaluation.batch_size, evaluator.dense.accuracy)
         chosen = self.candidates(evaluator)
@@ -249,7 +254,7 @@ class FinalStage:
         self.progress(Progress(Stage.FINAL, len(finals), wanted, "final models done"))
         return finals
 
-    def _measure_side_by_side(self, evaluator, base_model, finals: list[FinalModel],
+    def _measure_side_by_side(self, evaluator: CandidateEvaluator, base_model: nn.Module, finals: list[FinalModel],
                               dense_int8: QuantizedModel | None = None) -> list[FinalModel]:
         """Measure dense and every final ``.pte`` (and, in an int8 search, their int8 twins) in
         :data:`FINAL_ROUNDS` interleaved rounds with the final benchmark policy; each model's measurement
@@ -274,13 +279,10 @@ class FinalStage:
         return [replace(f, measurement=m8, fp32_measurement=m32)
                 for f, m32, m8 in zip(finals, fp32[1:], int8[1:], strict=True)]
 
-    def _quantize(self, evaluator, realized, path: Path, test_batches) -> QuantizedModel:
+    def _quantize(self, evaluator: CandidateEvaluator, realized: nn.Module, path: Path,
+                  test_batches: Batches) -> QuantizedModel:
         """``realized`` exported int8 at ``path`` (calibrated on the run's calibration images) and scored by
         the runtime on the validation and test splits."""
-        import torch
-
-        from host.export.evaluate import artifact_accuracy
-
         artifact = evaluator.scorer.export(realized, path, quantize=True)
         x_val, y_val = evaluator.data.val_tensors()
         x_test, y_test = torch.cat([x for x, _ in test_batches]), torch.cat([y for _, y in test_batches])
@@ -293,10 +295,9 @@ class FinalStage:
         logger.warning("%s", text)
         self.skipped.append(text)
 
-    def _finish(self, evaluator, base_model, row, name, stored, train_batches, test_batches) -> FinalModel:
+    def _finish(self, evaluator: CandidateEvaluator, base_model: nn.Module, row: CandidateRecord, name: str,
+                stored: CandidateRecord | None, train_batches: Batches, test_batches: Batches) -> FinalModel:
         """Fine-tune, realize, export and measure one plan; CandidateFailure when it cannot be built."""
-        from host.search.finetune import accuracy, masked_finetune, recalibrate_bn
-
         plan = row.plan.plan
         model, masks = evaluator.scorer.masked_model(plan)
         masked_finetune(model, masks, train_batches, self.config.finetune, teacher=base_model)
@@ -328,8 +329,6 @@ class FinalStage:
 
     def _int8_sidecar(self, name: str, int8: QuantizedModel, fp32: dict[str, float], calibration: int) -> Path:
         """``name-int8.json``: the sidecar of the int8 artifact (its accuracy, with the fp32 model's beside it)."""
-        from host.export.sidecar import write_sidecar
-
         return write_sidecar(
             self.run_dir / f"{name}-int8.json", artifacts=[int8.artifact], preprocessing=self.preprocessing.to_dict(),
             model=self.sidecar_model(name),
@@ -342,18 +341,14 @@ class FinalStage:
             notes=[f"int8 (PT2E, XNNPACK quantizer, per-channel weights) of {name}; calibrated on training images"],
         )
 
-    def _export_final(self, evaluator, realized, plan, name, masked, accuracy):
+    def _export_final(self, evaluator: CandidateEvaluator, realized: nn.Module, plan: Plan, name: str,
+                      masked: nn.Module, accuracy: dict[str, Any]) -> tuple[dict[str, str], str]:
         """Write every file of one final model (see the module docstring); (artifact paths by kind, .pte sha)."""
-        from host.errors import ExportError, MissingDependencyError
-        from host.export.sidecar import write_sidecar
-
         artifacts: dict[str, str] = {}
         pte = evaluator.scorer.export(realized, self.run_dir / f"{name}.pte")
         artifacts["pte"] = str(pte.path)
         exported = [pte]
         if self.config.export_tflite:
-            from host.export import export_tflite
-
             try:
                 tfl = export_tflite(realized, (evaluator.data.example_input,), self.run_dir / f"{name}.tflite")
                 artifacts["tflite"] = str(tfl.path)
@@ -381,10 +376,8 @@ class FinalStage:
                 "data": {"name": spec.data, "root": spec.data_root, "limit": spec.data_limit, "seed": self.config.seed,
                          "image_size": spec.image_size, "channels": spec.in_channels}}
 
-    def _save_weights(self, realized, masked, example, name: str) -> dict[str, str]:
+    def _save_weights(self, realized: nn.Module, masked: nn.Module, example: torch.Tensor, name: str) -> dict[str, str]:
         """``name.pt2`` (the realized model, exported) and ``name.pt`` (the masked state dict), atomically."""
-        import torch
-
         pt2, state = self.run_dir / f"{name}.pt2", self.run_dir / f"{name}.pt"
         tmp = pt2.with_suffix(".tmp.pt2")
         with torch.no_grad():
@@ -395,10 +388,8 @@ class FinalStage:
         os.replace(tmp, state)
         return {"pt2": str(pt2), "state_dict": str(state)}
 
-    def report(self, evaluator, space, devices, finals: list[FinalModel], seconds: float) -> RunSummary:
+    def report(self, evaluator: CandidateEvaluator, space: SearchSpace, devices: Sequence[SearchDevice], finals: list[FinalModel], seconds: float) -> RunSummary:
         """Write result.json, report.md, plots and TensorBoard logs; return the run's summary."""
-        from host.report import InvalidCandidate, ModelFigures, RunSummary, write_report, write_tensorboard
-
         self.progress(Progress(Stage.REPORT, 0, 1, "writing the report"))
         cfg = self.config
         objective = cfg.reward_objective()

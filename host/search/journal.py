@@ -118,6 +118,9 @@ class CandidatePlan:
     def __post_init__(self) -> None:
         object.__setattr__(self, "choices", MappingProxyType(dict(self.choices)))
 
+    def __reduce__(self) -> tuple[type[CandidatePlan], tuple[Plan, dict[str, str]]]:
+        return CandidatePlan, (self.plan, dict(self.choices))  # a read-only view does not pickle; its dict does
+
     def choice(self, layer: str | None) -> str | None:
         """The choice name of ``layer`` (None for no layer or one outside the space)."""
         return None if layer is None else self.choices.get(layer)

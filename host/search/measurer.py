@@ -17,7 +17,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from host.kinds import ObjectiveName
 from host.search.devices import SearchDevice, measure
@@ -25,6 +25,7 @@ from host.search.measurement import Measurements, MeasurementSummary
 
 if TYPE_CHECKING:
     from host.devices.results import BenchSpec
+    from host.export import Artifact
     from host.search.journal import Journal
 
 
@@ -33,14 +34,14 @@ class Measurer:
     dense model once, on the first pairing (an object with ``path`` and ``sha256``)."""
 
     def __init__(self, devices: Sequence[SearchDevice], bench: BenchSpec, journal: Journal,
-                 objective: ObjectiveName, dense_artifact: Callable[[], Any]) -> None:
+                 objective: ObjectiveName, dense_artifact: Callable[[], Artifact]) -> None:
         self.devices = list(devices)
         self.bench = bench
         self.journal = journal
         self.objective = ObjectiveName(objective)
         self.measurements_taken = 0  # benchmarks run on a device (cache hits not counted)
         self._make_dense_artifact = dense_artifact
-        self._dense_artifact: Any = None
+        self._dense_artifact: Artifact | None = None
         self._dense_samples: dict[str, list[float]] = {}  # every dense figure taken, per device
 
     # -- measuring -----------------------------------------------------------------------------------
@@ -80,7 +81,7 @@ class Measurer:
                 taken[i].append(self.measure(path, sha256, bench, use_cache=False))
         return taken
 
-    def side_by_side(self, artifacts: Sequence[Any], rounds: int) -> list[dict[str, float]]:
+    def side_by_side(self, artifacts: Sequence[Artifact], rounds: int) -> list[dict[str, float]]:
         """The objective's figures of ``artifacts`` (with ``path`` and ``sha256``) in :meth:`rounds`: the
         median per device of each."""
         taken = self.rounds([(a.path, a.sha256) for a in artifacts], rounds)

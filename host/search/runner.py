@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,7 +33,12 @@ from host.search.config import SearchConfig
 from host.search.journal import CandidateRecord, Journal
 from host.search.progress import Progress, ProgressFn
 
+# Own modules that load torch (and through it ExecuTorch, SB3, PyG) are imported where they are used: this
+# module is imported by the CLI, whose --help and argument errors must not wait for torch.
 if TYPE_CHECKING:
+    from torch import nn
+
+    from host.data.splits import DatasetSplits
     from host.report.summary import RunSummary
     from host.search.candidate import CandidateEvaluator
     from host.search.env import StepOutcome
@@ -73,7 +78,7 @@ def check_names(config: SearchConfig) -> None:
         )
 
 
-def load_trained(config: SearchConfig, progress: ProgressFn) -> tuple[Any, Any]:
+def load_trained(config: SearchConfig, progress: ProgressFn) -> tuple[nn.Module, DatasetSplits]:
     """(trained model in eval mode, dataset splits); trains and caches a checkpoint on first use."""
     import torch
 

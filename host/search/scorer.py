@@ -12,16 +12,28 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+import patterns
 from host.errors import MissingDependencyError, PlanError, SculptError
+from host.export import Artifact, export_pte
+from host.export.int8 import calibration_from
 from host.search.finetune import FinetuneConfig, accuracy, masked_finetune, recalibrate_bn
+from patterns.accounting import Cost
 from patterns.masks import MaskSet
+from patterns.plan import Plan
+
+if TYPE_CHECKING:
+    from host.data.splits import DatasetSplits
+
+# what exports a module: (module, example inputs, path, **options) -> the checked artifact (host.export.export_pte)
+Exporter = Callable[..., Artifact]
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +131,7 @@ class EvalData:
     calibration: tuple[tuple[torch.Tensor], ...] = ()
 
     @classmethod
-    def from_splits(cls, splits: Any, bn_batches: int, batch_size: int, val_limit: int | None, seed: int,
+    def from_splits(cls, splits: DatasetSplits, bn_batches: int, batch_size: int, val_limit: int | None, seed: int,
                     recover_steps: int = 0, recover_batch_size: int = 64, calibration_images: int = 0) -> EvalData:
         """Cut the batches once (seeded, so every candidate sees the same ones)."""
         x_train, y_train = splits.train.tensors()
@@ -131,8 +143,6 @@ class EvalData:
         val = batches(x_val, y_val, 256)
         calibration: tuple[tuple[torch.Tensor], ...] = ()
         if calibration_images:
-            from host.export.int8 import calibration_from
-
             order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed + 2))
             calibration = tuple(calibration_from(x_train[order[:calibration_images]], calibration_images))
         return cls(example_input=x_val[:1].clone(), bn_batches=bn, val_batches=val, recover_batches=tuple(recover),
@@ -157,7 +167,7 @@ class PlanScorer:
         """Validation accuracy of ``model`` (eager)."""
         return accuracy(model, self.data.val_batches)
 
-    def masked_model(self, plan: Any, recover: bool = True) -> tuple[nn.Module, MaskSet]:
+    def masked_model(self, plan: Plan, recover: bool = True) -> tuple[nn.Module, MaskSet]:
         """A copy of the base model with the plan's masks applied, briefly fine-tuned (``recover``: a few
         distillation steps, masks fixed) and its BatchNorm statistics recalibrated.
 
@@ -166,8 +176,6 @@ class PlanScorer:
         brings it back (94% after 25 steps), so without it the search ranks plans by how little they
         prune rather than by what they can become.
         """
-        import patterns
-
         model = copy.deepcopy(self.base_model)
         try:
             masks = patterns.apply_masks(model, plan, self.data.example_input)
@@ -179,17 +187,16 @@ class PlanScorer:
         recalibrate_bn(model, self.data.bn_batches, num_batches=len(self.data.bn_batches))
         return model, masks
 
-    def count(self, model: nn.Module, masks: Any) -> Any:
-        import patterns
-
+    def count(self, model: nn.Module, masks: MaskSet | None) -> Cost:
+        """Exact MACs and parameters of ``model`` with ``masks`` (zeros not counted) on the example input."""
         return patterns.count(model, self.data.example_input, masks=masks or None)
 
-    def export(self, realized: nn.Module, path: Path, exporter: Any = None, quantize: bool = False) -> Any:
+    def export(self, realized: nn.Module, path: Path, exporter: Exporter | None = None,
+               quantize: bool = False) -> Artifact:
         """``exporter`` (default :func:`host.export.export_pte`) on the example input (``quantize``: int8,
         calibrated on the run's calibration batches); CandidateFailure when the plan's module does not export
         or its artifact disagrees with its reference."""
-        if exporter is None:
-            from host.export import export_pte as exporter
+        exporter = exporter or export_pte
         try:
             if quantize:
                 return exporter(realized, (self.data.example_input,), path, quantize=True,
@@ -200,8 +207,8 @@ class PlanScorer:
         except Exception as exc:  # noqa: BLE001 - torch.export/ExecuTorch fail with many exception types
             raise CandidateFailure("export", _reason(exc)) from exc
 
-    def realize_checked(self, plan: Any, weights_from: nn.Module | None = None,
-                        names: dict[str, str] | None = None) -> nn.Module:
+    def realize_checked(self, plan: Plan, weights_from: nn.Module | None = None,
+                        names: Mapping[str, str] | None = None) -> nn.Module:
         """The plan realized into a smaller dense module that has run once on the example input and gives
         the base model's output shape; CandidateFailure (naming the layer responsible where it can be told)
         otherwise.
@@ -222,9 +229,7 @@ class PlanScorer:
                            "realizes with it kept dense)" if layer else "", _reason(cause))
             raise CandidateFailure("realize", _reason(cause), layer) from cause
 
-    def _realize_and_run(self, plan: Any, weights_from: nn.Module | None = None) -> nn.Module:
-        import patterns
-
+    def _realize_and_run(self, plan: Plan, weights_from: nn.Module | None = None) -> nn.Module:
         x = self.data.example_input
         realized = patterns.realize(self.base_model, plan, x, weights_from=weights_from).eval()
         # realize() does not run what it built; a broken module would otherwise fail later inside
@@ -245,7 +250,7 @@ class PlanScorer:
                                f"{self._out_shape}")
         return realized
 
-    def _responsible_layer(self, plan: Any, failed: _ForwardFailed | None) -> str | None:
+    def _responsible_layer(self, plan: Plan, failed: _ForwardFailed | None) -> str | None:
         """The plan layer whose choice breaks the realization, or None when it cannot be told cheaply.
 
         First from the forward that failed (free): the innermost running module when it is a plan layer
@@ -254,8 +259,6 @@ class PlanScorer:
         (a shape check in a parent's forward fails right after its producer), then channel choices (the
         ones that change shapes across layers), then the rest in plan order.
         """
-        from patterns.plan import Plan
-
         layers = [name for name, _ in plan.layers]
         if len(layers) == 1:
             return layers[0]

@@ -14,14 +14,19 @@ group's ratio. Other families act inside one layer and need no coupling.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from host.errors import SearchError
+import patterns
+from host.errors import PlanError, SearchError
+from host.graph import build_model_graph
 from host.search.env import GraphObservation
+from patterns.family import Context
+from patterns.plan import LayerAssignment, Plan
+from patterns.realization import decide, plan_masks
+from patterns.registry import KEEP, PATTERN_VOCAB
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +40,6 @@ class SearchSpace:
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, families: tuple[str, ...] = DEFAULT_FAMILIES,
                  name: str | None = None, exclude: tuple[str, ...] = MASK_ONLY_PATTERNS) -> None:
-        from host.graph import build_model_graph
-        from patterns.registry import KEEP, PATTERN_VOCAB
 
         self.model_name = name
         self.vocab_ids: tuple[tuple[str, str], ...] = tuple(PATTERN_VOCAB)
@@ -75,7 +78,7 @@ class SearchSpace:
     def num_choices(self) -> int:
         return len(self.vocab_ids)
 
-    def observation(self, plan: Any = None) -> GraphObservation:
+    def observation(self, plan: Plan | None = None) -> GraphObservation:
         """The graph (with ``plan``'s patterns in the node features) for the policy."""
         data = self.graph.to_pyg(plan)
         edge_type = getattr(data, "edge_type", None)
@@ -89,10 +92,8 @@ class SearchSpace:
             choice_mask=self.choice_mask,
         )
 
-    def decode(self, choices: np.ndarray) -> tuple[Any, dict[str, str]]:
+    def decode(self, choices: np.ndarray) -> tuple[Plan, dict[str, str]]:
         """(Plan, {layer: "family:pattern"}) for per-layer choice indices; ``keep`` layers stay out of the plan."""
-        from patterns.plan import LayerAssignment, Plan
-
         choices = np.asarray(choices, np.int64)
         if choices.shape != (len(self.layer_names),):
             raise ValueError(f"expected {len(self.layer_names)} choices, got shape {choices.shape}")
@@ -115,11 +116,6 @@ class SearchSpace:
         One virtual count per choice (masks are counted, the model is not touched); a uniform plan the
         pattern library refuses is left out. ``keep`` is 0.
         """
-        import patterns
-        from host.errors import PlanError
-        from patterns.family import Context
-        from patterns.realization import decide, plan_masks
-
         if self._cuts is not None:
             return self._cuts
         ctx = Context(self.graph_model, self.example_input)  # one dependency graph for every trial plan

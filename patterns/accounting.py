@@ -19,6 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from patterns.heads import PrunedMultiheadAttention
+from patterns.pattern_conv import PatternConv
+from patterns.probe import run_hooked
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -84,9 +88,6 @@ def count(model: nn.Module, example_input: torch.Tensor, masks: Mapping[str, tor
                     positions)
         add(_effective(module.out_proj.weight, masks.get(f"{prefix}out_proj.weight")), tokens[0])
 
-    from patterns.heads import PrunedMultiheadAttention
-    from patterns.pattern_conv import PatternConv
-    from patterns.probe import run_hooked
 
     attention = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention | PrunedMultiheadAttention)]
     projections = {id(m.out_proj) for m in attention}  # run inside the attention's call, counted there

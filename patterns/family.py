@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from patterns.errors import PlanError
+from patterns.norms import normalized_axes
 from patterns.plan import LayerAssignment
 from patterns.structure import CoupledGroup, build_dependency_graph, group_of, try_group_of
 
@@ -91,7 +92,6 @@ class Context:
 
     def norm_axes(self, names: list[str]) -> dict[str, int | None]:
         """{LayerNorm name: the axis it normalizes} (:func:`patterns.norms.normalized_axes`, probed once)."""
-        from patterns.norms import normalized_axes
 
         cache = self.__dict__.setdefault("_norm_axes", {})
         missing = [name for name in names if name not in cache]

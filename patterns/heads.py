@@ -38,6 +38,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from patterns.errors import ModelError, PlanError
+from patterns.family import set_submodule
+from patterns.structure import prunable_layers
+from patterns.trace import trace_structure
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +114,6 @@ def head_layouts(model: nn.Module, example_input: torch.Tensor | None = None, *,
 
 
 def _discover(model: nn.Module, example_input, traced, why: dict[str, str]) -> dict[str, HeadLayout]:
-    from patterns.structure import prunable_layers
-    from patterns.trace import trace_structure
 
     if traced is None:
         try:
@@ -945,14 +946,14 @@ def shrink_attention(owner: nn.Module, layout: HeadLayout, keep: list[int],
         linear = owner.get_submodule(layer)
         current = kept_out.get(layer, list(range(linear.out_features)))
         keep_rows = [orig for orig in current if orig not in removed]
-        set_module(owner, layer, _shrink(linear, [current.index(o) for o in keep_rows], "out"))
+        set_submodule(owner, layer, _shrink(linear, [current.index(o) for o in keep_rows], "out"))
         kept_out[layer] = keep_rows
     out_layer, out_heads = layout.out
     linear = owner.get_submodule(out_layer)
     removed = {i for h in drop for i in out_heads[h]}
     current = kept_in.get(out_layer, list(range(linear.in_features)))
     keep_cols = [orig for orig in current if orig not in removed]
-    set_module(owner, out_layer, _shrink(linear, [current.index(o) for o in keep_cols], "in"))
+    set_submodule(owner, out_layer, _shrink(linear, [current.index(o) for o in keep_cols], "in"))
     kept_in[out_layer] = keep_cols
     hd, hdv = layout.head_dims
     counts = _counts(len(keep), hd, hdv)
@@ -986,11 +987,6 @@ def _scaled(graph: fx.Graph, node: fx.Node, args, path: tuple[int, ...], new: in
     else:
         items[head] = value * new // old
     return tuple(items)
-
-
-def set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
 
 
 def _shrink(linear: nn.Linear, index: list[int], kind: str) -> nn.Linear:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from patterns.errors import PlanError
+from patterns.norms import restrict
 
 
 class MaskSet(Mapping[str, torch.Tensor]):
@@ -44,7 +45,6 @@ class MaskSet(Mapping[str, torch.Tensor]):
         """Zero every masked entry of ``model``'s parameters in place (call after each optimizer step) and,
         with ``norms``, make its restricted LayerNorms normalize over their kept channels only."""
         if norms and self.norms:
-            from patterns.norms import restrict
 
             restrict(model, self.norms)
         params = dict(model.named_parameters())

@@ -16,8 +16,8 @@ from patterns.errors import PlanError
 from patterns.family import Family
 from patterns.kernel import KernelFamily
 from patterns.nm import NMFamily
-from patterns.structure import CoupledGroup
-from patterns.vit import VitFamily
+from patterns.structure import CoupledGroup, coupled_groups, prunable_layers
+from patterns.vit import VitFamily, layer_roles
 
 KEEP = ("keep", "dense")
 
@@ -68,8 +68,6 @@ def choices_for(module: nn.Module, *, role: str = "", group: CoupledGroup | None
 
 def layer_choices(model: nn.Module, example_input) -> dict[str, list[tuple[str, str]]]:
     """:func:`choices_for` of every prunable layer of ``model``, with roles and coupling filled in."""
-    from patterns.structure import coupled_groups, prunable_layers
-    from patterns.vit import layer_roles
 
     by_layer: dict[str, CoupledGroup] = {}
     groups = coupled_groups(model, example_input)

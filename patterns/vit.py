@@ -20,18 +20,27 @@ import weakref
 import torch
 from torch import nn
 
+from patterns.channel import ChannelFamily, channel_refusal
 from patterns.errors import PlanError
-from patterns.family import Context, Decision, Family, RealizeState, count_for_ratio, stable_order
+from patterns.family import (
+    Context,
+    Decision,
+    Family,
+    RealizeState,
+    count_for_ratio,
+    set_submodule,
+    stable_order,
+)
 from patterns.heads import (
     HeadLayout,
     head_energy,
     head_layouts,
     head_masks,
     localize,
-    set_module,
     shrink_attention,
 )
 from patterns.plan import LayerAssignment
+from patterns.structure import coupled_groups
 
 HEADS = {"heads25": 0.25, "heads50": 0.5}
 HIDDEN = {"hidden25": 0.25, "hidden50": 0.5, "hidden75": 0.75}
@@ -40,7 +49,6 @@ HIDDEN = {"hidden25": 0.25, "hidden50": 0.5, "hidden75": 0.75}
 def mlp_role(group) -> str:
     """"mlp" when ``group`` (a :class:`patterns.structure.CoupledGroup`) is an MLP's hidden units: one Linear
     producer, only Linear consumers, exactly removable."""
-    from patterns.channel import channel_refusal
 
     if group is None or channel_refusal(group):
         return ""
@@ -59,7 +67,6 @@ def layer_roles(model: nn.Module, example_input: torch.Tensor | None = None, *, 
     ``traced`` reuses a :class:`patterns.trace.TracedModel` of ``model`` and ``groups`` its coupled
     groups; without ``example_input`` each attention is probed with a (2, 5, width) token batch and no MLP
     is found (that needs the coupling)."""
-    from patterns.structure import coupled_groups
 
     roles = {anchor: "attention" for anchor in head_layouts(model, example_input, traced=traced)}
     if groups is None and example_input is not None:
@@ -120,7 +127,6 @@ class VitFamily(Family):
         module = ctx.module(layer)
         group = ctx.group(layer)[1] if isinstance(module, nn.Linear) else None
         if not mlp_role(group):
-            from patterns.channel import channel_refusal
 
             why = channel_refusal(group) if group is not None else "it is not a Linear"
             raise PlanError(f"layer '{layer}' is not the first linear of an MLP whose hidden units can be removed"
@@ -128,7 +134,6 @@ class VitFamily(Family):
                             hint="put hidden patterns on an MLP's first linear (fc1 -> act -> fc2); "
                                  "`sculpt-host inspect` lists the layers that take them")
         ratio = HIDDEN[assignment.pattern] if assignment.ratio is None else assignment.ratio
-        from patterns.channel import ChannelFamily
 
         return ChannelFamily().decide(ctx, layer, LayerAssignment("channel", "prune50", ratio=ratio))
 
@@ -176,7 +181,7 @@ class _HeadRewrite:
             for name, kept in local_map.items():
                 full_map[f"{owner_name}.{name}" if owner_name else name] = kept
         if replacement is not owner:
-            set_module(model, owner_name, replacement)
+            set_submodule(model, owner_name, replacement)
             if self.layout.route == "graph":
                 state.notes.append(f"{owner_name}: forward rewritten for {len(self.keep_heads)} heads "
                                    "(its graph sizes the merged heads from its input)")

@@ -19,7 +19,11 @@ from host.graph.features import (
 )
 from host.graph.layers import EDGE_TYPES, Edge, LayerInfo
 from host.graph.stats import layer_geometry, param_count, weight_stats
+from patterns.channel import channel_refusal
+from patterns.registry import PATTERN_VOCAB, choices_for
+from patterns.structure import build_dependency_graph, coupled_groups, prunable_layers
 from patterns.trace import TracedModel, trace_model
+from patterns.vit import layer_roles
 
 if TYPE_CHECKING:
     from torch_geometric.data import Data
@@ -80,7 +84,6 @@ class ModelGraph:
     def channel_refusal(group: CoupledGroup) -> str:
         """Why ``group``'s channels get no channel choices ("" when they do): a coupling barrier (a reshape that splits the channel axis, a construct torch-pruning cannot map), or no
         consumer (logits)."""
-        from patterns.channel import channel_refusal
 
         return channel_refusal(group)
 
@@ -159,7 +162,6 @@ def build_model_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGra
     The model runs once in eval mode (so BatchNorm statistics do not move) on one intra-op thread, and
     gets its train/eval flags (and torch its thread count) back afterwards. Raises ModelError when the model cannot be traced or has no Conv2d/Linear layer.
     """
-    from patterns.structure import prunable_layers
 
     if not isinstance(model, nn.Module):
         raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}", hint="pass the model object")
@@ -183,9 +185,6 @@ def build_model_graph(model: nn.Module, example_input: torch.Tensor) -> ModelGra
 
 
 def _build(work: nn.Module, example_input: torch.Tensor, names: list[str]) -> ModelGraph:
-    from patterns.registry import PATTERN_VOCAB, choices_for
-    from patterns.structure import build_dependency_graph, coupled_groups
-    from patterns.vit import layer_roles
 
     dependency: dict[str, object] = {}
 

@@ -130,7 +130,7 @@ def _status(message: str, *, quiet: bool):
     without rich), a plain ``progress:`` line when it starts and one when it is done."""
     import time
 
-    from host.cli.quiet import stderr_is_terminal
+    from host.quiet import stderr_is_terminal
 
     if quiet:
         yield

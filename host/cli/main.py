@@ -12,8 +12,8 @@ import importlib
 import sys
 
 from host import __version__
-from host.cli.quiet import configured
 from host.errors import SculptError
+from host.quiet import configured
 
 # Order is the order shown in --help. A module that is not there yet is skipped, so the CLI works while
 # features land one by one.

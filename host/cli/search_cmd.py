@@ -207,7 +207,7 @@ class _Display:
         """``live``: rich bars (default: when stderr is a terminal); ``clock``: seconds, time.monotonic by default."""
         import time
 
-        from host.cli.quiet import stderr_is_terminal
+        from host.quiet import stderr_is_terminal
 
         self.enabled = enabled
         self.live = stderr_is_terminal() if live is None else live

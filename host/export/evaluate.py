@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from host.cli.quiet import muted
 from host.errors import ExportError
+from host.quiet import muted
 
 DEFAULT_EVAL_IMAGES = 1000  # a validation split is capped here: ~1 ms per image on the runtimes
 

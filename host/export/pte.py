@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from host.cache import cache_root
-from host.cli.quiet import muted
 from host.errors import ExportError, MissingDependencyError
 from host.export.artifact import Artifact, file_digest
 from host.export.fold import fold_batchnorm
+from host.quiet import muted
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from host.cli.quiet import muted
 from host.errors import ExportError, MissingDependencyError
 from host.export.artifact import Artifact, file_digest
 from host.export.pte import FP32_TOLERANCE, _compare, _Named
+from host.quiet import muted
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Real ``sculpt-host export`` and ``sculpt-host search`` runs with stderr piped (as in CI or ``2> log``): by
 default every stderr line is one of ours, and a piped search prints plain progress lines.
 
-A line is ours when it is one of (see host.cli.quiet):
+A line is ours when it is one of (see host.quiet):
 - a progress line, ``progress: ...`` (the search display and the export status when stderr is not a terminal);
 - a record of our loggers in the plain format, ``LEVEL logger: message`` with the logger in ``host``,
   ``device_agent`` or ``patterns``;

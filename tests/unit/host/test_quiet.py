@@ -1,4 +1,4 @@
-"""host.cli.quiet: what reaches stderr at each verbosity, and the fd-2 capture around native calls."""
+"""host.quiet: what reaches stderr at each verbosity, and the fd-2 capture around native calls."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import warnings
 
 import pytest
 
-from host.cli.quiet import configured, is_ours, muted
 from host.cli.search_cmd import _Display
+from host.quiet import configured, is_ours, muted
 from host.search.progress import Progress
 
 
@@ -99,7 +99,7 @@ def test_on_a_real_stderr_only_the_calling_threads_and_native_writes_are_held(re
     another thread's writes go out as they happen, and stderr works as before after the block."""
     script = textwrap.dedent("""
         import logging, os, sys, threading
-        from host.cli.quiet import configured, muted
+        from host.quiet import configured, muted
         with configured(0):
             with muted():
                 os.write(2, b"native noise\\n")

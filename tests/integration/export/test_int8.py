@@ -57,3 +57,24 @@ def test_int8_tflite_of_a_kernel_plan_runs_in_litert(tmp_path):
     assert artifact.quantized and artifact.kind == "tflite"
     interpreter = Interpreter(model_path=str(artifact.path))
     assert interpreter.get_input_details()[0]["dtype"].__name__ == "int8"  # really int8, I/O included
+
+
+@pytest.mark.xdist_group("int8")
+def test_int8_ghost_bottleneck_with_squeeze_excitation_loads_and_runs(tmp_path):
+    """timm's GhostNet: a ghost module's concat, its whole-width ``out[:, :out_chs]`` (an alias after export)
+    and a squeeze-excitation mean right after it. Quantized with the alias in place, XNNPACK's int8 mean
+    reduced the wrong axes at run time and the program did not load (the dense int8 GhostNet-0.5 failed)."""
+    from host.models.external import import_library
+
+    timm = import_library("timm")
+    torch.manual_seed(0)
+    block = timm.create_model("ghostnet_050", num_classes=10).blocks[4].eval()  # ghost1 -> SE -> ghost2
+    assert any(type(m).__name__ == "SqueezeExcite" for m in block.modules())
+    x = torch.randn(1, block[0].ghost1.primary_conv[0].in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    calibration = calibration_from(torch.randn(8, *x.shape[1:], generator=torch.Generator().manual_seed(1)), 8)
+    artifact = export_pte(block, (x,), tmp_path / "ghost.pte", quantize=True, calibration=calibration, cache=False)
+    out = run_pte(artifact.path, (x,))[0]
+    with torch.no_grad():
+        ref = block(x)
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max() <= 0.1 * ref.abs().max()  # int8 follows the fp32 block

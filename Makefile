@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install 'torch==2.13.0' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	$(BIN)/python -c 'import torch; assert torch.__version__.startswith("2.13.0"), torch.__version__'
-	$(PIP) install -c constraints.txt -e '.[host,dev,tflite-export]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(PIP) install -c constraints.txt -e '.[host,dev,tflite-export,cluster]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	# The [models] extra (timm, torchvision) for the timm:/torchvision: loaders and the test corpus, with
 	# --no-deps: torchvision's dependencies are already here, and resolving them could swap torch for a CUDA build.
 	$(PIP) install --no-deps -c constraints.txt 'torchvision==0.28.0' 'timm==1.0.31' 2>&1 | { grep -v '^WARNING: Location' || true; }

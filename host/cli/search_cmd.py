@@ -87,6 +87,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"int8: training images each candidate is calibrated on (default {ev.calibration_images})")
     p.add_argument("--policy", dest="policy_file", help="start from a trained policy.pt (any model size)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or finished run (its config is reused)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="score and export candidates as Ray tasks, as many at once as the cluster has CPUs: local:N "
+                        "(a private Ray with N workers here), auto (the cluster `ray start` joined), or "
+                        "ray://HEAD:10001; needs autosculpt[cluster] (default: in this process)")
     p.add_argument("--seed", type=int, default=cfg.seed)
     p.add_argument("--out", default=None, help=f"run directory (default {DEFAULT_OUT})")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -139,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
 
     with _Display(enabled=not args.json) as display:
         if args.resume:
-            runner = SearchRunner.resume(Path(args.resume), progress=display.update)
+            runner = SearchRunner.resume(Path(args.resume), progress=display.update, ray=args.ray)
         else:
-            runner = SearchRunner.start(build_config(args), progress=display.update)
+            runner = SearchRunner.start(build_config(args), progress=display.update, ray=args.ray)
         try:
             result = runner.run()
         except KeyboardInterrupt:

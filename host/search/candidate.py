@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -37,6 +37,7 @@ from typing import Protocol
 import numpy as np
 from torch import nn
 
+from host.cluster import Executor, TaskLost
 from host.devices.results import BenchSpec
 from host.errors import SearchError
 from host.export import Artifact
@@ -47,6 +48,7 @@ from host.search.devices import SearchDevice
 from host.search.journal import STATUS_INVALID, CandidatePlan, CandidateRecord, Journal, plan_hash
 from host.search.measurement import Measurements, MeasurementSummary
 from host.search.measurer import Measurer
+from host.search.parallel import Failed, Scored, export_plan, score_plan
 from host.search.reward import Objective
 from host.search.scorer import CandidateFailure, EvalData, PlanScorer
 from host.search.space import SearchSpace
@@ -66,6 +68,28 @@ class Settle(Protocol):
 
     def __call__(self, artifact: Artifact, measurement: Measurements,
                  int8_accuracy: float | None = None) -> Measurements: ...
+
+
+# builds a scored plan's artifact at the given path (int8 when asked)
+Exporter = Callable[[Path, bool], Artifact]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A plan about to be scored: its journal form, hash, per-layer choices and phase."""
+
+    chosen: CandidatePlan
+    key: str
+    choices: np.ndarray
+    phase: Phase
+
+    @property
+    def plan(self) -> Plan:
+        return self.chosen.plan
+
+    @property
+    def names(self) -> Mapping[str, str]:
+        return self.chosen.choices
 
 
 def candidate_plan(space: SearchSpace, choices: np.ndarray) -> CandidatePlan:
@@ -105,6 +129,7 @@ class CandidateEvaluator:
         bench: BenchSpec,
         policy: MeasurePolicy = MeasurePolicy(),
         precision: Precision = Precision.FP32,
+        host_threads: int | None = 1,
     ) -> None:
         self.base_model = base_model.eval()
         # masks, scores, realizes and exports plans (no device, journal or reward)
@@ -119,6 +144,8 @@ class CandidateEvaluator:
         # "int8": every measured candidate (dense included) is realized with its fine-tuned weights, quantized on
         # data.calibration, exported, scored on the validation split by the runtime and measured in int8
         self.precision = precision
+        self.host_threads = host_threads  # torch threads of each cluster task (evaluate_many)
+        self._shared: tuple[Executor, object] | None = None  # the scorer in an executor's object store
         if precision == Precision.INT8 and not data.calibration:
             raise ValueError("an int8 evaluator needs calibration batches (EvalData.from_splits calibration_images)")
         self.dense: CandidateRecord | None = None
@@ -239,8 +266,101 @@ class CandidateEvaluator:
     # -- one candidate -------------------------------------------------------------------------------
     def evaluate(self, choices: np.ndarray, phase: Phase = Phase.SEARCH, force_measure: bool = False) -> CandidateRecord:
         """Evaluate a plan given as per-layer choice indices, record it in the journal and return the row."""
+        job = self._prepare(choices, phase)
+        if isinstance(job, CandidateRecord):
+            return job
+        start = time.perf_counter()
+        scorer = self.scorer
+        try:
+            # realized first: a plan that cannot be built costs no recovery fine-tune
+            realized = scorer.realize_checked(job.plan, names=job.names)
+            model, masks = scorer.masked_model(job.plan)
+            acc = scorer.accuracy(model)
+            cost = scorer.count(model, masks)
+        except CandidateFailure as failure:
+            return self._finish(job, Failed.of(failure, time.perf_counter() - start), force_measure=force_measure)
+
+        def export(path: Path, quantize: bool) -> Artifact:
+            if quantize:  # int8 accuracy depends on the recovered weights (and on the calibration)
+                return scorer.export(scorer.realize_checked(job.plan, weights_from=model, names=job.names), path,
+                                     quantize=True)
+            return scorer.export(realized, path)
+
+        scored = Scored(acc, int(cost.macs), int(cost.params), time.perf_counter() - start)
+        return self._finish(job, scored, export, force_measure=force_measure)
+
+    def evaluate_many(self, batch: Sequence[np.ndarray], phase: Phase = Phase.SEARCH,
+                      executor: Executor | None = None,
+                      on_record: Callable[[CandidateRecord], None] | None = None) -> list[CandidateRecord]:
+        """Evaluate several plans at once on ``executor`` (a cluster: scoring and export run as its tasks), each
+        journaled as its result arrives, first finished first; the rows come back in the order of ``batch``.
+
+        What is measured and what each candidate is worth is decided here, one result at a time, with every
+        earlier arrival already in the journal: as :meth:`evaluate` would decide in that order. A plan that
+        appears twice in ``batch`` is scored once; its second row reuses the first. ``on_record`` is called
+        with each row as it is journaled (progress)."""
+        records: list[CandidateRecord | None] = [None] * len(batch)
+        if executor is None or executor.parallelism <= 1:
+            for i, choices in enumerate(batch):
+                records[i] = self.evaluate(choices, phase)
+                if on_record is not None:
+                    on_record(records[i])
+            return records  # type: ignore[return-value]
+        jobs: dict[object, tuple[int, _Job]] = {}
+        first: dict[str, int] = {}
+        again: list[int] = []
+        int8 = self.precision == Precision.INT8
+        shared = self._shared_scorer(executor)
+        for i, choices in enumerate(batch):
+            job = self._prepare(choices, phase)
+            if isinstance(job, CandidateRecord):
+                records[i] = job
+            elif job.key in first:
+                again.append(i)
+            else:
+                first[job.key] = i
+                handle = executor.submit(score_plan, shared, job.plan, job.names, int8, self.host_threads)
+                jobs[handle] = (i, job)
+        for handle, result in executor.as_completed(list(jobs)):
+            i, job = jobs[handle]
+            if isinstance(result, TaskLost):
+                result = Failed("cluster", result.message, None)
+            elif isinstance(result, BaseException):  # a bug, not a plan that does not build: the search stops
+                raise result
+            records[i] = self._finish(job, result, self._remote_export(executor, shared, job, result))
+            if on_record is not None:
+                on_record(records[i])
+        for i in again:  # the plan's first row is journaled now: this one reuses it
+            records[i] = self.evaluate(batch[i], phase)
+            if on_record is not None:
+                on_record(records[i])
+        return records  # type: ignore[return-value]
+
+    def _shared_scorer(self, executor: Executor) -> object:
+        """The scorer as the executor's tasks take it (put into a cluster's object store once per run)."""
+        if self._shared is None or self._shared[0] is not executor:
+            self._shared = (executor, executor.share(self.scorer))
+        return self._shared[1]
+
+    def _remote_export(self, executor: Executor, shared: object, job: _Job, scored: Scored | Failed) -> Exporter:
+        def export(path: Path, quantize: bool) -> Artifact:
+            weights = scored.weights if quantize and isinstance(scored, Scored) else None
+            handle = executor.submit(export_plan, shared, job.plan, job.names, quantize, weights, self.host_threads)
+            _, result = next(iter(executor.as_completed([handle])))
+            if isinstance(result, TaskLost):
+                raise CandidateFailure("cluster", result.message)
+            if isinstance(result, Failed):
+                raise result.failure()
+            if isinstance(result, BaseException):
+                raise result
+            return result.write(path)
+
+        return export
+
+    def _prepare(self, choices: np.ndarray, phase: Phase) -> _Job | CandidateRecord:
+        """The plan to evaluate, or (a plan already in the journal) its reused row, journaled."""
         chosen = candidate_plan(self.space, choices)
-        plan, key = chosen.plan, plan_hash(chosen)
+        key = plan_hash(chosen)
         known = self.journal.find(key, phase if phase != Phase.SEARCH else None)
         if known is not None and known.phase in (Phase.SEARCH, Phase.FLOOR, Phase.DENSE) and phase in (Phase.SEARCH, Phase.FLOOR):
             logger.debug("plan %s already evaluated (row %s); reusing", key[:12], known.id)
@@ -256,32 +376,33 @@ class CandidateEvaluator:
                     int8_accuracy=known.int8_accuracy,
                 )
             )
-        start = time.perf_counter()
+        return _Job(chosen, key, np.asarray(choices), phase)
+
+    def _finish(self, job: _Job, scored: Scored | Failed, export: Exporter | None = None,
+                force_measure: bool = False) -> CandidateRecord:
+        """A scored plan measured (when worth it: exported with ``export(path, quantize)``), rewarded, journaled."""
+        phase, choices = job.phase, job.choices
+        start = time.perf_counter() - scored.seconds
+        if isinstance(scored, Failed):
+            # the worst reward, recorded so the policy learns from it and a resume does not retry it
+            return self._record_invalid(phase, job.chosen, scored.failure(), scored.seconds)
+        acc = scored.accuracy
+        sha, measurement, int8_acc = None, None, None
         try:
-            # realized first: a plan that cannot be built costs no recovery fine-tune
-            realized = self.scorer.realize_checked(plan, names=chosen.choices)
-            model, masks = self.scorer.masked_model(plan)
-            acc = self.scorer.accuracy(model)
-            cost = self.scorer.count(model, masks)
-            sha, measurement, int8_acc = None, None, None
-            if self.devices and (force_measure or self._worth_measuring(acc, cost.macs, choices)):
+            if self.devices and export is not None and (force_measure or self._worth_measuring(acc, scored.macs, choices)):
                 settle = None
                 if phase != Phase.DENSE and self.objective.needs_measurement:
                     def settle(artifact: Artifact, measured: Measurements,
                                int8_accuracy: float | None = None) -> Measurements:
                         return self._settle(artifact, measured, self.scored_accuracy(acc, int8_accuracy),
-                                            cost.macs, choices, confirm=phase == Phase.SEARCH)
-                if self.precision == Precision.INT8:
-                    sha, measurement, int8_acc = self.measure_int8(plan, model, key, chosen.choices, settle)
-                else:
-                    sha, measurement = self.measure_realized(realized, key, settle)
+                                            scored.macs, choices, confirm=phase == Phase.SEARCH)
+                sha, measurement, int8_acc = self._measure(job.key, export, settle)
         except CandidateFailure as failure:
-            # the worst reward, recorded so the policy learns from it and a resume does not retry it
-            return self._record_invalid(phase, chosen, failure, time.perf_counter() - start)
-        scored = self.scored_accuracy(acc, int8_acc)
-        reward = self._reward(scored, cost.macs, measurement, choices) if phase != Phase.DENSE else 0.0
+            return self._record_invalid(phase, job.chosen, failure, time.perf_counter() - start)
+        reward = self._reward(self.scored_accuracy(acc, int8_acc), scored.macs, measurement, choices) \
+            if phase != Phase.DENSE else 0.0
         record = CandidateRecord(
-            phase=phase, plan=chosen, accuracy=acc, macs=int(cost.macs), params=int(cost.params),
+            phase=phase, plan=job.chosen, accuracy=acc, macs=scored.macs, params=scored.params,
             reward=reward, eval_seconds=time.perf_counter() - start, artifact_sha256=sha, measurement=measurement,
             int8_accuracy=int8_acc,
         )
@@ -291,37 +412,26 @@ class CandidateEvaluator:
             self.refit_cost_model()
         logger.info(
             "%s candidate %s: acc %.4f%s macs %d measured %s predicted %.3f reward %.4f (%.1fs)", phase, record.id,
-            acc, "" if int8_acc is None else f" (int8 {int8_acc:.4f})", cost.macs,
+            acc, "" if int8_acc is None else f" (int8 {int8_acc:.4f})", scored.macs,
             None if measurement is None else self.measurer.figures(measurement), predicted, reward, record.eval_seconds,
         )
         return record
 
-    def measure_realized(self, realized: nn.Module, key: str, settle: Settle | None = None) -> tuple[str, Measurements]:
-        """Export a realized plan (:meth:`realize_checked`), then measure it on every device (cache first).
-        ``settle(artifact, measurement)``, while the artifact exists, turns that into the recorded measurement
-        (:meth:`_settle`: paired with dense, confirmed)."""
-        path = self._workdir / f"{key[:16]}.pte"
-        artifact = self.scorer.export(realized, path)
+    def _measure(self, key: str, export: Exporter, settle: Settle | None = None
+                 ) -> tuple[str, Measurements, float | None]:
+        """(sha256, measurement, int8 validation accuracy or None) of the plan's artifact in the run's precision:
+        exported into the work folder, scored by the ExecuTorch runtime when int8, measured on every device
+        (cache first); ``settle(artifact, measurement)``, while the artifact exists, turns that into the recorded
+        measurement (:meth:`_settle`: paired with dense, confirmed)."""
+        int8 = self.precision == Precision.INT8
+        artifact = export(self._workdir / f"{key[:16]}{'.int8' if int8 else ''}.pte", int8)
         try:
+            int8_acc = None
+            if int8:
+                x_val, y_val = self.data.val_tensors()
+                int8_acc = artifact_accuracy(artifact.path, "pte", x_val, y_val)
             measurement = self.measurer.measure(artifact.path, artifact.sha256)
-            if settle is not None:
-                measurement = settle(artifact, measurement)
-        finally:
-            Path(artifact.path).unlink(missing_ok=True)
-        return artifact.sha256, measurement
-
-    def measure_int8(self, plan: Plan, model: nn.Module, key: str, names: Mapping[str, str] | None = None,
-                     settle: Settle | None = None) -> tuple[str, Measurements, float]:
-        """(sha256, measurement, validation accuracy) of the plan's int8 artifact: realized with the weights of
-        ``model`` (the masked, recovered copy: int8 accuracy depends on them and on the calibration), quantized
-        on the run's calibration batches, scored by the ExecuTorch runtime, then measured on every device."""
-        realized = self.scorer.realize_checked(plan, weights_from=model, names=names)
-        artifact = self.scorer.export(realized, self._workdir / f"{key[:16]}.int8.pte", quantize=True)
-        try:
-            x_val, y_val = self.data.val_tensors()
-            int8_acc = artifact_accuracy(artifact.path, "pte", x_val, y_val)
-            measurement = self.measurer.measure(artifact.path, artifact.sha256)
-            if settle is not None:  # as in measure_realized; the reward it weighs uses the int8 accuracy
+            if settle is not None:  # the reward it weighs uses the int8 accuracy in an int8 search
                 measurement = settle(artifact, measurement, int8_acc)
         finally:
             Path(artifact.path).unlink(missing_ok=True)

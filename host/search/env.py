@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 logger = logging.getLogger(__name__)
 
@@ -185,3 +188,37 @@ class PruningEnv(gym.Env):
         outcome = self._evaluate(self.layer_choices(action))
         obs = {key: value.copy() for key, value in self._obs.items()}
         return obs, float(outcome.reward), True, False, dict(outcome.info)
+
+
+BatchEvaluator = Callable[[list[np.ndarray]], list[StepOutcome]]
+
+
+class BatchedPruningEnv(DummyVecEnv):
+    """``n`` copies of :class:`PruningEnv` stepped together: the ``n`` plans of one step are handed to
+    ``evaluate_batch`` at once, so they can be evaluated concurrently (a cluster), and each env gets the reward
+    of its own plan whatever order the results arrive in. Length-1 episodes, as in :class:`PruningEnv`."""
+
+    def __init__(self, graph: GraphObservation, n: int, evaluate_batch: BatchEvaluator,
+                 padding: Padding | None = None) -> None:
+        if n < 1:
+            raise ValueError("a batched env needs at least one copy")
+
+        def unused(_choices: np.ndarray) -> StepOutcome:
+            raise RuntimeError("the batched env evaluates its plans together (step_wait)")
+
+        super().__init__([partial(PruningEnv, graph, unused, padding) for _ in range(n)])
+        self._evaluate_batch = evaluate_batch
+
+    def step_wait(self):
+        envs: list[PruningEnv] = [env.unwrapped for env in self.envs]  # type: ignore[misc]
+        outcomes = self._evaluate_batch([env.layer_choices(a) for env, a in zip(envs, self.actions, strict=True)])
+        if len(outcomes) != self.num_envs:
+            raise RuntimeError(f"{len(outcomes)} outcomes for {self.num_envs} plans")
+        for i, (env, outcome) in enumerate(zip(self.envs, outcomes, strict=True)):
+            self.buf_rews[i] = float(outcome.reward)
+            self.buf_dones[i] = True
+            terminal, _ = env.reset()
+            self.buf_infos[i] = {**outcome.info, "TimeLimit.truncated": False, "terminal_observation": terminal}
+            obs, self.reset_infos[i] = env.reset()
+            self._save_obs(i, obs)
+        return self._obs_from_buf(), np.copy(self.buf_rews), np.copy(self.buf_dones), deepcopy(self.buf_infos)

@@ -20,7 +20,7 @@ from stable_baselines3.common.logger import Logger
 
 from host.kinds import Phase
 from host.search.config import PPOSettings
-from host.search.env import PruningEnv
+from host.search.env import BatchedPruningEnv, PruningEnv
 from host.search.journal import Journal
 from host.search.policy import GraphActorCriticPolicy, load_policy_weights, policy_kwargs, read_policy_file
 from host.search.space import SearchSpace
@@ -42,7 +42,10 @@ class BudgetCallback(BaseCallback):
     def _on_step(self) -> bool:
         count = self.journal.count(Phase.SEARCH, evaluated_only=True)
         self.report(count)
-        return count < self.budget and self.journal.count(Phase.SEARCH) < self.max_steps
+        # a batched step whose last plans fell beyond the budget (not evaluated, reward 0): stop before the
+        # rollout they sit in can train the policy
+        skipped = any(info.get("skipped") for info in self.locals.get("infos", ()))
+        return not skipped and count < self.budget and self.journal.count(Phase.SEARCH) < self.max_steps
 
     def _on_rollout_end(self) -> None:
         tmp = self.ppo_path.with_suffix(".tmp.zip")
@@ -50,16 +53,23 @@ class BudgetCallback(BaseCallback):
         os.replace(tmp, self.ppo_path)  # atomic: a kill never leaves half a policy
 
 
-def ppo_model(env: PruningEnv, space: SearchSpace, settings: PPOSettings, keep_logit: float, seed: int,
-              ppo_path: Path, policy_file: str | None = None) -> PPO:
+def ppo_model(env: PruningEnv | BatchedPruningEnv, space: SearchSpace, settings: PPOSettings, keep_logit: float,
+              seed: int, ppo_path: Path, policy_file: str | None = None) -> PPO:
     """The run's PPO learner: the one saved at ``ppo_path`` (a resumed run), else a new one with the graph
-    policy (its keep prior ``keep_logit``), its weights from ``policy_file`` when given."""
+    policy (its keep prior ``keep_logit``), its weights from ``policy_file`` when given.
+
+    With a :class:`BatchedPruningEnv` of ``n`` copies a rollout still holds about ``settings.n_steps``
+    candidates: ``ceil(n_steps / n)`` steps of ``n`` plans each (at least one step), so the policy is updated
+    as often per evaluated candidate as without a cluster."""
+    n_envs = env.num_envs if isinstance(env, BatchedPruningEnv) else 1
+    n_steps = max(1, -(-settings.n_steps // n_envs))
+    batch_size = min(settings.batch_size, n_steps * n_envs)
     if ppo_path.is_file():
         model = PPO.load(ppo_path, env=env, device="cpu")
         logger.info("resumed the policy from %s", ppo_path)
     else:
         model = PPO(
-            GraphActorCriticPolicy, env, n_steps=settings.n_steps, batch_size=settings.batch_size,
+            GraphActorCriticPolicy, env, n_steps=n_steps, batch_size=batch_size,
             n_epochs=settings.n_epochs, learning_rate=settings.learning_rate, ent_coef=settings.ent_coef,
             gamma=0.0,  # one-step episodes: the return is the reward
             policy_kwargs=policy_kwargs(settings.hidden, settings.gnn_layers, keep_logit, space.keep_index),

@@ -21,12 +21,14 @@ import logging
 from collections import Counter
 from dataclasses import replace
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from host.cache import cache_root
+from host.cluster import ClusterSpec, Executor, open_executor
 from host.errors import ConfigError, DataError, ModelError, SearchError
 from host.kinds import ObjectiveName, Phase, Precision, Stage, Strategy
 from host.search.config import SearchConfig
@@ -115,25 +117,32 @@ def load_trained(config: SearchConfig, progress: ProgressFn) -> tuple[nn.Module,
 class SearchRunner:
     """One search run in ``config.out``. Use :meth:`run`."""
 
-    def __init__(self, config: SearchConfig, journal: Journal, progress: ProgressFn | None = None) -> None:
+    def __init__(self, config: SearchConfig, journal: Journal, progress: ProgressFn | None = None,
+                 ray: str | None = None) -> None:
         self.config = config
         self.journal = journal
         self.run_dir = Path(config.out)
         self.progress = progress or (lambda _p: None)
         self.fresh = False  # True when this process created the journal (see run())
+        # --ray: where candidates are scored and exported (None: in this process). Not part of the stored
+        # config: a run started on one cluster may be resumed on another, or without one
+        self.ray = ray
 
     # -- entry points --------------------------------------------------------------------------------
     @classmethod
-    def start(cls, config: SearchConfig, progress: ProgressFn | None = None) -> SearchRunner:
+    def start(cls, config: SearchConfig, progress: ProgressFn | None = None, ray: str | None = None) -> SearchRunner:
         """A new run: checks names first, then creates the journal with the config and versions."""
         check_names(config)
+        if ray:
+            ClusterSpec.parse(ray)  # a malformed --ray fails before the journal exists
         journal = Journal.create(config.out, {"config": config.to_dict(), "versions": _versions()})
-        runner = cls(config, journal, progress)
+        runner = cls(config, journal, progress, ray)
         runner.fresh = True
         return runner
 
     @classmethod
-    def resume(cls, run_dir: Path, progress: ProgressFn | None = None, budget: int | None = None) -> SearchRunner:
+    def resume(cls, run_dir: Path, progress: ProgressFn | None = None, budget: int | None = None,
+               ray: str | None = None) -> SearchRunner:
         """Continue the run in ``run_dir`` with its stored config (optionally a larger budget)."""
         journal = Journal.open(run_dir)
         stored = journal.metadata.get("config")
@@ -143,7 +152,7 @@ class SearchRunner:
         config = replace(config, out=Path(run_dir), budget=budget or config.budget)
         check_names(config)
         logger.info("resuming %s: %d candidates done", run_dir, journal.count(Phase.SEARCH))
-        return cls(config, journal, progress)
+        return cls(config, journal, progress, ray)
 
     def run(self) -> RunSummary:
         """Run (or finish) the search; returns its summary (``result.json`` holds :meth:`RunSummary.to_dict`)."""
@@ -157,8 +166,14 @@ class SearchRunner:
         threads = torch.get_num_threads()
         if self.config.evaluation.host_threads:
             torch.set_num_threads(self.config.evaluation.host_threads)
+        executor: Executor | None = None
         try:
             with open_devices(self.config.devices, self.config.fleet) as devices:
+                executor = open_executor(self.ray)
+                if executor.parallelism > 1 and any(d.name == "local" for d in devices):
+                    logger.warning("measuring on 'local' while %d cluster workers may run on this host: their load "
+                                   "reaches the measurements (each candidate is paired with dense measured right "
+                                   "after it, which corrects for slow drift, not for bursts)", executor.parallelism)
                 if objective.name == ObjectiveName.ENERGY and not all(d.has_energy for d in devices):
                     missing = [f"{d.name} has none ({d.energy_unavailable_reason or 'no meter found'})"
                                for d in devices if not d.has_energy]
@@ -166,7 +181,7 @@ class SearchRunner:
                         f"--objective energy needs an energy meter, but {'; '.join(missing)}",
                         hint="use --objective latency there, or a board with a meter (Jetson, Pi 5, RAPL)",
                     )
-                return self._run_with(devices, objective)
+                return self._run_with(devices, objective, executor)
         except BaseException:
             if self.fresh and self.journal.count(Phase.SEARCH) == 0 and self.journal.count(Phase.FINAL) == 0:
                 # failed before the search proper (bad device, unreachable target...): leave no half-made
@@ -176,11 +191,13 @@ class SearchRunner:
                     Path(str(self.journal.path) + suffix).unlink(missing_ok=True)
             raise
         finally:
+            if executor is not None:
+                executor.close()
             torch.set_num_threads(threads)
             self.journal.close()
 
     # -- stages --------------------------------------------------------------------------------------
-    def _run_with(self, devices: list, objective) -> RunSummary:
+    def _run_with(self, devices: list, objective, executor: Executor) -> RunSummary:
         from host.devices.results import BenchSpec
         from host.search.candidate import CandidateEvaluator, MeasurePolicy
         from host.search.final import FinalStage
@@ -208,7 +225,7 @@ class SearchRunner:
         bench = BenchSpec(threads=ev.threads, policy=ev.bench, measure_energy=objective.name == ObjectiveName.ENERGY)
         measure_policy = MeasurePolicy(ev.measure_min_accuracy_drop, ev.min_measured, ev.measure_slack, ev.recover_lr)
         evaluator = CandidateEvaluator(model, space, data, self.journal, objective, devices, bench, measure_policy,
-                                       precision=cfg.precision)
+                                       precision=cfg.precision, host_threads=ev.host_threads)
         try:
             self.progress(Progress(Stage.DENSE, 0, 2, "evaluating and measuring the dense model"))
             evaluator.evaluate_dense()
@@ -220,7 +237,7 @@ class SearchRunner:
                 self.progress(Progress(Stage.DENSE, 1, 2, "measuring the most aggressive plan (is the target reachable?)"))
                 self._check_target_reachable(evaluator, space)
             self.progress(Progress(Stage.DENSE, 2, 2, "dense model measured"))
-            self._search(evaluator, space)
+            self._search(evaluator, space, executor)
             self._check_some_valid()
             final = FinalStage(cfg, self.journal, self.progress)
             finals = final.run(evaluator, splits, model)
@@ -308,8 +325,8 @@ class SearchRunner:
             hint=f"use a target of at least {value / dense[dev]:.2f}x (or {value:.3f}{unit})",
         )
 
-    def _search(self, evaluator: CandidateEvaluator, space: SearchSpace) -> None:
-        from host.search.env import PruningEnv
+    def _search(self, evaluator: CandidateEvaluator, space: SearchSpace, executor: Executor | None = None) -> None:
+        from host.search.env import BatchedPruningEnv, PruningEnv
         from host.search.policy import save_policy
         from host.search.ppo import BudgetCallback, ppo_model
         from host.search.projection import Band, family_seeds
@@ -323,22 +340,29 @@ class SearchRunner:
         self.progress(Progress(Stage.SEARCH, done, budget, "searching", self._best()))
         if done >= budget:
             return
+        # plans proposed together: as many as the cluster runs at once (one without a cluster)
+        width = max(1, executor.parallelism) if executor is not None else 1
         target = self._target_ratio(evaluator)
         keep_logit = self._keep_logit(evaluator, space, target)
         if cfg.strategy == Strategy.RANDOM:
-            self._random_search(evaluator, space, done, budget, keep_logit)
+            self._random_search(evaluator, space, done, budget, keep_logit, executor, width)
             return
         band = Band.around(target, cfg.ppo.band, cfg.ppo.band / 2)  # a little under the target rather than over
         rng = np.random.default_rng(cfg.seed + 1000 + self.journal.count(Phase.SEARCH))
         if cfg.ppo.project and cfg.ppo.family_seeds and not self.journal.get_value("seeds_done"):
-            for choices in family_seeds(space.choice_mask, space.vocab, space.keep_index, evaluator.cost_model,
-                                        band, rng):
-                if self.journal.count(Phase.SEARCH, evaluated_only=True) >= budget:
+            seeds = iter(family_seeds(space.choice_mask, space.vocab, space.keep_index, evaluator.cost_model, band,
+                                      rng))
+            while (left := budget - self.journal.count(Phase.SEARCH, evaluated_only=True)) > 0:
+                chunk = list(islice(seeds, min(width, left)))
+                if not chunk:
                     break
-                evaluator.evaluate(choices, phase=Phase.SEARCH)
-                self._report_search(self.journal.count(Phase.SEARCH, evaluated_only=True), "family seeds")
+                evaluator.evaluate_many(chunk, Phase.SEARCH, executor, self._on_record("family seeds"))
             self.journal.set_value("seeds_done", True)
-        env = PruningEnv(space.observation(), partial(self._step, evaluator, space, band, rng))
+        if width > 1:
+            env = BatchedPruningEnv(space.observation(), width,
+                                    partial(self._step_batch, evaluator, space, band, rng, executor))
+        else:
+            env = PruningEnv(space.observation(), partial(self._step, evaluator, space, band, rng))
         ppo_path = self.run_dir / PPO_FILE
         model = ppo_model(env, space, cfg.ppo, keep_logit, cfg.seed, ppo_path, cfg.policy_file)
         if self.journal.count(Phase.SEARCH, evaluated_only=True) < budget:  # the seeds may have used it all
@@ -357,6 +381,26 @@ class SearchRunner:
             choices = project(choices, space.choice_mask, evaluator.cost_model, band, rng)
         record = evaluator.evaluate(choices, phase=Phase.SEARCH)
         return StepOutcome(record.reward, {"candidate": record.id, "accuracy": record.accuracy})
+
+    def _step_batch(self, evaluator: CandidateEvaluator, space: SearchSpace, band: Band, rng: np.random.Generator,
+                    executor: Executor, batch: list[np.ndarray]) -> list[StepOutcome]:
+        """One PPO step of a :class:`BatchedPruningEnv`: its plans (projected) evaluated together, each reward
+        to its own plan. Plans beyond the budget's end are not evaluated: they get reward 0 and a ``skipped``
+        info, and :class:`BudgetCallback` ends learning on that step, before any update could use them."""
+        from host.search.env import StepOutcome
+        from host.search.projection import project
+
+        if self.config.ppo.project:
+            batch = [project(c, space.choice_mask, evaluator.cost_model, band, rng) for c in batch]
+        left = max(0, self.config.budget - self.journal.count(Phase.SEARCH, evaluated_only=True))
+        records = evaluator.evaluate_many(batch[:left], Phase.SEARCH, executor, self._on_record("searching"))
+        return ([StepOutcome(r.reward, {"candidate": r.id, "accuracy": r.accuracy}) for r in records]
+                + [StepOutcome(0.0, {"skipped": True}) for _ in batch[left:]])
+
+    def _on_record(self, info: str):
+        def report(_record: CandidateRecord) -> None:
+            self._report_search(self.journal.count(Phase.SEARCH, evaluated_only=True), info)
+        return report
 
     def _report_search(self, evaluated: int, info: str) -> None:
         self.progress(Progress(Stage.SEARCH, evaluated, self.config.budget, info, self._best()))
@@ -383,19 +427,20 @@ class SearchRunner:
             self.journal.set_value("keep_logit", stored)
         return float(stored)
 
-    def _random_search(self, evaluator: CandidateEvaluator, space: SearchSpace, done: int, budget: int, keep_logit: float) -> None:
+    def _random_search(self, evaluator: CandidateEvaluator, space: SearchSpace, done: int, budget: int,
+                       keep_logit: float, executor: Executor | None = None, width: int = 1) -> None:
         """Baseline: plans drawn from the untrained policy's prior (the same calibrated keep preference), no
-        learning and no projection."""
+        learning and no projection; ``width`` plans at a time on ``executor``."""
         from host.search.projection import sample_prior
 
         rng = np.random.default_rng(self.config.seed + done)  # a resumed run continues a different stream
         steps = self.journal.count(Phase.SEARCH)
-        while self.journal.count(Phase.SEARCH, evaluated_only=True) < budget and steps < 3 * budget:
-            steps += 1
-            choices = sample_prior(space.choice_mask, space.keep_index, keep_logit, rng.random(len(space.layer_names)))
-            evaluator.evaluate(choices, phase=Phase.SEARCH)
-            done = self.journal.count(Phase.SEARCH, evaluated_only=True)
-            self._report_search(done, "random search")
+        while (left := budget - self.journal.count(Phase.SEARCH, evaluated_only=True)) > 0 and steps < 3 * budget:
+            take = min(width, left, 3 * budget - steps)
+            steps += take
+            batch = [sample_prior(space.choice_mask, space.keep_index, keep_logit, rng.random(len(space.layer_names)))
+                     for _ in range(take)]
+            evaluator.evaluate_many(batch, Phase.SEARCH, executor, self._on_record("random search"))
 
     def _best(self) -> CandidateRecord | None:
         rows = [r for r in self.journal.candidates(Phase.SEARCH) if not r.reused and r.valid]

@@ -49,7 +49,7 @@ def require_root(reason: str) -> None:
 
 # Tests whose checks rest on real measurements (latency ratios, energy, cool-downs, deadlines, lossy links) run
 # with nothing beside them: `make test` runs the rest two at a time (pytest-xdist), then these one at a time.
-ALONE_DIRS = ("integration/search", "integration/agent", "integration/remote")
+ALONE_DIRS = ("integration/search", "integration/agent", "integration/remote", "integration/cluster")
 
 
 def pytest_collection_modifyitems(config, items):

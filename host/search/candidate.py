@@ -37,7 +37,7 @@ from typing import Protocol
 import numpy as np
 from torch import nn
 
-from host.cluster import Executor, TaskLost
+from host.cluster import Executor, InlineExecutor, TaskLost
 from host.devices.results import BenchSpec
 from host.errors import SearchError
 from host.export import Artifact
@@ -48,7 +48,7 @@ from host.search.devices import SearchDevice
 from host.search.journal import STATUS_INVALID, CandidatePlan, CandidateRecord, Journal, plan_hash
 from host.search.measurement import Measurements, MeasurementSummary
 from host.search.measurer import Measurer
-from host.search.parallel import Failed, Scored, export_plan, score_plan
+from host.search.parallel import Exported, Failed, Scored, export_plan, score_plan
 from host.search.reward import Objective
 from host.search.scorer import CandidateFailure, EvalData, PlanScorer
 from host.search.space import SearchSpace
@@ -90,6 +90,22 @@ class _Job:
     @property
     def names(self) -> Mapping[str, str]:
         return self.chosen.choices
+
+
+def _exported(result: object) -> Exporter:
+    """What an export task returned, as the exporter :meth:`CandidateEvaluator._finish` calls: the artifact
+    written to the path it asks for, or the failure raised."""
+
+    def export(path: Path, _quantize: bool) -> Artifact:
+        if isinstance(result, TaskLost):
+            raise CandidateFailure("cluster", result.message)
+        if isinstance(result, Failed):
+            raise result.failure()
+        if not isinstance(result, Exported):
+            raise TypeError(f"an export task returned {type(result).__name__}")
+        return result.write(path)
+
+    return export
 
 
 def candidate_plan(space: SearchSpace, choices: np.ndarray) -> CandidatePlan:
@@ -292,48 +308,61 @@ class CandidateEvaluator:
     def evaluate_many(self, batch: Sequence[np.ndarray], phase: Phase = Phase.SEARCH,
                       executor: Executor | None = None,
                       on_record: Callable[[CandidateRecord], None] | None = None) -> list[CandidateRecord]:
-        """Evaluate several plans at once on ``executor`` (a cluster: scoring and export run as its tasks), each
-        journaled as its result arrives, first finished first; the rows come back in the order of ``batch``.
+        """Evaluate several plans at once on ``executor`` (a cluster), each journaled as soon as it is done; the
+        rows come back in the order of ``batch``.
 
-        What is measured and what each candidate is worth is decided here, one result at a time, with every
-        earlier arrival already in the journal: as :meth:`evaluate` would decide in that order. A plan that
-        appears twice in ``batch`` is scored once; its second row reuses the first. ``on_record`` is called
-        with each row as it is journaled (progress)."""
+        A pipeline: every plan is scored as a task; as each score arrives, the driver decides (with every
+        earlier arrival already journaled, as :meth:`evaluate` would decide in that order) whether it is worth
+        measuring. A plan that is not is journaled at once; one that is gets an export task, and when its
+        artifact arrives the driver measures it on the device(s) and journals it. So the exports (seconds
+        each) run on the workers side by side while the driver measures. A plan that appears twice in
+        ``batch`` is scored once; its second row reuses the first. ``on_record`` is called with each row as
+        it is journaled (progress)."""
         records: list[CandidateRecord | None] = [None] * len(batch)
-        if executor is None or executor.parallelism <= 1:
+
+        def done(i: int, record: CandidateRecord) -> None:
+            records[i] = record
+            if on_record is not None:
+                on_record(record)
+
+        if executor is None or isinstance(executor, InlineExecutor):  # one by one, the realized module kept
             for i, choices in enumerate(batch):
-                records[i] = self.evaluate(choices, phase)
-                if on_record is not None:
-                    on_record(records[i])
+                done(i, self.evaluate(choices, phase))
             return records  # type: ignore[return-value]
-        jobs: dict[object, tuple[int, _Job]] = {}
-        first: dict[str, int] = {}
-        again: list[int] = []
         int8 = self.precision == Precision.INT8
         shared = self._shared_scorer(executor)
+        scoring: dict[object, tuple[int, _Job]] = {}
+        exporting: dict[object, tuple[int, _Job, Scored]] = {}
+        first: dict[str, int] = {}
+        again: list[int] = []
         for i, choices in enumerate(batch):
             job = self._prepare(choices, phase)
             if isinstance(job, CandidateRecord):
-                records[i] = job
+                done(i, job)
             elif job.key in first:
                 again.append(i)
             else:
                 first[job.key] = i
-                handle = executor.submit(score_plan, shared, job.plan, job.names, int8, self.host_threads)
-                jobs[handle] = (i, job)
-        for handle, result in executor.as_completed(list(jobs)):
-            i, job = jobs[handle]
-            if isinstance(result, TaskLost):
-                result = Failed("cluster", result.message, None)
-            elif isinstance(result, BaseException):  # a bug, not a plan that does not build: the search stops
-                raise result
-            records[i] = self._finish(job, result, self._remote_export(executor, shared, job, result))
-            if on_record is not None:
-                on_record(records[i])
+                scoring[executor.submit(score_plan, shared, job.plan, job.names, int8, self.host_threads)] = (i, job)
+        while scoring or exporting:
+            handle, result = executor.next_done([*scoring, *exporting])
+            if isinstance(result, BaseException) and not isinstance(result, TaskLost):
+                raise result  # a bug, not a plan that does not build: the search stops
+            if handle in scoring:
+                i, job = scoring.pop(handle)
+                if isinstance(result, TaskLost):
+                    result = Failed("cluster", result.message, None)
+                if isinstance(result, Scored) and self._wants_measurement(job, result):
+                    weights = result.weights if int8 else None
+                    exporting[executor.submit(export_plan, shared, job.plan, job.names, int8, weights,
+                                              self.host_threads)] = (i, job, result)
+                else:
+                    done(i, self._finish(job, result, measure=False))
+            else:
+                i, job, scored = exporting.pop(handle)
+                done(i, self._finish(job, scored, _exported(result), measure=True))
         for i in again:  # the plan's first row is journaled now: this one reuses it
-            records[i] = self.evaluate(batch[i], phase)
-            if on_record is not None:
-                on_record(records[i])
+            done(i, self.evaluate(batch[i], phase))
         return records  # type: ignore[return-value]
 
     def _shared_scorer(self, executor: Executor) -> object:
@@ -341,21 +370,6 @@ class CandidateEvaluator:
         if self._shared is None or self._shared[0] is not executor:
             self._shared = (executor, executor.share(self.scorer))
         return self._shared[1]
-
-    def _remote_export(self, executor: Executor, shared: object, job: _Job, scored: Scored | Failed) -> Exporter:
-        def export(path: Path, quantize: bool) -> Artifact:
-            weights = scored.weights if quantize and isinstance(scored, Scored) else None
-            handle = executor.submit(export_plan, shared, job.plan, job.names, quantize, weights, self.host_threads)
-            _, result = next(iter(executor.as_completed([handle])))
-            if isinstance(result, TaskLost):
-                raise CandidateFailure("cluster", result.message)
-            if isinstance(result, Failed):
-                raise result.failure()
-            if isinstance(result, BaseException):
-                raise result
-            return result.write(path)
-
-        return export
 
     def _prepare(self, choices: np.ndarray, phase: Phase) -> _Job | CandidateRecord:
         """The plan to evaluate, or (a plan already in the journal) its reused row, journaled."""
@@ -378,9 +392,14 @@ class CandidateEvaluator:
             )
         return _Job(chosen, key, np.asarray(choices), phase)
 
+    def _wants_measurement(self, job: _Job, scored: Scored, force_measure: bool = False) -> bool:
+        """Whether a scored plan is exported and measured (:meth:`_worth_measuring`, or forced)."""
+        return bool(self.devices) and (force_measure or self._worth_measuring(scored.accuracy, scored.macs, job.choices))
+
     def _finish(self, job: _Job, scored: Scored | Failed, export: Exporter | None = None,
-                force_measure: bool = False) -> CandidateRecord:
-        """A scored plan measured (when worth it: exported with ``export(path, quantize)``), rewarded, journaled."""
+                force_measure: bool = False, measure: bool | None = None) -> CandidateRecord:
+        """A scored plan measured (``measure``, or when None: :meth:`_wants_measurement`; exported with
+        ``export(path, quantize)``), rewarded and journaled."""
         phase, choices = job.phase, job.choices
         start = time.perf_counter() - scored.seconds
         if isinstance(scored, Failed):
@@ -388,8 +407,10 @@ class CandidateEvaluator:
             return self._record_invalid(phase, job.chosen, scored.failure(), scored.seconds)
         acc = scored.accuracy
         sha, measurement, int8_acc = None, None, None
+        if measure is None:
+            measure = self._wants_measurement(job, scored, force_measure)
         try:
-            if self.devices and export is not None and (force_measure or self._worth_measuring(acc, scored.macs, choices)):
+            if measure and export is not None:
                 settle = None
                 if phase != Phase.DENSE and self.objective.needs_measurement:
                     def settle(artifact: Artifact, measured: Measurements,

@@ -63,7 +63,10 @@ def ppo_model(env: PruningEnv | BatchedPruningEnv, space: SearchSpace, settings:
     as often per evaluated candidate as without a cluster."""
     n_envs = env.num_envs if isinstance(env, BatchedPruningEnv) else 1
     n_steps = max(1, -(-settings.n_steps // n_envs))
-    batch_size = min(settings.batch_size, n_steps * n_envs)
+    rollout = n_steps * n_envs
+    batch_size = min(settings.batch_size, rollout)
+    if rollout % batch_size:  # SB3 would train on a truncated last mini-batch: take the whole rollout instead
+        batch_size = rollout
     if ppo_path.is_file():
         model = PPO.load(ppo_path, env=env, device="cpu")
         logger.info("resumed the policy from %s", ppo_path)

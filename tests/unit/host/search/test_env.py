@@ -108,7 +108,7 @@ def test_ppo_on_a_batched_env_keeps_its_rollout_near_n_steps_and_stops_on_skippe
     env = BatchedPruningEnv(graph, 3, evaluate_batch)
     model = ppo_model(env, FakeSpace(), PPOSettings(n_steps=4, batch_size=4, n_epochs=1, hidden=16), 0.0, 0,
                       tmp_path / "ppo.zip")
-    assert model.n_envs == 3 and model.n_steps == 2 and model.batch_size == 4  # ceil(4 / 3) steps of 3 plans
+    assert model.n_envs == 3 and model.n_steps == 2 and model.batch_size == 6  # ceil(4 / 3) steps of 3 plans; 4 does not divide 6
     callback = BudgetCallback(Journal(), budget=100, max_steps=100, ppo_path=tmp_path / "ppo.zip",
                               report=lambda _n: None)
     model.learn(total_timesteps=100, callback=callback)

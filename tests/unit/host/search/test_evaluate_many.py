@@ -11,24 +11,27 @@ from host.search.candidate import INVALID_REWARD, candidate_plan
 from tests.unit.host.search.nets import checked_evaluator, checked_space, choices
 
 
-class ReversedExecutor(InlineExecutor):
-    """Runs every task here, but hands results back last submitted first (as a cluster may), with room for two
-    at once; ``lose`` names the submission indices whose task comes back lost."""
+class ReversedExecutor:
+    """An executor that runs every task here, but hands results back last submitted first (as a cluster may),
+    with room for two at once; ``lose`` names the submission indices whose task comes back lost."""
 
     parallelism = 2
 
     def __init__(self, lose=()):
-        self.calls, self.lose = [], set(lose)
+        self.inline, self.calls, self.lose = InlineExecutor(), [], set(lose)
+
+    def share(self, obj):
+        return obj
 
     def submit(self, fn, *args):
         self.calls.append(fn.__name__)
-        done = super().submit(fn, *args)
+        done = self.inline.submit(fn, *args)
         if len(self.calls) - 1 in self.lose:
             done.value = TaskLost("worker died", hint="")
         return done
 
-    def as_completed(self, handles):
-        yield from reversed(list(super().as_completed(handles)))
+    def next_done(self, handles):
+        return handles[-1], handles[-1].value
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import host
 
 LAYERS = (  # bottom first
     {"host.errors", "host.kinds", "host.cache", "host.quiet"},
-    {"host.data", "host.devices", "host.graph", "host.export", "host.report"},
+    {"host.data", "host.devices", "host.graph", "host.export", "host.report", "host.cluster"},
     {"host.models", "host.fleet"},
     {"host.search"},
     {"host.cli"},

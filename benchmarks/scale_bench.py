@@ -12,18 +12,24 @@ Part 2, projection. Per-stage costs measured here (a plan's scoring on one worke
 the local agent with the search policy, the dense pair after it) drive a model of today's scheduler: PPO proposes
 W plans at once (W = the cluster's CPUs), they are scored side by side, the ones worth measuring are exported
 side by side on the workers, and the driver measures them one after another on the board(s). The table projects
-the wall time of a budget-500 search for several worker and board counts, today and with the boards of a pool
-measured in parallel (not built yet), and says which part bounds it.
+the wall time of a budget-500 search for several worker and board counts, with separate boards (measured one at a
+time) and with the boards as one ``--device-pool`` (measured side by side), and says which part bounds it.
 
-    .venv/bin/python benchmarks/scale_bench.py [--plans 8] [--rounds 2] [--measured-share 0.5]
+Part 3, boards as a pool. Two real agents, each pinned to its own core (``taskset``); the same artifacts (ResNet-20
+plans at 64 px, where the benchmark dominates) each measured with its dense pair on a pool of 1 vs 2 of them, as
+many at once as there are boards (what the search does with ``--device-pool``), interleaved rounds.
+
+    .venv/bin/python benchmarks/scale_bench.py [--plans 8] [--rounds 2] [--measured-share 0.5] [--only pool]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -148,6 +154,96 @@ def _project(costs: dict[str, float], workers: int, boards: int, budget: int, sh
     return wall, max(parts, key=parts.get)
 
 
+@contextlib.contextmanager
+def _agents_pinned(cores: list[int]):
+    """One real ``sculpt-agent serve`` per core, pinned there with ``taskset`` (its benchmark workers inherit
+    the pinning); yields their ``grpc://`` addresses."""
+    procs, addresses = [], []
+    try:
+        for core in cores:
+            store = tempfile.mkdtemp(prefix=f"scale-agent{core}-")
+            proc = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-m", "device_agent.cli", "serve",
+                                     "--port", "0", "--store", store, "--ephemeral-store"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            procs.append(proc)
+            line = proc.stdout.readline()
+            if not line.startswith("listening on "):
+                raise RuntimeError(f"agent on core {core} did not start: {line!r}")
+            addresses.append("grpc://" + line.split()[-1])
+        yield addresses
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _pool_round(addresses: list[str], artifacts: list[Path], dense: Path) -> float:
+    """Seconds to measure every artifact with its dense pair on a pool of ``addresses``, as many at once as
+    there are boards (the search's pooled measurement: ``Measurer.measure_with_dense`` in one thread per board)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from host.devices.policy import BenchPolicy
+    from host.devices.results import BenchSpec
+    from host.export import Artifact
+    from host.search.devices import PoolSpec, open_devices
+    from host.search.measurer import Measurer
+
+    class NoJournal:  # measure_with_dense touches no journal; the constructor wants one
+        pass
+
+    spec = PoolSpec("pool", tuple(addresses))
+    with open_devices((), None, [spec]) as devices:
+        dense_artifact = Artifact(path=dense, kind="pte", sha256="dense", size_bytes=0, max_abs_err=0.0,
+                                  input_shapes=())
+        measurer = Measurer(devices, BenchSpec(threads=1, policy=BenchPolicy.search()), NoJournal(), "latency",
+                            lambda: dense_artifact)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=len(addresses)) as threads:
+            list(threads.map(measurer.measure_with_dense, artifacts))
+        return time.perf_counter() - start
+
+
+def _pool_part(rounds: int, image_size: int, count: int) -> list[str]:
+    """Part 3: measurements per minute on a pool of 1 vs 2 agents, each pinned to its own core."""
+    import torch
+
+    from host.export import export_pte
+    from host.models.loader import load_model
+    from host.search.scorer import EvalData, PlanScorer
+    from host.search.space import SearchSpace
+
+    torch.manual_seed(0)
+    model = load_model("resnet20", num_classes=10, in_channels=3, image_size=image_size).eval()
+    x = torch.randn(1, 3, image_size, image_size)
+    space = SearchSpace(model, x)
+    scorer = PlanScorer(model, EvalData(example_input=x, bn_batches=[], val_batches=[]))
+    root = Path(tempfile.mkdtemp(prefix="scale-pool-"))
+    dense = export_pte(model, (x,), root / "dense-reference.pte").path
+    artifacts = []
+    from host.search.candidate import candidate_plan
+
+    for i, choices in enumerate(_plans(space, count, seed=1)):
+        chosen = candidate_plan(space, choices)
+        artifacts.append(scorer.export(scorer.realize_checked(chosen.plan), root / f"plan{i}.pte").path)
+    times: dict[int, list[float]] = {1: [], 2: []}
+    with _agents_pinned([0, 1]) as addresses:
+        _pool_round(addresses, artifacts[:2], dense)  # warm-up: each agent loads the runtime once
+        for r in range(rounds):
+            for boards in (1, 2):
+                times[boards].append(_pool_round(addresses[:boards], artifacts, dense))
+            print(f"pool round {r + 1}: 1 board {times[1][-1]:.1f} s, 2 boards {times[2][-1]:.1f} s", flush=True)
+    n = 2 * len(artifacts)  # each artifact and its dense pair
+    lines = [f"\nPart 3: {len(artifacts)} ResNet-20 plans at {image_size} px, each with its dense pair ({n} benchmarks, "
+             f"search policy), on a pool of agents each pinned to its own core, {rounds} interleaved rounds",
+             "| pool | median s | measurements / min | speed-up vs 1 board (per round) |", "|---|---|---|---|"]
+    for boards, secs in times.items():
+        ratios = [a / b for a, b in zip(times[1], secs, strict=True)]
+        lines.append(f"| {boards} board{'s' if boards > 1 else ''} | {statistics.median(secs):.1f} | "
+                     f"{60 * n / statistics.median(secs):.1f} | {statistics.median(ratios):.2f}x "
+                     f"({', '.join(f'{x:.2f}' for x in ratios)}) |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--plans", type=int, default=8, help="plans scored per round and row (default 8)")
@@ -158,8 +254,14 @@ def main() -> int:
     parser.add_argument("--measured-share", type=float, default=0.5,
                         help="share of candidates worth measuring, for the projection (default 0.5)")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "autosculpt" / "checkpoints"))
+    parser.add_argument("--only", choices=("scoring", "pool"), help="run one part (default: all)")
+    parser.add_argument("--pool-image-size", type=int, default=64,
+                        help="input size of the pool part's model: large enough that its benchmark dominates")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.only == "pool":
+        print("\n".join(_pool_part(args.rounds, args.pool_image_size, args.plans)))
+        return 0
 
     from host.cluster.executor import ClusterSpec, RayExecutor
 
@@ -194,12 +296,14 @@ def main() -> int:
 
     print("\nPart 2: per-stage costs measured here (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
     print(f"projected wall time of a budget-500 search, {args.measured_share:.0%} of candidates measured")
-    print("| workers | boards | today (driver measures one at a time) | bound | boards measured in parallel | bound |")
+    print("| workers | boards | separate devices (one at a time) | bound | one --device-pool (side by side) | bound |")
     print("|---|---|---|---|---|---|")
     for workers, boards in ((1, 1), (2, 1), (8, 4), (16, 8), (32, 16), (64, 16), (32, 32)):
         today, b1 = _project(costs, workers, boards, 500, args.measured_share, False)
         pool, b2 = _project(costs, workers, boards, 500, args.measured_share, True)
         print(f"| {workers} | {boards} | {today / 60:.1f} min | {b1} | {pool / 60:.1f} min | {b2} |")
+    if args.only is None:
+        print("\n".join(_pool_part(args.rounds, args.pool_image_size, args.plans)))
     return 0
 
 

@@ -53,6 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", action="append", dest="devices", metavar="ADDRESS",
                    help="device to measure on: local, grpc[s]://host:port, user@host or a --fleet name "
                         "(repeat for several)")
+    p.add_argument("--device-pool", action="append", dest="device_pools", metavar="NAME=ADDR,ADDR,...",
+                   help="identical boards measured as one device NAME: each candidate (with its dense pair) on "
+                        "whichever board is free, several at once; repeatable")
     p.add_argument("--fleet", help="fleet file whose device names --device may use, with their credentials "
                                    "(see deploy/fleet.example.toml)")
     p.add_argument("--budget", type=int, default=cfg.budget,
@@ -120,7 +123,8 @@ def build_config(args: argparse.Namespace) -> SearchConfig:
         base,
         out=Path(args.out or DEFAULT_OUT),
         model=spec,
-        devices=tuple(args.devices or ("local",)),
+        devices=tuple(args.devices or (() if args.device_pools else ("local",))),
+        device_pools=tuple(args.device_pools or ()),
         fleet=str(Path(args.fleet).resolve()) if args.fleet else None,
         budget=args.budget,
         objective=args.objective,

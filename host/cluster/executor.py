@@ -80,8 +80,9 @@ class Executor(Protocol):
         """(handle, result) as each task finishes, first finished first. A task that raised yields the exception
         object as its result (:class:`TaskLost` when its worker died on every attempt)."""
 
-    def next_done(self, handles: Sequence[Handle]) -> tuple[Handle, Any]:
-        """(handle, result) of one finished task among ``handles`` (waits for one), as in :meth:`as_completed`."""
+    def next_done(self, handles: Sequence[Handle], timeout: float | None = None) -> tuple[Handle, Any] | None:
+        """(handle, result) of one finished task among ``handles``, as in :meth:`as_completed`: waits for one,
+        at most ``timeout`` seconds (then None)."""
 
     def close(self) -> None:
         """Release the cluster connection (stop a private local cluster)."""
@@ -110,7 +111,7 @@ class InlineExecutor:
         for handle in handles:
             yield handle, handle.value
 
-    def next_done(self, handles: Sequence[_Done]) -> tuple[_Done, Any]:
+    def next_done(self, handles: Sequence[_Done], timeout: float | None = None) -> tuple[_Done, Any] | None:
         return handles[0], handles[0].value
 
     def close(self) -> None:
@@ -188,13 +189,15 @@ class RayExecutor:
     def as_completed(self, handles: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
         pending = list(handles)
         while pending:
-            handle, value = self.next_done(pending)
+            handle, value = self.next_done(pending)  # type: ignore[misc]  # no timeout: never None
             pending.remove(handle)
             yield handle, value
 
-    def next_done(self, handles: Sequence[Any]) -> tuple[Any, Any]:
+    def next_done(self, handles: Sequence[Any], timeout: float | None = None) -> tuple[Any, Any] | None:
         ray = self._ray
-        ready, _ = ray.wait(list(handles), num_returns=1)
+        ready, _ = ray.wait(list(handles), num_returns=1, timeout=timeout)
+        if not ready:
+            return None
         handle = ready[0]
         try:
             value = ray.get(handle)

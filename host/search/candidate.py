@@ -30,6 +30,8 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -208,7 +210,7 @@ class CandidateEvaluator:
         return self.scorer.export(self.scorer.realize_checked(plan), path, quantize=int8)
 
     def _settle(self, artifact: Artifact, measurement: Measurements, acc: float, macs: int, choices: np.ndarray | None,
-                confirm: bool = True) -> dict[str, MeasurementSummary]:
+                confirm: bool = True, first: Measurements | None = None) -> dict[str, MeasurementSummary]:
         """The measurement a candidate is recorded with: ``measurement`` paired with dense measured right after
         it; and, when ``confirm`` and that one pair would make the plan the best measured plan that meets a
         hard constraint's target (:meth:`_would_set_the_bar`), measured again until two pairs agree on
@@ -220,12 +222,13 @@ class CandidateEvaluator:
         measured 0.68x of its paired dense once and 0.88-1.12x every time after, and no plan less accurate
         than it was measured for the rest of the search."""
         measurer = self.measurer
-        samples = [measurer.pair_with_dense(measurement)]
+        samples = [first if first is not None else measurer.pair_with_dense(measurement)]
         if not confirm or not self._would_set_the_bar(acc, macs, samples[0], choices):
             return samples[0]
         while len(samples) < 3:
-            again = measurer.measure(artifact.path, artifact.sha256, use_cache=False)
-            samples.append(measurer.pair_with_dense(again))
+            # a pool's candidate and its dense pair on one board
+            samples.append(measurer.on_same_boards(
+                lambda: measurer.pair_with_dense(measurer.measure(artifact.path, artifact.sha256, use_cache=False))))
             if len(samples) == 2 and self.meets_target(samples[0]) == self.meets_target(samples[1]):
                 break
         ratios = [measurer.ratio(s) for s in samples]
@@ -325,10 +328,14 @@ class CandidateEvaluator:
             if on_record is not None:
                 on_record(record)
 
-        if executor is None or isinstance(executor, InlineExecutor):  # one by one, the realized module kept
-            for i, choices in enumerate(batch):
+        lanes = self.measure_lanes()
+        if (executor is None or isinstance(executor, InlineExecutor)) and lanes <= 1:
+            for i, choices in enumerate(batch):  # one by one, the realized module kept for the export
                 done(i, self.evaluate(choices, phase))
             return records  # type: ignore[return-value]
+        # without a cluster but with a pool, plans are scored and exported here one after another while the
+        # measurements of the earlier ones run on the boards
+        executor = executor or InlineExecutor()
         int8 = self.precision == Precision.INT8
         shared = self._shared_scorer(executor)
         scoring: dict[object, tuple[int, _Job]] = {}
@@ -344,26 +351,87 @@ class CandidateEvaluator:
             else:
                 first[job.key] = i
                 scoring[executor.submit(score_plan, shared, job.plan, job.names, int8, self.host_threads)] = (i, job)
-        while scoring or exporting:
-            handle, result = executor.next_done([*scoring, *exporting])
-            if isinstance(result, BaseException) and not isinstance(result, TaskLost):
-                raise result  # a bug, not a plan that does not build: the search stops
-            if handle in scoring:
-                i, job = scoring.pop(handle)
-                if isinstance(result, TaskLost):
-                    result = Failed("cluster", result.message, None)
-                if isinstance(result, Scored) and self._wants_measurement(job, result):
-                    weights = result.weights if int8 else None
-                    exporting[executor.submit(export_plan, shared, job.plan, job.names, int8, weights,
-                                              self.host_threads)] = (i, job, result)
-                else:
-                    done(i, self._finish(job, result, measure=False))
-            else:
+        # several boards (a pool): the artifacts are measured side by side in threads (device calls only; the
+        # journal, cost model and decisions stay on this thread)
+        threads = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="measure") if lanes > 1 else None
+        measuring: dict[Future, tuple[int, _Job, Scored, Artifact, float | None]] = {}
+        try:
+            while scoring or exporting or measuring:
+                finished = next((f for f in measuring if f.done()), None)
+                if finished is not None:
+                    i, job, scored, artifact, int8_acc = measuring.pop(finished)
+                    done(i, self._finish_pooled(job, scored, artifact, int8_acc, finished))
+                    continue
+                if not (scoring or exporting):
+                    wait_futures(list(measuring), return_when=FIRST_COMPLETED)
+                    continue
+                got = executor.next_done([*scoring, *exporting], timeout=0.05 if measuring else None)
+                if got is None:
+                    continue
+                handle, result = got
+                if isinstance(result, BaseException) and not isinstance(result, TaskLost):
+                    raise result  # a bug, not a plan that does not build: the search stops
+                if handle in scoring:
+                    i, job = scoring.pop(handle)
+                    if isinstance(result, TaskLost):
+                        result = Failed("cluster", result.message, None)
+                    if isinstance(result, Scored) and self._wants_measurement(job, result):
+                        weights = result.weights if int8 else None
+                        exporting[executor.submit(export_plan, shared, job.plan, job.names, int8, weights,
+                                                  self.host_threads)] = (i, job, result)
+                    else:
+                        done(i, self._finish(job, result, measure=False))
+                    continue
                 i, job, scored = exporting.pop(handle)
-                done(i, self._finish(job, scored, _exported(result), measure=True))
+                if threads is None:
+                    done(i, self._finish(job, scored, _exported(result), measure=True))
+                    continue
+                try:
+                    artifact = _exported(result)(self._artifact_path(job.key), int8)
+                    int8_acc = self._int8_accuracy(artifact) if int8 else None
+                except CandidateFailure as failure:
+                    done(i, self._record_invalid(job.phase, job.chosen, failure, scored.seconds))
+                    continue
+                if self.measurer.cached(artifact.sha256) is not None:  # nothing to measure: as one at a time
+                    done(i, self._finish(job, scored, lambda _path, _q, a=artifact: a, measure=True))
+                    continue
+                future = threads.submit(self.measurer.measure_with_dense, artifact.path)
+                measuring[future] = (i, job, scored, artifact, int8_acc)
+        finally:
+            if threads is not None:
+                threads.shutdown(wait=True, cancel_futures=True)
         for i in again:  # the plan's first row is journaled now: this one reuses it
             done(i, self.evaluate(batch[i], phase))
         return records  # type: ignore[return-value]
+
+    def measure_lanes(self) -> int:
+        """How many candidates can be measured at once: the boards of the run's pool when it measures on one
+        pool only (each candidate with its dense pair on one board), else 1."""
+        return self.devices[0].boards if len(self.devices) == 1 else 1
+
+    def _artifact_path(self, key: str) -> Path:
+        return self._workdir / f"{key[:16]}{'.int8' if self.precision == Precision.INT8 else ''}.pte"
+
+    def _int8_accuracy(self, artifact: Artifact) -> float:
+        """Validation accuracy of an int8 artifact, run by the ExecuTorch runtime."""
+        x_val, y_val = self.data.val_tensors()
+        return artifact_accuracy(artifact.path, "pte", x_val, y_val)
+
+    def _finish_pooled(self, job: _Job, scored: Scored, artifact: Artifact, int8_acc: float | None,
+                       future: Future) -> CandidateRecord:
+        """A candidate measured in a pool's thread (:meth:`Measurer.measure_with_dense`): cached, paired with the
+        dense figures taken right after it on the same board, confirmed as :meth:`_settle` does, journaled."""
+        try:
+            raw, dense = future.result()
+            self.measurer.store(artifact.sha256, raw)
+            measurement = self.measurer.paired_with(raw, dense)
+            if job.phase != Phase.DENSE and self.objective.needs_measurement:
+                measurement = self._settle(artifact, raw, self.scored_accuracy(scored.accuracy, int8_acc),
+                                           scored.macs, job.choices, confirm=job.phase == Phase.SEARCH,
+                                           first=measurement)
+        finally:
+            Path(artifact.path).unlink(missing_ok=True)
+        return self._finish(job, scored, measured=(artifact.sha256, measurement, int8_acc))
 
     def _shared_scorer(self, executor: Executor) -> object:
         """The scorer as the executor's tasks take it (put into a cluster's object store once per run)."""
@@ -397,9 +465,11 @@ class CandidateEvaluator:
         return bool(self.devices) and (force_measure or self._worth_measuring(scored.accuracy, scored.macs, job.choices))
 
     def _finish(self, job: _Job, scored: Scored | Failed, export: Exporter | None = None,
-                force_measure: bool = False, measure: bool | None = None) -> CandidateRecord:
+                force_measure: bool = False, measure: bool | None = None,
+                measured: tuple[str, Measurements, float | None] | None = None) -> CandidateRecord:
         """A scored plan measured (``measure``, or when None: :meth:`_wants_measurement`; exported with
-        ``export(path, quantize)``), rewarded and journaled."""
+        ``export(path, quantize)``; ``measured``: (sha256, measurement, int8 accuracy) taken already),
+        rewarded and journaled."""
         phase, choices = job.phase, job.choices
         start = time.perf_counter() - scored.seconds
         if isinstance(scored, Failed):
@@ -410,7 +480,9 @@ class CandidateEvaluator:
         if measure is None:
             measure = self._wants_measurement(job, scored, force_measure)
         try:
-            if measure and export is not None:
+            if measured is not None:
+                sha, measurement, int8_acc = measured
+            elif measure and export is not None:
                 settle = None
                 if phase != Phase.DENSE and self.objective.needs_measurement:
                     def settle(artifact: Artifact, measured: Measurements,
@@ -445,12 +517,9 @@ class CandidateEvaluator:
         (cache first); ``settle(artifact, measurement)``, while the artifact exists, turns that into the recorded
         measurement (:meth:`_settle`: paired with dense, confirmed)."""
         int8 = self.precision == Precision.INT8
-        artifact = export(self._workdir / f"{key[:16]}{'.int8' if int8 else ''}.pte", int8)
+        artifact = export(self._artifact_path(key), int8)
         try:
-            int8_acc = None
-            if int8:
-                x_val, y_val = self.data.val_tensors()
-                int8_acc = artifact_accuracy(artifact.path, "pte", x_val, y_val)
+            int8_acc = self._int8_accuracy(artifact) if int8 else None
             measurement = self.measurer.measure(artifact.path, artifact.sha256)
             if settle is not None:  # the reward it weighs uses the int8 accuracy in an int8 search
                 measurement = settle(artifact, measurement, int8_acc)

@@ -13,6 +13,7 @@ from typing import Any
 from host.devices.policy import BenchPolicy
 from host.errors import ConfigError
 from host.kinds import Aggregate, ConstraintName, ObjectiveName, Precision, Strategy, choices
+from host.search.devices import PoolSpec
 from host.search.reward import DEFAULT_TARGET, Constraint, Objective, Target
 
 
@@ -108,6 +109,8 @@ class SearchConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     devices: tuple[str, ...] = ("local",)
     fleet: str | None = None  # fleet file whose device names --device may use (with their credentials)
+    # --device-pool NAME=ADDR,ADDR,...: identical boards measured as one device, any free board per candidate
+    device_pools: tuple[str, ...] = ()
     budget: int = 16
     objective: ObjectiveName = ObjectiveName.LATENCY
     target_flops: float = 0.5
@@ -139,7 +142,12 @@ class SearchConfig:
                                   hint=f"use one of: {', '.join(choices(kind))}") from None
         if self.budget < 1:
             raise ConfigError(f"--budget {self.budget} must be at least 1", hint="e.g. --budget 24")
-        if not self.devices and self.objective.measured:
+        pools = self.pools()
+        names = list(self.devices) + [p.name for p in pools]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"a device or pool name is given twice: {', '.join(names)}",
+                              hint="give every --device and --device-pool its own name")
+        if not self.devices and not pools and self.objective.measured:
             raise ConfigError(
                 f"the {self.objective} objective needs a device to measure on", hint="add --device local"
             )
@@ -149,6 +157,10 @@ class SearchConfig:
         if self.final_top < 0:
             raise ConfigError("final_top must be >= 0", hint="0 skips the final fine-tuning stage")
         self.reward_objective()  # validates objective, targets and constraint early
+
+    def pools(self) -> list[PoolSpec]:
+        """The parsed ``device_pools``."""
+        return [PoolSpec.parse(text) for text in self.device_pools]
 
     def reward_objective(self) -> Objective:
         """The :class:`Objective` these settings describe."""
@@ -168,6 +180,7 @@ class SearchConfig:
         data = asdict(self)
         data["out"] = str(self.out)
         data["devices"] = list(self.devices)
+        data["device_pools"] = list(self.device_pools)
         return data
 
     @classmethod
@@ -177,6 +190,7 @@ class SearchConfig:
             kwargs = dict(data)
             kwargs["out"] = Path(kwargs["out"])
             kwargs["devices"] = tuple(kwargs["devices"])
+            kwargs["device_pools"] = tuple(kwargs.get("device_pools", ()))  # journals from before pools
             kwargs["model"] = _build(ModelSpec, kwargs["model"])
             kwargs["finetune"] = _build(FinetuneConfig, kwargs["finetune"])
             kwargs["evaluation"] = _evaluation(kwargs["evaluation"])

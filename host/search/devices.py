@@ -7,8 +7,11 @@ This is the one place the search touches the device layer, so the rest of the se
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
+import statistics
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,24 +19,98 @@ from typing import TYPE_CHECKING
 
 from host.devices.address import parse_device
 from host.devices.connect import ConnectOptions, DeviceHandle, connect
-from host.errors import BenchmarkError, DeviceError, DeviceUnreachableError
+from host.errors import BenchmarkError, ConfigError, DeviceError, DeviceUnreachableError
 from host.fleet.file import Fleet, load_fleet
 from host.search.measurement import MeasurementSummary
 
 if TYPE_CHECKING:
+    from host.devices.pool import DevicePool
     from host.devices.results import BenchSpec, Measurement
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class PoolSpec:
+    """A ``--device-pool NAME=ADDR,ADDR,...``: identical boards that count as one device."""
+
+    name: str
+    addresses: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> PoolSpec:
+        name, sep, rest = text.partition("=")
+        addresses = tuple(a.strip() for a in rest.split(",") if a.strip())
+        if not sep or not name.strip() or not addresses:
+            raise ConfigError(f"--device-pool {text!r} is not NAME=ADDRESS,ADDRESS,...",
+                              hint="e.g. --device-pool pis=pi@10.0.0.5,pi@10.0.0.6,pi@10.0.0.7")
+        if len(set(addresses)) != len(addresses):
+            raise ConfigError(f"--device-pool {name}: a board is listed twice", hint="list every board once")
+        return cls(name.strip(), addresses)
+
+
+class BoardPool:
+    """The boards of a pool as one device's connection: a benchmark runs on whichever board is idle, or,
+    inside :meth:`pinned`, on the board this thread holds (a candidate and its dense pair on one board). A
+    board that fails at transport level (twice) leaves the pool and the benchmark moves to another
+    (:class:`host.devices.pool.DevicePool`); the pool fails only when no board is left."""
+
+    def __init__(self, pool: DevicePool) -> None:
+        self.pool = pool
+        self._held = threading.local()
+        self._lock = threading.Lock()
+        self.taken: list[tuple[str, str, float]] = []  # (board, artifact file name, p50 ms) of every benchmark
+
+    @property
+    def size(self) -> int:
+        """Boards still in the pool."""
+        return len(self.pool.online())
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[DeviceHandle]:
+        """Hold one idle board for this thread's benchmarks inside the block (moved to another board when it
+        fails at transport level before the block's work is done: the block must be safe to repeat)."""
+        with self.pool.acquire() as handle:
+            self._held.handle = handle
+            try:
+                yield handle
+            finally:
+                self._held.handle = None
+
+    def benchmark_file(self, path: Path, spec: BenchSpec) -> Measurement:
+        held = getattr(self._held, "handle", None)
+        if held is not None:
+            result = held.benchmark_file(path, spec)
+            board = held.label
+        else:
+            board, result = self.pool.run(lambda h: (h.label, h.benchmark_file(path, spec)))
+        with self._lock:
+            self.taken.append((board, Path(path).name, float(result.stats.p50_ms)))
+        return result
+
+    def get_info(self):
+        return self.pool.run(lambda h: h.get_info())
+
+    def spread(self, name_prefix: str = "dense-reference") -> dict[str, tuple[int, float | None]]:
+        """Per board: benchmarks run, and the median p50 (ms) of the dense reference measured there (the
+        boards' spread: identical boards should agree within their noise)."""
+        out = {}
+        for handle in self.pool.handles:
+            mine = [(f, p) for b, f, p in self.taken if b == handle.label]
+            dense = [p for f, p in mine if f.startswith(name_prefix)]
+            out[handle.label] = (len(mine), statistics.median(dense) if dense else None)
+        return out
+
+
 @dataclass
 class SearchDevice:
-    """A device the search measures on: its connection (a :class:`host.devices.connect.DeviceHandle`) plus
-    what the search keeps of its GetInfo: the name as the user typed it, fingerprint and energy meters."""
+    """A device the search measures on: its connection (a :class:`host.devices.connect.DeviceHandle`, or a
+    :class:`BoardPool` for ``--device-pool``) plus what the search keeps of its GetInfo: the name as the user
+    typed it, fingerprint and energy meters."""
 
     name: str
     fingerprint: str
-    client: DeviceHandle  # the open connection
+    client: DeviceHandle | BoardPool  # the open connection
     energy_meters: tuple[str, ...] = ()
     energy_unavailable_reason: str = ""  # the agent's words for why it has no meter (empty when it has one)
 
@@ -41,15 +118,27 @@ class SearchDevice:
     def has_energy(self) -> bool:
         return bool(self.energy_meters)
 
+    @property
+    def boards(self) -> int:
+        """How many benchmarks can run at once (the boards of a pool; 1 for a device)."""
+        return self.client.size if isinstance(self.client, BoardPool) else 1
+
+    def one_board(self) -> contextlib.AbstractContextManager:
+        """A block whose benchmarks all run on one board (a pool's board held by this thread)."""
+        return self.client.pinned() if isinstance(self.client, BoardPool) else contextlib.nullcontext()
+
 
 @contextlib.contextmanager
-def open_devices(addresses: Sequence[str], fleet: str | Path | None = None) -> Iterator[list[SearchDevice]]:
+def open_devices(addresses: Sequence[str], fleet: str | Path | None = None,
+                 pools: Sequence[PoolSpec] = ()) -> Iterator[list[SearchDevice]]:
     """Connect to every device and read its info before any long work; close them all on exit.
 
     ``fleet`` (a fleet file) lets ``addresses`` name its devices; their token, CA certificate and agent
-    command come from the file."""
+    command come from the file. Each of ``pools`` becomes one device whose benchmarks run on any of its
+    boards; its fingerprint (the measurement cache's key) is the pool's, made of its boards' fingerprints."""
     loaded = load_fleet(fleet) if fleet is not None else None
     with contextlib.ExitStack() as stack:
+        pooled = [stack.enter_context(_open_pool(spec, loaded)) for spec in pools]
         handles = []
         for text in addresses:
             client = stack.enter_context(_connect(text, loaded))
@@ -65,7 +154,35 @@ def open_devices(addresses: Sequence[str], fleet: str | Path | None = None) -> I
             reason = "" if meters else info.energy_unavailable_reason
             handles.append(SearchDevice(text, str(info.fingerprint), client, meters, reason))
             logger.info("device %s: fingerprint %s, meters %s", text, info.fingerprint, meters or "none")
-        yield handles
+        yield handles + pooled
+
+
+@contextlib.contextmanager
+def _open_pool(spec: PoolSpec, fleet: Fleet | None) -> Iterator[SearchDevice]:
+    """Every board of a pool connected and asked for its info (all must answer at the start)."""
+    from host.devices.pool import DevicePool
+
+    pool = DevicePool.open(spec.addresses, fleet=fleet, require_all=True)
+    try:
+        infos = [handle.get_info() for handle in pool.handles]
+    except BaseException:
+        pool.close()
+        raise
+    prints = sorted({str(i.fingerprint) for i in infos})
+    if len(prints) > 1:
+        logger.warning("the boards of pool %s are not identical (fingerprints %s): a measurement on any of them "
+                       "counts for the pool", spec.name, ", ".join(prints))
+    fingerprint = "pool-" + hashlib.sha256("|".join(prints).encode()).hexdigest()[:16]
+    meters = set(infos[0].energy_meters)
+    for info in infos[1:]:
+        meters &= set(info.energy_meters)
+    reason = "" if meters else next((i.energy_unavailable_reason for i in infos if i.energy_unavailable_reason),
+                                    "not every board of the pool has a meter")
+    logger.info("device pool %s: %d boards, fingerprint %s", spec.name, len(pool.handles), fingerprint)
+    try:
+        yield SearchDevice(spec.name, fingerprint, BoardPool(pool), tuple(sorted(meters)), reason)
+    finally:
+        pool.close()
 
 
 @contextlib.contextmanager

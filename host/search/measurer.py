@@ -14,11 +14,15 @@ the median of every dense figure taken, is the reference of what was not paired.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+from host.devices.retry import classify
 from host.kinds import ObjectiveName
 from host.search.devices import SearchDevice, measure
 from host.search.measurement import Measurements, MeasurementSummary
@@ -27,6 +31,10 @@ if TYPE_CHECKING:
     from host.devices.results import BenchSpec
     from host.export import Artifact
     from host.search.journal import Journal
+
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Measurer:
@@ -43,6 +51,7 @@ class Measurer:
         self._make_dense_artifact = dense_artifact
         self._dense_artifact: Artifact | None = None
         self._dense_samples: dict[str, list[float]] = {}  # every dense figure taken, per device
+        self._count_lock = threading.Lock()  # measure_with_dense runs in several threads on a pool
 
     # -- measuring -----------------------------------------------------------------------------------
     def measure(self, path: Path, sha256: str, bench: BenchSpec | None = None,
@@ -55,7 +64,8 @@ class Measurer:
             cached = self.journal.cached_measurement(sha256, device.fingerprint) if use_cache else None
             if cached is None:
                 cached = measure(device, path, bench)
-                self.measurements_taken += 1
+                with self._count_lock:
+                    self.measurements_taken += 1
                 if use_cache:
                     self.journal.store_measurement(sha256, device.fingerprint, cached)
             result[device.name] = cached
@@ -63,12 +73,79 @@ class Measurer:
 
     def pair_with_dense(self, measurement: Measurements) -> dict[str, MeasurementSummary]:
         """``measurement`` with the dense model measured right after it on every device (cache bypassed)."""
-        if self._dense_artifact is None:
-            self._dense_artifact = self._make_dense_artifact()
-        dense = self.figures(self.measure(self._dense_artifact.path, self._dense_artifact.sha256, use_cache=False))
+        artifact = self.dense_artifact()
+        dense = self.figures(self.measure(artifact.path, artifact.sha256, use_cache=False))
+        return self.paired_with(measurement, dense)
+
+    def paired_with(self, measurement: Measurements, dense: dict[str, float]) -> dict[str, MeasurementSummary]:
+        """``measurement`` paired with the dense ``figures`` taken right after it (they join the dense samples)."""
         self.add_dense_samples(dense)
         return {dev: summary.paired(self.objective, dense[dev]) if dev in dense else summary
                 for dev, summary in measurement.items()}
+
+    @contextlib.contextmanager
+    def same_boards(self) -> Iterator[None]:
+        """A block whose benchmarks run on one board per device (for a pool: the boards this thread holds), so
+        that a candidate and its dense pair are measured on the same board."""
+        with contextlib.ExitStack() as stack:
+            for device in self.devices:
+                stack.enter_context(device.one_board())
+            yield
+
+    def dense_artifact(self) -> Artifact:
+        """The dense model's artifact for the pairs, exported on first use."""
+        if self._dense_artifact is None:
+            self._dense_artifact = self._make_dense_artifact()
+        return self._dense_artifact
+
+    def cached(self, sha256: str) -> Measurements | None:
+        """The artifact's measurement on every device from the cache, or None when a device lacks one."""
+        found = {}
+        for device in self.devices:
+            cached = self.journal.cached_measurement(sha256, device.fingerprint)
+            if cached is None:
+                return None
+            found[device.name] = cached
+        return found
+
+    def measure_with_dense(self, path: Path) -> tuple[Measurements, dict[str, float]]:
+        """The artifact measured afresh on every device and the dense model right after it on the same board
+        (a pool's board is held for both): (measurement, dense figures). Device calls only, no journal, so
+        several run at once on the boards of a pool; :meth:`store` and :meth:`paired_with` finish it."""
+        dense_artifact = self.dense_artifact()
+
+        def both() -> tuple[Measurements, dict[str, float]]:
+            result: dict[str, MeasurementSummary] = {}
+            dense: dict[str, float] = {}
+            for device in self.devices:
+                result[device.name] = measure(device, path, self.bench)
+                dense.update(self.figures({device.name: measure(device, dense_artifact.path, self.bench)}))
+            return result, dense
+
+        taken = self.on_same_boards(both)
+        with self._count_lock:
+            self.measurements_taken += 2 * len(self.devices)
+        return taken
+
+    def on_same_boards(self, fn: Callable[[], T]) -> T:
+        """``fn()`` inside :meth:`same_boards`; when a pool's board fails at transport level (an agent gone), run
+        again on another board (the pool takes a board out after its second such failure), while boards remain."""
+        attempts = 1 + sum(max(0, d.boards - 1) * 2 for d in self.devices)
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.same_boards():
+                    return fn()
+            except Exception as exc:
+                if attempt == attempts or classify(exc) != "transient":
+                    raise
+                logger.warning("a measurement failed on a board of the pool (%s); measuring again", exc)
+        raise AssertionError("unreachable")
+
+    def store(self, sha256: str, measurement: Measurements) -> None:
+        """Keep ``measurement`` of an artifact in the journal's cache (one entry per device)."""
+        by_name = {d.name: d for d in self.devices}
+        for name, summary in measurement.items():
+            self.journal.store_measurement(sha256, by_name[name].fingerprint, summary)
 
     def rounds(self, artifacts: Sequence[tuple[Path, str]], rounds: int,
                bench: BenchSpec | None = None) -> list[list[dict[str, MeasurementSummary]]]:

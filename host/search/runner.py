@@ -168,7 +168,7 @@ class SearchRunner:
             torch.set_num_threads(self.config.evaluation.host_threads)
         executor: Executor | None = None
         try:
-            with open_devices(self.config.devices, self.config.fleet) as devices:
+            with open_devices(self.config.devices, self.config.fleet, self.config.pools()) as devices:
                 executor = open_executor(self.ray)
                 if executor.parallelism > 1 and any(d.name == "local" for d in devices):
                     logger.warning("measuring on 'local' while %d cluster workers may run on this host: their load "
@@ -238,12 +238,27 @@ class SearchRunner:
                 self._check_target_reachable(evaluator, space)
             self.progress(Progress(Stage.DENSE, 2, 2, "dense model measured"))
             self._search(evaluator, space, executor)
+            self._report_pools(devices)
             self._check_some_valid()
             final = FinalStage(cfg, self.journal, self.progress)
             finals = final.run(evaluator, splits, model)
             return final.report(evaluator, space, devices, finals, self.journal.elapsed_seconds())
         finally:
             evaluator.close()
+
+    def _report_pools(self, devices: list) -> None:
+        """Log (and keep in the journal) each board pool's per-board spread: benchmarks run and dense's median."""
+        from host.search.devices import BoardPool
+
+        for device in devices:
+            if not isinstance(device.client, BoardPool):
+                continue
+            spread = device.client.spread()
+            offline = sorted(device.client.pool.offline)
+            self.journal.set_value(f"pool_spread:{device.name}", {"boards": spread, "offline": offline})
+            logger.info("pool %s: %s%s", device.name, "; ".join(
+                f"{board} {n} benchmarks, dense {'n/a' if ms is None else f'{ms:.3f} ms'}"
+                for board, (n, ms) in spread.items()), f" (left the pool: {', '.join(offline)})" if offline else "")
 
     def _check_flops_reachable(self, space, model, data) -> None:
         import patterns
@@ -340,8 +355,8 @@ class SearchRunner:
         self.progress(Progress(Stage.SEARCH, done, budget, "searching", self._best()))
         if done >= budget:
             return
-        # plans proposed together: as many as the cluster runs at once (one without a cluster)
-        width = max(1, executor.parallelism) if executor is not None else 1
+        # plans proposed together: as many as the cluster scores at once or the pool's boards measure at once
+        width = max(executor.parallelism if executor is not None else 1, evaluator.measure_lanes())
         target = self._target_ratio(evaluator)
         keep_logit = self._keep_logit(evaluator, space, target)
         if cfg.strategy == Strategy.RANDOM:

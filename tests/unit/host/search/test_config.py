@@ -94,3 +94,34 @@ def test_names_given_as_text_become_their_kinds_and_are_stored_as_text():
     assert "ppo, random" in caught.value.hint
     with pytest.raises(ConfigError, match="device aggregation"):
         SearchConfig(aggregate="mean")
+
+
+def test_device_pools_parse_and_round_trip_through_the_journal_form():
+    from host.search.config import SearchConfig
+    from host.search.devices import PoolSpec
+
+    config = SearchConfig(devices=(), device_pools=("pis=pi@10.0.0.5, pi@10.0.0.6",))
+    assert config.pools() == [PoolSpec("pis", ("pi@10.0.0.5", "pi@10.0.0.6"))]
+    again = SearchConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    old = config.to_dict()
+    del old["device_pools"]  # a journal written before pools existed
+    old["devices"] = ["local"]
+    assert SearchConfig.from_dict(old).device_pools == ()
+
+
+@pytest.mark.parametrize("text,says", [("pis", "NAME=ADDRESS"), ("=a,b", "NAME=ADDRESS"), ("pis=", "NAME=ADDRESS"),
+                                       ("pis=a,a", "listed twice")])
+def test_bad_device_pools_say_what_to_write(text, says):
+    from host.search.config import SearchConfig
+
+    with pytest.raises(ConfigError) as err:
+        SearchConfig(devices=(), device_pools=(text,))
+    assert says in err.value.message
+
+
+def test_a_pool_and_a_device_may_not_share_a_name():
+    from host.search.config import SearchConfig
+
+    with pytest.raises(ConfigError, match="given twice"):
+        SearchConfig(devices=("local",), device_pools=("local=a,b",))

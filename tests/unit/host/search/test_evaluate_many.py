@@ -30,7 +30,7 @@ class ReversedExecutor:
             done.value = TaskLost("worker died", hint="")
         return done
 
-    def next_done(self, handles):
+    def next_done(self, handles, timeout=None):
         return handles[-1], handles[-1].value
 
 

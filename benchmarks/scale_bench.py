@@ -302,6 +302,16 @@ def main() -> int:
         today, b1 = _project(costs, workers, boards, 500, args.measured_share, False)
         pool, b2 = _project(costs, workers, boards, 500, args.measured_share, True)
         print(f"| {workers} | {boards} | {today / 60:.1f} min | {b1} | {pool / 60:.1f} min | {b2} |")
+    # where it saturates: 16 boards as a pool, workers doubled until the projected wall time gains < 10%
+    workers, wall = 1, _project(costs, 1, 16, 500, args.measured_share, True)[0]
+    while workers < 4096:
+        nxt = _project(costs, 2 * workers, 16, 500, args.measured_share, True)[0]
+        if nxt > 0.9 * wall:
+            break
+        workers, wall = 2 * workers, nxt
+    bound = _project(costs, workers, 16, 500, args.measured_share, True)[1]
+    print(f"\nwith 16 boards as a pool, more workers stop paying at about {workers} workers "
+          f"({wall / 60:.1f} min; then bound by {bound}, and by the driver's own per-candidate work, not modelled)")
     if args.only is None:
         print("\n".join(_pool_part(args.rounds, args.pool_image_size, args.plans)))
     return 0

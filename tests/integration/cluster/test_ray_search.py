@@ -5,6 +5,7 @@ mid-search still completes with every candidate journaled exactly once."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -62,3 +63,19 @@ def test_a_worker_node_killed_mid_search_loses_nothing(ray_cluster, tmp_path, tr
     # the tasks on the dead node ran again elsewhere (Ray's retries): no candidate was given up
     assert all(r.valid for r in rows), [r.reason for r in rows if not r.valid]
     assert result.candidates_evaluated == 6
+
+
+def test_a_run_started_without_a_cluster_resumes_on_one(ray_cluster, tmp_path, trained_resnet20_mnist):
+    """The driver is what a kill takes down; --resume carries on, here on the cluster (PPO's saved learner had
+    one env, now it gets one per CPU)."""
+    from host.search.runner import SearchRunner
+
+    _cluster, address = ray_cluster
+    config = tiny_config(tmp_path / "run", trained_resnet20_mnist, budget=3, objective="flops", target=None,
+                         devices=(), final_top=0, ppo=replace(tiny_config(tmp_path, "x").ppo, n_steps=2,
+                                                              batch_size=2, family_seeds=False))
+    SearchRunner.start(config).run()
+    assert (config.out / "ppo.zip").is_file()
+    result = SearchRunner.resume(config.out, budget=6, ray=address).run()
+    rows, hashes = _journal_rows(config.out)
+    assert result.candidates_evaluated == 6 and len(rows) == 6 and len(set(hashes)) == 6

@@ -4,11 +4,9 @@ scored once; a lost task is journaled as invalid and the batch goes on."""
 
 from __future__ import annotations
 
-import pytest
-
 from host.cluster import InlineExecutor, TaskLost
 from host.search.candidate import INVALID_REWARD, candidate_plan
-from tests.unit.host.search.nets import checked_evaluator, checked_space, choices
+from tests.unit.host.search.nets import choices
 
 
 class ReversedExecutor:
@@ -34,21 +32,8 @@ class ReversedExecutor:
         return handles[-1], handles[-1].value
 
 
-@pytest.fixture(scope="module")
-def space_and_data():
-    return checked_space()
-
-
-@pytest.fixture
-def evaluator(tmp_path, space_and_data):
-    ev = checked_evaluator(tmp_path, *space_and_data)
-    ev.evaluate_dense()
-    yield ev
-    ev.close()
-    ev.journal.close()
-
-
 def test_out_of_order_results_are_journaled_once_and_returned_in_batch_order(evaluator):
+    evaluator.evaluate_dense()
     space = evaluator.space
     batch = [choices(space, stem="kernel:row2"), choices(space, left="kernel:row1"), choices(space, stem="kernel:row2"),
              choices(space, stem="channel:prune50")]
@@ -70,6 +55,7 @@ def test_out_of_order_results_are_journaled_once_and_returned_in_batch_order(eva
 
 
 def test_a_lost_task_is_journaled_invalid_and_the_batch_goes_on(evaluator):
+    evaluator.evaluate_dense()
     space = evaluator.space
     batch = [choices(space, stem="kernel:row2"), choices(space, left="kernel:row1")]
     records = evaluator.evaluate_many(batch, executor=ReversedExecutor(lose={0}))

@@ -10,20 +10,7 @@ import pytest
 from host.search.candidate import INVALID_REWARD
 from host.search.scorer import CandidateFailure
 from patterns import LayerAssignment, Plan
-from tests.unit.host.search.nets import checked_evaluator, checked_space, choices
-
-
-@pytest.fixture(scope="module")
-def space_and_data():
-    return checked_space()
-
-
-@pytest.fixture
-def evaluator(tmp_path, space_and_data):
-    ev = checked_evaluator(tmp_path, *space_and_data)
-    yield ev
-    ev.close()
-    ev.journal.close()
+from tests.unit.host.search.nets import choices
 
 
 def test_a_realization_that_does_not_run_names_the_layer(evaluator):

@@ -147,6 +147,10 @@ class SearchConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f"a device or pool name is given twice: {', '.join(names)}",
                               hint="give every --device and --device-pool its own name")
+        tagged = [p.name for p in pools if any(a.startswith("tag:") for a in p.addresses)]
+        if tagged and self.fleet is None:
+            raise ConfigError(f"--device-pool {tagged[0]} selects boards by tag, but no fleet file was given",
+                              hint="add --fleet FILE (its [[device]] entries carry tags)")
         if not self.devices and not pools and self.objective.measured:
             raise ConfigError(
                 f"the {self.objective} objective needs a device to measure on", hint="add --device local"

@@ -32,10 +32,28 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PoolSpec:
-    """A ``--device-pool NAME=ADDR,ADDR,...``: identical boards that count as one device."""
+    """A ``--device-pool NAME=ADDR,ADDR,...``: identical boards that count as one device. An entry
+    ``tag:T`` (or ``tag:T1+T2``) stands for every device of the ``--fleet`` file carrying those tags."""
 
     name: str
     addresses: tuple[str, ...]
+
+    def boards(self, fleet: Fleet | None) -> list[str]:
+        """The boards' addresses or fleet names, ``tag:`` entries expanded (in fleet file order)."""
+        out: list[str] = []
+        for entry in self.addresses:
+            if not entry.startswith("tag:"):
+                out.append(entry)
+                continue
+            if fleet is None:
+                raise ConfigError(f"--device-pool {self.name}: {entry!r} selects fleet devices by tag, but no "
+                                  "fleet file was given", hint="add --fleet FILE (its [[device]] entries carry tags)")
+            tags = [t for t in entry[len("tag:"):].split("+") if t]
+            out.extend(d.name for d in fleet.select(tags=tags))
+        if len(set(out)) != len(out):
+            raise ConfigError(f"--device-pool {self.name}: a board is listed twice ({', '.join(out)})",
+                              hint="list every board once")
+        return out
 
     @classmethod
     def parse(cls, text: str) -> PoolSpec:
@@ -162,11 +180,17 @@ def _open_pool(spec: PoolSpec, fleet: Fleet | None) -> Iterator[SearchDevice]:
     """Every board of a pool connected and asked for its info (all must answer at the start)."""
     from host.devices.pool import DevicePool
 
-    pool = DevicePool.open(spec.addresses, fleet=fleet, require_all=True)
+    texts = spec.boards(fleet)
+    addresses = [parse_device(text, fleet) for text in texts]  # a bad entry fails before any connection
+    handles: list[DeviceHandle] = []
     try:
-        infos = [handle.get_info() for handle in pool.handles]
+        for text, address in zip(texts, addresses, strict=True):
+            handles.append(connect(address, _options(text, fleet)))
+        pool = DevicePool(handles)
+        infos = [handle.get_info() for handle in handles]
     except BaseException:
-        pool.close()
+        for handle in handles:
+            handle.close()
         raise
     prints = sorted({str(i.fingerprint) for i in infos})
     if len(prints) > 1:
@@ -185,16 +209,21 @@ def _open_pool(spec: PoolSpec, fleet: Fleet | None) -> Iterator[SearchDevice]:
         pool.close()
 
 
-@contextlib.contextmanager
-def _connect(text: str, fleet: Fleet | None = None) -> Iterator[DeviceHandle]:
-    """A connected device handle for ``text`` (``local`` starts a private agent on loopback; a fleet name
-    connects with the credentials its fleet file gives)."""
+def _options(text: str, fleet: Fleet | None) -> ConnectOptions:
+    """How to connect to ``text``: a fleet name with the credentials its fleet file gives, else the defaults."""
     options = ConnectOptions()
     device = fleet.find(text) if fleet is not None else None
     if device is not None:
         options = replace(options, token_file=device.token_file, ca_cert=device.ca_cert,
                           agent=replace(options.agent, command=device.agent_command))
-    with connect(parse_device(text, fleet), options) as handle:
+    return options
+
+
+@contextlib.contextmanager
+def _connect(text: str, fleet: Fleet | None = None) -> Iterator[DeviceHandle]:
+    """A connected device handle for ``text`` (``local`` starts a private agent on loopback; a fleet name
+    connects with the credentials its fleet file gives)."""
+    with connect(parse_device(text, fleet), _options(text, fleet)) as handle:
         yield handle
 
 

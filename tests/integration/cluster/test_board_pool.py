@@ -63,3 +63,17 @@ def test_pool_search_survives_a_dead_agent_and_a_dead_worker_node(ray_cluster, t
     assert len(spread["boards"]) == 3
     live = [n for board, (n, _ms) in spread["boards"].items() if victim_address not in board]
     assert len(live) == 2 and sum(live) > 0
+
+
+def test_a_pool_from_a_fleet_file_tag_opens_every_tagged_board(three_agents, tmp_path):
+    from host.search.devices import PoolSpec, open_devices
+
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text("".join(f'[[device]]\nname = "board{i}"\naddress = "grpc://{addr}"\ntags = ["{tag}"]\n'
+                             for i, ((_, addr), tag) in enumerate(zip(three_agents, ("lab", "home", "lab"),
+                                                                     strict=True))))
+    with open_devices((), fleet, [PoolSpec.parse("lab=tag:lab")]) as devices:
+        (pool,) = devices
+        assert pool.name == "lab" and pool.boards == 2
+        assert sorted(h.label for h in pool.client.pool.handles) == ["board0", "board2"]
+        assert pool.fingerprint.startswith("pool-")

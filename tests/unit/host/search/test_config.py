@@ -125,3 +125,24 @@ def test_a_pool_and_a_device_may_not_share_a_name():
 
     with pytest.raises(ConfigError, match="given twice"):
         SearchConfig(devices=("local",), device_pools=("local=a,b",))
+
+
+def test_a_pool_by_tag_needs_a_fleet_file_and_expands_in_file_order(tmp_path):
+    from host.fleet.file import load_fleet
+    from host.search.config import SearchConfig
+    from host.search.devices import PoolSpec
+
+    with pytest.raises(ConfigError, match="no fleet file"):
+        SearchConfig(devices=(), device_pools=("pis=tag:pi5",))
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text('[[device]]\nname = "a"\naddress = "pi@10.0.0.5"\ntags = ["pi5", "lab"]\n'
+                     '[[device]]\nname = "b"\naddress = "pi@10.0.0.6"\ntags = ["pi4"]\n'
+                     '[[device]]\nname = "c"\naddress = "pi@10.0.0.7"\ntags = ["pi5"]\n')
+    config = SearchConfig(devices=(), fleet=str(fleet), device_pools=("pis=tag:pi5",))
+    (spec,) = config.pools()
+    assert spec.boards(load_fleet(fleet)) == ["a", "c"]
+    assert PoolSpec.parse("x=tag:pi5+lab").boards(load_fleet(fleet)) == ["a"]
+    with pytest.raises(ConfigError, match="listed twice"):
+        PoolSpec.parse("x=tag:pi5,a").boards(load_fleet(fleet))
+    with pytest.raises(ConfigError, match="matches tags"):
+        PoolSpec.parse("x=tag:jetson").boards(load_fleet(fleet))

@@ -244,6 +244,46 @@ def _pool_part(rounds: int, image_size: int, count: int) -> list[str]:
     return lines
 
 
+def _journal_costs(run_dir: Path) -> tuple[dict[str, float], float]:
+    """Per-stage costs and the measured share from a finished search's journal: unmeasured candidates' seconds
+    are their scoring; a measured candidate's seconds less that median are its export, benchmark and dense pair
+    (and any confirmation), split here as export : benchmark = 1 : 1 for want of finer records."""
+    from host.search.journal import Journal
+
+    journal = Journal.open(run_dir)
+    try:
+        rows = [r for r in journal.candidates("search") if not r.reused and r.valid]
+    finally:
+        journal.close()
+    scored = [r.eval_seconds for r in rows if not r.measurement]
+    measured = [r.eval_seconds for r in rows if r.measurement]
+    if not scored or not measured:
+        raise SystemExit(f"{run_dir}: the journal needs both measured and unmeasured search candidates")
+    score = statistics.median(scored)
+    rest = max(0.0, statistics.median(measured) - score)
+    return {"score": score, "export": rest / 2, "measure": rest / 4, "dense_pair": rest / 4}, len(measured) / len(rows)
+
+
+def _print_projection(costs: dict[str, float], share: float) -> None:
+    print(f"projected wall time of a budget-500 search, {share:.0%} of candidates measured")
+    print("| workers | boards | separate devices (one at a time) | bound | one --device-pool (side by side) | bound |")
+    print("|---|---|---|---|---|---|")
+    for workers, boards in ((1, 1), (2, 1), (8, 4), (16, 8), (32, 16), (64, 16), (32, 32)):
+        today, b1 = _project(costs, workers, boards, 500, share, False)
+        pool, b2 = _project(costs, workers, boards, 500, share, True)
+        print(f"| {workers} | {boards} | {today / 60:.1f} min | {b1} | {pool / 60:.1f} min | {b2} |")
+    # where it saturates: 16 boards as a pool, workers doubled until the projected wall time gains < 10%
+    workers, wall = 1, _project(costs, 1, 16, 500, share, True)[0]
+    while workers < 4096:
+        nxt = _project(costs, 2 * workers, 16, 500, share, True)[0]
+        if nxt > 0.9 * wall:
+            break
+        workers, wall = 2 * workers, nxt
+    bound = _project(costs, workers, 16, 500, share, True)[1]
+    print(f"\nwith 16 boards as a pool, more workers stop paying at about {workers} workers "
+          f"({wall / 60:.1f} min; then bound by {bound}, and by the driver's own per-candidate work, not modelled)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--plans", type=int, default=8, help="plans scored per round and row (default 8)")
@@ -255,12 +295,21 @@ def main() -> int:
                         help="share of candidates worth measuring, for the projection (default 0.5)")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "autosculpt" / "checkpoints"))
     parser.add_argument("--only", choices=("scoring", "pool"), help="run one part (default: all)")
+    parser.add_argument("--journal", metavar="RUN_DIR",
+                        help="project from this finished search's journal (its candidates' recorded seconds and "
+                             "measured share) instead of the costs measured here; prints only the projection")
     parser.add_argument("--pool-image-size", type=int, default=64,
                         help="input size of the pool part's model: large enough that its benchmark dominates")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.only == "pool":
         print("\n".join(_pool_part(args.rounds, args.pool_image_size, args.plans)))
+        return 0
+    if args.journal:
+        costs, share = _journal_costs(Path(args.journal))
+        print(f"costs from {args.journal} (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items())
+              + f"; {share:.0%} of candidates measured")
+        _print_projection(costs, share)
         return 0
 
     from host.cluster.executor import ClusterSpec, RayExecutor
@@ -295,23 +344,7 @@ def main() -> int:
               f"{statistics.median(ratios):.2f}x ({', '.join(f'{x:.2f}' for x in ratios)}) |")
 
     print("\nPart 2: per-stage costs measured here (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
-    print(f"projected wall time of a budget-500 search, {args.measured_share:.0%} of candidates measured")
-    print("| workers | boards | separate devices (one at a time) | bound | one --device-pool (side by side) | bound |")
-    print("|---|---|---|---|---|---|")
-    for workers, boards in ((1, 1), (2, 1), (8, 4), (16, 8), (32, 16), (64, 16), (32, 32)):
-        today, b1 = _project(costs, workers, boards, 500, args.measured_share, False)
-        pool, b2 = _project(costs, workers, boards, 500, args.measured_share, True)
-        print(f"| {workers} | {boards} | {today / 60:.1f} min | {b1} | {pool / 60:.1f} min | {b2} |")
-    # where it saturates: 16 boards as a pool, workers doubled until the projected wall time gains < 10%
-    workers, wall = 1, _project(costs, 1, 16, 500, args.measured_share, True)[0]
-    while workers < 4096:
-        nxt = _project(costs, 2 * workers, 16, 500, args.measured_share, True)[0]
-        if nxt > 0.9 * wall:
-            break
-        workers, wall = 2 * workers, nxt
-    bound = _project(costs, workers, 16, 500, args.measured_share, True)[1]
-    print(f"\nwith 16 boards as a pool, more workers stop paying at about {workers} workers "
-          f"({wall / 60:.1f} min; then bound by {bound}, and by the driver's own per-candidate work, not modelled)")
+    _print_projection(costs, args.measured_share)
     if args.only is None:
         print("\n".join(_pool_part(args.rounds, args.pool_image_size, args.plans)))
     return 0

@@ -99,6 +99,11 @@ def render_markdown(summary: RunSummary) -> str:
                   f"mean {[round(v, 4) for v in steps['normalize']['mean']]}, "
                   f"std {[round(v, 4) for v in steps['normalize']['std']]}; output: logits over "
                   f"{pre['output']['num_classes']} classes. Every final-N.json sidecar holds the exact steps."]
+    for name, pool in summary.pools.items():
+        lines += ["", f"## Board pool {name}", "", "| board | benchmarks | dense p50 (ms) |", "|---|---|---|"]
+        lines += [f"| {board} | {n} | {'n/a' if ms is None else f'{ms:.3f}'} |" for board, (n, ms) in pool["boards"].items()]
+        if pool.get("offline"):
+            lines += ["", f"Left the pool during the run: {', '.join(pool['offline'])}."]
     if summary.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in summary.notes]
     if summary.invalid:

@@ -66,6 +66,9 @@ class RunSummary:
     # int8 searches: the fp32 models the int8 ones came from (dense first, then each final), measured in the
     # same interleaved rounds; their speed-ups are against the fp32 dense
     fp32_twins: tuple[ModelFigures, ...] = ()
+    # --device-pool: per pool, per board the benchmarks it ran and dense's median p50 there (the boards' spread),
+    # and the boards that left the pool
+    pools: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -455,6 +455,8 @@ class FinalStage:
             invalid=invalid,
             preprocessing=self.preprocessing.to_dict() if self.preprocessing is not None else None,
             warnings=tuple(self.data_warnings),
+            pools={d.name: self.journal.get_value(f"pool_spread:{d.name}") for d in devices
+                   if self.journal.get_value(f"pool_spread:{d.name}") is not None},
         )
         summary = target_verdicts(summary, objective)
         if objective.needs_measurement:

@@ -238,10 +238,10 @@ class SearchRunner:
                 self._check_target_reachable(evaluator, space)
             self.progress(Progress(Stage.DENSE, 2, 2, "dense model measured"))
             self._search(evaluator, space, executor)
-            self._report_pools(devices)
             self._check_some_valid()
             final = FinalStage(cfg, self.journal, self.progress)
             finals = final.run(evaluator, splits, model)
+            self._report_pools(devices)
             return final.report(evaluator, space, devices, finals, self.journal.elapsed_seconds())
         finally:
             evaluator.close()

@@ -1,6 +1,7 @@
-"""A search on a pool of three real agents on loopback (each candidate and its dense pair on whichever board is
-free, several at once) with candidates scored on a real two-node Ray cluster; one agent and one Ray worker node
-killed mid-search: the search completes, the dead board leaves the pool, every candidate is journaled once."""
+"""A latency search on a pool of three real agents on loopback (each candidate and its dense pair on whichever
+board is free, several at once) with candidates scored and exported on a real two-node Ray cluster; one agent
+and one Ray worker node killed mid-search: the search completes, every candidate is journaled once, the report
+shows each board's share. And a pool given by a fleet file's tag."""
 
 from __future__ import annotations
 
@@ -45,17 +46,19 @@ def test_pool_search_survives_a_dead_agent_and_a_dead_worker_node(ray_cluster, t
             victim.kill()
             cluster.remove_node(doomed, allow_graceful=False)
 
-    config = tiny_config(tmp_path / "run", trained_resnet20_mnist, budget=6, devices=(), device_pools=(pool,),
+    config = tiny_config(tmp_path / "run", trained_resnet20_mnist, budget=5, devices=(), device_pools=(pool,),
                          final_top=0)
     result = SearchRunner.start(config, progress=progress, ray=address).run()
-    assert killed.is_set() and result.candidates_evaluated == 6
+    assert killed.is_set() and result.candidates_evaluated == 5
+    assert not (config.out / ".work").exists()  # the artifacts the workers sent back were cleared
+    assert set(result.pools) == {"boards"} and len(result.pools["boards"]["boards"]) == 3
     journal = Journal.open(config.out)
     try:
         rows = [r for r in journal.candidates(Phase.SEARCH) if not r.reused]
         spread = journal.get_value("pool_spread:boards")
     finally:
         journal.close()
-    assert len(rows) == 6 and len({plan_hash(r.plan) for r in rows}) == 6  # nothing lost, nothing twice
+    assert len(rows) == 5 and len({plan_hash(r.plan) for r in rows}) == 5  # nothing lost, nothing twice
     assert all(r.valid for r in rows), [r.reason for r in rows if not r.valid]
     measured = [r for r in rows if r.measurement]
     assert measured and all(set(r.measurement) == {"boards"} for r in measured)

@@ -1,6 +1,7 @@
-"""Searches whose candidates are scored and exported as Ray tasks on a real two-node cluster (the driver keeps
-the journal and measures on a real local agent): a search completes, and one with a worker node killed
-mid-search still completes with every candidate journaled exactly once."""
+"""Searches whose candidates are scored as Ray tasks on a real two-node cluster (the driver keeps the journal):
+one with a worker node killed mid-search completes with every candidate journaled exactly once, and a run
+started without a cluster resumes on one. The search that also exports on the cluster and measures on real
+agents is in test_board_pool.py."""
 
 from __future__ import annotations
 
@@ -24,19 +25,6 @@ def _journal_rows(run_dir):
         return rows, [plan_hash(r.plan) for r in rows]
     finally:
         journal.close()
-
-
-def test_search_on_a_two_node_cluster(ray_cluster, tmp_path, trained_resnet20_mnist):
-    from host.search.runner import SearchRunner
-
-    _cluster, address = ray_cluster
-    config = tiny_config(tmp_path / "run", trained_resnet20_mnist, budget=4)
-    result = SearchRunner.start(config, ray=address).run()
-    rows, hashes = _journal_rows(config.out)
-    assert len(rows) == 4 and len(set(hashes)) == 4  # the budget, each plan once
-    assert all(r.valid for r in rows), [r.reason for r in rows if not r.valid]
-    assert result.candidates_evaluated == 4 and result.finals
-    assert not (config.out / ".work").exists()  # the artifacts the workers sent back were cleared
 
 
 def test_a_worker_node_killed_mid_search_loses_nothing(ray_cluster, tmp_path, trained_resnet20_mnist):

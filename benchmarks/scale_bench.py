@@ -245,23 +245,24 @@ def _pool_part(rounds: int, image_size: int, count: int) -> list[str]:
 
 
 def _journal_costs(run_dir: Path) -> tuple[dict[str, float], float]:
-    """Per-stage costs and the measured share from a finished search's journal: unmeasured candidates' seconds
-    are their scoring; a measured candidate's seconds less that median are its export, benchmark and dense pair
-    (and any confirmation), split here as export : benchmark = 1 : 1 for want of finer records."""
+    """Per-stage costs (median seconds) and the measured share from a finished search's journal: the stage seconds
+    each candidate recorded (journal schema 4: score, export, measure with its dense pair and confirmations;
+    the measure figure stands for the benchmark and its pair, half each)."""
     from host.search.journal import Journal
 
     journal = Journal.open(run_dir)
     try:
-        rows = [r for r in journal.candidates("search") if not r.reused and r.valid]
+        rows = [r for r in journal.candidates("search") if not r.reused and r.valid and r.stage_seconds]
     finally:
         journal.close()
-    scored = [r.eval_seconds for r in rows if not r.measurement]
-    measured = [r.eval_seconds for r in rows if r.measurement]
-    if not scored or not measured:
-        raise SystemExit(f"{run_dir}: the journal needs both measured and unmeasured search candidates")
-    score = statistics.median(scored)
-    rest = max(0.0, statistics.median(measured) - score)
-    return {"score": score, "export": rest / 2, "measure": rest / 4, "dense_pair": rest / 4}, len(measured) / len(rows)
+    measured = [r.stage_seconds for r in rows if "measure" in r.stage_seconds]
+    if not rows or not measured:
+        raise SystemExit(f"{run_dir}: no search candidates with recorded stage seconds, or none measured "
+                         "(journals written before schema 4 did not record them)")
+    med = statistics.median
+    measure = med(s["measure"] for s in measured)
+    return ({"score": med(r.stage_seconds["score"] for r in rows), "export": med(s["export"] for s in measured),
+             "measure": measure / 2, "dense_pair": measure / 2}, len(measured) / len(rows))
 
 
 def _print_projection(costs: dict[str, float], share: float) -> None:

@@ -34,7 +34,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 from torch import nn
@@ -57,6 +57,7 @@ from host.search.space import SearchSpace
 from patterns.plan import Plan
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 INVALID_REWARD = -1.0  # below every valid reward of the latency/energy objectives and the paper's "acc - 1"
 # Candidate artifacts are written inside the run directory, not the system temp folder: a SIGKILL runs no
@@ -92,6 +93,12 @@ class _Job:
     @property
     def names(self) -> Mapping[str, str]:
         return self.chosen.choices
+
+
+def _timed(fn: Callable[..., T], *args: object) -> tuple[T, float]:
+    """(fn(*args), its seconds)."""
+    start = time.perf_counter()
+    return fn(*args), time.perf_counter() - start
 
 
 def _exported(result: object) -> Exporter:
@@ -395,7 +402,7 @@ class CandidateEvaluator:
                 if self.measurer.cached(artifact.sha256) is not None:  # nothing to measure: as one at a time
                     done(i, self._finish(job, scored, lambda _path, _q, a=artifact: a, measure=True))
                     continue
-                future = threads.submit(self.measurer.measure_with_dense, artifact.path)
+                future = threads.submit(_timed, self.measurer.measure_with_dense, artifact.path)
                 measuring[future] = (i, job, scored, artifact, int8_acc)
         finally:
             if threads is not None:
@@ -422,16 +429,18 @@ class CandidateEvaluator:
         """A candidate measured in a pool's thread (:meth:`Measurer.measure_with_dense`): cached, paired with the
         dense figures taken right after it on the same board, confirmed as :meth:`_settle` does, journaled."""
         try:
-            raw, dense = future.result()
+            (raw, dense), seconds = future.result()
             self.measurer.store(artifact.sha256, raw)
             measurement = self.measurer.paired_with(raw, dense)
+            start = time.perf_counter()
             if job.phase != Phase.DENSE and self.objective.needs_measurement:
                 measurement = self._settle(artifact, raw, self.scored_accuracy(scored.accuracy, int8_acc),
                                            scored.macs, job.choices, confirm=job.phase == Phase.SEARCH,
                                            first=measurement)
+            stages = {"export": artifact.seconds, "measure": seconds + time.perf_counter() - start}
         finally:
             Path(artifact.path).unlink(missing_ok=True)
-        return self._finish(job, scored, measured=(artifact.sha256, measurement, int8_acc))
+        return self._finish(job, scored, measured=(artifact.sha256, measurement, int8_acc, stages))
 
     def _shared_scorer(self, executor: Executor) -> object:
         """The scorer as the executor's tasks take it (put into a cluster's object store once per run)."""
@@ -466,22 +475,22 @@ class CandidateEvaluator:
 
     def _finish(self, job: _Job, scored: Scored | Failed, export: Exporter | None = None,
                 force_measure: bool = False, measure: bool | None = None,
-                measured: tuple[str, Measurements, float | None] | None = None) -> CandidateRecord:
+                measured: tuple[str, Measurements, float | None, dict[str, float]] | None = None) -> CandidateRecord:
         """A scored plan measured (``measure``, or when None: :meth:`_wants_measurement`; exported with
-        ``export(path, quantize)``; ``measured``: (sha256, measurement, int8 accuracy) taken already),
-        rewarded and journaled."""
+        ``export(path, quantize)``; ``measured``: (sha256, measurement, int8 accuracy, stage seconds) taken
+        already), rewarded and journaled."""
         phase, choices = job.phase, job.choices
         start = time.perf_counter() - scored.seconds
         if isinstance(scored, Failed):
             # the worst reward, recorded so the policy learns from it and a resume does not retry it
             return self._record_invalid(phase, job.chosen, scored.failure(), scored.seconds)
         acc = scored.accuracy
-        sha, measurement, int8_acc = None, None, None
+        sha, measurement, int8_acc, stages = None, None, None, {}
         if measure is None:
             measure = self._wants_measurement(job, scored, force_measure)
         try:
             if measured is not None:
-                sha, measurement, int8_acc = measured
+                sha, measurement, int8_acc, stages = measured
             elif measure and export is not None:
                 settle = None
                 if phase != Phase.DENSE and self.objective.needs_measurement:
@@ -489,7 +498,7 @@ class CandidateEvaluator:
                                int8_accuracy: float | None = None) -> Measurements:
                         return self._settle(artifact, measured, self.scored_accuracy(acc, int8_accuracy),
                                             scored.macs, choices, confirm=phase == Phase.SEARCH)
-                sha, measurement, int8_acc = self._measure(job.key, export, settle)
+                sha, measurement, int8_acc, stages = self._measure(job.key, export, settle)
         except CandidateFailure as failure:
             return self._record_invalid(phase, job.chosen, failure, time.perf_counter() - start)
         reward = self._reward(self.scored_accuracy(acc, int8_acc), scored.macs, measurement, choices) \
@@ -497,7 +506,7 @@ class CandidateEvaluator:
         record = CandidateRecord(
             phase=phase, plan=job.chosen, accuracy=acc, macs=scored.macs, params=scored.params,
             reward=reward, eval_seconds=time.perf_counter() - start, artifact_sha256=sha, measurement=measurement,
-            int8_accuracy=int8_acc,
+            int8_accuracy=int8_acc, stage_seconds={"score": scored.seconds, **stages},
         )
         record = self.journal.record(record)
         predicted = self.cost_model.predict(choices)
@@ -511,7 +520,7 @@ class CandidateEvaluator:
         return record
 
     def _measure(self, key: str, export: Exporter, settle: Settle | None = None
-                 ) -> tuple[str, Measurements, float | None]:
+                 ) -> tuple[str, Measurements, float | None, dict[str, float]]:
         """(sha256, measurement, int8 validation accuracy or None) of the plan's artifact in the run's precision:
         exported into the work folder, scored by the ExecuTorch runtime when int8, measured on every device
         (cache first); ``settle(artifact, measurement)``, while the artifact exists, turns that into the recorded
@@ -520,12 +529,14 @@ class CandidateEvaluator:
         artifact = export(self._artifact_path(key), int8)
         try:
             int8_acc = self._int8_accuracy(artifact) if int8 else None
+            start = time.perf_counter()
             measurement = self.measurer.measure(artifact.path, artifact.sha256)
             if settle is not None:  # the reward it weighs uses the int8 accuracy in an int8 search
                 measurement = settle(artifact, measurement, int8_acc)
+            stages = {"export": artifact.seconds, "measure": time.perf_counter() - start}
         finally:
             Path(artifact.path).unlink(missing_ok=True)
-        return artifact.sha256, measurement, int8_acc
+        return artifact.sha256, measurement, int8_acc, stages
 
     def scored_accuracy(self, acc: float, int8_acc: float | None) -> float:
         """The accuracy a reward uses: fp32 searches ``acc``; int8 searches the int8 artifact's accuracy, or,

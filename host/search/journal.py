@@ -46,15 +46,17 @@ logger = logging.getLogger(__name__)
 
 JOURNAL_NAME = "journal.sqlite"
 SCHEMA_NAME = "autosculpt-search-journal"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # schema 1 had no status/reason/failed_layer columns; its rows are all valid candidates, so opening such a
 # journal adds the columns with those defaults (a pre-upgrade run stays resumable). Schema 2 had no
-# int8_accuracy column: its runs were all fp32 searches (NULL: not quantized).
+# int8_accuracy column: its runs were all fp32 searches (NULL: not quantized). Schema 3 had no stage_seconds
+# (NULL: where the candidate's time went was not recorded).
 _MIGRATIONS = {
     1: ("ALTER TABLE candidates ADD COLUMN status TEXT NOT NULL DEFAULT 'ok'",
         "ALTER TABLE candidates ADD COLUMN reason TEXT",
         "ALTER TABLE candidates ADD COLUMN failed_layer TEXT"),
     2: ("ALTER TABLE candidates ADD COLUMN int8_accuracy REAL",),
+    3: ("ALTER TABLE candidates ADD COLUMN stage_seconds TEXT",),
 }
 STATUS_OK = "ok"
 STATUS_INVALID = "invalid"
@@ -79,7 +81,8 @@ CREATE TABLE IF NOT EXISTS candidates (
     status TEXT NOT NULL DEFAULT 'ok',
     reason TEXT,
     failed_layer TEXT,
-    int8_accuracy REAL
+    int8_accuracy REAL,
+    stage_seconds TEXT
 );
 CREATE INDEX IF NOT EXISTS candidates_plan ON candidates (plan_hash, phase);
 CREATE TABLE IF NOT EXISTS measurements (
@@ -166,6 +169,9 @@ class CandidateRecord:
     # int8 searches: validation accuracy of the candidate's int8 artifact, run by the real runtime (None: not
     # quantized). ``accuracy`` stays the fp32 (masked model's) accuracy either way.
     int8_accuracy: float | None = None
+    # where the candidate's time went: "score" (masks, recovery, accuracy, MACs; on a worker with --ray),
+    # "export" and "measure" (the device(s), its dense pairs and confirmations) when it was measured
+    stage_seconds: dict[str, float] | None = None
 
     @property
     def plan_hash(self) -> str:
@@ -354,6 +360,8 @@ class Journal:
                     candidate.reason,
                     candidate.failed_layer,
                     None if candidate.int8_accuracy is None else float(candidate.int8_accuracy),
+                    None if candidate.stage_seconds is None else canonical_json(
+                        {k: round(float(v), 4) for k, v in candidate.stage_seconds.items()}),
                 ),
             )
         return replace(candidate, id=cur.lastrowid, created=created)
@@ -430,14 +438,14 @@ class Journal:
 
 _COLUMNS = ("id", "phase", "plan_hash", "plan_json", "accuracy", "macs", "params", "artifact_sha256",
             "measurement_json", "reward", "eval_seconds", "reused", "created", "status", "reason", "failed_layer",
-            "int8_accuracy")
+            "int8_accuracy", "stage_seconds")
 # named columns, not *: rows unpack by position, so the order must be this module's, not the file's
 _SELECT = ", ".join(_COLUMNS)
 
 
 def _row_to_record(row: tuple[Any, ...]) -> CandidateRecord:
     (id_, phase, _hash, plan_json, acc, macs, params, sha, meas_json, reward, secs, reused, created, status, reason,
-     failed_layer, int8_acc) = row
+     failed_layer, int8_acc, stages) = row
     return CandidateRecord(
         phase=phase,
         plan=CandidatePlan.from_json(json.loads(plan_json)),
@@ -455,5 +463,6 @@ def _row_to_record(row: tuple[Any, ...]) -> CandidateRecord:
         reason=reason,
         failed_layer=failed_layer,
         int8_accuracy=int8_acc,
+        stage_seconds=None if stages is None else json.loads(stages),
     )
 

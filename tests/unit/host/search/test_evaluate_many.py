@@ -48,6 +48,8 @@ def test_out_of_order_results_are_journaled_once_and_returned_in_batch_order(eva
     assert [r.id for r in seen[:3]] == sorted(r.id for r in seen[:3])
     assert seen[0].plan.choices == candidate_plan(space, batch[3]).choices
     rows = evaluator.journal.candidates("search")
+    # where each evaluated candidate's time went is journaled (this objective measures nothing)
+    assert all(set(r.stage_seconds) == {"score"} and r.stage_seconds["score"] > 0 for r in rows if not r.reused)
     assert evaluator.journal.count("search", evaluated_only=True) == 3 and len(rows) == 4
     # the same answers as one at a time
     single = evaluator.evaluate(batch[1])

@@ -194,8 +194,8 @@ def test_int8_accuracy_round_trips_and_schema_2_journals_gain_the_column(tmp_pat
     other = tmp_path / "old"
     other.mkdir()
     conn = sqlite3.connect(other / JOURNAL_NAME)
-    schema2 = journal_module._SCHEMA.replace(",\n    int8_accuracy REAL", "")
-    assert "int8_accuracy" not in schema2
+    schema2 = journal_module._SCHEMA.replace(",\n    int8_accuracy REAL,\n    stage_seconds TEXT", "")
+    assert "int8_accuracy" not in schema2 and "stage_seconds" not in schema2
     conn.executescript(schema2)
     conn.execute("INSERT INTO meta VALUES ('schema', 'autosculpt-search-journal'), ('schema_version', '2'), "
                  "('metadata', '{}')")
@@ -207,6 +207,16 @@ def test_int8_accuracy_round_trips_and_schema_2_journals_gain_the_column(tmp_pat
     with Journal.open(other) as journal:
         (row,) = journal.candidates()
         assert row.int8_accuracy is None and row.deployed_accuracy == 0.9
+        assert row.stage_seconds is None  # schema 4 records where the time went; older rows did not
+
+
+def test_stage_seconds_round_trip(tmp_path):
+    with Journal.create(tmp_path, {}) as journal:
+        journal.record(CandidateRecord(**{**_record(0.9).__dict__,
+                                          "stage_seconds": {"score": 2.5, "export": 1.25, "measure": 0.8}}))
+    with Journal.open(tmp_path) as journal:
+        (row,) = journal.candidates()
+        assert row.stage_seconds == {"score": 2.5, "export": 1.25, "measure": 0.8}
 
 
 def test_elapsed_time_adds_up_over_processes_and_reading_adds_nothing(tmp_path, monkeypatch):

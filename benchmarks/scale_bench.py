@@ -188,14 +188,12 @@ def _pool_round(addresses: list[str], artifacts: list[Path], dense: Path) -> flo
     from host.search.devices import PoolSpec, open_devices
     from host.search.measurer import Measurer
 
-    class NoJournal:  # measure_with_dense touches no journal; the constructor wants one
-        pass
-
     spec = PoolSpec("pool", tuple(addresses))
     with open_devices((), None, [spec]) as devices:
         dense_artifact = Artifact(path=dense, kind="pte", sha256="dense", size_bytes=0, max_abs_err=0.0,
                                   input_shapes=())
-        measurer = Measurer(devices, BenchSpec(threads=1, policy=BenchPolicy.search()), NoJournal(), "latency",
+        # measure_with_dense touches no journal (the cache is the caller's): none is given
+        measurer = Measurer(devices, BenchSpec(threads=1, policy=BenchPolicy.search()), None, "latency",
                             lambda: dense_artifact)
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=len(addresses)) as threads:

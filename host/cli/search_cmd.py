@@ -92,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or finished run (its config is reused)")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="score and export candidates as Ray tasks, as many at once as the cluster has CPUs: local:N "
-                        "(a private Ray with N workers here), auto (the cluster `ray start` joined), or "
+                        "(a private Ray with N workers here), auto (the cluster `ray start` joined), HEAD:6379 or "
                         "ray://HEAD:10001; needs autosculpt[cluster] (default: in this process)")
     p.add_argument("--seed", type=int, default=cfg.seed)
     p.add_argument("--out", default=None, help=f"run directory (default {DEFAULT_OUT})")

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,7 +62,7 @@ class ClusterSpec:
 
 
 class Handle(Protocol):
-    """What :meth:`Executor.submit` returns: opaque, passed back to :meth:`Executor.as_completed`."""
+    """What :meth:`Executor.submit` returns: opaque, passed back to :meth:`Executor.next_done`."""
 
 
 class Executor(Protocol):
@@ -74,15 +74,12 @@ class Executor(Protocol):
         """``obj`` as an argument every task can take without copying it again per task."""
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Handle:
-        """Start ``fn(*args)``; its result comes from :meth:`as_completed`."""
-
-    def as_completed(self, handles: Iterable[Handle]) -> Iterator[tuple[Handle, Any]]:
-        """(handle, result) as each task finishes, first finished first. A task that raised yields the exception
-        object as its result (:class:`TaskLost` when its worker died on every attempt)."""
+        """Start ``fn(*args)``; its result comes from :meth:`next_done`."""
 
     def next_done(self, handles: Sequence[Handle], timeout: float | None = None) -> tuple[Handle, Any] | None:
-        """(handle, result) of one finished task among ``handles``, as in :meth:`as_completed`: waits for one,
-        at most ``timeout`` seconds (then None)."""
+        """(handle, result) of one finished task among ``handles``, waiting at most ``timeout`` seconds (then
+        None). A task that raised gives the exception object as its result (:class:`TaskLost` when its worker
+        died on every attempt)."""
 
     def close(self) -> None:
         """Release the cluster connection (stop a private local cluster)."""
@@ -106,10 +103,6 @@ class InlineExecutor:
             return _Done(fn(*args))
         except Exception as exc:  # noqa: BLE001 - handed to the caller, as a remote task's would be
             return _Done(exc)
-
-    def as_completed(self, handles: Iterable[_Done]) -> Iterator[tuple[_Done, Any]]:
-        for handle in handles:
-            yield handle, handle.value
 
     def next_done(self, handles: Sequence[_Done], timeout: float | None = None) -> tuple[_Done, Any] | None:
         return handles[0], handles[0].value
@@ -185,13 +178,6 @@ class RayExecutor:
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self._remote.remote(fn, *args)
-
-    def as_completed(self, handles: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
-        pending = list(handles)
-        while pending:
-            handle, value = self.next_done(pending)  # type: ignore[misc]  # no timeout: never None
-            pending.remove(handle)
-            yield handle, value
 
     def next_done(self, handles: Sequence[Any], timeout: float | None = None) -> tuple[Any, Any] | None:
         ray = self._ray

@@ -117,6 +117,14 @@ def prepare_torchvision() -> None:
         _fragment = lib
 
 
+def prepare_unpickling() -> None:
+    """Call before unpickling a model in a fresh process (a cluster worker): a torchvision model's classes import
+    torchvision on the way, which on this CPU torch needs its ops declared first (:func:`prepare_torchvision`).
+    Nothing happens where torchvision is not installed."""
+    if importlib.util.find_spec("torchvision") is not None:
+        prepare_torchvision()
+
+
 def import_library(name: str) -> Any:
     """Import ``timm`` or ``torchvision`` (preparing torchvision first), or raise a ModelError saying how to
     install it."""

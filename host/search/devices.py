@@ -109,13 +109,13 @@ class BoardPool:
     def get_info(self):
         return self.pool.run(lambda h: h.get_info())
 
-    def spread(self, name_prefix: str = "dense-reference") -> dict[str, tuple[int, float | None]]:
-        """Per board: benchmarks run, and the median p50 (ms) of the dense reference measured there (the
-        boards' spread: identical boards should agree within their noise)."""
+    def spread(self, dense_name: str | None) -> dict[str, tuple[int, float | None]]:
+        """Per board: benchmarks run, and the median p50 (ms) of the artifact file ``dense_name`` (the dense
+        reference of the pairs) measured there: the boards' spread, identical boards agree within their noise."""
         out = {}
         for handle in self.pool.handles:
             mine = [(f, p) for b, f, p in self.taken if b == handle.label]
-            dense = [p for f, p in mine if f.startswith(name_prefix)]
+            dense = [p for f, p in mine if f == dense_name]
             out[handle.label] = (len(mine), statistics.median(dense) if dense else None)
         return out
 

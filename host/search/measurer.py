@@ -92,6 +92,11 @@ class Measurer:
                 stack.enter_context(device.one_board())
             yield
 
+    @property
+    def dense_artifact_name(self) -> str | None:
+        """File name of the dense artifact of the pairs, None before the first pairing."""
+        return None if self._dense_artifact is None else Path(self._dense_artifact.path).name
+
     def dense_artifact(self) -> Artifact:
         """The dense model's artifact for the pairs, exported on first use."""
         if self._dense_artifact is None:

@@ -241,19 +241,20 @@ class SearchRunner:
             self._check_some_valid()
             final = FinalStage(cfg, self.journal, self.progress)
             finals = final.run(evaluator, splits, model)
-            self._report_pools(devices)
+            self._report_pools(devices, evaluator.measurer.dense_artifact_name)
             return final.report(evaluator, space, devices, finals, self.journal.elapsed_seconds())
         finally:
             evaluator.close()
 
-    def _report_pools(self, devices: list) -> None:
-        """Log (and keep in the journal) each board pool's per-board spread: benchmarks run and dense's median."""
+    def _report_pools(self, devices: list, dense_name: str | None) -> None:
+        """Log (and keep in the journal) each board pool's per-board spread: benchmarks run and the median of the
+        dense artifact ``dense_name`` there."""
         from host.search.devices import BoardPool
 
         for device in devices:
             if not isinstance(device.client, BoardPool):
                 continue
-            spread = device.client.spread()
+            spread = device.client.spread(dense_name)
             offline = sorted(device.client.pool.offline)
             self.journal.set_value(f"pool_spread:{device.name}", {"boards": spread, "offline": offline})
             logger.info("pool %s: %s%s", device.name, "; ".join(

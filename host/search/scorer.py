@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import patterns
 from host.errors import MissingDependencyError, PlanError, SculptError
 from host.export import Artifact, export_pte
 from host.export.int8 import calibration_from
+from host.models.external import prepare_unpickling
 from host.search.finetune import FinetuneConfig, accuracy, masked_finetune, recalibrate_bn
 from patterns.accounting import Cost
 from patterns.masks import MaskSet
@@ -163,6 +165,11 @@ class PlanScorer:
         self.recover_lr = recover_lr
         self._out_shape: tuple[int, ...] | None = None  # the base model's output shape, for realize_checked
 
+    def __reduce__(self):
+        # a scorer crosses processes (--ray ships it to every worker); its base model may be a torchvision one,
+        # whose unpickling imports torchvision, and that needs torchvision's ops declared in the new process first
+        return _restore_scorer, (pickle.dumps(self.__dict__),)
+
     def accuracy(self, model: nn.Module) -> float:
         """Validation accuracy of ``model`` (eager)."""
         return accuracy(model, self.data.val_batches)
@@ -281,3 +288,11 @@ class PlanScorer:
                 continue
             return name
         return None
+
+
+def _restore_scorer(state: bytes) -> PlanScorer:
+    """Unpickle a :class:`PlanScorer` (see ``PlanScorer.__reduce__``)."""
+    prepare_unpickling()
+    scorer = PlanScorer.__new__(PlanScorer)
+    scorer.__dict__.update(pickle.loads(state))
+    return scorer

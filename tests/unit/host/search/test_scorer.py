@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 
+import pytest
 import torch
 
 from host.search.candidate import candidate_plan
@@ -39,3 +40,27 @@ def test_a_pickled_scorer_scores_and_realizes_a_plan_as_the_original():
     torch.testing.assert_close(out, out2)
     summary = MeasurementSummary(p50_ms=1.5, p90_ms=1.8, count=40, dense_p50_ms=2.0)
     assert pickle.loads(pickle.dumps(summary)) == summary
+
+
+@pytest.mark.slow
+def test_a_scorer_of_a_torchvision_model_unpickles_in_a_fresh_process(tmp_path):
+    """What a cluster worker does with the run's scorer: a fresh interpreter that never imported torchvision
+    unpickles it (torchvision's classes import torchvision, whose ops this CPU torch must declare first)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from host.models.loader import load_model
+    from host.search.scorer import EvalData, PlanScorer
+
+    model = load_model("torchvision:mobilenet_v3_small", num_classes=10, in_channels=3, image_size=32,
+                       model_args={"width_mult": 0.25}).eval()
+    x = torch.randn(2, 3, 32, 32)
+    (tmp_path / "scorer.pkl").write_bytes(pickle.dumps(PlanScorer(model, EvalData(x[:1], [], [(x, torch.zeros(2))]))))
+    code = ("import pickle, sys, torch; s = pickle.load(open(sys.argv[1], 'rb')); "
+            "print(type(s.base_model).__module__, tuple(s.base_model(s.data.example_input).shape))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "scorer.pkl")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["torchvision.models.mobilenetv3", "(1,", "10)"]

@@ -54,6 +54,7 @@ class Strategy(StrEnum):
 
     PPO = "ppo"  # the GNN policy, trained by PPO on the rewards
     RANDOM = "random"  # the same calibrated prior without learning: a baseline
+    EVOLUTION = "evolution"  # aging evolution from that prior, projected like PPO's plans: the stronger baseline
 
 
 class ConstraintName(StrEnum):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from host.kinds import Aggregate, ConstraintName, ObjectiveName, Precision, choices
+from host.kinds import Aggregate, ConstraintName, ObjectiveName, Precision, Strategy, choices
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "search",
         help="search per-layer pruning patterns with a GNN + PPO policy, rewarded by measured latency",
-        description="Search per-layer pruning patterns for a model with a GNN + PPO policy. Rewards use the "
+        description="Search per-layer pruning patterns for a model with a GNN + PPO policy (or, with --strategy, "
+        "a baseline: random plans or aging evolution). Rewards use the "
         "validation accuracy and the latency/energy measured on the device(s); the best plans are "
         "fine-tuned, exported and benchmarked. With no arguments: resnet20 on mnist, local agent.",
     )
@@ -88,7 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"latency; targets are of the dense int8 model (default {cfg.precision})")
     p.add_argument("--calibration-images", type=int, default=ev.calibration_images,
                    help=f"int8: training images each candidate is calibrated on (default {ev.calibration_images})")
-    p.add_argument("--policy", dest="policy_file", help="start from a trained policy.pt (any model size)")
+    p.add_argument("--strategy", choices=choices(Strategy), default=cfg.strategy,
+                   help="how plans are proposed: ppo, the GNN policy trained on the rewards; random, plans of the "
+                        "same calibrated prior (a baseline); evolution, aging evolution from that prior with plans "
+                        f"projected into the target band like PPO's (the baseline to beat) (default {cfg.strategy})")
+    p.add_argument("--policy", dest="policy_file",
+                   help="start from a trained policy.pt (any model size; --strategy ppo only)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or finished run (its config is reused)")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="score and export candidates as Ray tasks, as many at once as the cluster has CPUs: local:N "
@@ -134,6 +140,7 @@ def build_config(args: argparse.Namespace) -> SearchConfig:
         aggregate=args.aggregate,
         seed=args.seed,
         policy_file=args.policy_file,
+        strategy=args.strategy,
         final_top=args.final_top,
         precision=args.precision,
         finetune=replace(base.finetune, epochs=args.finetune_epochs),

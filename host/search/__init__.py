@@ -8,7 +8,8 @@ measurement on the devices, cache, dense pairs; ``measurement``: the typed summa
 measured and what it is worth; the journal row),
 ``reward`` (paper flops reward, MnasNet latency/energy constraint), ``journal`` (SQLite, resume, measurement
 cache; ``CandidatePlan``), ``finetune`` (masked fine-tuning, distillation, BN recalibration), ``costmodel`` and ``projection`` (the
-cost model and the AMC-style projection onto the target band), ``devices`` (open/measure), ``runner`` (the
+cost model and the AMC-style projection onto the target band), ``evolution`` (aging evolution, the
+baseline strategy), ``devices`` (open/measure), ``runner`` (the
 loop), ``final`` (fine-tuned, realized, exported and re-measured final models; the report). ``runner`` is imported
 by the CLI and imports the torch-loading modules where it uses them; the others import at the top.
 """

@@ -142,6 +142,9 @@ class SearchConfig:
                                   hint=f"use one of: {', '.join(choices(kind))}") from None
         if self.budget < 1:
             raise ConfigError(f"--budget {self.budget} must be at least 1", hint="e.g. --budget 24")
+        if self.policy_file is not None and self.strategy != Strategy.PPO:
+            raise ConfigError(f"--policy starts the PPO policy from a file, but --strategy {self.strategy} has no "
+                              "policy", hint="leave out --policy, or use --strategy ppo")
         pools = self.pools()
         names = list(self.devices) + [p.name for p in pools]
         if len(set(names)) != len(names):

@@ -6,12 +6,15 @@ Order of work (the cheap checks that can fail come first):
 3. trained checkpoint (cached), dataset splits, graph and search space; unreachable flops target -> SearchError;
 4. dense model evaluated and measured (reference for "0.5x"); the most aggressive plan measured ("floor")
    so an unreachable latency/energy target is reported before the budget is spent;
-5. PPO: one env step = one candidate, journaled as it completes; the policy is saved after every rollout;
+5. PPO: one env step = one candidate, journaled as it completes; the policy is saved after every rollout
+   (``--strategy random``: plans of the prior; ``evolution``: aging evolution, :mod:`host.search.evolution`;
+   neither has a policy to save);
 6. final stage (:mod:`host.search.final`): Pareto-optimal candidates fine-tuned with masks fixed
    (+ distillation), realized, exported, measured with the longer final benchmark policy, test accuracy
    reported (never used to choose); result.json, report.md, plots, TensorBoard.
 
-Resume: the journal holds every finished candidate and the stored config; ``ppo.zip`` the last policy.
+Resume: the journal holds every finished candidate and the stored config; ``ppo.zip`` the last policy (an
+evolution run rebuilds its population from the journal).
 """
 
 from __future__ import annotations
@@ -342,10 +345,7 @@ class SearchRunner:
         )
 
     def _search(self, evaluator: CandidateEvaluator, space: SearchSpace, executor: Executor | None = None) -> None:
-        from host.search.env import BatchedPruningEnv, PruningEnv
-        from host.search.policy import save_policy
-        from host.search.ppo import BudgetCallback, ppo_model
-        from host.search.projection import Band, family_seeds
+        from host.search.projection import Band
 
         cfg = self.config
         budget = cfg.budget
@@ -365,15 +365,15 @@ class SearchRunner:
             return
         band = Band.around(target, cfg.ppo.band, cfg.ppo.band / 2)  # a little under the target rather than over
         rng = np.random.default_rng(cfg.seed + 1000 + self.journal.count(Phase.SEARCH))
-        if cfg.ppo.project and cfg.ppo.family_seeds and not self.journal.get_value("seeds_done"):
-            seeds = iter(family_seeds(space.choice_mask, space.vocab, space.keep_index, evaluator.cost_model, band,
-                                      rng))
-            while (left := budget - self.journal.count(Phase.SEARCH, evaluated_only=True)) > 0:
-                chunk = list(islice(seeds, min(width, left)))
-                if not chunk:
-                    break
-                evaluator.evaluate_many(chunk, Phase.SEARCH, executor, self._on_record("family seeds"))
-            self.journal.set_value("seeds_done", True)
+        self._family_seeds(evaluator, space, band, rng, executor, width)
+        if cfg.strategy == Strategy.EVOLUTION:
+            self._evolution_search(evaluator, space, band, rng, keep_logit, executor, width)
+            return
+        # PPO only from here: the baselines above need neither SB3 nor the graph policy
+        from host.search.env import BatchedPruningEnv, PruningEnv
+        from host.search.policy import save_policy
+        from host.search.ppo import BudgetCallback, ppo_model
+
         if width > 1:
             env = BatchedPruningEnv(space.observation(), width,
                                     partial(self._step_batch, evaluator, space, band, rng, executor))
@@ -386,6 +386,60 @@ class SearchRunner:
                                       partial(self._report_search, info="searching"))
             model.learn(total_timesteps=max_steps, callback=callback, reset_num_timesteps=False)
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)
+
+    def _family_seeds(self, evaluator: CandidateEvaluator, space: SearchSpace, band: Band, rng: np.random.Generator,
+                      executor: Executor | None, width: int) -> None:
+        """The search's first plans, one per pattern family (:func:`~host.search.projection.family_seeds`), when
+        plans are projected and seeds are configured; once per run (the journal's ``seeds_done``)."""
+        from host.search.projection import family_seeds
+
+        cfg = self.config
+        if not (cfg.ppo.project and cfg.ppo.family_seeds) or self.journal.get_value("seeds_done"):
+            return
+        seeds = iter(family_seeds(space.choice_mask, space.vocab, space.keep_index, evaluator.cost_model, band, rng))
+        while (left := cfg.budget - self.journal.count(Phase.SEARCH, evaluated_only=True)) > 0:
+            chunk = list(islice(seeds, min(width, left)))
+            if not chunk:
+                break
+            evaluator.evaluate_many(chunk, Phase.SEARCH, executor, self._on_record("family seeds"))
+        self.journal.set_value("seeds_done", True)
+
+    def _evolution_search(self, evaluator: CandidateEvaluator, space: SearchSpace, band: Band,
+                          rng: np.random.Generator, keep_logit: float, executor: Executor | None = None,
+                          width: int = 1) -> None:
+        """Aging evolution (:mod:`host.search.evolution`) over the calibrated prior, every plan projected into
+        ``band`` (when configured, as PPO's), ``width`` plans at a time on ``executor``. The population is
+        rebuilt from the journal's search rows in their order (the family seeds, and on a resume everything
+        the killed run evaluated), so a resumed run continues with the population it had; its size is fixed
+        at the run's start and kept in the journal, so a resume with a larger budget keeps it too."""
+        from host.search.evolution import AgingEvolution, Outcome, evolve, population_size
+        from host.search.projection import project, sample_prior
+
+        cfg = self.config
+        size = self.journal.get_value("evolution_population")
+        if size is None:
+            size = population_size(cfg.budget)
+            self.journal.set_value("evolution_population", size)
+
+        def projected(choices: np.ndarray) -> np.ndarray:
+            return project(choices, space.choice_mask, evaluator.cost_model, band, rng) if cfg.ppo.project else choices
+
+        def outcome(record: CandidateRecord) -> Outcome:
+            return Outcome(evaluator.choices_of(record), record.reward, record.valid, record.reused)
+
+        algorithm = AgingEvolution(
+            space.choice_mask, rng,
+            lambda g: sample_prior(space.choice_mask, space.keep_index, keep_logit, g.random(len(space.layer_names))),
+            projected, population=int(size),
+        )
+        algorithm.observe_all(outcome(r) for r in self.journal.candidates(Phase.SEARCH))
+
+        def evaluate(batch: list[np.ndarray]) -> list[Outcome]:
+            records = evaluator.evaluate_many(batch, Phase.SEARCH, executor, self._on_record("evolution"))
+            return [outcome(r) for r in records]
+
+        evolve(algorithm, evaluate, cfg.budget, width, spent=self.journal.count(Phase.SEARCH, evaluated_only=True),
+               steps=self.journal.count(Phase.SEARCH))
 
     def _step(self, evaluator: CandidateEvaluator, space: SearchSpace, band: Band, rng: np.random.Generator,
               choices: np.ndarray) -> StepOutcome:

@@ -89,11 +89,30 @@ def test_names_given_as_text_become_their_kinds_and_are_stored_as_text():
     data = json.loads(json.dumps(config.to_dict()))
     assert (data["objective"], data["precision"], data["strategy"]) == ("energy", "int8", "random")
     assert SearchConfig.from_dict(data) == config
-    with pytest.raises(ConfigError, match="unknown search strategy 'evolution'") as caught:
-        SearchConfig(strategy="evolution")
-    assert "ppo, random" in caught.value.hint
+    with pytest.raises(ConfigError, match="unknown search strategy 'annealing'") as caught:
+        SearchConfig(strategy="annealing")
+    assert "ppo, random, evolution" in caught.value.hint
     with pytest.raises(ConfigError, match="device aggregation"):
         SearchConfig(aggregate="mean")
+
+
+def test_strategy_flag_selects_evolution_and_rejects_unknown_names(capsys):
+    from host.cli.main import build_parser
+    from host.cli.search_cmd import build_config
+    from host.kinds import Strategy
+
+    config = build_config(build_parser().parse_args(["search", "--strategy", "evolution", "--budget", "24"]))
+    assert config.strategy is Strategy.EVOLUTION and config.budget == 24
+    assert SearchConfig.from_dict(json.loads(json.dumps(config.to_dict()))).strategy is Strategy.EVOLUTION
+    assert build_config(build_parser().parse_args(["search"])).strategy is Strategy.PPO
+    with pytest.raises(SystemExit) as exited:  # argparse names the choices, as for every other enum flag
+        build_parser().parse_args(["search", "--strategy", "annealing"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "invalid choice: 'annealing'" in err and "'evolution'" in err
+    # a policy file only means something to PPO: said at once rather than silently ignored
+    with pytest.raises(ConfigError, match="--strategy evolution has no policy") as caught:
+        build_config(build_parser().parse_args(["search", "--strategy", "evolution", "--policy", "p.pt"]))
+    assert "--strategy ppo" in caught.value.hint
 
 
 def test_device_pools_parse_and_round_trip_through_the_journal_form():

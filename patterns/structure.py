@@ -12,13 +12,20 @@ module names:
   and stays allowed;
 - ops that move data across channels (pixel shuffle, channel shuffle);
 - a construct whose index mapping torch-pruning itself fails on (ShuffleNetV2 at small inputs raises
-  ZeroDivisionError in its reshape mapping): that node is kept as a plain pass-through and marked.
+  ZeroDivisionError in its reshape mapping): that node is kept as a plain pass-through and marked;
+- a layer whose torch-pruning walk does not end within its step budget (:data:`WALK_STEPS_PER_EDGE`):
+  where concats and splits feed each other (timm's EfficientViT: each attention head's input is a split of
+  the features plus the previous head's output) the (layer, channel subset) states the walk visits multiply,
+  and one walk ran for more than ten minutes. That layer, and every layer the walk had reached through its
+  output channels, becomes a barrier instead of stalling the graph (a walk also stops after
+  :data:`WALK_SECONDS`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -36,6 +43,18 @@ _CHANNEL_LOCAL_OPS = ("Relu", "Hardtanh", "Gelu", "Silu", "Hardswish", "Sigmoid"
                       "Mean", "AvgPool", "MaxPool", "AdaptiveAvgPool", "Tanh", "LeakyRelu", "Elu")
 # Ops that move values across channels: a channel removed before them is not one channel after them.
 _CHANNEL_MIXING_OPS = ("PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "Roll")
+# A torch-pruning walk of one layer's channels may take this many steps per dependency edge of the graph
+# (a step: one dependency checked from one visited (node, channel subset) state). Across the 22 models of
+# the generality corpus the longest walk took at most 1 step per edge (ShuffleNetV2 342 steps / 522 edges,
+# a ViT 148 / 146); EfficientViT-M0's residual-stream walk passed 8,000 visited states in seconds and did not
+# end in ten minutes. Counting steps, not seconds, keeps the graph the same on a loaded machine.
+WALK_STEPS_PER_EDGE = 3
+# ... and may map at most this many channel indices (summed over its steps): a flatten maps one channel to
+# H*W indices, and EfficientViT-M0's walks spent 4 s on 22 steps and its patch merge 208 s within the step
+# budget. The corpus's largest is ShuffleNetV2's 393,744 (1.3 s).
+WALK_INDEX_ENTRIES = 1_500_000
+# A backstop in seconds for costs neither count sees; only a pathological walk depends on the machine's load.
+WALK_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +154,7 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor):
     finally:
         model.train(was_training)
     dg.sculpt_reshapes = recorder.shapes
+    _meter_walks(dg)
     return dg
 
 
@@ -245,13 +265,118 @@ def _op_name(dep) -> str:
     return str(getattr(dep.target, "grad_fn", None) or dep.target.name)
 
 
+class WalkTooLong(RuntimeError):
+    """torch-pruning's walk of a layer's channels exceeded its step budget (:data:`WALK_STEPS_PER_EDGE`)."""
+
+
+class _WalkMeter:
+    """Counts the steps of the torch-pruning walk in progress on one graph and stops it past ``limit``.
+
+    Installed on every dependency of the graph (an instance attribute wrapping ``is_triggered_by``, which
+    only ``get_pruning_group``'s walk calls); counts only between :meth:`start` and :meth:`stop`, so
+    torch-pruning's other uses of the graph are untouched. Nodes a stopped walk reached through their output
+    channels are remembered: their own walks would cover the same states, so they stop at once.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.steps = -1  # -1: no walk of ours in progress
+        self.deadline = 0.0
+        self.entries = 0
+        self.root = None
+        self.reached: set[object] = set()
+        self.stopped: dict[object, str] = {}  # node -> why its walk is not attempted
+
+    def wrap(self, dep):
+        check = dep.is_triggered_by
+
+        def is_triggered_by(fn):
+            triggered = check(fn)
+            if self.steps >= 0:
+                self.steps += 1
+                if triggered and "out_channels" in getattr(dep.handler, "__name__", ""):
+                    self.reached.add(dep.target)
+                if self.steps > self.limit:
+                    raise WalkTooLong(f"torch-pruning's walk of these channels did not end within {self.limit} "
+                                      "steps (paths through concats and splits that feed each other multiply)")
+                if time.monotonic() > self.deadline:
+                    raise WalkTooLong(f"torch-pruning's walk of these channels did not end within {WALK_SECONDS:g} s "
+                                      f"({self.steps} steps, {self.entries} channel indices mapped)")
+            return triggered
+        return is_triggered_by
+
+    def count(self, mapping):
+        """``mapping`` (one of torch-pruning's index mappings) with the indices it returns counted."""
+        def mapped(idxs):
+            out = mapping(idxs)
+            if self.steps >= 0:
+                self.entries += len(out)
+                if self.entries > WALK_INDEX_ENTRIES:
+                    raise WalkTooLong(f"torch-pruning's walk of these channels mapped more than {WALK_INDEX_ENTRIES} "
+                                      f"channel indices in {self.steps} steps (flattens multiply them)")
+            return out
+        return mapped
+
+    def start(self, node) -> None:
+        if node in self.stopped:
+            raise WalkTooLong(self.stopped[node])
+        self.steps = 0
+        self.entries = 0
+        self.deadline = time.monotonic() + WALK_SECONDS
+        self.root = node
+        self.reached = {node}
+
+    def stop(self, root: str, failed: BaseException | None) -> None:
+        if isinstance(failed, WalkTooLong):
+            self.stopped[self.root] = str(failed)
+            for node in self.reached:
+                self.stopped.setdefault(node, f"coupled with {root}, where {failed}")
+        self.steps = -1
+        self.reached = set()
+
+
+class _CountedMappings(list):
+    """A dependency's index mappings, each counted by the meter when the walk iterates them (torch-pruning
+    replaces entries in place on every ``get_pruning_group``, so they are wrapped as they are read)."""
+
+    def __init__(self, mappings, meter: _WalkMeter) -> None:
+        super().__init__(mappings)
+        self.meter = meter
+
+    def __iter__(self):
+        for mapping in super().__iter__():
+            yield None if mapping is None else self.meter.count(mapping)
+
+
+def _meter_walks(dg) -> None:
+    edges = sum(len(node.dependencies) for node in dg.module2node.values())
+    meter = _WalkMeter(max(WALK_STEPS_PER_EDGE * edges, 64))
+    for node in dg.module2node.values():
+        for dep in node.dependencies:
+            dep.is_triggered_by = meter.wrap(dep)
+            dep.index_mapping = _CountedMappings(dep.index_mapping, meter)
+    dg.sculpt_meter = meter
+
+
 def group_of(dg, module: nn.Module, names: dict[nn.Module, str], idxs: list[int] | None = None):
-    """The torch-pruning group of ``module``'s output channels (all channels unless ``idxs``)."""
+    """The torch-pruning group of ``module``'s output channels (all channels unless ``idxs``); raises
+    :class:`WalkTooLong` where its walk exceeds the step budget (graphs from :func:`build_dependency_graph`)."""
     import torch_pruning as tp
 
     handler = tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
     n = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-    return dg.get_pruning_group(module, handler, idxs=list(range(n)) if idxs is None else list(idxs))
+    meter = getattr(dg, "sculpt_meter", None)
+    if meter is None:
+        return dg.get_pruning_group(module, handler, idxs=list(range(n)) if idxs is None else list(idxs))
+    meter.start(dg.module2node.get(module))
+    failed = None
+    try:
+        return dg.get_pruning_group(module, handler, idxs=list(range(n)) if idxs is None else list(idxs))
+    except WalkTooLong as exc:
+        failed = exc
+        raise
+    finally:
+        meter.stop(names.get(module, type(module).__name__), failed)
 
 
 def try_group_of(dg, module: nn.Module, names: dict[nn.Module, str], root: str, channels: int):
@@ -261,7 +386,8 @@ def try_group_of(dg, module: nn.Module, names: dict[nn.Module, str], root: str, 
     try:
         tp_group = group_of(dg, module, names)
     except Exception as exc:  # the library's own failure on this construct
-        reason = f"torch-pruning cannot follow this layer's channels ({type(exc).__name__}: {exc})"
+        reason = (str(exc) if isinstance(exc, WalkTooLong)
+                  else f"torch-pruning cannot follow this layer's channels ({type(exc).__name__}: {exc})")
         log.info("coupling barrier at %s: %s", root, reason)
         member = GroupMember(root, "out", type(module).__name__)
         return None, CoupledGroup(root, channels, (member,), False, False, reason)

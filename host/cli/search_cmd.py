@@ -59,8 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "whichever board is free, several at once; repeatable")
     p.add_argument("--fleet", help="fleet file whose device names --device may use, with their credentials "
                                    "(see deploy/fleet.example.toml)")
-    p.add_argument("--budget", type=int, default=cfg.budget,
-                   help=f"candidates to evaluate in the search (default {cfg.budget})")
+    p.add_argument("--budget", type=int, default=None,
+                   help=f"candidates to evaluate in the search (default {cfg.budget}; with --resume, a larger "
+                        "budget continues the search further)")
     p.add_argument("--objective", choices=choices(ObjectiveName), default=cfg.objective)
     p.add_argument("--target-flops", type=float, default=cfg.target_flops,
                    help=f"MAC reduction for --objective flops ({cfg.target_flops:g})")
@@ -132,7 +133,7 @@ def build_config(args: argparse.Namespace) -> SearchConfig:
         devices=tuple(args.devices or (() if args.device_pools else ("local",))),
         device_pools=tuple(args.device_pools or ()),
         fleet=str(Path(args.fleet).resolve()) if args.fleet else None,
-        budget=args.budget,
+        budget=base.budget if args.budget is None else args.budget,
         objective=args.objective,
         target_flops=args.target_flops,
         target=args.target or (base.target if ObjectiveName(args.objective).measured else None),
@@ -154,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
 
     with _Display(enabled=not args.json) as display:
         if args.resume:
-            runner = SearchRunner.resume(Path(args.resume), progress=display.update, ray=args.ray)
+            runner = SearchRunner.resume(Path(args.resume), progress=display.update, budget=args.budget,
+                                         ray=args.ray)
         else:
             runner = SearchRunner.start(build_config(args), progress=display.update, ray=args.ray)
         try:

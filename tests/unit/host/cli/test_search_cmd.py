@@ -32,3 +32,28 @@ def test_unreachable_device_fails_before_training(tmp_path, capsys, monkeypatch)
 def test_resume_of_a_missing_run(tmp_path, capsys):
     assert main(["search", "--resume", str(tmp_path / "nothing")]) == 2
     assert "no search journal" in capsys.readouterr().err
+
+
+def test_resume_takes_a_larger_budget(tmp_path, monkeypatch):
+    """`--resume RUN --budget N` continues the stored search up to N candidates; without --budget, the stored
+    budget stands."""
+    from host.search.config import SearchConfig
+    from host.search.runner import SearchRunner
+
+    SearchRunner.start(SearchConfig(out=tmp_path / "run", budget=6, devices=("local",)))
+    budgets = []
+
+    class Stop(Exception):
+        pass
+
+    def run(self):
+        budgets.append(self.config.budget)
+        raise Stop
+
+    monkeypatch.setattr(SearchRunner, "run", run)
+    for extra in (["--budget", "20"], []):
+        try:
+            main(["search", "--resume", str(tmp_path / "run"), *extra])
+        except Stop:
+            pass
+    assert budgets == [20, 6]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from host.cli.main import main
 from host.search.journal import JOURNAL_NAME
 
@@ -52,8 +54,6 @@ def test_resume_takes_a_larger_budget(tmp_path, monkeypatch):
 
     monkeypatch.setattr(SearchRunner, "run", run)
     for extra in (["--budget", "20"], []):
-        try:
+        with pytest.raises(Stop):
             main(["search", "--resume", str(tmp_path / "run"), *extra])
-        except Stop:
-            pass
     assert budgets == [20, 6]

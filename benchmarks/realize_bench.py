@@ -10,6 +10,7 @@ every GEMM's output channels rounded up to XNNPACK's tile width (plus the border
 windows compute and slice off): the work the engine really does.
 
     .venv/bin/python benchmarks/realize_bench.py [--models resnet20,resnet56,mobilenetv2] [--threads 1] [--int8]
+        [--image-size 32]
 
 ``--int8`` adds an int8 twin of dense and of every realized variant (PT2E, XNNPACK quantizer, calibrated on
 8 random inputs: latency does not depend on the values), timed in the same interleaved rounds. Its table:
@@ -193,7 +194,7 @@ def tune(model: nn.Module, x: torch.Tensor, make: Callable[[float], Plan], base:
 
 def build_variants(name: str, x: torch.Tensor) -> list[Variant]:
     torch.manual_seed(0)
-    model = create_model(name).eval()
+    model = create_model(name, image_size=x.shape[-1]).eval()
     with torch.no_grad():  # BN statistics of a trained net, so norms/BN are not degenerate
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -264,12 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=5, help="calls per variant per round")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--int8", action="store_true", help="add int8 twins of dense and the realized variants")
+    parser.add_argument("--image-size", type=int, default=32,
+                        help="input size in pixels (default 32). int8 at 32 px is mostly XNNPACK's per-operator cost "
+                             "(ResNet-20 runs in ~0.1 ms), which no deployment at camera resolution sees")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
     _unsafe_reset_threadpool(args.threads)
-    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    size = args.image_size
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     rows, int8_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
@@ -277,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.int8:
                 variants += [Variant(v.name + " int8", v.module, v.macs, v.nonzero_macs, v.padded_macs, v.notes,
                                      int8=True) for v in variants if not v.name.startswith("masks-only")]
-            calibration = [(torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)),) for i in range(8)]
+            calibration = [(torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(i)),)
+                           for i in range(8)]
             for v in variants:
                 start = time.perf_counter()
                 kwargs = {"quantize": True, "calibration": calibration} if v.int8 else {}
@@ -302,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                              v.export_s, len(v.notes)))
     rows = [r for r in rows if r is not None]
     int8_table(int8_rows, args)
-    print(f"\nExecuTorch {_version('executorch')} / XNNPACK, {args.threads} thread(s), input 1x3x32x32, "
+    print(f"\nExecuTorch {_version('executorch')} / XNNPACK, {args.threads} thread(s), "
+          f"input 1x3x{size}x{size}, "
           f"{args.rounds} interleaved rounds of {args.calls} calls per variant (fastest call per round; median "
           f"over rounds; speed-up = median of per-round ratios) after {args.warmup} warm-up calls")
     header = ("model", "variant", "nz MMACs", "exec MMACs", f"NR={NR} MMACs", "MAC cut", "median ms", "speed-up",

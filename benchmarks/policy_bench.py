@@ -1,0 +1,213 @@
+"""Does the policy learn? Best validation reward after N evaluated candidates, per search strategy (issue 17).
+
+For every model (default ResNet-20 and MobileNetV2 on MNIST-5k, plus any held-out model named in --models)
+and every seed, one search per strategy, all with the same budget, objective, target, dense checkpoint,
+evaluator and cost model (the journal of each run is kept under --out):
+
+  ppo         the GNN + PPO policy (calibrated prior, family seeds, projection, online cost model, learning)
+  no-learn    the same with PPO's learning rate 0: the policy stays its calibrated prior
+  random      plans drawn from that prior, no seeds, no projection, no learning
+  evolution   aging evolution (host.search.evolution) from the family seeds and the prior, same projection
+  pretrained  (with --policy FILE) the PPO search started from a policy trained beforehand
+
+The figure is, for each run, the best reward among its first N newly evaluated candidates (reused plans spend
+no budget and are not counted), read from its journal, at every N of --checkpoints. The table gives the mean
+over seeds; the paired table gives, per checkpoint and model, ppo minus each other strategy, mean over seeds
+with its standard error (the seeds pair the runs: same data split, dense model and seed). A PNG of the curves
+(mean over seeds) is written next to the table. Nothing is fine-tuned (--final-top 0): this is about what
+the search finds, not the final stage.
+
+    .venv/bin/python benchmarks/policy_bench.py [--models resnet20,mobilenetv2] [--seeds 3]
+        [--budget 48] [--checkpoints 8,16,32,48] [--strategies ppo,no-learn,random,evolution]
+        [--policy zoo-policy.pt] [--objective latency] [--target-latency 0.5x] [--out runs/policy_bench]
+
+Costs: a latency-objective candidate is scored (~2-3 s), and exported and measured when the cost model
+thinks it worth it (~8 s more for a kernel-pattern plan): about 6 s per candidate on average here, so the
+default grid (2 models x 3 seeds x 4 strategies x 48) is ~3 h on this 2-core machine; `--objective flops`
+(no export, no device) takes ~2.5 s per candidate. A run that exists under --out is not run again (its
+journal is read), so an interrupted bench continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+STRATEGIES = ("ppo", "no-learn", "random", "evolution", "pretrained")
+
+
+def best_after(rewards: list[float], checkpoints: list[int]) -> dict[int, float | None]:
+    """Best reward among the first N evaluated candidates, for each N (None past the run's length)."""
+    out: dict[int, float | None] = {}
+    for n in checkpoints:
+        out[n] = max(rewards[:n]) if len(rewards) >= n and n > 0 else None
+    return out
+
+
+def paired(ours: list[float | None], theirs: list[float | None]) -> tuple[float, float, int] | None:
+    """Mean and standard error of ``ours - theirs`` over the seeds where both exist."""
+    diffs = [a - b for a, b in zip(ours, theirs, strict=True) if a is not None and b is not None]
+    if not diffs:
+        return None
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    return statistics.mean(diffs), se, len(diffs)
+
+
+def journal_rewards(run_dir: Path) -> list[float]:
+    """Rewards of the newly evaluated search candidates of a run, in evaluation order."""
+    from host.kinds import Phase
+    from host.search.journal import Journal
+
+    journal = Journal.open(run_dir)
+    return [r.reward for r in journal.candidates(Phase.SEARCH) if not r.reused]
+
+
+def strategy_changes(name: str, base, policy: str | None) -> dict:
+    if name == "ppo":
+        return {}
+    if name == "no-learn":
+        return {"ppo": replace(base.ppo, learning_rate=0.0)}
+    if name in ("random", "evolution"):
+        return {"strategy": name}
+    if name == "pretrained":
+        if not policy:
+            raise SystemExit("the pretrained row needs --policy FILE (a policy.pt from a search or pretraining)")
+        return {"policy_file": policy}
+    raise SystemExit(f"unknown strategy {name!r}; use some of {', '.join(STRATEGIES)}")
+
+
+def run_one(base, out: Path, progress: bool) -> tuple[list[float], float]:
+    """The search of ``base`` (resumed if its journal exists); its rewards and wall time (0 if reused)."""
+    from host.search.journal import JOURNAL_NAME
+    from host.search.runner import SearchRunner
+
+    start = time.perf_counter()
+    if (out / "result.json").exists():
+        return journal_rewards(out), 0.0
+    show = (lambda p: print(f"  {p.stage} {p.done}/{p.total} {p.message}", file=sys.stderr, flush=True)) \
+        if progress else None
+    runner = SearchRunner.resume(out, progress=show) if (out / JOURNAL_NAME).exists() else \
+        SearchRunner.start(replace(base, out=out), progress=show)
+    runner.run()
+    return journal_rewards(out), time.perf_counter() - start
+
+
+def plot(curves: dict[str, dict[str, dict[int, float | None]]], checkpoints: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
+    for ax, (model, rows) in zip(axes[0], curves.items(), strict=True):
+        for strategy, points in rows.items():
+            xs = [n for n in checkpoints if points.get(n) is not None]
+            ax.plot(xs, [points[n] for n in xs], marker="o", label=strategy)
+        ax.set_title(model)
+        ax.set_xlabel("evaluated candidates")
+        ax.set_ylabel("best validation reward (mean over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="resnet20,mobilenetv2", help="zoo names (default resnet20,mobilenetv2)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--budget", type=int, default=48)
+    parser.add_argument("--checkpoints", default="8,16,32,48")
+    parser.add_argument("--strategies", default="ppo,no-learn,random,evolution",
+                        help=f"some of {','.join(STRATEGIES)} (pretrained needs --policy)")
+    parser.add_argument("--policy", help="a policy.pt to start the 'pretrained' row from")
+    parser.add_argument("--objective", default="latency", choices=("latency", "flops"))
+    parser.add_argument("--target-latency", default="0.5x")
+    parser.add_argument("--target-flops", type=float, default=0.5)
+    parser.add_argument("--data-limit", type=int, default=5000)
+    parser.add_argument("--train-epochs", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "policy_bench")
+    parser.add_argument("--progress", action="store_true", help="print each run's progress to stderr")
+    args = parser.parse_args(argv)
+
+    from host.search.config import ModelSpec, SearchConfig
+
+    checkpoints = sorted({int(c) for c in args.checkpoints.split(",") if c.strip()})
+    if not checkpoints or checkpoints[0] < 1 or checkpoints[-1] > args.budget:
+        raise SystemExit(f"--checkpoints must lie within 1..--budget ({args.budget})")
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.out.mkdir(parents=True, exist_ok=True)
+    # results[model][strategy] = one {checkpoint: best reward} per seed
+    results: dict[str, dict[str, list[dict[int, float | None]]]] = {}
+    seconds: dict[str, float] = {}
+    for model in models:
+        results[model] = {s: [] for s in strategies}
+        for seed in range(args.seeds):
+            base = SearchConfig(
+                budget=args.budget, final_top=0, seed=seed, export_tflite=False, objective=args.objective,
+                target=args.target_latency if args.objective == "latency" else None,
+                target_flops=args.target_flops,
+                devices=("local",) if args.objective == "latency" else (),
+                model=ModelSpec(model=model, data_limit=args.data_limit, train_epochs=args.train_epochs))
+            for strategy in strategies:
+                config = replace(base, **strategy_changes(strategy, base, args.policy))
+                print(f"{model} seed {seed} {strategy}", file=sys.stderr, flush=True)
+                rewards, took = run_one(config, args.out / model / f"seed{seed}" / strategy, args.progress)
+                seconds[strategy] = seconds.get(strategy, 0.0) + took
+                results[model][strategy].append(best_after(rewards, checkpoints))
+
+    lines = [f"objective {args.objective}"
+             f"{' ' + args.target_latency if args.objective == 'latency' else f' {args.target_flops:g} MAC cut'}, "
+             f"budget {args.budget}, {args.seeds} seed(s); best validation reward after N evaluated candidates "
+             "(mean over seeds)", ""]
+    header = ["model", "strategy", *[f"N={n}" for n in checkpoints]]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    curves: dict[str, dict[str, dict[int, float | None]]] = {}
+    for model, rows in results.items():
+        curves[model] = {}
+        for strategy, per_seed in rows.items():
+            means = {}
+            for n in checkpoints:
+                values = [s[n] for s in per_seed if s[n] is not None]
+                means[n] = statistics.mean(values) if values else None
+            curves[model][strategy] = means
+            lines.append("| " + " | ".join([model, strategy, *[
+                "-" if means[n] is None else f"{means[n]:.4f}" for n in checkpoints]]) + " |")
+    if "ppo" in strategies:
+        lines += ["", "ppo minus each other strategy, paired by seed: mean +- standard error (seeds)", ""]
+        header = ["model", "vs", *[f"N={n}" for n in checkpoints]]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for model, rows in results.items():
+            for other in strategies:
+                if other == "ppo":
+                    continue
+                cells = []
+                for n in checkpoints:
+                    d = paired([s[n] for s in rows["ppo"]], [s[n] for s in rows[other]])
+                    cells.append("-" if d is None else f"{d[0]:+.4f} +- {d[1]:.4f} ({d[2]})")
+                lines.append("| " + " | ".join([model, other, *cells]) + " |")
+    lines += ["", "search wall time this invocation (s, runs reused from --out count 0): "
+              + ", ".join(f"{s} {t:.0f}" for s, t in seconds.items())]
+    text = "\n".join(lines)
+    print(text)
+    (args.out / "policy_bench.md").write_text(text + "\n")
+    (args.out / "policy_bench.json").write_text(json.dumps(
+        {m: {s: [{str(k): v for k, v in seed.items()} for seed in per] for s, per in rows.items()}
+         for m, rows in results.items()}, indent=2))
+    plot(curves, checkpoints, args.out / "policy_bench.png")
+    print(f"\nwritten: {args.out / 'policy_bench.md'}, .json, .png", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -79,7 +79,30 @@ def channel_covered(space) -> set[str]:
     return covered
 
 
-def torch_pruning_row(model: nn.Module, x: torch.Tensor, ours: set[str]) -> str:
+TP_SECONDS = 600  # torch-pruning's own pruner on EfficientViT-M0 walks its groups for hours (see patterns.structure)
+
+
+def torch_pruning_row(model: nn.Module, x: torch.Tensor, ours: set[str], timeout: float = TP_SECONDS) -> str:
+    """:func:`_torch_pruning_row` in a forked child, given ``timeout`` seconds: torch-pruning's own walk of a
+    model's groups is not bounded the way ours is, and one architecture must not stall the table."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=lambda: results.put(_torch_pruning_row(model, x, ours)), daemon=True)
+    child.start()
+    child.join(timeout)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        return f"torch-pruning itself did not finish in {timeout:g} s"
+    try:
+        return results.get(timeout=10)
+    except Exception:  # noqa: BLE001 - the child died without a row (a crash inside the library)
+        return f"torch-pruning itself crashed (exit code {child.exitcode})"
+
+
+def _torch_pruning_row(model: nn.Module, x: torch.Tensor, ours: set[str]) -> str:
     """Run torch-pruning's 50% magnitude channel pruning; say whether our channel choices cover its layers."""
     import torch_pruning as tp
 

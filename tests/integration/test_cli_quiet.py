@@ -20,7 +20,8 @@ import subprocess
 
 import pytest
 
-# one xdist worker for the module: its module fixtures (an export, a search) then run once, not once per worker
+# one xdist worker for the module: its fixtures (an export, a search) then run once, not once per worker; they are
+# session-scoped because a module fixture is set up again whenever the worker comes back to the module
 pytestmark = [pytest.mark.integration, pytest.mark.executorch, pytest.mark.slow, pytest.mark.xdist_group("cli_quiet")]
 
 OURS = re.compile(
@@ -54,14 +55,14 @@ def _export_args(out, checkpoint, *extra: str) -> list[str]:
             "--out", str(out), *extra]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def exported(venv_bin, tmp_path_factory, trained_resnet20_mnist):
     """A default export (lowering from scratch: torch.export, XNNPACK, the runtime check)."""
     out = tmp_path_factory.mktemp("quiet-export") / "r20.pte"
     return out, _sculpt(venv_bin, *_export_args(out, trained_resnet20_mnist))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def searched(venv_bin, tmp_path_factory, trained_resnet20_mnist):
     """A tiny latency search on the local agent (dense, floor and 4 candidates measured; no final stage)."""
     run_dir = tmp_path_factory.mktemp("quiet-search") / "run"

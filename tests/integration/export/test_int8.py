@@ -30,7 +30,6 @@ def _realized(name: str, seed: int):
     return plan, realized, x, calibration_from(images, 8)
 
 
-@pytest.mark.xdist_group("int8")
 @pytest.mark.parametrize("name", zoo_params(MODELS))
 def test_random_plans_quantize_lower_and_run_in_int8(name, tmp_path):
     plan, realized, x, calibration = _realized(name, seed=1)
@@ -47,7 +46,6 @@ def test_random_plans_quantize_lower_and_run_in_int8(name, tmp_path):
 
 
 @pytest.mark.litert
-@pytest.mark.xdist_group("int8")
 def test_int8_tflite_of_a_kernel_plan_runs_in_litert(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -59,7 +57,6 @@ def test_int8_tflite_of_a_kernel_plan_runs_in_litert(tmp_path):
     assert interpreter.get_input_details()[0]["dtype"].__name__ == "int8"  # really int8, I/O included
 
 
-@pytest.mark.xdist_group("int8")
 def test_int8_ghost_bottleneck_with_squeeze_excitation_loads_and_runs(tmp_path):
     """timm's GhostNet: a ghost module's concat, its whole-width ``out[:, :out_chs]`` (an alias after export)
     and a squeeze-excitation mean right after it. Quantized with the alias in place, XNNPACK's int8 mean

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from host.report.summary import RunSummary
     from host.search.candidate import CandidateEvaluator
     from host.search.env import StepOutcome
-    from host.search.projection import Band
+    from host.search.projection import TargetBand
     from host.search.space import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -345,7 +345,7 @@ class SearchRunner:
         )
 
     def _search(self, evaluator: CandidateEvaluator, space: SearchSpace, executor: Executor | None = None) -> None:
-        from host.search.projection import Band
+        from host.search.projection import TargetBand
 
         cfg = self.config
         budget = cfg.budget
@@ -363,7 +363,8 @@ class SearchRunner:
         if cfg.strategy == Strategy.RANDOM:
             self._random_search(evaluator, space, done, budget, keep_logit, executor, width)
             return
-        band = Band.around(target, cfg.ppo.band, cfg.ppo.band / 2)  # a little under the target rather than over
+        objective = cfg.reward_objective()
+        band = TargetBand(target, cfg.ppo.band, hard=objective.constraint.budget and objective.needs_measurement)
         rng = np.random.default_rng(cfg.seed + 1000 + self.journal.count(Phase.SEARCH))
         self._family_seeds(evaluator, space, band, rng, executor, width)
         if cfg.strategy == Strategy.EVOLUTION:
@@ -387,7 +388,7 @@ class SearchRunner:
             model.learn(total_timesteps=max_steps, callback=callback, reset_num_timesteps=False)
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)
 
-    def _family_seeds(self, evaluator: CandidateEvaluator, space: SearchSpace, band: Band, rng: np.random.Generator,
+    def _family_seeds(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator,
                       executor: Executor | None, width: int) -> None:
         """The search's first plans, one per pattern family (:func:`~host.search.projection.family_seeds`), when
         plans are projected and seeds are configured; once per run (the journal's ``seeds_done``)."""
@@ -396,7 +397,8 @@ class SearchRunner:
         cfg = self.config
         if not (cfg.ppo.project and cfg.ppo.family_seeds) or self.journal.get_value("seeds_done"):
             return
-        seeds = iter(family_seeds(space.choice_mask, space.vocab, space.keep_index, evaluator.cost_model, band, rng))
+        model = evaluator.cost_model
+        seeds = iter(family_seeds(space.choice_mask, space.vocab, space.keep_index, model, band.for_model(model), rng))
         while (left := cfg.budget - self.journal.count(Phase.SEARCH, evaluated_only=True)) > 0:
             chunk = list(islice(seeds, min(width, left)))
             if not chunk:
@@ -404,7 +406,7 @@ class SearchRunner:
             evaluator.evaluate_many(chunk, Phase.SEARCH, executor, self._on_record("family seeds"))
         self.journal.set_value("seeds_done", True)
 
-    def _evolution_search(self, evaluator: CandidateEvaluator, space: SearchSpace, band: Band,
+    def _evolution_search(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand,
                           rng: np.random.Generator, keep_logit: float, executor: Executor | None = None,
                           width: int = 1) -> None:
         """Aging evolution (:mod:`host.search.evolution`) over the calibrated prior, every plan projected into
@@ -422,7 +424,10 @@ class SearchRunner:
             self.journal.set_value("evolution_population", size)
 
         def projected(choices: np.ndarray) -> np.ndarray:
-            return project(choices, space.choice_mask, evaluator.cost_model, band, rng) if cfg.ppo.project else choices
+            if not cfg.ppo.project:
+                return choices
+            model = evaluator.cost_model
+            return project(choices, space.choice_mask, model, band.for_model(model), rng)
 
         def outcome(record: CandidateRecord) -> Outcome:
             return Outcome(evaluator.choices_of(record), record.reward, record.valid, record.reused)
@@ -441,18 +446,19 @@ class SearchRunner:
         evolve(algorithm, evaluate, cfg.budget, width, spent=self.journal.count(Phase.SEARCH, evaluated_only=True),
                steps=self.journal.count(Phase.SEARCH))
 
-    def _step(self, evaluator: CandidateEvaluator, space: SearchSpace, band: Band, rng: np.random.Generator,
+    def _step(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator,
               choices: np.ndarray) -> StepOutcome:
         """One PPO step: the policy's choices (projected into the cost band when configured) evaluated."""
         from host.search.env import StepOutcome
         from host.search.projection import project
 
         if self.config.ppo.project:
-            choices = project(choices, space.choice_mask, evaluator.cost_model, band, rng)
+            model = evaluator.cost_model
+            choices = project(choices, space.choice_mask, model, band.for_model(model), rng)
         record = evaluator.evaluate(choices, phase=Phase.SEARCH)
         return StepOutcome(record.reward, {"candidate": record.id, "accuracy": record.accuracy})
 
-    def _step_batch(self, evaluator: CandidateEvaluator, space: SearchSpace, band: Band, rng: np.random.Generator,
+    def _step_batch(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator,
                     executor: Executor, batch: list[np.ndarray]) -> list[StepOutcome]:
         """One PPO step of a :class:`BatchedPruningEnv`: its plans (projected) evaluated together, each reward
         to its own plan. Plans beyond the budget's end are not evaluated: they get reward 0 and a ``skipped``
@@ -461,7 +467,9 @@ class SearchRunner:
         from host.search.projection import project
 
         if self.config.ppo.project:
-            batch = [project(c, space.choice_mask, evaluator.cost_model, band, rng) for c in batch]
+            model = evaluator.cost_model
+            current = band.for_model(model)
+            batch = [project(c, space.choice_mask, model, current, rng) for c in batch]
         left = max(0, self.config.budget - self.journal.count(Phase.SEARCH, evaluated_only=True))
         records = evaluator.evaluate_many(batch[:left], Phase.SEARCH, executor, self._on_record("searching"))
         return ([StepOutcome(r.reward, {"candidate": r.id, "accuracy": r.accuracy}) for r in records]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from host.search.costmodel import CostModel
-from host.search.projection import Band, calibrate_keep_logit, family_seeds, project, sample_prior
+from host.search.projection import Band, TargetBand, calibrate_keep_logit, family_seeds, project, sample_prior
 
 SHARES = np.full(10, 0.1)
 MASK = np.ones((10, 4), bool)
@@ -89,3 +89,27 @@ def test_spread_projection_prunes_evenly():
     out = project(np.zeros(10, np.int64), MASK, model, Band.around(0.75, 0.01, 0.01), np.random.default_rng(0),
                   spread=True)
     assert set(out.tolist()) == {1}  # every layer one step, rather than a few layers at the most aggressive
+
+
+def test_soft_band_sits_a_little_under_the_target():
+    band = TargetBand(0.6, 0.06).for_model(_model())
+    assert (band.low, band.high) == pytest.approx((0.54, 0.63))
+
+
+def test_hard_band_stays_under_the_wall_by_the_cost_models_error():
+    model = _model()
+    hard = TargetBand(0.6, 0.06, hard=True)
+    band = hard.for_model(model)  # not fitted: error 0, the band ends at the target, not over it
+    assert (band.low, band.high) == pytest.approx((0.54, 0.6))
+    # a fit whose plans are measured 0.1 slower than the MAC prior says: its leave-one-out error is nonzero
+    rng = np.random.default_rng(0)
+    plans = [rng.integers(0, 4, 10) for _ in range(6)]
+    model.fit([(p, model.predict(p) + 0.1 * (i % 2)) for i, p in enumerate(plans)])
+    assert 0 < model.error < 0.06
+    band = hard.for_model(model)
+    assert band.high == pytest.approx(0.6 - model.error)
+    assert band.low == pytest.approx(0.54 - model.error)
+    out = project(np.zeros(10, np.int64), MASK, model, band, np.random.default_rng(1))
+    assert model.predict(out) <= 0.6 - model.error + 1e-9
+    model.error = 0.5  # an error larger than the band: the margin is capped at the band's width
+    assert hard.for_model(model).high == pytest.approx(0.54)

@@ -33,10 +33,15 @@ run: setup
 # torch thread per worker so the workers do not fight over the cores; the steps of one corpus model stay in
 # one worker), then the tests marked `alone` (real latency, energy and deadlines: searches, agents, remote
 # devices) one at a time with nothing beside them.
+# The trained test checkpoints go to one folder for both phases ($AUTOSCULPT_TEST_CACHE, a fresh temporary
+# one unless set), so the second phase does not train them again.
 test: setup
 	$(BIN)/python -m protos.generate --check
-	rc=0; OMP_NUM_THREADS=1 $(BIN)/pytest -n auto --dist loadgroup -m "not alone" || rc=$$?; \
-	$(BIN)/pytest -m alone || rc=$$?; exit $$rc
+	own=; cache="$${AUTOSCULPT_TEST_CACHE:-}"; if [ -z "$$cache" ]; then cache=$$(mktemp -d); own=1; fi; \
+	export AUTOSCULPT_TEST_CACHE="$$cache"; rc=0; \
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n auto --dist loadgroup -m "not alone" || rc=$$?; \
+	$(BIN)/pytest -m alone || rc=$$?; \
+	if [ -n "$$own" ]; then rm -rf "$$cache"; fi; exit $$rc
 
 # The inner loop: unit tests only (no real servers, runtimes, sshd, corpus or searches); CI runs `make test`.
 test-fast: setup

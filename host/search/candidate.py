@@ -44,8 +44,9 @@ from host.devices.results import BenchSpec
 from host.errors import SearchError
 from host.export import Artifact
 from host.export.evaluate import artifact_accuracy
-from host.kinds import Phase, Precision
+from host.kinds import ObjectiveName, Phase, Precision
 from host.search.costmodel import MIN_RATIO, CostModel
+from host.search.devicemodel import LatencyLearner, features_or_none
 from host.search.devices import SearchDevice
 from host.search.journal import STATUS_INVALID, CandidatePlan, CandidateRecord, Journal, plan_hash
 from host.search.measurement import Measurements, MeasurementSummary
@@ -63,6 +64,8 @@ INVALID_REWARD = -1.0  # below every valid reward of the latency/energy objectiv
 # Candidate artifacts are written inside the run directory, not the system temp folder: a SIGKILL runs no
 # cleanup, so whatever it leaves stays in the user's run folder, and the next process on the run clears it.
 WORK_DIR_NAME = ".work"
+# plans realized to move the cost model's prior onto the device latency model (warm_start_cost_model)
+WARM_START_PLANS = 12
 
 
 class Settle(Protocol):
@@ -155,6 +158,7 @@ class CandidateEvaluator:
         policy: MeasurePolicy = MeasurePolicy(),
         precision: Precision = Precision.FP32,
         host_threads: int | None = 1,
+        model_name: str | None = None,
     ) -> None:
         self.base_model = base_model.eval()
         # masks, scores, realizes and exports plans (no device, journal or reward)
@@ -178,6 +182,13 @@ class CandidateEvaluator:
         self.measurer = Measurer(self.devices, bench, journal, objective.name, self._export_dense_reference)
         # cost relative to dense: measured latency/energy (worst device) or, for the flops objective, MACs
         self.cost_model = CostModel.from_space(space)
+        # the device's persisted latency model (latency objective): learns from every measured candidate of every
+        # search on the device, warm-starts this run's cost model (warm_start_cost_model)
+        self.latency = LatencyLearner(
+            [(d.name, d.fingerprint) for d in self.devices] if objective.name == ObjectiveName.LATENCY else [],
+            str(precision), f"{model_name or space.model_name or type(base_model).__name__}@"
+                            f"{list(data.example_input.shape)}",
+            features_or_none(self.base_model, data.example_input), run=str(Path(journal.path).parent))
         # <run>/.work: emptied here (a killed process may have left a half-written artifact), removed by close()
         self._workdir = Path(journal.path).parent / WORK_DIR_NAME
         shutil.rmtree(self._workdir, ignore_errors=True)
@@ -270,6 +281,58 @@ class CandidateEvaluator:
             return record.macs / self.dense.macs if self.dense.macs else None
         return self.measurer.ratio(record.measurement)
 
+    def warm_start_cost_model(self, plans: int = WARM_START_PLANS, seed: int = 0) -> str:
+        """Start the cost model from the device's persisted latency model (:mod:`host.search.devicemodel`)
+        instead of "latency follows MACs", when the store has a model for every device: ``plans`` plans drawn
+        from the uniform prior at spread keep preferences are realized (no recovery, no export, no device),
+        their cost predicted from their operators, and the prior moved to fit them
+        (:meth:`CostModel.set_prior`). The prior is kept in the journal, so a resumed run starts from the same
+        one whatever the store learned meanwhile. Returns where the prior came from, for the log."""
+        from host.search.projection import sample_prior
+
+        stored = self.journal.get_value("cost_prior")
+        if stored is not None:
+            if stored.get("weights") is not None:
+                self.cost_model.restore_prior(stored["weights"])
+                self.refit_cost_model()
+            return str(stored.get("source", "MACs"))
+        source = "MACs (no latency model of this device yet)"
+        if self.latency.ready:
+            space, rng, pseudo = self.space, np.random.default_rng(seed), []
+            for logit in np.linspace(-3.0, 3.0, plans):
+                choices = sample_prior(space.choice_mask, space.keep_index, float(logit), rng.random(len(space.layer_names)))
+                try:
+                    realized = self.scorer.realize_checked(candidate_plan(space, choices).plan)
+                except CandidateFailure:
+                    continue
+                ratio = self.latency.predict_ratio(features_or_none(realized, self.data.example_input))
+                if ratio is not None:
+                    pseudo.append((choices, ratio))
+            if pseudo:
+                weights = self.cost_model.set_prior(pseudo)
+                models = sorted(set().union(*(m.models() for m in self.latency.models.values())))
+                source = (f"the device latency model ({sum(len(m.samples) for m in self.latency.models.values())} "
+                          f"measurements of {len(models)} model(s)) on {len(pseudo)} realized plans")
+                self.journal.set_value("cost_prior", {"source": source, "weights": [float(w) for w in weights]})
+                self.refit_cost_model()
+                logger.info("cost model starts from %s", source)
+                return source
+        self.journal.set_value("cost_prior", {"source": source, "weights": None})
+        return source
+
+    def _learn_latency(self, phase: Phase, features: tuple[float, ...] | None, measurement: Measurements) -> None:
+        """A measured candidate for the device latency model. Its figure is taken as its ratio to the dense model
+        measured right after it, times the median dense figure: the pair cancels the load the host had at that
+        moment (on a busy host one ResNet-56 plan measured 3.7 ms where its dense pair took 2x its usual time)."""
+        if phase == Phase.DENSE:
+            self.latency.learn(features, self.measurer.figures(measurement), None, search=False)
+            return
+        dense = self.dense_figures()
+        figures, paired = self.measurer.figures(measurement), self.measurer.reference(measurement)
+        steady = {dev: value / paired[dev] * dense[dev] for dev, value in figures.items()
+                  if paired.get(dev) and dev in dense}
+        self.latency.learn(features, steady, dense, search=phase == Phase.SEARCH)
+
     def refit_cost_model(self) -> None:
         """Fit the cost model on every candidate with a known cost (the journal is the only state)."""
         samples = []
@@ -300,6 +363,7 @@ class CandidateEvaluator:
         try:
             # realized first: a plan that cannot be built costs no recovery fine-tune
             realized = scorer.realize_checked(job.plan, names=job.names)
+            features = features_or_none(realized, self.data.example_input)
             model, masks = scorer.masked_model(job.plan)
             acc = scorer.accuracy(model)
             cost = scorer.count(model, masks)
@@ -312,7 +376,7 @@ class CandidateEvaluator:
                                      quantize=True)
             return scorer.export(realized, path)
 
-        scored = Scored(acc, int(cost.macs), int(cost.params), time.perf_counter() - start)
+        scored = Scored(acc, int(cost.macs), int(cost.params), time.perf_counter() - start, features=features)
         return self._finish(job, scored, export, force_measure=force_measure)
 
     def evaluate_many(self, batch: Sequence[np.ndarray], phase: Phase = Phase.SEARCH,
@@ -509,6 +573,8 @@ class CandidateEvaluator:
             int8_accuracy=int8_acc, stage_seconds={"score": scored.seconds, **stages},
         )
         record = self.journal.record(record)
+        if measurement is not None:
+            self._learn_latency(phase, scored.features, measurement)
         predicted = self.cost_model.predict(choices)
         if phase != Phase.DENSE and (measurement is not None or not self.objective.needs_measurement):
             self.refit_cost_model()

@@ -101,6 +101,26 @@ class CostModel:
         logger.debug("cost model fitted on %d samples (leave-one-out error %.3f): %s", len(samples), self.error,
                      np.round(self.weights, 3))
 
+    def set_prior(self, samples: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:
+        """Move the prior to the ridge fit (towards the current prior) on ``samples``: (choices, ratio) pairs
+        from another source than this run's measurements (:mod:`host.search.devicemodel`'s persisted model of
+        the device, on a few realized plans). Later :meth:`fit` calls regularize towards it. Returns it."""
+        if samples:
+            features = np.stack([self.features(c) for c, _ in samples])
+            ratios = np.array([r for _, r in samples], np.float64)
+            self.prior = self._solve(features, ratios)
+            self.prior[self.keep_index] = 0.0
+        self.weights = self.prior.copy()
+        return self.prior.copy()
+
+    def restore_prior(self, prior: Sequence[float]) -> None:
+        """A prior :meth:`set_prior` returned (kept in the journal, so a resumed run starts from the same one)."""
+        prior = np.asarray(prior, np.float64)
+        if prior.shape != self.prior.shape:
+            raise ValueError(f"a stored prior has {prior.shape[0]} weights, the search space {self.num_choices}")
+        self.prior = prior.copy()
+        self.weights = prior.copy()
+
     def _solve(self, features: np.ndarray, ratios: np.ndarray) -> np.ndarray:
         """Weights fitted towards the prior on (features, ratio) rows (the prior itself for no rows)."""
         weights = self.prior.copy()

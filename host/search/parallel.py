@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from host.export import Artifact
+from host.search.devicemodel import features_or_none
 from host.search.scorer import CandidateFailure, PlanScorer
 from patterns.plan import Plan
 
@@ -33,6 +34,8 @@ class Scored:
     seconds: float
     # the masked, recovered model's state (int8 searches: the quantized artifact is realized with these weights)
     weights: dict[str, torch.Tensor] | None = None
+    # the realized module's operator features (host.search.devicemodel), None where they could not be read
+    features: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,14 +82,15 @@ def score_plan(scorer: PlanScorer, plan: Plan, names: Mapping[str, str] | None, 
         torch.set_num_threads(threads)
     start = time.perf_counter()
     try:
-        scorer.realize_checked(plan, names=names)
+        realized = scorer.realize_checked(plan, names=names)
+        features = features_or_none(realized, scorer.data.example_input)
         model, masks = scorer.masked_model(plan)
         acc = scorer.accuracy(model)
         cost = scorer.count(model, masks)
     except CandidateFailure as failure:
         return Failed.of(failure, time.perf_counter() - start)
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()} if keep_weights else None
-    return Scored(acc, int(cost.macs), int(cost.params), time.perf_counter() - start, weights)
+    return Scored(acc, int(cost.macs), int(cost.params), time.perf_counter() - start, weights, features)
 
 
 def export_plan(scorer: PlanScorer, plan: Plan, names: Mapping[str, str] | None, quantize: bool = False,

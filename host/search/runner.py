@@ -228,7 +228,7 @@ class SearchRunner:
         bench = BenchSpec(threads=ev.threads, policy=ev.bench, measure_energy=objective.name == ObjectiveName.ENERGY)
         measure_policy = MeasurePolicy(ev.measure_min_accuracy_drop, ev.min_measured, ev.measure_slack, ev.recover_lr)
         evaluator = CandidateEvaluator(model, space, data, self.journal, objective, devices, bench, measure_policy,
-                                       precision=cfg.precision, host_threads=ev.host_threads)
+                                       precision=cfg.precision, host_threads=ev.host_threads, model_name=cfg.model.model)
         try:
             self.progress(Progress(Stage.DENSE, 0, 2, "evaluating and measuring the dense model"))
             evaluator.evaluate_dense()
@@ -240,7 +240,10 @@ class SearchRunner:
                 self.progress(Progress(Stage.DENSE, 1, 2, "measuring the most aggressive plan (is the target reachable?)"))
                 self._check_target_reachable(evaluator, space)
             self.progress(Progress(Stage.DENSE, 2, 2, "dense model measured"))
+            if evaluator.latency.models:
+                evaluator.warm_start_cost_model(seed=cfg.seed)
             self._search(evaluator, space, executor)
+            self._report_latency_model(evaluator)
             self._check_some_valid()
             final = FinalStage(cfg, self.journal, self.progress)
             finals = final.run(evaluator, splits, model)
@@ -248,6 +251,17 @@ class SearchRunner:
             return final.report(evaluator, space, devices, finals, self.journal.elapsed_seconds())
         finally:
             evaluator.close()
+
+    def _report_latency_model(self, evaluator: CandidateEvaluator) -> None:
+        """How well the device's persisted latency model predicted this run's measured search candidates before
+        each was measured (logged, and kept in the journal as ``latency_model``)."""
+        from host.search.devicemodel import summary_line
+
+        if not evaluator.latency.models:
+            return
+        stats = evaluator.latency.report()
+        self.journal.set_value("latency_model", stats)
+        logger.info("device latency model: %s", summary_line(stats))
 
     def _report_pools(self, devices: list, dense_name: str | None) -> None:
         """Log (and keep in the journal) each board pool's per-board spread: benchmarks run and the median of the

@@ -1,0 +1,361 @@
+"""A latency model of one device that persists across searches and carries across models.
+
+The search's :class:`~host.search.costmodel.CostModel` is fitted per run on per-choice MAC shares of one
+model: it knows nothing at the first candidate, and nothing it learns carries to the next model. This module
+keeps, per device fingerprint and precision, every measured artifact's *operator features* next to its
+measured latency, in the cache (``<cache>/devices/<fingerprint>/<precision>.jsonl``), and fits on them a
+small model of latency that any model's realized plan can be fed to:
+
+``ms = sum_j theta_j * f_j``, ``theta >= 0``, where the features ``f`` are read from the realized module's
+ATen operators on the example input (:func:`operator_features`): GEMM work split by kind (k x k convolution,
+1 x 1 convolution, depthwise convolution, matrix products), each counted with its output channels rounded
+up to XNNPACK's register tile (:data:`TILE`: 12 of 16 channels cost what 16 do), the number of GEMM and of
+other operators (each costs a fixed dispatch), the elements those other operators write (memory traffic),
+and a constant. None of these depends on which model the operators came from.
+
+Fit: non-negative least squares on relative error (each row divided by its latency), regularized towards a
+three-feature model (constant, tiled MACs, operator count) fitted first, so a kind of operator the device
+has not been seen running yet (depthwise convolutions, when only ResNets were measured) costs what a MAC
+costs on average rather than nothing.
+
+Use (``host.search.candidate``): a candidate's latency is predicted as the measured dense figure times
+``model(candidate) / model(dense)`` of the *same* model, which cancels the device's drift between runs and
+the model's error of scale; the prediction is kept with the measurement, so :meth:`DeviceLatencyModel.report`
+says how well the model predicted what it had not seen. At a search's start the store warm-starts the
+run's cost model (:func:`host.search.costmodel.CostModel.set_prior`) through a few realized plans.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from host.cache import cache_root
+
+logger = logging.getLogger(__name__)
+
+TILE = 8  # XNNPACK's output-channel register tile on x86 and Arm (f32 and qs8 GEMM microkernels: nr = 8 or 16)
+FEATURES = ("constant", "conv_kxk_mmac", "conv_1x1_mmac", "conv_dw_mmac", "matmul_mmac", "gemm_ops", "other_ops",
+            "other_melems")
+BASE = ("constant", "mmac", "ops")  # the regularizing model: constant, all tiled MACs, all operators
+MAX_SAMPLES = 4000  # newest kept per device and precision
+MIN_SAMPLES = 6  # fewer samples: no model (the MAC-proportional prior stays)
+RIDGE = 0.3  # pull of the full model towards the three-feature one (rows are relative errors, ~1 each)
+STORE_ENV = "AUTOSCULPT_DEVICE_MODELS"  # folder of the stores, default <cache>/devices
+
+# operators that move no data on XNNPACK (views, shape bookkeeping) or disappear in export (BN is folded,
+# dropout is identity in eval)
+_FREE = {"view", "_unsafe_view", "reshape", "expand", "t", "transpose", "permute", "unsqueeze", "squeeze",
+         "flatten", "alias", "detach", "clone", "contiguous", "slice", "select", "split", "split_with_sizes",
+         "chunk", "unbind", "as_strided", "_to_copy", "to", "lift_fresh", "empty", "empty_like", "zeros",
+         "ones", "full", "arange", "native_batch_norm", "_native_batch_norm_legit_no_training",
+         "_native_batch_norm_legit", "batch_norm", "dropout", "native_dropout", "copy_", "size", "sym_size",
+         "stride", "new_empty", "scalar_tensor", "lift", "_has_compatible_shallow_copy_type"}
+_MATMUL = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear"}
+
+
+def _tiled(channels: int) -> int:
+    return int(math.ceil(channels / TILE) * TILE)
+
+
+class _OperatorCounter(TorchDispatchMode):
+    """Accumulates :data:`FEATURES` over the ATen operators a forward dispatches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.totals = dict.fromkeys(FEATURES, 0.0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name in _FREE:
+            return out
+        try:
+            self._count(name, args, out)
+        except Exception:  # noqa: BLE001 - an operator we cannot read costs a dispatch, nothing else
+            self.totals["other_ops"] += 1
+        return out
+
+    def _count(self, name: str, args, out) -> None:
+        t = self.totals
+        if name == "convolution":
+            x, w = args[0], args[1]
+            groups = int(args[8]) if len(args) > 8 else 1
+            out_c, in_per_group = int(w.shape[0]), int(w.shape[1])
+            kernel = int(np.prod(w.shape[2:])) if w.dim() > 2 else 1
+            spatial = int(np.prod(out.shape[2:])) if out.dim() > 2 else 1
+            batch = int(x.shape[0])
+            if groups > 1 and in_per_group == 1:  # depthwise: one filter per channel, tiled over channels
+                t["conv_dw_mmac"] += batch * spatial * kernel * _tiled(out_c) / 1e6
+            else:
+                per_group = _tiled(out_c // groups) * groups
+                key = "conv_1x1_mmac" if kernel == 1 else "conv_kxk_mmac"
+                t[key] += batch * spatial * kernel * in_per_group * per_group / 1e6
+            t["gemm_ops"] += 1
+        elif name in _MATMUL:
+            a, b = (args[1], args[2]) if name in ("addmm", "baddbmm") else (args[0], args[1])
+            k, n = int(a.shape[-1]), int(b.shape[-1])
+            rows = int(np.prod(out.shape[:-1]))
+            t["matmul_mmac"] += rows * k * _tiled(n) / 1e6
+            t["gemm_ops"] += 1
+        elif name in ("_scaled_dot_product_flash_attention_for_cpu", "scaled_dot_product_attention",
+                      "_scaled_dot_product_attention_math"):
+            q, k = args[0], args[1]
+            rows = int(np.prod(q.shape[:-1]))
+            t["matmul_mmac"] += 2 * rows * int(k.shape[-2]) * int(q.shape[-1]) / 1e6
+            t["gemm_ops"] += 2
+            t["other_ops"] += 1  # the softmax
+        else:
+            t["other_ops"] += 1
+            first = out[0] if isinstance(out, (tuple, list)) and out else out
+            if isinstance(first, torch.Tensor):
+                t["other_melems"] += first.numel() / 1e6
+
+
+def operator_features(module: nn.Module, example_input: torch.Tensor) -> tuple[float, ...]:
+    """:data:`FEATURES` of ``module`` run once in eval mode on ``example_input`` (the realized, exported form:
+    BatchNorm and dropout count nothing, they are folded or gone on the device)."""
+    counter = _OperatorCounter()
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), counter:
+            module(example_input)
+    finally:
+        module.train(was_training)
+    counter.totals["constant"] = 1.0
+    return tuple(float(counter.totals[f]) for f in FEATURES)
+
+
+def features_or_none(module: nn.Module, example_input: torch.Tensor) -> tuple[float, ...] | None:
+    """:func:`operator_features`, or None (logged) when the module's operators cannot be read: a candidate
+    without features is measured as any other, it only teaches the device model nothing."""
+    try:
+        return operator_features(module, example_input)
+    except Exception as exc:  # noqa: BLE001 - a forward that ran once already; this is bookkeeping only
+        logger.debug("operator features not read: %s: %s", type(exc).__name__, exc)
+        return None
+
+
+def _base_rows(x: np.ndarray) -> np.ndarray:
+    """The three :data:`BASE` features of rows of :data:`FEATURES`."""
+    return np.stack([x[:, 0], x[:, 1:5].sum(axis=1), x[:, 5] + x[:, 6]], axis=1)
+
+
+def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from scipy.optimize import nnls
+
+    return nnls(a, b, maxiter=50 * a.shape[1])[0]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured artifact: its operator features, measured figure (ms), and what the store predicted for
+    it before it was measured (None: no model then)."""
+
+    features: tuple[float, ...]
+    ms: float
+    model: str
+    predicted_ms: float | None = None
+    run: str = ""
+    created: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"features": list(self.features), "ms": self.ms, "model": self.model,
+                "predicted_ms": self.predicted_ms, "run": self.run, "created": self.created}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Sample:
+        features = tuple(float(v) for v in data["features"])
+        if len(features) != len(FEATURES):
+            raise ValueError(f"expected {len(FEATURES)} features, got {len(features)}")
+        ms = float(data["ms"])
+        if not ms > 0:
+            raise ValueError(f"latency must be positive, got {ms}")
+        predicted = data.get("predicted_ms")
+        return cls(features, ms, str(data.get("model", "")), None if predicted is None else float(predicted),
+                   str(data.get("run", "")), float(data.get("created", 0.0)))
+
+
+def store_dir() -> Path:
+    """Where the per-device stores live: ``$AUTOSCULPT_DEVICE_MODELS``, default ``<cache>/devices``."""
+    return Path(os.environ.get(STORE_ENV) or cache_root() / "devices")
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:120] or "unknown"
+
+
+class DeviceLatencyModel:
+    """The samples of one device fingerprint and precision (from every search that measured on it) and the
+    model fitted on them. :meth:`add` appends to the store file under a lock, so concurrent searches on one
+    machine share it; a malformed line (a crash mid-write, a foreign edit) is skipped with a warning."""
+
+    def __init__(self, fingerprint: str, precision: str, root: Path | None = None) -> None:
+        self.fingerprint = fingerprint
+        self.precision = precision
+        root = root or store_dir()
+        self.path = root / _safe(fingerprint) / f"{_safe(precision)}.jsonl"
+        self.samples: list[Sample] = []
+        self.theta: np.ndarray | None = None
+        self._load()
+        self.fit()
+
+    # -- store ---------------------------------------------------------------------------------------
+    def _load(self) -> None:
+        if not self.path.is_file():
+            return
+        bad = 0
+        try:
+            lines = self.path.read_text().splitlines()
+        except OSError as exc:
+            logger.warning("device latency model %s not read (%s); starting without it", self.path, exc)
+            return
+        for line in lines[-MAX_SAMPLES:]:
+            if not line.strip():
+                continue
+            try:
+                self.samples.append(Sample.from_json(json.loads(line)))
+            except (ValueError, KeyError, TypeError):
+                bad += 1
+        if bad:
+            logger.warning("device latency model %s: %d malformed line(s) skipped", self.path, bad)
+
+    def add(self, sample: Sample) -> None:
+        """Keep ``sample`` (in memory and in the store) and refit."""
+        self.samples.append(sample)
+        self.samples = self.samples[-MAX_SAMPLES:]
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    handle.write(json.dumps(sample.to_json()) + "\n")
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        except OSError as exc:
+            logger.warning("device latency model %s not updated (%s)", self.path, exc)
+        self.fit()
+
+    # -- model ---------------------------------------------------------------------------------------
+    def fit(self) -> None:
+        """Relative-error NNLS on every sample, towards the three-feature model (see the module docstring)."""
+        if len(self.samples) < MIN_SAMPLES:
+            self.theta = None
+            return
+        x = np.array([s.features for s in self.samples], np.float64)
+        y = np.array([s.ms for s in self.samples], np.float64)
+        w = 1.0 / y  # rows as relative errors
+        base = _nnls(_base_rows(x) * w[:, None], y * w)
+        # the base model spread onto the full features: every MAC kind at the mean MAC cost, every op alike
+        prior = np.array([base[0], base[1], base[1], base[1], base[1], base[2], base[2], 0.0])
+        scale = np.maximum(np.abs(x * w[:, None]).mean(axis=0), 1e-12)  # ridge in each feature's own units
+        a = np.vstack([x * w[:, None], np.diag(RIDGE * scale)])
+        b = np.concatenate([y * w, RIDGE * scale * prior])
+        self.theta = _nnls(a, b)
+
+    @property
+    def ready(self) -> bool:
+        return self.theta is not None
+
+    def predict_ms(self, features: Sequence[float]) -> float | None:
+        """Predicted latency (ms) of an artifact with ``features``; None without a model."""
+        if self.theta is None:
+            return None
+        return max(1e-6, float(np.asarray(features, np.float64) @ self.theta))
+
+    def predict_ratio(self, features: Sequence[float], dense: Sequence[float]) -> float | None:
+        """Predicted latency of ``features`` relative to its dense model's ``dense`` features."""
+        num, den = self.predict_ms(features), self.predict_ms(dense)
+        return None if num is None or den is None or den <= 0 else num / den
+
+    def models(self) -> set[str]:
+        return {s.model for s in self.samples}
+
+    @staticmethod
+    def report(samples: Iterable[Sample]) -> dict[str, float | int] | None:
+        """How well the store predicted ``samples`` before they were measured: their count, the share within
+        +-10% and the median absolute relative error; None when none had a prediction."""
+        errors = [abs(s.predicted_ms - s.ms) / s.ms for s in samples if s.predicted_ms is not None]
+        if not errors:
+            return None
+        return {"predicted": len(errors), "within_10pct": float(np.mean([e <= 0.10 for e in errors])),
+                "median_error": float(np.median(errors))}
+
+
+def summary_line(stats: dict | None) -> str:
+    if not stats:
+        return "no candidate was predicted (the store had no model for this device yet)"
+    return (f"{stats['predicted']} measured candidates predicted before measurement: "
+            f"{100 * stats['within_10pct']:.0f}% within +-10%, median error {100 * stats['median_error']:.1f}%")
+
+
+class LatencyLearner:
+    """A search's side of the device latency models: one :class:`DeviceLatencyModel` per measured device
+    (latency objective only), the dense model's features, and this run's predictions.
+
+    :meth:`learn` is given every measured candidate; before its sample joins the store, the store's model
+    predicts it (``dense figure x model(candidate) / model(dense)``, the dense figure being the one known
+    before the candidate was measured), and the pair is kept for :meth:`report`."""
+
+    def __init__(self, devices: Iterable[tuple[str, str]], precision: str, model_key: str,
+                 dense_features: tuple[float, ...] | None, run: str = "") -> None:
+        self.models = {name: DeviceLatencyModel(fingerprint, precision) for name, fingerprint in devices}
+        self.model_key = model_key
+        self.dense_features = dense_features
+        self.run = run
+        self.predicted: list[Sample] = []  # this run's search candidates, predicted before they were measured
+
+    @property
+    def ready(self) -> bool:
+        """Every device has a fitted model (a warm start needs them all: the reward takes the worst device)."""
+        return bool(self.models) and all(m.ready for m in self.models.values())
+
+    def predict_ratio(self, features: Sequence[float] | None) -> float | None:
+        """Worst-device predicted cost of ``features`` relative to dense; None without a model."""
+        if features is None or self.dense_features is None or not self.ready:
+            return None
+        ratios = [m.predict_ratio(features, self.dense_features) for m in self.models.values()]
+        return None if any(r is None for r in ratios) else max(ratios)  # type: ignore[type-var]
+
+    def learn(self, features: Sequence[float] | None, figures: dict[str, float],
+              dense_figures: dict[str, float] | None, search: bool) -> None:
+        """Add one measured artifact (``figures``: ms per device; ``dense_figures``: the dense reference known
+        before it was measured, None for the dense model itself); ``search``: keep its prediction for
+        :meth:`report`."""
+        if features is None:
+            return
+        for name, model in self.models.items():
+            ms = figures.get(name)
+            if ms is None or not ms > 0:
+                continue
+            predicted = None
+            if dense_figures and self.dense_features is not None and name in dense_figures:
+                ratio = model.predict_ratio(features, self.dense_features)
+                predicted = None if ratio is None else ratio * dense_figures[name]
+            sample = Sample(tuple(features), float(ms), self.model_key, predicted, self.run, time.time())
+            model.add(sample)
+            if search and predicted is not None:
+                self.predicted.append(sample)
+
+    def report(self) -> dict | None:
+        """:meth:`DeviceLatencyModel.report` of this run's search candidates, with the store's size."""
+        stats = DeviceLatencyModel.report(self.predicted)
+        if stats is None:
+            return None
+        samples = sum(len(m.samples) for m in self.models.values())
+        models = sorted(set().union(*(m.models() for m in self.models.values())))
+        return {**stats, "store_samples": samples, "store_models": models}

@@ -30,6 +30,14 @@ def _session_cache_dir(tmp_path_factory):
         yield
 
 
+@pytest.fixture(autouse=True)
+def _own_device_models(tmp_path, monkeypatch):
+    """Each test's searches learn into (and warm-start from) a device latency model store of their own
+    (``AUTOSCULPT_DEVICE_MODELS``), so no test's plans depend on which tests ran before it on the same agent.
+    Fixtures wider than a test are set up before this one and share the session's store."""
+    monkeypatch.setenv("AUTOSCULPT_DEVICE_MODELS", str(tmp_path / "device-models"))
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

@@ -1,0 +1,221 @@
+"""The persisted device latency model: operator features, the store, the fit, its predictions across models,
+and the cost model's warm start from it."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from host.search.costmodel import CostModel
+from host.search.devicemodel import (
+    FEATURES,
+    MIN_SAMPLES,
+    DeviceLatencyModel,
+    LatencyLearner,
+    Sample,
+    operator_features,
+)
+
+F = {name: i for i, name in enumerate(FEATURES)}
+
+
+def _features(module: nn.Module, shape=(1, 3, 8, 8)) -> dict[str, float]:
+    return dict(zip(FEATURES, operator_features(module, torch.randn(*shape)), strict=True))
+
+
+def test_features_split_gemm_work_by_kind_with_output_channels_on_the_tile():
+    f = _features(nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU()))
+    # 12 output channels are computed as 16 (XNNPACK's tile of 8): 64 positions x 9 taps x 3 inputs x 16
+    assert f["conv_kxk_mmac"] == pytest.approx(64 * 9 * 3 * 16 / 1e6)
+    assert f["gemm_ops"] == 1 and f["other_ops"] == 1  # BatchNorm folds away on the device; the ReLU counts
+    assert f["constant"] == 1.0
+    same = _features(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()))
+    assert same["conv_kxk_mmac"] == f["conv_kxk_mmac"]  # 12 of 16 channels cost what 16 do
+    dw = _features(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1, groups=3), nn.Conv2d(3, 8, 1)))
+    assert dw["conv_dw_mmac"] == pytest.approx(64 * 9 * 8 / 1e6) and dw["conv_kxk_mmac"] == 0
+    assert dw["conv_1x1_mmac"] == pytest.approx(64 * 3 * 8 / 1e6)
+    lin = _features(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)), (2, 3, 8, 8))
+    assert lin["matmul_mmac"] == pytest.approx(2 * 192 * 16 / 1e6) and lin["gemm_ops"] == 1
+
+
+def test_features_see_attention_written_functionally():
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(16, 48)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).reshape(1, 5, 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
+            return nn.functional.scaled_dot_product_attention(q, k, v)
+
+    f = _features(Attn(), (1, 5, 16))
+    assert f["matmul_mmac"] > 5 * 16 * 48 / 1e6  # the qkv projection and the two attention products
+    assert f["gemm_ops"] >= 3
+
+
+def _device(features: np.ndarray) -> float:
+    """A synthetic board: depthwise MACs cost 4x dense ones, each operator 5 us, a 20 us constant."""
+    theta = np.array([0.02, 0.010, 0.008, 0.040, 0.012, 0.005, 0.003, 0.05])
+    return float(features @ theta)
+
+
+def _random_net(rng: np.random.Generator, depthwise: bool) -> np.ndarray:
+    f = np.zeros(len(FEATURES))
+    f[F["constant"]] = 1
+    f[F["conv_kxk_mmac"]] = rng.uniform(1, 20)
+    f[F["conv_1x1_mmac"]] = rng.uniform(0, 5)
+    f[F["conv_dw_mmac"]] = rng.uniform(0.2, 2) if depthwise else 0.0
+    f[F["matmul_mmac"]] = rng.uniform(0, 0.5)
+    f[F["gemm_ops"]] = rng.integers(10, 60)
+    f[F["other_ops"]] = rng.integers(10, 60)
+    f[F["other_melems"]] = rng.uniform(0, 0.5)
+    return f
+
+
+def test_store_persists_per_device_and_precision_and_skips_bad_lines(tmp_path, caplog):
+    model = DeviceLatencyModel("board-1", "fp32", root=tmp_path)
+    rng = np.random.default_rng(0)
+    for _ in range(MIN_SAMPLES - 1):
+        f = _random_net(rng, True)
+        model.add(Sample(tuple(f), _device(f), "net"))
+    assert not model.ready and model.predict_ms(f) is None  # too few samples: no model, no guess
+    model.add(Sample(tuple(f), _device(f), "net"))
+    assert model.ready
+    with open(model.path, "a") as handle:
+        handle.write("{not json\n" + json.dumps({"features": [1, 2], "ms": 1.0}) + "\n")
+    with caplog.at_level(logging.WARNING):
+        again = DeviceLatencyModel("board-1", "fp32", root=tmp_path)
+    assert len(again.samples) == MIN_SAMPLES and "2 malformed line(s) skipped" in caplog.text
+    assert DeviceLatencyModel("board-1", "int8", root=tmp_path).samples == []
+    assert DeviceLatencyModel("board-2", "fp32", root=tmp_path).samples == []
+    assert again.predict_ms(f) == pytest.approx(model.predict_ms(f))
+
+
+def test_fit_carries_to_a_model_with_operators_it_has_seen_in_other_proportions(tmp_path):
+    model = DeviceLatencyModel("board", "fp32", root=tmp_path)
+    rng = np.random.default_rng(1)
+    for _ in range(40):  # many plans of models with depthwise convolutions, measured with 3% noise
+        f = _random_net(rng, True)
+        model.add(Sample(tuple(f), _device(f) * rng.normal(1, 0.03), "a"))
+    errors = []
+    for _ in range(50):  # plans of other models, predicted as ratios to their dense model
+        dense, plan = _random_net(rng, True), _random_net(rng, True)
+        plan = np.minimum(plan, dense)
+        plan[F["constant"]] = 1
+        errors.append(abs(model.predict_ratio(plan, dense) / (_device(plan) / _device(dense)) - 1))
+    assert np.mean(np.array(errors) <= 0.10) >= 0.9
+
+
+def test_an_unseen_operator_kind_costs_the_mean_mac_not_nothing(tmp_path):
+    model = DeviceLatencyModel("board", "fp32", root=tmp_path)
+    rng = np.random.default_rng(2)
+    for _ in range(30):  # only models without depthwise convolutions were measured
+        f = _random_net(rng, False)
+        model.add(Sample(tuple(f), _device(f), "resnets"))
+    mac_costs = model.theta[[F["conv_kxk_mmac"], F["conv_1x1_mmac"]]]
+    assert model.theta[F["conv_dw_mmac"]] > 0.5 * mac_costs.min()
+
+
+def test_learner_predicts_before_it_learns_and_reports_its_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOSCULPT_DEVICE_MODELS", str(tmp_path))
+    rng = np.random.default_rng(3)
+    first = LatencyLearner([("pi", "fp-pi")], "fp32", "a@[1, 3, 32, 32]", tuple(_random_net(rng, True)))
+    assert first.report() is None and first.predict_ratio(first.dense_features) is None
+    for _ in range(12):
+        f = _random_net(rng, True)
+        first.learn(tuple(f), {"pi": _device(f)}, {"pi": _device(np.array(first.dense_features))}, search=True)
+    dense = _random_net(rng, True)
+    second = LatencyLearner([("pi", "fp-pi")], "fp32", "b@[1, 3, 32, 32]", tuple(dense))
+    assert second.ready and len(second.models["pi"].samples) == 12  # the first search's, from the store
+    plan = np.minimum(_random_net(rng, True), dense)
+    plan[F["constant"]] = 1
+    truth = _device(plan)
+    second.learn(tuple(plan), {"pi": truth}, {"pi": _device(dense)}, search=True)
+    second.learn(tuple(plan), {"other": 1.0}, {"pi": _device(dense)}, search=True)  # not a device of the run
+    report = second.report()
+    assert report["predicted"] == 1 and report["store_models"] == ["a@[1, 3, 32, 32]", "b@[1, 3, 32, 32]"]
+    predicted = second.models["pi"].samples[-1].predicted_ms
+    assert report["median_error"] == pytest.approx(abs(predicted - truth) / truth)
+    assert report["store_samples"] == 13
+
+
+def test_cost_model_prior_moves_to_the_pseudo_samples_and_measurements_refine_it():
+    shares = np.full(10, 0.1)
+    model = CostModel(shares, {1: 0.5, 2: 0.5}, 3)  # by MACs, choices 1 and 2 cut the same
+    rng = np.random.default_rng(0)
+    plans = [rng.integers(0, 3, 10) for _ in range(12)]
+    # the device model says choice 2 saves nothing (a kernel form that runs at dense speed)
+    pseudo = [(p, 1 - 0.5 * model.features(p)[1]) for p in plans]
+    prior = model.set_prior(pseudo)
+    assert prior[0] == 0 and prior[1] == pytest.approx(-0.5, abs=0.05) and abs(prior[2]) < 0.05
+    assert model.predict(np.full(10, 2)) == pytest.approx(1.0, abs=0.05)
+    model.fit([])  # no measurement yet: the moved prior, not the MAC one
+    assert model.predict(np.full(10, 2)) == pytest.approx(1.0, abs=0.05)
+    fresh = CostModel(shares, {1: 0.5, 2: 0.5}, 3)
+    fresh.restore_prior(prior)
+    assert np.allclose(fresh.weights, prior)
+    with pytest.raises(ValueError, match="search space"):
+        fresh.restore_prior(prior[:2])
+
+
+def test_warm_start_moves_the_search_cost_model_and_a_resume_keeps_it(evaluator, space_and_data):
+    """The evaluator's warm start on a store filled by another model's measurements (a board where each
+    operator costs as much as 2 MMAC, so cutting channels saves less than the MACs say); the prior it picks is
+    kept in the journal and comes back unchanged on a resume, whatever the store learned meanwhile."""
+    from host.search.candidate import CandidateEvaluator
+
+    space, data = space_and_data
+    assert evaluator.warm_start_cost_model().startswith("MACs")  # no device: nothing to start from
+    evaluator.journal.set_value("cost_prior", None)
+    dense = operator_features(space.graph_model, data.example_input)
+    learner = LatencyLearner([("board", "fp-board")], "fp32", "shape-checked@[1, 1, 16, 16]", dense)
+    rng = np.random.default_rng(0)
+
+    def board(f) -> float:
+        f = np.asarray(f)
+        return 0.01 + 0.05 * f[F["conv_kxk_mmac"] : F["matmul_mmac"] + 1].sum() + 0.1 * f[F["gemm_ops"]]
+
+    for _ in range(10):
+        f = np.array(_random_net(rng, False))
+        learner.models["board"].add(Sample(tuple(f), board(f), "other-model"))
+    evaluator.latency = learner
+    mac_prior = evaluator.cost_model.prior.copy()
+    source = evaluator.warm_start_cost_model(plans=8)
+    assert source.startswith("the device latency model (10 measurements of 1 model(s))")
+    moved = evaluator.cost_model.prior.copy()
+    assert not np.allclose(moved, mac_prior)
+    stored = evaluator.journal.get_value("cost_prior")
+    assert stored["weights"] == pytest.approx(list(moved))
+    # on plans it was not fitted on, the moved cost model is closer to the device model than the MAC prior
+    from host.search.candidate import candidate_plan
+    from host.search.projection import sample_prior
+    from host.search.scorer import CandidateFailure
+
+    mac_model, gaps, draws = CostModel.from_space(space), [], np.random.default_rng(7)
+    for logit in np.linspace(-2, 2, 12):
+        plan = sample_prior(space.choice_mask, space.keep_index, float(logit), draws.random(len(space.layer_names)))
+        try:
+            realized = evaluator.scorer.realize_checked(candidate_plan(space, plan).plan)
+        except CandidateFailure:
+            continue
+        truth = learner.predict_ratio(operator_features(realized, data.example_input))
+        gaps.append((abs(evaluator.cost_model.predict(plan) - truth), abs(mac_model.predict(plan) - truth)))
+    assert len(gaps) >= 4
+    warm, cold = np.mean(gaps, axis=0)
+    assert warm < cold / 2
+    for _ in range(10):  # the store learns more; a resumed run still starts from the journal's prior
+        f = np.array(_random_net(rng, True))
+        learner.models["board"].add(Sample(tuple(f), 3 * board(f), "third-model"))
+    resumed = CandidateEvaluator(space.graph_model, space, data, evaluator.journal, evaluator.objective, [],
+                                 evaluator.bench)
+    try:
+        resumed.latency = learner
+        assert resumed.warm_start_cost_model(plans=8) == source
+        assert np.allclose(resumed.cost_model.prior, moved)
+    finally:
+        resumed.close()

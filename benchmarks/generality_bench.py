@@ -83,13 +83,18 @@ TP_SECONDS = 600  # torch-pruning's own pruner on EfficientViT-M0 walks its grou
 
 
 def torch_pruning_row(model: nn.Module, x: torch.Tensor, ours: set[str], timeout: float = TP_SECONDS) -> str:
-    """:func:`_torch_pruning_row` in a forked child, given ``timeout`` seconds: torch-pruning's own walk of a
-    model's groups is not bounded the way ours is, and one architecture must not stall the table."""
+    """:func:`_torch_pruning_row` in a child process, given ``timeout`` seconds: torch-pruning's own walk of a
+    model's groups is not bounded the way ours is, and one architecture must not stall the table. The child is
+    spawned, not forked: a child forked after the bench has run torch ops hangs in torch's thread pool (every
+    row of stop 30's table read "did not finish"; LCNet-0.5's pruning takes 0.1 s)."""
     import multiprocessing
 
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    child = context.Process(target=lambda: results.put(_torch_pruning_row(model, x, ours)), daemon=True)
+    import pickle
+
+    # pickled here and unpickled in the child after torchvision's ops are declared there (prepare_unpickling)
+    child = context.Process(target=_torch_pruning_child, args=(results, pickle.dumps(model), x, ours), daemon=True)
     child.start()
     child.join(timeout)
     if child.is_alive():
@@ -100,6 +105,16 @@ def torch_pruning_row(model: nn.Module, x: torch.Tensor, ours: set[str], timeout
         return results.get(timeout=10)
     except Exception:  # noqa: BLE001 - the child died without a row (a crash inside the library)
         return f"torch-pruning itself crashed (exit code {child.exitcode})"
+
+
+def _torch_pruning_child(results, model: bytes, x: torch.Tensor, ours: set[str]) -> None:
+    import pickle
+
+    from host.models.external import prepare_unpickling
+
+    torch.set_num_threads(1)
+    prepare_unpickling()
+    results.put(_torch_pruning_row(pickle.loads(model), x, ours))
 
 
 def _torch_pruning_row(model: nn.Module, x: torch.Tensor, ours: set[str]) -> str:

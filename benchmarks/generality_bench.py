@@ -328,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="double the input size (up to 256 px) until dense runs this long (default 0.5 ms; "
                              "0 keeps every entry's own size)")
     args = parser.parse_args(argv)
+    import os
+
+    # the searches learn the device latency model into a store of this bench's own (under --out), so a row does
+    # not depend on what earlier runs on this machine left in ~/.cache/autosculpt/devices (unless the variable
+    # is set); rows of one invocation still share it, in the order they run
+    os.environ.setdefault("AUTOSCULPT_DEVICE_MODELS", str(args.out.resolve() / "device-models"))
     names = args.only.split(",") if args.only else list(corpus.NAMES)
     entries = [corpus.entry(n.strip()) for n in names]
 

@@ -184,11 +184,12 @@ class CandidateEvaluator:
         self.cost_model = CostModel.from_space(space)
         # the device's persisted latency model (latency objective): learns from every measured candidate of every
         # search on the device, warm-starts this run's cost model (warm_start_cost_model)
+        timed = [(d.name, d.fingerprint) for d in self.devices] if objective.name == ObjectiveName.LATENCY else []
         self.latency = LatencyLearner(
-            [(d.name, d.fingerprint) for d in self.devices] if objective.name == ObjectiveName.LATENCY else [],
-            str(precision), f"{model_name or space.model_name or type(base_model).__name__}@"
-                            f"{list(data.example_input.shape)}",
-            features_or_none(self.base_model, data.example_input), run=str(Path(journal.path).parent))
+            timed, str(precision), f"{model_name or space.model_name or type(base_model).__name__}@"
+                                   f"{list(data.example_input.shape)}",
+            features_or_none(self.base_model, data.example_input) if timed else None,
+            run=str(Path(journal.path).parent))
         # <run>/.work: emptied here (a killed process may have left a half-written artifact), removed by close()
         self._workdir = Path(journal.path).parent / WORK_DIR_NAME
         shutil.rmtree(self._workdir, ignore_errors=True)

@@ -5,7 +5,7 @@ keeping one row costs 3 MACs per output pixel per input channel; a dropped filte
 consumers' weights on its channel are masked too, so downstream work disappears with it); ``params``
 counts non-zero parameter entries (BN and LayerNorm included). ``dense_macs`` / ``dense_params`` count
 every entry, i.e. what a dense engine such as XNNPACK really executes. An ``nn.MultiheadAttention`` (and
-its pruned stand-in, :class:`patterns.heads.PrunedMultiheadAttention`) runs its q/k/v and out projections
+its pruned stand-in, :class:`patterns.attention.PrunedMultiheadAttention`) runs its q/k/v and out projections
 through ``F.linear`` on its own parameters, never through a Linear module's forward: they are counted from
 its call (q rows over the query's tokens, k and v rows over the key's and value's). Attention's activation x
 activation matmuls are not counted (they have no weights). All numbers are per sample.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from patterns.heads import PrunedMultiheadAttention
+from patterns.attention import PrunedMultiheadAttention
 from patterns.pattern_conv import PatternConv
 from patterns.probe import run_hooked
 

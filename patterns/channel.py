@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from patterns.attention import ATTENTION_TYPES, embedding_slices
 from patterns.errors import PlanError
 from patterns.family import Context, Decision, Family, count_for_ratio, stable_order
 from patterns.plan import LayerAssignment
@@ -138,6 +139,11 @@ def _group_norms(ctx: Context, tp_group, n: int) -> torch.Tensor:
             continue  # flatten-expanded consumers index more than n entries: skip them, producers decide
         handler = getattr(dep.handler, "__name__", "")
         index = torch.as_tensor(list(idxs), dtype=torch.long)
+        if isinstance(module, ATTENTION_TYPES):
+            for pname, axis in embedding_slices(module, "in" if "in_channels" in handler else "out"):
+                data = module.get_parameter(pname).detach().double().movedim(axis, 0)
+                total += data[index].pow(2).reshape(n, -1).sum(1)
+            continue
         for pname, param in module.named_parameters(recurse=False):
             data = param.detach().double()
             if isinstance(module, nn.Conv2d | nn.Linear) and "in_channels" in handler:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from patterns.attention import ATTENTION_TYPES, embedding_slices
 from patterns.errors import PlanError
 from patterns.norms import normalized_axes
 from patterns.plan import LayerAssignment
@@ -159,6 +160,14 @@ class Context:
             name = self.names[module]
             handler = getattr(dep.handler, "__name__", "")
             index = torch.as_tensor(list(dep_idxs), dtype=torch.long)
+            if isinstance(module, ATTENTION_TYPES):  # its q/k/v columns in, its out_proj rows out
+                for pname, axis in embedding_slices(module, "in" if "in_channels" in handler else "out"):
+                    param = module.get_parameter(pname)
+                    mask = torch.ones_like(param, dtype=torch.bool)
+                    mask.index_fill_(axis, index, False)
+                    key = f"{name}.{pname}" if name else pname
+                    masks[key] = masks[key] & mask if key in masks else mask
+                continue
             for pname, param in module.named_parameters(recurse=False):
                 mask = torch.ones_like(param, dtype=torch.bool)
                 if isinstance(module, nn.Conv2d | nn.Linear) and "in_channels" in handler:

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from patterns.attention import PrunedMultiheadAttention
 from patterns.errors import ModelError, PlanError
 from patterns.family import set_submodule
 from patterns.structure import prunable_layers
@@ -1059,8 +1060,8 @@ def _analyze_mha(site, mha: nn.MultiheadAttention, call) -> HeadLayout:
     return layout
 
 
-def _mha_in_proj(mha: nn.MultiheadAttention) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if mha.in_proj_weight is not None:
+def _mha_in_proj(mha: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if getattr(mha, "in_proj_weight", None) is not None:
         return mha.in_proj_weight, mha.in_proj_bias
     return torch.cat([mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight]), mha.in_proj_bias
 
@@ -1091,12 +1092,16 @@ def _mha_masks(root: nn.Module, layout: HeadLayout, drop: list[int]) -> dict[str
     return masks
 
 
-def _mha_replacement(mha: nn.MultiheadAttention, layout: HeadLayout, keep: list[int]) -> nn.Module:
-    if not isinstance(mha, nn.MultiheadAttention) or mha.num_heads != layout.heads or \
-            mha.embed_dim != layout.heads * layout.head_dims[0]:
+def _mha_replacement(mha: nn.Module, layout: HeadLayout, keep: list[int]) -> nn.Module:
+    """A :class:`PrunedMultiheadAttention` with heads ``keep`` of ``mha``: the original module, or the stand-in
+    realization already put in its place when channel pruning narrowed its embedding (its q/k/v rows and
+    out_proj columns, which the head indices address, are untouched by that)."""
+    inner = layout.heads * layout.head_dims[0]
+    full = (isinstance(mha, nn.MultiheadAttention) and mha.embed_dim == inner) or \
+        (isinstance(mha, PrunedMultiheadAttention) and mha.inner_dim == inner)
+    if not full or mha.num_heads != layout.heads:
         raise PlanError("the nn.MultiheadAttention whose heads the plan removes was changed by another "
-                        "assignment (e.g. channel pruning of its embedding)",
-                        hint="remove either its heads or the channels of the layers feeding it, not both")
+                        "assignment", hint="assign head patterns to one layer of each attention only")
     weight, bias = _mha_in_proj(mha)
     rows = torch.tensor([i for role in (layout.q, layout.k, layout.v) for h in keep for i in role[1][h]])
     cols = torch.tensor([i for h in keep for i in layout.out[1][h]])
@@ -1106,81 +1111,3 @@ def _mha_replacement(mha: nn.MultiheadAttention, layout: HeadLayout, keep: list[
         None if mha.out_proj.bias is None else mha.out_proj.bias.detach().clone(),
         heads=len(keep), batch_first=mha.batch_first, dropout=mha.dropout,
         kdim=mha.kdim, vdim=mha.vdim)
-
-
-class PrunedMultiheadAttention(nn.Module):
-    """``nn.MultiheadAttention`` with fewer heads: its q/k/v width (heads x head_dim) is below embed_dim,
-    which the torch module does not allow. Same call signature; returns ``(output, None)`` (the pruned
-    model was checked not to read the attention weights)."""
-
-    def __init__(self, in_proj_weight: torch.Tensor, in_proj_bias: torch.Tensor | None, out_weight: torch.Tensor,
-                 out_bias: torch.Tensor | None, *, heads: int, batch_first: bool, dropout: float,
-                 kdim: int, vdim: int) -> None:
-        super().__init__()
-        self.num_heads = heads
-        self.inner_dim = out_weight.shape[1]
-        self.head_dim = self.inner_dim // heads
-        self.embed_dim = out_weight.shape[0]
-        self.batch_first = batch_first
-        self.dropout = dropout
-        self.kdim, self.vdim = kdim, vdim
-        self.in_proj_weight = nn.Parameter(in_proj_weight)
-        self.in_proj_bias = nn.Parameter(in_proj_bias) if in_proj_bias is not None else None
-        self.out_proj = nn.Linear(self.inner_dim, self.embed_dim, bias=out_bias is not None)
-        self.out_proj.weight.data = out_weight
-        if out_bias is not None:
-            self.out_proj.bias.data = out_bias
-
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
-                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
-                is_causal: bool = False) -> tuple[torch.Tensor, None]:
-        packed = query is key and key is value  # self-attention
-        unbatched = query.dim() == 2
-        if unbatched:
-            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
-            if key_padding_mask is not None:
-                key_padding_mask = key_padding_mask.unsqueeze(0)
-        elif self.batch_first:
-            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-        tgt, batch, _ = query.shape
-        src = key.shape[0]
-        inner, h, d = self.inner_dim, self.num_heads, self.head_dim
-        w, b = self.in_proj_weight, self.in_proj_bias
-        kd = self.embed_dim if self.kdim is None else self.kdim
-        del kd
-        if packed:
-            # self-attention, as torch's own packed path: one projection with the whole (constant) weight, the
-            # output split; slicing the weight instead leaves three linears on computed weights, which
-            # XNNPACK cannot pack ahead of time
-            q, k, v = F.linear(query, w, b).split(inner, dim=-1)
-        else:
-            wq, wk, wv = w[:inner], w[inner:2 * inner], w[2 * inner:]
-            bq, bk, bv = (None, None, None) if b is None else (b[:inner], b[inner:2 * inner], b[2 * inner:])
-            q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
-        q = q.reshape(tgt, batch * h, d).transpose(0, 1).reshape(batch, h, tgt, d)
-        k = k.reshape(src, batch * h, d).transpose(0, 1).reshape(batch, h, src, d)
-        v = v.reshape(src, batch * h, d).transpose(0, 1).reshape(batch, h, src, d)
-        mask = _float_mask(attn_mask, q.dtype)
-        if mask is not None and mask.dim() == 3:
-            mask = mask.unsqueeze(1)  # (1, L, S) -> broadcast over heads
-        if key_padding_mask is not None:
-            pad = _float_mask(key_padding_mask, q.dtype).reshape(batch, 1, 1, src)
-            mask = pad if mask is None else mask + pad
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                             dropout_p=self.dropout if self.training else 0.0,
-                                             is_causal=is_causal and mask is None)
-        out = out.permute(2, 0, 1, 3).reshape(tgt, batch, inner)
-        out = F.linear(out, self.out_proj.weight, self.out_proj.bias)  # as nn.MultiheadAttention calls it
-        if unbatched:
-            out = out.squeeze(1)
-        elif self.batch_first:
-            out = out.transpose(0, 1)
-        return out, None
-
-
-def _float_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    if mask is None or mask.is_floating_point():
-        return mask
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
-

@@ -15,8 +15,9 @@ import logging
 import torch
 from torch import nn
 
+from patterns.attention import ATTENTION_TYPES, as_pruned
 from patterns.errors import PlanError
-from patterns.family import Context, Decision, RealizeState
+from patterns.family import Context, Decision, RealizeState, set_submodule
 from patterns.masks import MaskSet
 from patterns.norms import strip
 from patterns.plan import Plan
@@ -136,12 +137,21 @@ def realize(model: nn.Module, plan: Plan, example_input: torch.Tensor, *, check_
 
 def _remove_channels(realized: nn.Module, removals: list[tuple[str, list[int]]], state: RealizeState,
                      example_input: torch.Tensor) -> None:
+    # an nn.MultiheadAttention whose embedding narrows cannot change width in place: its stand-in can
+    for layer, _ in removals:
+        for member in state.groups[layer].members:
+            module = realized.get_submodule(member.name) if member.kind == "in" else None
+            if isinstance(module, nn.MultiheadAttention):
+                set_submodule(realized, member.name, as_pruned(module))
     dg = build_dependency_graph(realized, example_input)
     names = {module: name for name, module in realized.named_modules()}
     for layer, idxs in removals:
         tp_group = group_of(dg, realized.get_submodule(layer), names, idxs)
         for dep, dep_idxs in tp_group:
             module = dep.target.module
+            if isinstance(module, ATTENTION_TYPES) and module in names and "in_channels" not in \
+                    getattr(dep.handler, "__name__", ""):
+                module = module.out_proj  # its output channels are out_proj's rows
             if not isinstance(module, nn.Conv2d | nn.Linear) or module not in names:
                 continue
             name = names[module]

@@ -13,6 +13,9 @@ module names:
 - ops that move data across channels (pixel shuffle, channel shuffle);
 - a construct whose index mapping torch-pruning itself fails on (ShuffleNetV2 at small inputs raises
   ZeroDivisionError in its reshape mapping): that node is kept as a plain pass-through and marked;
+- an attention module called with a different key or value than its query (cross-attention): its key and
+  value bring channels of another stream (a self-attention ``nn.MultiheadAttention`` is one layer of the
+  graph, its query's channels in and ``out_proj``'s out; see :mod:`patterns.attention`);
 - a layer whose torch-pruning walk does not end within its step budget (:data:`WALK_STEPS_PER_EDGE`):
   where concats and splits feed each other (timm's EfficientViT: each attention head's input is a split of
   the features plus the previous head's output) the (layer, channel subset) states the walk visits multiply,
@@ -33,6 +36,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from patterns.attention import ATTENTION_TYPES, embedding_pruner, opaque_self_attention
 from patterns.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -130,18 +134,24 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor):
     was_training = model.training
     model.eval()
     recorder = _ReshapeShapes()
+    attention: list = []
 
     def forward(module, inputs):
-        with recorder:
-            return module(inputs)
+        with recorder, opaque_self_attention(module) as calls:
+            out = module(inputs)
+        calls.read_by(out)
+        attention.append(calls)
+        return out
 
     dg = tp.DependencyGraph()
+    pruner = embedding_pruner()
     try:
         with warnings.catch_warnings():
             # Free parameters (class token, position embedding) are reported but never pruned by us.
             warnings.simplefilter("ignore", UserWarning)
             try:
-                dg.build_dependency(model, example_inputs=example_input, forward_fn=forward)
+                dg.build_dependency(model, example_inputs=example_input, forward_fn=forward,
+                                    customized_pruners={kind: pruner for kind in ATTENTION_TYPES})
                 dg.sculpt_failed = {}
             except Exception as exc:
                 if not _raised_in_index_mapping(exc):
@@ -154,6 +164,12 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor):
     finally:
         model.train(was_training)
     dg.sculpt_reshapes = recorder.shapes
+    # attention modules not (only) called as self-attention, or whose weights the model reads: their
+    # embedding groups are barriers
+    dg.sculpt_cross_attention = set().union(*(calls.others for calls in attention))
+    # an attention's out_proj is not a node of the graph (never called as a module): its channels are the
+    # attention module's output channels
+    dg.sculpt_out_proj = {m.out_proj: m for m in model.modules() if isinstance(m, ATTENTION_TYPES)}
     _meter_walks(dg)
     return dg
 
@@ -365,6 +381,9 @@ def group_of(dg, module: nn.Module, names: dict[nn.Module, str], idxs: list[int]
 
     handler = tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
     n = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+    owner = getattr(dg, "sculpt_out_proj", {}).get(module)
+    if owner is not None:  # an attention's out_proj: the attention module's output channels
+        module, handler = owner, dg.get_pruner_of_module(owner).prune_out_channels
     meter = getattr(dg, "sculpt_meter", None)
     if meter is None:
         return dg.get_pruning_group(module, handler, idxs=list(range(n)) if idxs is None else list(idxs))
@@ -405,13 +424,24 @@ def describe_group(group, names: dict[nn.Module, str], root: str, channels: int,
     producers = 0
     barrier = ""
     failed = getattr(dg, "sculpt_failed", {}) if dg is not None else {}
+    cross = getattr(dg, "sculpt_cross_attention", set()) if dg is not None else set()
     for dep, _ in group:
         module = dep.target.module
         handler = getattr(dep.handler, "__name__", str(dep.handler))
         kind = "in" if "in_channels" in handler else "out"
         if not barrier and dep.target in failed:
             barrier = failed[dep.target]
-        if isinstance(module, nn.Module) and module in names:
+        if isinstance(module, ATTENTION_TYPES) and module in names:
+            # one layer: the query's channels in, out_proj's rows out (reported as the producer)
+            name = names[module]
+            members.append(GroupMember(f"{name}.out_proj" if name else "out_proj", "out", "Linear")
+                           if kind == "out" else GroupMember(name, "in", type(module).__name__))
+            producers += kind == "out"
+            private = False
+            if not barrier and module in cross:
+                barrier = (f"channels pass through the attention {name or 'model'}, called as cross-attention (its "
+                           "key or value is not its query) or with its attention weights read")
+        elif isinstance(module, nn.Module) and module in names:
             mtype = type(module).__name__
             members.append(GroupMember(names[module], kind, mtype))
             if isinstance(module, nn.LayerNorm):

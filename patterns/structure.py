@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from patterns.attention import ATTENTION_TYPES, embedding_pruner, opaque_self_attention
+from patterns.attention import ATTENTION_TYPES, as_pruned, embedding_pruner, opaque_self_attention
 from patterns.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,9 @@ class _ReshapeShapes(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.shapes: dict[object, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        # grad_fn -> the sizes a reshape/view call spelled out (``x.reshape(n, self.dim, -1)``): a width there
+        # may be a constant of the model's code rather than read from the tensor
+        self.spelled: dict[object, tuple[int, ...]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -120,7 +123,19 @@ class _ReshapeShapes(TorchFunctionMode):
             name = grad_fn.name().lower()
             if "view" in name or "reshape" in name:
                 self.shapes.setdefault(grad_fn, (tuple(args[0].shape), tuple(out.shape)))
+                if getattr(func, "__name__", "") in ("reshape", "view"):
+                    self.spelled.setdefault(grad_fn, _ints(list(args[1:]) + list((kwargs or {}).values())))
         return out
+
+
+def _ints(values) -> tuple[int, ...]:
+    found: list[int] = []
+    for v in values:
+        if isinstance(v, list | tuple | torch.Size):
+            found.extend(_ints(v))
+        elif isinstance(v, int) and not isinstance(v, bool):
+            found.append(v)
+    return tuple(found)
 
 
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor):
@@ -164,6 +179,8 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor):
     finally:
         model.train(was_training)
     dg.sculpt_reshapes = recorder.shapes
+    dg.sculpt_spelled = recorder.spelled
+    dg.sculpt_example = example_input
     # attention modules not (only) called as self-attention, or whose weights the model reads: their
     # embedding groups are barriers
     dg.sculpt_cross_attention = set().union(*(calls.others for calls in attention))
@@ -423,6 +440,8 @@ def describe_group(group, names: dict[nn.Module, str], root: str, channels: int,
     has_layernorm = False
     producers = 0
     barrier = ""
+    attention_barrier = ""
+    spelled = False  # passes a reshape that spells the group's width out: try a removal before trusting it
     failed = getattr(dg, "sculpt_failed", {}) if dg is not None else {}
     cross = getattr(dg, "sculpt_cross_attention", set()) if dg is not None else set()
     for dep, _ in group:
@@ -438,8 +457,8 @@ def describe_group(group, names: dict[nn.Module, str], root: str, channels: int,
                            if kind == "out" else GroupMember(name, "in", type(module).__name__))
             producers += kind == "out"
             private = False
-            if not barrier and module in cross:
-                barrier = (f"channels pass through the attention {name or 'model'}, called as cross-attention (its "
+            if module in cross and not attention_barrier:  # says more than what its traced internals hit
+                attention_barrier = (f"channels pass through the attention {name or 'model'}, called as cross-attention (its "
                            "key or value is not its query) or with its attention weights read")
         elif isinstance(module, nn.Module) and module in names:
             mtype = type(module).__name__
@@ -466,13 +485,49 @@ def describe_group(group, names: dict[nn.Module, str], root: str, channels: int,
                 private = False
             if not barrier and dg is not None and dep.target.type == ops.OPTYPE.RESHAPE:
                 barrier = _reshape_barrier(dg, dep.target)
+                if not barrier and channels in getattr(dg, "sculpt_spelled", {}).get(dep.target.grad_fn, ()):
+                    spelled = True
             if not barrier and dep.target.type in (ops.OPTYPE.SPLIT, ops.OPTYPE.SLICE):
                 barrier = _split_barrier(dep.target)
             if not barrier and any(tag in op for tag in _CHANNEL_MIXING_OPS):
                 barrier = f"channels pass through {op}, which moves values across channels"
+    barrier = attention_barrier or barrier
+    if not barrier and spelled:
+        barrier = _trial_removal(dg, root, names)
     if producers != 1 or barrier:
         private = False
     return CoupledGroup(root, channels, tuple(members), private, has_layernorm, barrier)
+
+
+def _trial_removal(dg, root: str, names: dict[nn.Module, str]) -> str:
+    """Remove one channel of ``root``'s group from a copy of the model and run it: "" when it runs, else why
+    not. Asked only where the group passes a reshape that spells its width out (torchvision's ViT reshapes
+    its patches to ``(n, self.hidden_dim, -1)``, a constant the narrower model no longer matches)."""
+    import copy
+
+    model, x = getattr(dg, "model", None), getattr(dg, "sculpt_example", None)
+    if model is None or x is None:
+        return ""
+    trial = copy.deepcopy(model).eval()
+    for name, module in list(trial.named_modules()):
+        if name and isinstance(module, nn.MultiheadAttention):
+            try:
+                stand_in = as_pruned(module)
+            except Exception:  # noqa: BLE001 - an attention that cannot narrow keeps its groups' barriers
+                continue
+            parent, _, child = name.rpartition(".")
+            setattr(trial.get_submodule(parent) if parent else trial, child, stand_in)
+    try:
+        trial_dg = build_dependency_graph(trial, x)
+        trial_names = {module: name for name, module in trial.named_modules()}
+        group_of(trial_dg, trial.get_submodule(root), trial_names, [0]).prune()
+        with torch.no_grad():
+            trial(x)
+    except Exception as exc:  # noqa: BLE001 - whatever the model's code raises is the reason
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return (f"the model's code does not run with one channel fewer here ({type(exc).__name__}: {text[:160]}); "
+                "e.g. a reshape to a width fixed in its code")
+    return ""
 
 
 def coupled_groups(model: nn.Module, example_input: torch.Tensor, dg=None) -> list[CoupledGroup]:

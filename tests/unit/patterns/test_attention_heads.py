@@ -216,22 +216,70 @@ def test_more_spellings(block, anchor, route, dims):
 
 
 class _MhaNet(nn.Module):
-    def __init__(self, read_weights: bool = False) -> None:
+    def __init__(self, read_weights: bool = False, cross: bool = False, width_in_code: int | None = None) -> None:
         super().__init__()
-        self.read_weights = read_weights
+        self.read_weights, self.cross, self.width_in_code = read_weights, cross, width_in_code
         self.stem = nn.Conv2d(3, 32, 4, stride=4)
+        self.memory = nn.Conv2d(3, 32, 4, stride=4)
         self.norm = nn.LayerNorm(32)
         self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
         self.head = nn.Linear(32, 5)
 
     def forward(self, x):
-        tokens = self.stem(x).flatten(2).transpose(1, 2)
+        tokens = self.stem(x)
+        n, c = tokens.shape[:2]
+        # a reshape that spells the width out: read from the tensor, or (torchvision's ViT) a constant
+        tokens = tokens.reshape(n, self.width_in_code or c, -1).transpose(1, 2)
         h = self.norm(tokens)
-        out, weights = self.attn(h, h, h)
+        kv = self.memory(x).flatten(2).transpose(1, 2) if self.cross else h
+        out, weights = self.attn(h, kv, kv)
         tokens = tokens + out
         if self.read_weights:
             tokens = tokens + weights.mean()
         return self.head(tokens.mean(1))
+
+
+def test_embedding_through_multihead_attention_is_pruned_exactly():
+    """A residual stream through a self-attention nn.MultiheadAttention: the attention is one layer of the
+    group (its query's channels in, out_proj's rows out), realized as a narrower PrunedMultiheadAttention,
+    heads removable on top; masked and realized compute the same, with the same MACs."""
+    import patterns
+    from patterns.structure import coupled_groups
+
+    torch.manual_seed(12)
+    model, x = _MhaNet().eval(), torch.randn(2, 3, 16, 16)
+    group = {g.root: g for g in coupled_groups(model, x[:1])}["stem"]
+    assert group.barrier == "" and "attn.out_proj" in group.producers and "attn" in group.consumers
+    assert ("channel", "prune50") in layer_choices(model, x)["attn.out_proj"]
+    for assignments, widths in (({"stem": ("channel", "prune50")}, (4, 16, 16)),
+                                ({"attn.out_proj": ("channel", "prune25"), "head": ("keep", "dense")}, (4, 24, 24)),
+                                ({"stem": ("channel", "prune75"), "attn.out_proj": HEADS}, (2, 8, 8))):
+        plan = Plan.from_mapping({k: LayerAssignment(*v) for k, v in assignments.items()})
+        masked = copy.deepcopy(model)
+        masks = apply_masks(masked, plan, x)
+        realized = realize(model, plan, x).eval()
+        attn = realized.attn
+        assert isinstance(attn, PrunedMultiheadAttention)
+        assert (attn.num_heads, attn.in_proj_weight.shape[1], attn.out_proj.out_features) == widths
+        with torch.no_grad():
+            torch.testing.assert_close(realized(x), masked(x), atol=1e-5, rtol=0)
+            assert (masked(x) - model(x)).abs().max() > 1e-3
+        # 16 tokens: stem 16 x width x 48, q/k/v 3 x inner x width and out width x inner per token, head width x 5
+        heads, width, _ = widths
+        inner = 8 * heads
+        assert patterns.count(realized, x).dense_macs == 16 * width * 48 + 16 * 4 * inner * width + width * 5
+        assert patterns.count(model, x, masks).macs == patterns.count(realized, x).macs
+
+
+def test_cross_attention_read_weights_and_widths_fixed_in_code_keep_the_embedding():
+    from patterns.structure import coupled_groups
+
+    x = torch.randn(1, 3, 16, 16)
+    for model, reason in ((_MhaNet(cross=True), "cross-attention"), (_MhaNet(read_weights=True), "weights read"),
+                          (_MhaNet(width_in_code=32), "does not run with one channel fewer")):
+        group = {g.root: g for g in coupled_groups(model.eval(), x)}["stem"]
+        assert reason in group.barrier
+        assert all(f != "channel" for f, _ in layer_choices(model, x)["attn.out_proj"])
 
 
 def test_multihead_attention_is_replaced_by_a_smaller_equivalent():

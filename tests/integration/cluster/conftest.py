@@ -12,7 +12,11 @@ def ray_cluster():
     ray = pytest.importorskip("ray", reason="the [cluster] extra (ray[default]) is part of make setup")
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    # a worker node killed without grace is declared dead after health_check_failure_threshold missed checks,
+    # health_check_period_ms apart (Ray's defaults: 5 x 3 s); the tests kill nodes, so they are checked faster
+    health = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                            "_system_config": health})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)

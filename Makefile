@@ -5,9 +5,6 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.autosculpt-installed
 PIP     = $(BIN)/python -m pip --disable-pip-version-check -q
-# --no-compile: pip would byte-compile all ~28,000 .py files of the environment (about 75 s of CPU); Python
-# compiles (and caches) the modules a program imports when it first imports them.
-PIP_INSTALL = $(PIP) install --no-compile
 RUN_OUT ?= runs/quickstart
 # pipefail: a failing pip must fail the recipe even though its output is filtered through grep.
 SHELL := /bin/bash
@@ -20,12 +17,12 @@ setup: $(STAMP)
 # torch goes first and pinned: any requirement that admits a newer torch pulls multi-GB CUDA wheels.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) 'torch==2.13.0' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(PIP) install 'torch==2.13.0' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	$(BIN)/python -c 'import torch; assert torch.__version__.startswith("2.13.0"), torch.__version__'
-	$(PIP_INSTALL) -c constraints.txt -e '.[host,dev,tflite-export,cluster]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(PIP) install -c constraints.txt -e '.[host,dev,tflite-export,cluster]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	# The [models] extra (timm, torchvision) for the timm:/torchvision: loaders and the test corpus, with
 	# --no-deps: torchvision's dependencies are already here, and resolving them could swap torch for a CUDA build.
-	$(PIP_INSTALL) --no-deps -c constraints.txt 'torchvision==0.28.0' 'timm==1.0.31' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(PIP) install --no-deps -c constraints.txt 'torchvision==0.28.0' 'timm==1.0.31' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 

@@ -105,7 +105,6 @@ def _float_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor |
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
 
 
-
 ATTENTION_TYPES = (nn.MultiheadAttention, PrunedMultiheadAttention)
 _SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
 
@@ -129,24 +128,36 @@ def embedding_slices(module: nn.Module, kind: str) -> list[tuple[str, int]]:
     return slices
 
 
+def packed_in_proj(mha: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of ``mha``'s q/k/v projection as one packed (3 x inner, width) weight."""
+    if getattr(mha, "in_proj_weight", None) is not None:
+        return mha.in_proj_weight, mha.in_proj_bias
+    return torch.cat([mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight]), mha.in_proj_bias
+
+
 def as_pruned(mha: nn.MultiheadAttention) -> PrunedMultiheadAttention:
     """The same attention (every head) as a :class:`PrunedMultiheadAttention`, whose widths can change."""
     if mha.bias_k is not None or mha.add_zero_attn:
         raise PlanError("nn.MultiheadAttention with add_bias_kv / add_zero_attn cannot be narrowed",
                         hint="keep the width of the channels through it")
-    if mha.in_proj_weight is not None:
-        weight = mha.in_proj_weight.detach().clone()
-    else:
-        parts = [getattr(mha, f"{p}_proj_weight").detach() for p in ("q", "k", "v")]
-        if len({p.shape[1] for p in parts}) != 1:
-            raise PlanError("an nn.MultiheadAttention whose key/value widths differ from its query's is not "
-                            "self-attention and cannot be narrowed", hint="keep the width of the channels through it")
-        weight = torch.cat(parts)
-    bias = None if mha.in_proj_bias is None else mha.in_proj_bias.detach().clone()
+    if len({w.shape[1] for _, w in in_proj_parts(mha)}) != 1:
+        raise PlanError("an nn.MultiheadAttention whose key/value widths differ from its query's is not "
+                        "self-attention and cannot be narrowed", hint="keep the width of the channels through it")
+    weight, bias = packed_in_proj(mha)
     out_bias = None if mha.out_proj.bias is None else mha.out_proj.bias.detach().clone()
-    return PrunedMultiheadAttention(weight, bias, mha.out_proj.weight.detach().clone(), out_bias,
+    return PrunedMultiheadAttention(weight.detach().clone(), None if bias is None else bias.detach().clone(),
+                                    mha.out_proj.weight.detach().clone(), out_bias,
                                     heads=mha.num_heads, batch_first=mha.batch_first, dropout=mha.dropout,
                                     kdim=mha.kdim, vdim=mha.vdim).train(mha.training)
+
+
+def install_stand_ins(model: nn.Module, names: set[str] | None = None) -> None:
+    """Replace the ``nn.MultiheadAttention`` modules of ``model`` (those named in ``names``, default all) by
+    their :func:`as_pruned` stand-ins, in place; one that cannot narrow raises :class:`PlanError`."""
+    for name, module in list(model.named_modules()):
+        if name and isinstance(module, nn.MultiheadAttention) and (names is None or name in names):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, as_pruned(module))
 
 
 class _Join(torch.autograd.Function):

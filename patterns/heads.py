@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from patterns.attention import PrunedMultiheadAttention
+from patterns.attention import PrunedMultiheadAttention, packed_in_proj
 from patterns.errors import ModelError, PlanError
 from patterns.family import set_submodule
 from patterns.structure import prunable_layers
@@ -1010,7 +1010,7 @@ def head_energy(model: nn.Module, layout: HeadLayout) -> torch.Tensor:
     energy = torch.zeros(layout.heads, dtype=torch.float64)
     if layout.route == "module":
         mha = model.get_submodule(layout.owner) if layout.owner else model
-        weight, bias = _mha_in_proj(mha)
+        weight, bias = packed_in_proj(mha)
         rows = weight.detach().double().pow(2).sum(1)
         if bias is not None:
             rows = rows + bias.detach().double().pow(2)
@@ -1060,12 +1060,6 @@ def _analyze_mha(site, mha: nn.MultiheadAttention, call) -> HeadLayout:
     return layout
 
 
-def _mha_in_proj(mha: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if getattr(mha, "in_proj_weight", None) is not None:
-        return mha.in_proj_weight, mha.in_proj_bias
-    return torch.cat([mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight]), mha.in_proj_bias
-
-
 def _mha_masks(root: nn.Module, layout: HeadLayout, drop: list[int]) -> dict[str, torch.Tensor]:
     name = layout.q[0]
     mha = root.get_submodule(name) if name else root
@@ -1102,7 +1096,7 @@ def _mha_replacement(mha: nn.Module, layout: HeadLayout, keep: list[int]) -> nn.
     if not full or mha.num_heads != layout.heads:
         raise PlanError("the nn.MultiheadAttention whose heads the plan removes was changed by another "
                         "assignment", hint="assign head patterns to one layer of each attention only")
-    weight, bias = _mha_in_proj(mha)
+    weight, bias = packed_in_proj(mha)
     rows = torch.tensor([i for role in (layout.q, layout.k, layout.v) for h in keep for i in role[1][h]])
     cols = torch.tensor([i for h in keep for i in layout.out[1][h]])
     return PrunedMultiheadAttention(

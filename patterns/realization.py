@@ -15,9 +15,9 @@ import logging
 import torch
 from torch import nn
 
-from patterns.attention import ATTENTION_TYPES, as_pruned
+from patterns.attention import ATTENTION_TYPES, install_stand_ins
 from patterns.errors import PlanError
-from patterns.family import Context, Decision, RealizeState, set_submodule
+from patterns.family import Context, Decision, RealizeState
 from patterns.masks import MaskSet
 from patterns.norms import strip
 from patterns.plan import Plan
@@ -138,11 +138,7 @@ def realize(model: nn.Module, plan: Plan, example_input: torch.Tensor, *, check_
 def _remove_channels(realized: nn.Module, removals: list[tuple[str, list[int]]], state: RealizeState,
                      example_input: torch.Tensor) -> None:
     # an nn.MultiheadAttention whose embedding narrows cannot change width in place: its stand-in can
-    for layer, _ in removals:
-        for member in state.groups[layer].members:
-            module = realized.get_submodule(member.name) if member.kind == "in" else None
-            if isinstance(module, nn.MultiheadAttention):
-                set_submodule(realized, member.name, as_pruned(module))
+    install_stand_ins(realized, {m.name for layer, _ in removals for m in state.groups[layer].members if m.kind == "in"})
     dg = build_dependency_graph(realized, example_input)
     names = {module: name for name, module in realized.named_modules()}
     for layer, idxs in removals:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from patterns.attention import ATTENTION_TYPES, as_pruned, embedding_pruner, opaque_self_attention
+from patterns.attention import ATTENTION_TYPES, embedding_pruner, install_stand_ins, opaque_self_attention
 from patterns.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -493,13 +493,13 @@ def describe_group(group, names: dict[nn.Module, str], root: str, channels: int,
                 barrier = f"channels pass through {op}, which moves values across channels"
     barrier = attention_barrier or barrier
     if not barrier and spelled:
-        barrier = _trial_removal(dg, root, names)
+        barrier = _trial_removal(dg, root, members)
     if producers != 1 or barrier:
         private = False
     return CoupledGroup(root, channels, tuple(members), private, has_layernorm, barrier)
 
 
-def _trial_removal(dg, root: str, names: dict[nn.Module, str]) -> str:
+def _trial_removal(dg, root: str, members: list[GroupMember]) -> str:
     """Remove one channel of ``root``'s group from a copy of the model and run it: "" when it runs, else why
     not. Asked only where the group passes a reshape that spells its width out (torchvision's ViT reshapes
     its patches to ``(n, self.hidden_dim, -1)``, a constant the narrower model no longer matches)."""
@@ -509,15 +509,8 @@ def _trial_removal(dg, root: str, names: dict[nn.Module, str]) -> str:
     if model is None or x is None:
         return ""
     trial = copy.deepcopy(model).eval()
-    for name, module in list(trial.named_modules()):
-        if name and isinstance(module, nn.MultiheadAttention):
-            try:
-                stand_in = as_pruned(module)
-            except Exception:  # noqa: BLE001 - an attention that cannot narrow keeps its groups' barriers
-                continue
-            parent, _, child = name.rpartition(".")
-            setattr(trial.get_submodule(parent) if parent else trial, child, stand_in)
     try:
+        install_stand_ins(trial, {m.name for m in members if m.kind == "in"})
         trial_dg = build_dependency_graph(trial, x)
         trial_names = {module: name for name, module in trial.named_modules()}
         group_of(trial_dg, trial.get_submodule(root), trial_names, [0]).prune()

@@ -351,6 +351,11 @@ def test_torchvision_vit_multihead_attention(timm):
     assert _head_layers(model, x) == anchors
     realized = _realize(model, x, {anchors[1]: "heads25"})
     assert realized.encoder.layers.encoder_layer_1.self_attention.num_heads == 3
+    # its patches are reshaped to (n, self.hidden_dim, -1), a constant: the residual stream keeps its width
+    from patterns.structure import coupled_groups
+
+    stream = {g.root: g for g in coupled_groups(model, x[:1])}["conv_proj"]
+    assert "does not run with one channel fewer" in stream.barrier
 
 
 def test_timm_swin_per_head_position_bias_is_refused_with_the_reason(timm):

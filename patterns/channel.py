@@ -12,7 +12,8 @@ weights), smallest first, ties to the lower index. A group that passes through L
 residual stream, a ConvNeXt stage, as torch-pruning prunes them) is removable too: a LayerNorm mixes its
 channels, so the masked model's LayerNorms normalize over the kept channels only (:mod:`patterns.norms`),
 which is what the realized, narrower ones compute. A LayerNorm over more than one axis, or one whose axis
-cannot be read off its call, keeps the group's width.
+cannot be read off its call, keeps the group's width. A group through a grouped conv loses the same count
+from each of its blocks, the weakest of each (:mod:`patterns.grouped`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 from patterns.attention import ATTENTION_TYPES, embedding_slices
 from patterns.errors import PlanError
 from patterns.family import Context, Decision, Family, count_for_ratio, stable_order
+from patterns.grouped import balanced_drop, input_energy
 from patterns.plan import LayerAssignment
 from patterns.structure import CoupledGroup
 
@@ -78,7 +80,14 @@ class ChannelFamily(Family):
             return Decision({})
         norms = _group_norms(ctx, tp_group, n)
         classes = ctx.channel_classes(layer)
-        if len(classes) == n:
+        if group.blocks > 1:
+            if len(classes) != n:
+                raise PlanError(f"layer '{layer}': channel pruning is not exact here: its channels pass a grouped "
+                                "conv and come in inseparable sets", hint="keep this layer's width")
+            drop = balanced_drop(norms, group.blocks, k)
+            if not drop:
+                return Decision({})
+        elif len(classes) == n:
             drop = sorted(stable_order(norms)[:k])
         else:
             drop = _drop_classes(classes, norms, k)
@@ -150,7 +159,7 @@ def _group_norms(ctx: Context, tp_group, n: int) -> torch.Tensor:
                 if pname != "weight":
                     continue
                 if isinstance(module, nn.Conv2d) and module.groups != 1:
-                    total += data[index].pow(2).flatten(1).sum(1)
+                    total += input_energy(module, data)[index]
                 else:
                     total += data[:, index].pow(2).transpose(0, 1).flatten(1).sum(1)
             else:

@@ -18,6 +18,7 @@ from torch import nn
 
 from patterns.attention import ATTENTION_TYPES, embedding_slices
 from patterns.errors import PlanError
+from patterns.grouped import input_rows
 from patterns.norms import normalized_axes
 from patterns.plan import LayerAssignment
 from patterns.structure import CoupledGroup, build_dependency_graph, group_of, try_group_of
@@ -174,7 +175,9 @@ class Context:
                     if pname != "weight":
                         continue
                     if isinstance(module, nn.Conv2d) and module.groups != 1:
-                        mask[index] = False  # depthwise: input channel c is filter c
+                        for c in index.tolist():  # input channel c: one column of its group's filters
+                            rows, col = input_rows(module, c)
+                            mask[rows, col] = False
                     else:
                         mask[:, index] = False
                 else:

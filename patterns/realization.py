@@ -18,6 +18,7 @@ from torch import nn
 from patterns.attention import ATTENTION_TYPES, install_stand_ins
 from patterns.errors import PlanError
 from patterns.family import Context, Decision, RealizeState
+from patterns.grouped import check_balanced, is_grouped, prune_grouped
 from patterns.masks import MaskSet
 from patterns.norms import strip
 from patterns.plan import Plan
@@ -101,7 +102,13 @@ def _merge_removals(ctx: Context, decisions: dict[str, Decision]) -> list[tuple[
                 raise PlanError(f"the plan removes all {group.channels} channels coupled to layer '{layer}' "
                                 f"(group of {', '.join(group.producers)})",
                                 hint="lower the ratios of the assignments on these layers")
-    return [(root, sorted(acc)) for root, acc in merged.values()]
+    out = []
+    for root, acc in merged.values():
+        group = ctx.group(root)[1]
+        if group.blocks > 1:
+            check_balanced(acc, group.channels, group.blocks, f"layer '{root}'")
+        out.append((root, sorted(acc)))
+    return out
 
 
 def realize(model: nn.Module, plan: Plan, example_input: torch.Tensor, *, check_only: bool = False,
@@ -153,7 +160,8 @@ def _remove_channels(realized: nn.Module, removals: list[tuple[str, list[int]]],
             name = names[module]
             handler = getattr(dep.handler, "__name__", "")
             removed = set(int(i) for i in dep_idxs)
-            if "in_channels" in handler and not (isinstance(module, nn.Conv2d) and module.groups != 1):
+            depthwise = isinstance(module, nn.Conv2d) and module.groups != 1 and not is_grouped(module)
+            if "in_channels" in handler and not depthwise:
                 size = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
                 kept = state.kept_in.get(name, list(range(size)))
                 state.kept_in[name] = [orig for pos, orig in enumerate(kept) if pos not in removed]
@@ -161,4 +169,10 @@ def _remove_channels(realized: nn.Module, removals: list[tuple[str, list[int]]],
                 size = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
                 kept = state.kept_out.get(name, list(range(size)))
                 state.kept_out[name] = [orig for pos, orig in enumerate(kept) if pos not in removed]
-        tp_group.prune()
+        # torch-pruning narrows a grouped conv as if it were dense: those convs are pruned here instead
+        grouped = [(dep, idxs) for dep, idxs in tp_group if is_grouped(dep.target.module)]
+        tp_group._group = [item for item in tp_group if not is_grouped(item[0].target.module)]
+        if tp_group._group:
+            tp_group.prune(record_history=False)
+        for dep, idxs in grouped:
+            prune_grouped(dep.target.module, idxs, "in" if "in_channels" in getattr(dep.handler, "__name__", "") else "out")

@@ -16,6 +16,9 @@ module names:
 - an attention module called with a different key or value than its query (cross-attention): its key and
   value bring channels of another stream (a self-attention ``nn.MultiheadAttention`` is one layer of the
   graph, its query's channels in and ``out_proj``'s out; see :mod:`patterns.attention`);
+- grouped convs that cannot lose channels in equal blocks (group counts that do not divide one another, a
+  group of one channel); otherwise a group through a grouped conv is cut into ``blocks`` equal runs
+  (:mod:`patterns.grouped`);
 - a layer whose torch-pruning walk does not end within its step budget (:data:`WALK_STEPS_PER_EDGE`):
   where concats and splits feed each other (timm's EfficientViT: each attention head's input is a split of
   the features plus the previous head's output) the (layer, channel subset) states the walk visits multiply,
@@ -38,6 +41,7 @@ from torch.overrides import TorchFunctionMode
 
 from patterns.attention import ATTENTION_TYPES, embedding_pruner, install_stand_ins, opaque_self_attention
 from patterns.errors import ModelError
+from patterns.grouped import combine_blocks, grouped_barrier, is_grouped
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,9 @@ class CoupledGroup:
     private: bool
     has_layernorm: bool
     barrier: str = ""  # why channel pruning is not exact for this group ("" when it is)
+    # > 1 when the channels pass a grouped conv: they are cut into this many equal contiguous runs and every
+    # removal takes the same count from each (:mod:`patterns.grouped`)
+    blocks: int = 1
 
     @property
     def producers(self) -> tuple[str, ...]:
@@ -442,9 +449,10 @@ def describe_group(group, names: dict[nn.Module, str], root: str, channels: int,
     barrier = ""
     attention_barrier = ""
     spelled = False  # passes a reshape that spells the group's width out: try a removal before trusting it
+    blocks = 1
     failed = getattr(dg, "sculpt_failed", {}) if dg is not None else {}
     cross = getattr(dg, "sculpt_cross_attention", set()) if dg is not None else set()
-    for dep, _ in group:
+    for dep, dep_idxs in group:
         module = dep.target.module
         handler = getattr(dep.handler, "__name__", str(dep.handler))
         kind = "in" if "in_channels" in handler else "out"
@@ -474,11 +482,13 @@ def describe_group(group, names: dict[nn.Module, str], root: str, channels: int,
                 private = False
             if not isinstance(module, nn.Conv2d | nn.Linear | nn.BatchNorm2d):
                 private = False
-            if not barrier and isinstance(module, nn.Conv2d) and 1 < module.groups < module.in_channels:
-                # torch-pruning shrinks a grouped conv's weight as if it were dense (index out of range);
-                # exact removal would have to take the same count from every group.
-                barrier = (f"channels pass through the grouped conv {names[module]} (groups={module.groups}), "
-                           "whose channels cannot be removed one by one")
+            if not barrier and is_grouped(module):
+                # the same count must go from each of its groups (removed by patterns.grouped at realization)
+                barrier = grouped_barrier(module, names[module], kind, dep_idxs, channels)
+                blocks = combine_blocks(blocks, module.groups)
+                if not barrier and not blocks:
+                    barrier = (f"channels pass through grouped convs whose group counts do not divide one another "
+                               f"(one has groups={module.groups})")
         else:
             op = _op_name(dep)
             if not any(tag in op for tag in _CHANNEL_LOCAL_OPS):
@@ -494,9 +504,9 @@ def describe_group(group, names: dict[nn.Module, str], root: str, channels: int,
     barrier = attention_barrier or barrier
     if not barrier and spelled:
         barrier = _trial_removal(dg, root, members)
-    if producers != 1 or barrier:
+    if producers != 1 or barrier or blocks > 1:
         private = False
-    return CoupledGroup(root, channels, tuple(members), private, has_layernorm, barrier)
+    return CoupledGroup(root, channels, tuple(members), private, has_layernorm, barrier, max(blocks, 1))
 
 
 def _trial_removal(dg, root: str, members: list[GroupMember]) -> str:

@@ -46,7 +46,7 @@ from host.export import Artifact
 from host.export.evaluate import artifact_accuracy
 from host.kinds import ObjectiveName, Phase, Precision
 from host.search.costmodel import MIN_RATIO, CostModel
-from host.search.devicemodel import LatencyLearner, features_or_none
+from host.search.devicemodel import TRUST_ERROR, LatencyLearner, features_or_none
 from host.search.devices import SearchDevice
 from host.search.journal import STATUS_INVALID, CandidatePlan, CandidateRecord, Journal, plan_hash
 from host.search.measurement import Measurements, MeasurementSummary
@@ -135,6 +135,13 @@ class MeasurePolicy:
     no measured plan does) and either fewer than ``min_measured`` search candidates were measured yet, or its
     PREDICTED reward (cost model) is within ``slack`` of the best measured reward. Others get the predicted
     reward.
+
+    Where the device's persisted latency model is trusted (:meth:`LatencyLearner.distrust`: its recent
+    predictions on this device were right, and it has measured every kind of GEMM the model runs), it stands in
+    for the device: a candidate's predicted latency comes from its realized operators instead of the cost
+    model, the first ``min_measured`` candidates are not measured just to calibrate, and under a hard target a
+    plan is measured only when it is predicted to meet it (within half the trusted error) or to beat the best
+    measured plan. What is delivered is still measured.
     """
 
     min_accuracy_drop: float | None = 0.15
@@ -527,16 +534,17 @@ class CandidateEvaluator:
             return self.journal.record(
                 CandidateRecord(
                     phase=phase, plan=known.plan, accuracy=known.accuracy, macs=known.macs, params=known.params,
-                    reward=self._reward(scored, known.macs, known.measurement, choices), eval_seconds=0.0,
-                    artifact_sha256=known.artifact_sha256, measurement=known.measurement, reused=True,
-                    int8_accuracy=known.int8_accuracy,
+                    reward=self._reward(scored, known.macs, known.measurement, choices, known.features),
+                    eval_seconds=0.0, artifact_sha256=known.artifact_sha256, measurement=known.measurement,
+                    reused=True, int8_accuracy=known.int8_accuracy, features=known.features,
                 )
             )
         return _Job(chosen, key, np.asarray(choices), phase)
 
     def _wants_measurement(self, job: _Job, scored: Scored, force_measure: bool = False) -> bool:
         """Whether a scored plan is exported and measured (:meth:`_worth_measuring`, or forced)."""
-        return bool(self.devices) and (force_measure or self._worth_measuring(scored.accuracy, scored.macs, job.choices))
+        return bool(self.devices) and (force_measure or self._worth_measuring(scored.accuracy, scored.macs, job.choices,
+                                                                              scored.features))
 
     def _finish(self, job: _Job, scored: Scored | Failed, export: Exporter | None = None,
                 force_measure: bool = False, measure: bool | None = None,
@@ -566,12 +574,12 @@ class CandidateEvaluator:
                 sha, measurement, int8_acc, stages = self._measure(job.key, export, settle)
         except CandidateFailure as failure:
             return self._record_invalid(phase, job.chosen, failure, time.perf_counter() - start)
-        reward = self._reward(self.scored_accuracy(acc, int8_acc), scored.macs, measurement, choices) \
-            if phase != Phase.DENSE else 0.0
+        reward = self._reward(self.scored_accuracy(acc, int8_acc), scored.macs, measurement, choices,
+                              scored.features) if phase != Phase.DENSE else 0.0
         record = CandidateRecord(
             phase=phase, plan=job.chosen, accuracy=acc, macs=scored.macs, params=scored.params,
             reward=reward, eval_seconds=time.perf_counter() - start, artifact_sha256=sha, measurement=measurement,
-            int8_accuracy=int8_acc, stage_seconds={"score": scored.seconds, **stages},
+            int8_accuracy=int8_acc, stage_seconds={"score": scored.seconds, **stages}, features=scored.features,
         )
         record = self.journal.record(record)
         if measurement is not None:
@@ -656,11 +664,28 @@ class CandidateEvaluator:
         ratio = self.cost_ratio(record)
         return 1.0 if ratio is None else ratio
 
-    def _worth_measuring(self, acc: float, macs: int, choices: np.ndarray) -> bool:
+    def device_predicted_figures(self, features: tuple[float, ...] | None) -> dict[str, float] | None:
+        """Per-device figure (ms) the device latency model predicts for a realized plan with operator ``features``,
+        when that model is trusted to stand in for the devices (:meth:`LatencyLearner.distrust`); else None."""
+        if self.objective.name != ObjectiveName.LATENCY or features is None or self.dense is None:
+            return None
+        if self.latency.distrust():
+            return None
+        ratios = self.latency.predict_ratios(features)
+        if ratios is None:
+            return None
+        dense = self.dense_figures()
+        return {dev: dense[dev] * ratio for dev, ratio in ratios.items() if dev in dense}
+
+    def _worth_measuring(self, acc: float, macs: int, choices: np.ndarray,
+                         features: tuple[float, ...] | None = None) -> bool:
         if not self.objective.needs_measurement:
             return False
         if self.dense is None:
             return True
+        # a trusted device latency model stands in for the first min_measured measurements (they calibrate the
+        # per-run cost model) and says which plans can meet a target
+        device = self.device_predicted_figures(features)
         measured = [r for r in self.journal.candidates(Phase.SEARCH) if r.measurement and not r.reused]
         drop = self.policy.min_accuracy_drop
         if drop is not None:
@@ -672,7 +697,7 @@ class CandidateEvaluator:
                                                  else None)
             if bar is not None and acc < bar - drop:
                 return False
-        if len(measured) < self.policy.min_measured:
+        if device is None and len(measured) < self.policy.min_measured:
             return True
         pool = measured
         if self.objective.constraint.budget:
@@ -683,12 +708,18 @@ class CandidateEvaluator:
             # a model misled by one noisy measurement put all of them just over it, so none was ever measured
             pool = [r for r in measured if self.meets_target(r.measurement)]
             if not pool:
-                if choices is not None and self.figures_meet_target(self.predicted_figures(choices, optimistic=True),
-                                                                    self.dense_figures()):
+                if device is not None:  # within the error it is trusted for
+                    hopeful = {dev: value * (1.0 - TRUST_ERROR / 2) for dev, value in device.items()}
+                    if self.figures_meet_target(hopeful, self.dense_figures()):
+                        return True
+                elif choices is not None and self.figures_meet_target(self.predicted_figures(choices, optimistic=True),
+                                                                      self.dense_figures()):
                     return True
                 pool = measured
+        if not pool:  # only with a trusted device model: the first plan that may win is measured
+            return not self.objective.constraint.budget
         best = max(r.reward for r in pool)
-        predicted = self._reward(acc, macs, None, choices)
+        predicted = self._reward(acc, macs, None, choices, features)
         return predicted >= best * (1.0 - self.policy.slack)
 
     def meets_target(self, measurement: Measurements | None) -> bool:
@@ -701,16 +732,18 @@ class CandidateEvaluator:
                                      for dev, value in figures.items() if dev in dense)
 
     def _reward(self, acc: float, macs: int, measurement: Measurements | None,
-                choices: np.ndarray | None = None) -> float:
+                choices: np.ndarray | None = None, features: tuple[float, ...] | None = None) -> float:
         dense_macs = self.dense.macs if self.dense is not None else macs
         if not self.objective.needs_measurement:
             return self.objective.reward(acc, macs, dense_macs)
         dense = self.measurer.reference(measurement)
         figures = self.measurer.figures(measurement)
         if not figures:
-            # not measured: the cost model's prediction (fitted on the measured candidates). Without
-            # choices, credit no speed-up: an optimistic guess teaches the policy to prefer unmeasured plans.
-            figures = self.predicted_figures(choices) if choices is not None else dict(dense)
+            # not measured: the trusted device latency model's prediction from the realized plan's operators, else
+            # the cost model's (fitted on the measured candidates). Without either, credit no speed-up: an
+            # optimistic guess teaches the policy to prefer unmeasured plans.
+            figures = self.device_predicted_figures(features) or (
+                self.predicted_figures(choices) if choices is not None else dict(dense))
         return self.objective.reward(acc, macs, dense_macs, measured=figures, dense_measured=dense)
 
     def close(self) -> None:

@@ -54,6 +54,13 @@ BASE = ("constant", "mmac", "ops")  # the regularizing model: constant, all tile
 MAX_SAMPLES = 4000  # newest kept per device and precision
 MIN_SAMPLES = 6  # fewer samples: no model (the MAC-proportional prior stays)
 RIDGE = 0.3  # pull of the full model towards the three-feature one (rows are relative errors, ~1 each)
+# A device model is trusted to stand in for the device (an unmeasured candidate is credited its predicted
+# latency, and a search measures only the plans predicted to win) when, of its newest TRUST_WINDOW samples
+# that it predicted before they were measured, at least TRUST_SHARE were within TRUST_ERROR, and it has
+# measured every kind of GEMM the model runs; one bad prediction in the window does not end it, two do
+TRUST_WINDOW = 8
+TRUST_SHARE = 0.85
+TRUST_ERROR = 0.10
 STORE_ENV = "AUTOSCULPT_DEVICE_MODELS"  # folder of the stores, default <cache>/devices
 
 # operators that move no data on XNNPACK (views, shape bookkeeping) or disappear in export (BN is folded,
@@ -285,6 +292,26 @@ class DeviceLatencyModel:
     def models(self) -> set[str]:
         return {s.model for s in self.samples}
 
+    def distrust(self, features: Sequence[float] | None) -> str:
+        """Why this model may not stand in for the device on a model with operator ``features`` (its dense
+        model's), or "" when it may (see :data:`TRUST_WINDOW`)."""
+        if self.theta is None:
+            return f"{len(self.samples)} measurement(s) on this device, a model needs {MIN_SAMPLES}"
+        recent = [s for s in self.samples if s.predicted_ms is not None][-TRUST_WINDOW:]
+        if len(recent) < TRUST_WINDOW:
+            return (f"{len(recent)} of its measurements were predicted before they were taken; trust needs the last "
+                    f"{TRUST_WINDOW}")
+        within = sum(abs(s.predicted_ms - s.ms) <= TRUST_ERROR * s.ms for s in recent)  # type: ignore[operator]
+        if within < TRUST_SHARE * TRUST_WINDOW:
+            return (f"{within} of its last {TRUST_WINDOW} predictions were within +-{TRUST_ERROR:.0%} of the measured "
+                    f"latency; trust needs {math.ceil(TRUST_SHARE * TRUST_WINDOW)}")
+        if features is not None:
+            unseen = [FEATURES[k] for k in range(1, 5) if features[k] > 0
+                      and not any(sample.features[k] > 0 for sample in self.samples)]
+            if unseen:
+                return f"it has never measured {', '.join(unseen)} work on this device"
+        return ""
+
     @staticmethod
     def report(samples: Iterable[Sample]) -> dict[str, float | int] | None:
         """How well the store predicted ``samples`` before they were measured: their count, the share within
@@ -323,6 +350,25 @@ class LatencyLearner:
     def ready(self) -> bool:
         """Every device has a fitted model (a warm start needs them all: the reward takes the worst device)."""
         return bool(self.models) and all(m.ready for m in self.models.values())
+
+    def distrust(self) -> str:
+        """Why the models may not stand in for the devices on this run's model, or "" when they may (every
+        device's model, :meth:`DeviceLatencyModel.distrust`). Asked anew each time: every measured candidate
+        is predicted before it joins the store, so a model that goes wrong on this model loses the trust."""
+        if not self.models or self.dense_features is None:
+            return "no latency model for these devices"
+        for name, model in self.models.items():
+            why = model.distrust(self.dense_features)
+            if why:
+                return f"{name}: {why}"
+        return ""
+
+    def predict_ratios(self, features: Sequence[float] | None) -> dict[str, float] | None:
+        """Per-device predicted cost of ``features`` relative to dense; None without a model for every device."""
+        if features is None or self.dense_features is None or not self.ready:
+            return None
+        ratios = {name: m.predict_ratio(features, self.dense_features) for name, m in self.models.items()}
+        return None if any(r is None for r in ratios.values()) else ratios  # type: ignore[return-value]
 
     def predict_ratio(self, features: Sequence[float] | None) -> float | None:
         """Worst-device predicted cost of ``features`` relative to dense; None without a model."""

@@ -46,17 +46,19 @@ logger = logging.getLogger(__name__)
 
 JOURNAL_NAME = "journal.sqlite"
 SCHEMA_NAME = "autosculpt-search-journal"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # schema 1 had no status/reason/failed_layer columns; its rows are all valid candidates, so opening such a
 # journal adds the columns with those defaults (a pre-upgrade run stays resumable). Schema 2 had no
 # int8_accuracy column: its runs were all fp32 searches (NULL: not quantized). Schema 3 had no stage_seconds
-# (NULL: where the candidate's time went was not recorded).
+# (NULL: where the candidate's time went was not recorded). Schema 4 had no features (NULL: the realized
+# plan's operator features were not kept; an unmeasured row's reward then comes from the cost model).
 _MIGRATIONS = {
     1: ("ALTER TABLE candidates ADD COLUMN status TEXT NOT NULL DEFAULT 'ok'",
         "ALTER TABLE candidates ADD COLUMN reason TEXT",
         "ALTER TABLE candidates ADD COLUMN failed_layer TEXT"),
     2: ("ALTER TABLE candidates ADD COLUMN int8_accuracy REAL",),
     3: ("ALTER TABLE candidates ADD COLUMN stage_seconds TEXT",),
+    4: ("ALTER TABLE candidates ADD COLUMN features TEXT",),
 }
 STATUS_OK = "ok"
 STATUS_INVALID = "invalid"
@@ -82,7 +84,8 @@ CREATE TABLE IF NOT EXISTS candidates (
     reason TEXT,
     failed_layer TEXT,
     int8_accuracy REAL,
-    stage_seconds TEXT
+    stage_seconds TEXT,
+    features TEXT
 );
 CREATE INDEX IF NOT EXISTS candidates_plan ON candidates (plan_hash, phase);
 CREATE TABLE IF NOT EXISTS measurements (
@@ -172,6 +175,9 @@ class CandidateRecord:
     # where the candidate's time went: "score" (masks, recovery, accuracy, MACs; on a worker with --ray),
     # "export" and "measure" (the device(s), its dense pairs and confirmations) when it was measured
     stage_seconds: dict[str, float] | None = None
+    # the realized plan's operator features (host.search.devicemodel.FEATURES), from which the device latency
+    # model predicts an unmeasured candidate's latency; None where they were not read
+    features: tuple[float, ...] | None = None
 
     @property
     def plan_hash(self) -> str:
@@ -362,6 +368,7 @@ class Journal:
                     None if candidate.int8_accuracy is None else float(candidate.int8_accuracy),
                     None if candidate.stage_seconds is None else canonical_json(
                         {k: round(float(v), 4) for k, v in candidate.stage_seconds.items()}),
+                    None if candidate.features is None else json.dumps([float(v) for v in candidate.features]),
                 ),
             )
         return replace(candidate, id=cur.lastrowid, created=created)
@@ -438,14 +445,14 @@ class Journal:
 
 _COLUMNS = ("id", "phase", "plan_hash", "plan_json", "accuracy", "macs", "params", "artifact_sha256",
             "measurement_json", "reward", "eval_seconds", "reused", "created", "status", "reason", "failed_layer",
-            "int8_accuracy", "stage_seconds")
+            "int8_accuracy", "stage_seconds", "features")
 # named columns, not *: rows unpack by position, so the order must be this module's, not the file's
 _SELECT = ", ".join(_COLUMNS)
 
 
 def _row_to_record(row: tuple[Any, ...]) -> CandidateRecord:
     (id_, phase, _hash, plan_json, acc, macs, params, sha, meas_json, reward, secs, reused, created, status, reason,
-     failed_layer, int8_acc, stages) = row
+     failed_layer, int8_acc, stages, features) = row
     return CandidateRecord(
         phase=phase,
         plan=CandidatePlan.from_json(json.loads(plan_json)),
@@ -464,5 +471,6 @@ def _row_to_record(row: tuple[Any, ...]) -> CandidateRecord:
         failed_layer=failed_layer,
         int8_accuracy=int8_acc,
         stage_seconds=None if stages is None else json.loads(stages),
+        features=None if features is None else tuple(float(v) for v in json.loads(features)),
     )
 

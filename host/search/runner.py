@@ -242,6 +242,10 @@ class SearchRunner:
             self.progress(Progress(Stage.DENSE, 2, 2, "dense model measured"))
             if evaluator.latency.models:
                 evaluator.warm_start_cost_model(seed=cfg.seed)
+                why = evaluator.latency.distrust()
+                logger.info("device latency model: %s", "trusted to stand in for the device (candidates predicted to "
+                            "lose are not measured)" if not why else f"not trusted yet ({why}); candidates are "
+                            "measured as usual")
             self._search(evaluator, space, executor)
             self._report_latency_model(evaluator)
             self._check_some_valid()

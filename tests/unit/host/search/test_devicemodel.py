@@ -15,6 +15,7 @@ from host.search.costmodel import CostModel
 from host.search.devicemodel import (
     FEATURES,
     MIN_SAMPLES,
+    TRUST_WINDOW,
     DeviceLatencyModel,
     LatencyLearner,
     Sample,
@@ -144,6 +145,48 @@ def test_learner_predicts_before_it_learns_and_reports_its_error(tmp_path, monke
     assert report["store_samples"] == 13
 
 
+def test_trust_is_earned_by_recent_predictions_and_needs_the_models_operator_kinds(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOSCULPT_DEVICE_MODELS", str(tmp_path))
+    rng = np.random.default_rng(4)
+    dense = _random_net(rng, True)
+    learner = LatencyLearner([("pi", "fp-pi")], "fp32", "a@[1, 3, 32, 32]", tuple(dense))
+    assert "no" in learner.distrust() or "measurement" in learner.distrust()
+
+    def measure(noise: float = 1.0) -> None:
+        plan = np.minimum(_random_net(rng, True), dense)
+        plan[F["constant"]] = 1
+        learner.learn(tuple(plan), {"pi": _device(plan) * noise}, {"pi": _device(dense)}, search=True)
+
+    for _ in range(MIN_SAMPLES):
+        measure()
+    assert "predicted before" in learner.distrust()  # a model, but too few predictions judged
+    for _ in range(TRUST_WINDOW):
+        measure()
+    assert learner.distrust() == ""
+    ratios = learner.predict_ratios(tuple(dense))
+    assert ratios == {"pi": pytest.approx(1.0)}
+    measure(noise=1.5)  # one prediction 33% off: still trusted
+    assert learner.distrust() == ""
+    measure(noise=0.6)  # a second one: the device is measured again until it earns the trust back
+    assert "of its last 8 predictions were within" in learner.distrust()
+    regained = next((n for n in range(1, 41) if (measure(), learner.distrust())[1] == ""), None)
+    assert regained is not None and regained >= TRUST_WINDOW - 2  # only by new predictions that came true
+
+
+def test_an_operator_kind_never_measured_is_not_trusted(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOSCULPT_DEVICE_MODELS", str(tmp_path))
+    rng = np.random.default_rng(5)
+    dense = _random_net(rng, False)  # no depthwise convolution measured
+    learner = LatencyLearner([("pi", "fp-pi")], "fp32", "resnet@[1, 3, 32, 32]", tuple(dense))
+    for _ in range(MIN_SAMPLES + TRUST_WINDOW):
+        plan = np.minimum(_random_net(rng, False), dense)
+        plan[F["constant"]] = 1
+        learner.learn(tuple(plan), {"pi": _device(plan)}, {"pi": _device(dense)}, search=True)
+    assert learner.distrust() == ""
+    mobile = LatencyLearner([("pi", "fp-pi")], "fp32", "mobile@[1, 3, 32, 32]", tuple(_random_net(rng, True)))
+    assert "never measured conv_dw_mmac" in mobile.distrust()
+
+
 def test_cost_model_prior_moves_to_the_pseudo_samples_and_measurements_refine_it():
     shares = np.full(10, 0.1)
     model = CostModel(shares, {1: 0.5, 2: 0.5}, 3)  # by MACs, choices 1 and 2 cut the same
@@ -219,3 +262,48 @@ def test_warm_start_moves_the_search_cost_model_and_a_resume_keeps_it(evaluator,
         assert np.allclose(resumed.cost_model.prior, moved)
     finally:
         resumed.close()
+
+
+def test_a_trusted_store_prices_unmeasured_candidates_from_their_operators(evaluator, space_and_data):
+    """An unmeasured candidate's reward takes the trusted device model's latency for its realized operators;
+    once the model is no longer trusted, the cost model's again."""
+    from host.kinds import ObjectiveName
+    from host.search.journal import CandidatePlan, CandidateRecord
+    from host.search.measurement import MeasurementSummary
+    from host.search.measurer import Measurer
+    from host.search.reward import Constraint, Objective, Target
+
+    space, data = space_and_data
+    dense_features = operator_features(space.graph_model, data.example_input)
+    learner = LatencyLearner([("board", "fp-board")], "fp32", "checked@[1, 1, 16, 16]", dense_features)
+    rng = np.random.default_rng(8)
+    dense_ms = _device(np.asarray(dense_features))
+
+    def measure(noise: float = 1.0) -> None:  # plans of other models, predicted (2% off, or noise) and measured
+        f = _random_net(rng, False)
+        learner.models["board"].add(Sample(tuple(f), _device(f), "other", predicted_ms=_device(f) * noise * 1.02))
+
+    for _ in range(MIN_SAMPLES + TRUST_WINDOW):
+        measure()
+    assert learner.distrust() == ""
+    ev = evaluator
+    ev.objective = Objective(name="latency", target=Target.parse("0.7x", "latency"), constraint=Constraint.named("hard"))
+    ev.latency = learner
+    ev.dense = CandidateRecord(phase="dense", plan=CandidatePlan(), accuracy=0.9, macs=1000, params=10, reward=0.0,
+                               eval_seconds=0.0, measurement={"board": MeasurementSummary(p50_ms=dense_ms)})
+    ev.measurer = Measurer([], None, ev.journal, ObjectiveName.LATENCY, dense_artifact=None)
+    ev.measurer.start_dense(ev.dense.measurement)
+    chosen = space.floor_choices()
+    chosen[space.layer_names.index("b")] = space.keep_index  # ShapeCheckedNet checks b's width
+    realized = ev.scorer.realize_checked(space.decode(chosen)[0])
+    features = operator_features(realized, data.example_input)
+    figures = ev.device_predicted_figures(features)
+    assert figures == {"board": pytest.approx(dense_ms * learner.predict_ratio(features))}
+    assert figures["board"] < dense_ms
+    want = ev.objective.reward(0.8, 500, 1000, measured=figures, dense_measured={"board": dense_ms})
+    assert ev._reward(0.8, 500, None, chosen, features) == pytest.approx(want)
+    measure(noise=1.5)
+    measure(noise=0.6)  # two bad predictions: the device model no longer stands in
+    assert ev.device_predicted_figures(features) is None
+    cost = ev.objective.reward(0.8, 500, 1000, measured=ev.predicted_figures(chosen), dense_measured={"board": dense_ms})
+    assert ev._reward(0.8, 500, None, chosen, features) == pytest.approx(cost)

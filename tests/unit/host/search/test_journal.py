@@ -194,8 +194,8 @@ def test_int8_accuracy_round_trips_and_schema_2_journals_gain_the_column(tmp_pat
     other = tmp_path / "old"
     other.mkdir()
     conn = sqlite3.connect(other / JOURNAL_NAME)
-    schema2 = journal_module._SCHEMA.replace(",\n    int8_accuracy REAL,\n    stage_seconds TEXT", "")
-    assert "int8_accuracy" not in schema2 and "stage_seconds" not in schema2
+    schema2 = journal_module._SCHEMA.replace(",\n    int8_accuracy REAL,\n    stage_seconds TEXT,\n    features TEXT", "")
+    assert "int8_accuracy" not in schema2 and "stage_seconds" not in schema2 and "features" not in schema2
     conn.executescript(schema2)
     conn.execute("INSERT INTO meta VALUES ('schema', 'autosculpt-search-journal'), ('schema_version', '2'), "
                  "('metadata', '{}')")
@@ -208,6 +208,7 @@ def test_int8_accuracy_round_trips_and_schema_2_journals_gain_the_column(tmp_pat
         (row,) = journal.candidates()
         assert row.int8_accuracy is None and row.deployed_accuracy == 0.9
         assert row.stage_seconds is None  # schema 4 records where the time went; older rows did not
+        assert row.features is None  # schema 5 keeps the realized plan's operator features
 
 
 def test_stage_seconds_round_trip(tmp_path):
@@ -217,6 +218,14 @@ def test_stage_seconds_round_trip(tmp_path):
     with Journal.open(tmp_path) as journal:
         (row,) = journal.candidates()
         assert row.stage_seconds == {"score": 2.5, "export": 1.25, "measure": 0.8}
+
+
+def test_features_round_trip(tmp_path):
+    with Journal.create(tmp_path, {}) as journal:
+        journal.record(CandidateRecord(**{**_record(0.9).__dict__, "features": (1.0, 0.25, 3.0)}))
+    with Journal.open(tmp_path) as journal:
+        (row,) = journal.candidates()
+        assert row.features == (1.0, 0.25, 3.0)
 
 
 def test_elapsed_time_adds_up_over_processes_and_reading_adds_nothing(tmp_path, monkeypatch):

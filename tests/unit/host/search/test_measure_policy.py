@@ -40,12 +40,16 @@ def _evaluator(measured: list[tuple[float, float]], dense_ms: float = 1.0, targe
                                                                                                   optimistic)
     ev.meets_target = lambda m: CandidateEvaluator.meets_target(ev, m)
     ev.figures_meet_target = lambda f, d: CandidateEvaluator.figures_meet_target(ev, f, d)
-    ev._reward = lambda acc, macs, meas, choices: acc  # predicted reward: its accuracy (the plan meets the target)
+    ev._reward = lambda acc, macs, meas, choices, features=None: acc  # predicted reward: its accuracy
+    # no trusted device latency model: here, "features" is the ratio it predicts when one is set
+    ev.trusted = False
+    ev.device_predicted_figures = lambda features: (
+        {"pi": features * ev.dense_figures()["pi"]} if ev.trusted and features is not None else None)
     return ev
 
 
-def worth(ev, acc: float, choices=None) -> bool:
-    return CandidateEvaluator._worth_measuring(ev, acc, 100, choices)
+def worth(ev, acc: float, choices=None, features=None) -> bool:
+    return CandidateEvaluator._worth_measuring(ev, acc, 100, choices, features)
 
 
 def test_far_below_dense_is_measured_while_no_measured_plan_meets_the_target():
@@ -80,7 +84,7 @@ def test_under_the_hard_constraint_only_a_plan_that_meets_the_target_sets_the_ba
     # MobileNetV3-small at 0.7x: an accurate plan at 0.80x (reward 0.83) kept every plan at 0.70x, 85% after
     # the recovery steps, from being measured; under the hard constraint it cannot be delivered before them
     ev = _evaluator([(0.95, 0.80), (0.94, 0.85), (0.93, 0.9)], constraint="hard")
-    ev._reward = lambda acc, macs, meas, choices: acc * min(1.0, 0.7 / choices)
+    ev._reward = lambda acc, macs, meas, choices, features=None: acc * min(1.0, 0.7 / choices)
     assert worth(ev, 0.80, choices=0.68)  # expected to meet the target, none measured does: measure it
     assert not worth(ev, 0.80, choices=0.78)  # expected to miss it, and below the best reward
     soft = _evaluator([(0.95, 0.80), (0.94, 0.85), (0.93, 0.9)])
@@ -91,7 +95,7 @@ def test_under_the_hard_constraint_only_a_plan_that_meets_the_target_sets_the_ba
     rows = [(0.97, 0.75), (0.85, 0.69), (0.93, 0.9)]
     ev, soft = _evaluator(rows, constraint="hard"), _evaluator(rows)
     for e in (ev, soft):
-        e._reward = lambda acc, macs, meas, choices: acc * min(1.0, 0.7 / choices)
+        e._reward = lambda acc, macs, meas, choices, features=None: acc * min(1.0, 0.7 / choices)
     assert worth(ev, 0.84, choices=0.68)  # within the slack of the plan that meets the target (0.85)
     assert not worth(soft, 0.84, choices=0.68)  # below 0.905 less the slack
     assert not worth(ev, 0.80, choices=0.68)  # below 0.85 less the slack
@@ -101,7 +105,7 @@ def test_while_nothing_meets_a_hard_target_a_plan_predicted_within_the_models_er
     # LCNet-0.5 at 0.7x: after one noisy measurement the cost model put every plan the projection proposed at
     # 0.70-0.73x; none was measured, and the search delivered a 0.80x plan
     ev = _evaluator([(0.85, 0.80), (0.90, 1.03), (0.73, 0.96)], constraint="hard")
-    ev._reward = lambda acc, macs, meas, choices: acc * min(1.0, 0.7 / choices)
+    ev._reward = lambda acc, macs, meas, choices, features=None: acc * min(1.0, 0.7 / choices)
     assert not worth(ev, 0.70, choices=0.726)  # a model that is never wrong: expected to miss, below the bar
     ev.cost_model.error = 0.05  # how far off it was on the plans it had not seen
     assert worth(ev, 0.70, choices=0.726)
@@ -110,6 +114,26 @@ def test_while_nothing_meets_a_hard_target_a_plan_predicted_within_the_models_er
     met = _evaluator([(0.85, 0.68), (0.90, 1.03), (0.73, 0.96)], constraint="hard")
     met._reward, met.cost_model.error = ev._reward, 0.05
     assert not worth(met, 0.70, choices=0.726)
+
+
+def test_a_trusted_device_model_stands_in_for_the_calibration_measurements():
+    # without it the first min_measured (2 here) plans are measured whatever they are
+    cold = _evaluator([], constraint="hard")
+    assert worth(cold, 0.90, choices=0.95, features=0.95)
+    warm = _evaluator([], constraint="hard")
+    warm.trusted = True
+    assert not worth(warm, 0.90, choices=0.5, features=0.95)  # predicted to miss the 0.7x wall: not measured
+    assert worth(warm, 0.90, choices=0.95, features=0.72)  # within half its trusted error of the wall
+    assert not worth(warm, 0.90, choices=0.95, features=0.80)
+    # a soft constraint: the first plan is measured; after that the best measured reward is the bar
+    soft = _evaluator([])
+    soft.trusted = True
+    assert worth(soft, 0.90, features=0.95)
+    rewarded = _evaluator([(0.95, 0.65)], constraint="hard")
+    rewarded.trusted = True
+    rewarded._reward = lambda acc, macs, meas, choices, features=None: acc * min(1.0, 0.7 / features)
+    assert not worth(rewarded, 0.90, features=0.6)  # 0.90 against the measured winner's 0.95
+    assert worth(rewarded, 0.95, features=0.6)
 
 
 def _settling(rows: list[tuple[float, float]], pairs: list[tuple[float, float]], constraint: str = "hard"):

@@ -55,9 +55,10 @@ MAX_SAMPLES = 4000  # newest kept per device and precision
 MIN_SAMPLES = 6  # fewer samples: no model (the MAC-proportional prior stays)
 RIDGE = 0.3  # pull of the full model towards the three-feature one (rows are relative errors, ~1 each)
 # A device model is trusted to stand in for the device (an unmeasured candidate is credited its predicted
-# latency, and a search measures only the plans predicted to win) when, of its newest TRUST_WINDOW samples
-# that it predicted before they were measured, at least TRUST_SHARE were within TRUST_ERROR, and it has
-# measured every kind of GEMM the model runs; one bad prediction in the window does not end it, two do
+# latency, and a search measures only the plans predicted to win) when, of its newest TRUST_WINDOW samples,
+# at least TRUST_SHARE were predicted within TRUST_ERROR without them (before they were measured, or left out
+# of the fit for samples taken before the store had a model), and it has measured every kind of GEMM the
+# model runs; one bad prediction in the window does not end it, two do
 TRUST_WINDOW = 8
 TRUST_SHARE = 0.85
 TRUST_ERROR = 0.10
@@ -168,6 +169,20 @@ def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return nnls(a, b, maxiter=50 * a.shape[1])[0]
 
 
+def _fit(samples: Sequence[Sample]) -> np.ndarray:
+    """theta of :meth:`DeviceLatencyModel.fit` on ``samples``."""
+    x = np.array([s.features for s in samples], np.float64)
+    y = np.array([s.ms for s in samples], np.float64)
+    w = 1.0 / y  # rows as relative errors
+    base = _nnls(_base_rows(x) * w[:, None], y * w)
+    # the base model spread onto the full features: every MAC kind at the mean MAC cost, every op alike
+    prior = np.array([base[0], base[1], base[1], base[1], base[1], base[2], base[2], 0.0])
+    scale = np.maximum(np.abs(x * w[:, None]).mean(axis=0), 1e-12)  # ridge in each feature's own units
+    a = np.vstack([x * w[:, None], np.diag(RIDGE * scale)])
+    b = np.concatenate([y * w, RIDGE * scale * prior])
+    return _nnls(a, b)
+
+
 @dataclass(frozen=True)
 class Sample:
     """One measured artifact: its operator features, measured figure (ms), and what the store predicted for
@@ -218,6 +233,7 @@ class DeviceLatencyModel:
         self.path = root / _safe(fingerprint) / f"{_safe(precision)}.jsonl"
         self.samples: list[Sample] = []
         self.theta: np.ndarray | None = None
+        self._judged: dict[tuple, float] = {}  # leave-one-out errors of samples measured without a model
         self._load()
         self.fit()
 
@@ -260,19 +276,24 @@ class DeviceLatencyModel:
     # -- model ---------------------------------------------------------------------------------------
     def fit(self) -> None:
         """Relative-error NNLS on every sample, towards the three-feature model (see the module docstring)."""
-        if len(self.samples) < MIN_SAMPLES:
-            self.theta = None
-            return
-        x = np.array([s.features for s in self.samples], np.float64)
-        y = np.array([s.ms for s in self.samples], np.float64)
-        w = 1.0 / y  # rows as relative errors
-        base = _nnls(_base_rows(x) * w[:, None], y * w)
-        # the base model spread onto the full features: every MAC kind at the mean MAC cost, every op alike
-        prior = np.array([base[0], base[1], base[1], base[1], base[1], base[2], base[2], 0.0])
-        scale = np.maximum(np.abs(x * w[:, None]).mean(axis=0), 1e-12)  # ridge in each feature's own units
-        a = np.vstack([x * w[:, None], np.diag(RIDGE * scale)])
-        b = np.concatenate([y * w, RIDGE * scale * prior])
-        self.theta = _nnls(a, b)
+        self.theta = _fit(self.samples) if len(self.samples) >= MIN_SAMPLES else None
+
+    def judged_error(self, index: int) -> float:
+        """|error| / measured of sample ``index`` as predicted without it: what the store predicted before it
+        was measured, or, for a sample measured before the store had a model (the search that filled it), the
+        prediction of the model fitted on every other such sample (leave one out; samples that were predicted
+        stay out, so a later outlier does not change how the earlier ones are judged)."""
+        sample = self.samples[index]
+        if sample.predicted_ms is not None:
+            return abs(sample.predicted_ms - sample.ms) / sample.ms
+        key = (sample.created, sample.ms, sample.features)
+        if key not in self._judged:
+            others = [s for j, s in enumerate(self.samples) if j != index and s.predicted_ms is None]
+            if len(others) < len(BASE):
+                return math.inf
+            theta = _fit(others)
+            self._judged[key] = abs(max(1e-6, float(np.asarray(sample.features) @ theta)) - sample.ms) / sample.ms
+        return self._judged[key]
 
     @property
     def ready(self) -> bool:
@@ -295,16 +316,13 @@ class DeviceLatencyModel:
     def distrust(self, features: Sequence[float] | None) -> str:
         """Why this model may not stand in for the device on a model with operator ``features`` (its dense
         model's), or "" when it may (see :data:`TRUST_WINDOW`)."""
-        if self.theta is None:
-            return f"{len(self.samples)} measurement(s) on this device, a model needs {MIN_SAMPLES}"
-        recent = [s for s in self.samples if s.predicted_ms is not None][-TRUST_WINDOW:]
-        if len(recent) < TRUST_WINDOW:
-            return (f"{len(recent)} of its measurements were predicted before they were taken; trust needs the last "
-                    f"{TRUST_WINDOW}")
-        within = sum(abs(s.predicted_ms - s.ms) <= TRUST_ERROR * s.ms for s in recent)  # type: ignore[operator]
-        if within < TRUST_SHARE * TRUST_WINDOW:
-            return (f"{within} of its last {TRUST_WINDOW} predictions were within +-{TRUST_ERROR:.0%} of the measured "
-                    f"latency; trust needs {math.ceil(TRUST_SHARE * TRUST_WINDOW)}")
+        if len(self.samples) < MIN_SAMPLES + 2:
+            return f"{len(self.samples)} measurement(s) on this device, trust needs {MIN_SAMPLES + 2}"
+        recent = range(max(0, len(self.samples) - TRUST_WINDOW), len(self.samples))
+        within = sum(self.judged_error(i) <= TRUST_ERROR for i in recent)
+        if within < TRUST_SHARE * len(recent):
+            return (f"{within} of its last {len(recent)} predictions were within +-{TRUST_ERROR:.0%} of the measured "
+                    f"latency; trust needs {math.ceil(TRUST_SHARE * len(recent))}")
         if features is not None:
             unseen = [FEATURES[k] for k in range(1, 5) if features[k] > 0
                       and not any(sample.features[k] > 0 for sample in self.samples)]

@@ -159,10 +159,11 @@ def test_trust_is_earned_by_recent_predictions_and_needs_the_models_operator_kin
 
     for _ in range(MIN_SAMPLES):
         measure()
-    assert "predicted before" in learner.distrust()  # a model, but too few predictions judged
-    for _ in range(TRUST_WINDOW):
+    assert "trust needs 8" in learner.distrust()  # a model, but too few samples to judge it
+    for _ in range(2):
         measure()
-    assert learner.distrust() == ""
+    assert learner.distrust() == ""  # the first 6 judged by leaving each out, the 2 after by their predictions
+    assert [s.predicted_ms is None for s in learner.models["pi"].samples] == [True] * MIN_SAMPLES + [False] * 2
     ratios = learner.predict_ratios(tuple(dense))
     assert ratios == {"pi": pytest.approx(1.0)}
     measure(noise=1.5)  # one prediction 33% off: still trusted

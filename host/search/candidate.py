@@ -542,7 +542,17 @@ class CandidateEvaluator:
         return _Job(chosen, key, np.asarray(choices), phase)
 
     def _wants_measurement(self, job: _Job, scored: Scored, force_measure: bool = False) -> bool:
-        """Whether a scored plan is exported and measured (:meth:`_worth_measuring`, or forced)."""
+        """Whether a scored plan is exported and measured (:meth:`_worth_measuring`, or forced). The floor plan
+        (forced: it tells whether the target is reachable) is not measured when a trusted device latency model
+        predicts it meets the target even 10% slower than predicted."""
+        if job.phase == Phase.FLOOR and self.devices:
+            device = self.device_predicted_figures(scored.features)
+            if device is not None and self.figures_meet_target(
+                    {dev: value * (1.0 + TRUST_ERROR) for dev, value in device.items()}, self.dense_figures()):
+                logger.info("the most aggressive plan is predicted at %s of dense by the trusted device latency "
+                            "model: the target is reachable, not measured", ", ".join(
+                                f"{value / self.dense_figures()[dev]:.2f}x on {dev}" for dev, value in device.items()))
+                return False
         return bool(self.devices) and (force_measure or self._worth_measuring(scored.accuracy, scored.macs, job.choices,
                                                                               scored.features))
 

@@ -541,8 +541,9 @@ def _notes(cfg: SearchConfig, rows: list[CandidateRecord], invalid: int) -> tupl
     if cfg.objective.measured and unmeasured:
         notes.append(
             f"{unmeasured} candidate(s) were not measured (too inaccurate, or their predicted reward was not "
-            f"close to the best measured one); their reward used the {cfg.objective} predicted by the cost model "
-            "fitted on the measured candidates, and only measured candidates were eligible as final models"
+            f"close to the best measured one); their reward used the {cfg.objective} predicted by the device's "
+            "latency model where it was trusted, else by the cost model fitted on the measured candidates, and only "
+            "measured candidates were eligible as final models"
         )
     return tuple(notes)
 

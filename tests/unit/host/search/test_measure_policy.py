@@ -136,6 +136,23 @@ def test_a_trusted_device_model_stands_in_for_the_calibration_measurements():
     assert worth(rewarded, 0.95, features=0.6)
 
 
+def test_a_floor_plan_the_trusted_model_puts_well_inside_the_target_is_not_measured():
+    from host.kinds import Phase
+
+    ev = _evaluator([], constraint="hard")
+    ev.devices = ["pi"]
+    floor = SimpleNamespace(phase=Phase.FLOOR, choices=None)
+
+    def measured(predicted_ratio: float) -> bool:
+        scored = SimpleNamespace(features=predicted_ratio, accuracy=0.5, macs=1)
+        return CandidateEvaluator._wants_measurement(ev, floor, scored, force_measure=True)
+
+    assert measured(0.3)  # no trusted model: the floor is measured
+    ev.trusted = True
+    assert not measured(0.6)  # 0.66x even 10% slower: the 0.7x target is reachable
+    assert measured(0.68)  # too close to the target to take the model's word
+
+
 def _settling(rows: list[tuple[float, float]], pairs: list[tuple[float, float]], constraint: str = "hard"):
     """``_evaluator`` whose measurements of the artifact give ``pairs`` (candidate ms, dense ms right after)."""
     ev = _evaluator(rows, constraint=constraint)

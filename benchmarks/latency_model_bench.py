@@ -116,6 +116,16 @@ def measured_rows(run_dir: Path) -> int:
     return sum(1 for r in Journal.open(run_dir).candidates() if r.measurement and not r.reused)
 
 
+def trust(run_dir: Path) -> str:
+    """Whether the run's device latency model was trusted to stand in for the board when its search began."""
+    from host.search.journal import Journal
+
+    value = Journal.open(run_dir).get_value("latency_model_trust")
+    if not value:
+        return "-"
+    return "trusted" if value.get("trusted") else f"not trusted: {value.get('why', '')}"
+
+
 def final_accuracy(run_dir: Path) -> float | None:
     import json
 
@@ -185,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"| device model (store of {args.first}), warm run {stats(device)}",
                   f"| cost model from the device model's prior, warm run {stats(warm)}",
                   f"| cost model from MACs, cold run {stats(cold)}", ""]
-        runs += [(model, kind, measured_rows(out / model / kind), final_accuracy(out / model / kind))
-                 for kind in ("warm", "cold")]
-    lines += ["| model | run | device measurements (rows) | final test accuracy |", "|---|---|---|---|"]
-    lines += [f"| {m} | {k} | {n} | {'-' if a is None else f'{100 * a:.2f}%'} |" for m, k, n, a in runs]
+        runs += [(model, kind, measured_rows(out / model / kind), final_accuracy(out / model / kind),
+                  trust(out / model / kind)) for kind in ("warm", "cold")]
+    lines += ["| model | run | device measurements (rows) | final test accuracy | device model at the start |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {m} | {k} | {n} | {'-' if a is None else f'{100 * a:.2f}%'} | {t} |" for m, k, n, a, t in runs]
     text = "\n".join(lines)
     print(text)
     (out / "table.md").write_text(text + "\n")

@@ -243,6 +243,7 @@ class SearchRunner:
             if evaluator.latency.models:
                 evaluator.warm_start_cost_model(seed=cfg.seed)
                 why = evaluator.latency.distrust()
+                self.journal.set_value("latency_model_trust", {"trusted": not why, "why": why})
                 logger.info("device latency model: %s", "trusted to stand in for the device (candidates predicted to "
                             "lose are not measured)" if not why else f"not trusted yet ({why}); candidates are "
                             "measured as usual")

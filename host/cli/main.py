@@ -20,6 +20,7 @@ from host.quiet import configured
 SUBCOMMAND_MODULES = (
     "host.cli.search_cmd",
     "host.cli.train_cmd",
+    "host.cli.pretrain_cmd",
     "host.cli.inspect_cmd",
     "host.cli.export_cmd",
     "host.cli.devices_cmd",

@@ -1,0 +1,88 @@
+"""One policy trained across models (``sculpt-host pretrain``), to start later searches from (``--policy``).
+
+The policy's parameters do not depend on the model's size (:mod:`host.search.policy`), so one policy can learn
+on several models in turn: for each round, and each model of ``--models`` in order, a PPO search of that model
+starts from the policy the previous search ended with, and its own ``policy.pt`` is handed to the next. The
+searches use the paper's FLOPs reward (each candidate masked, given its few recovery steps and scored on the
+validation split: a real evaluation, about 2-3 s on a 2-core host, no export and no device) and skip the final
+fine-tuning stage and the family seeds (plans the policy did not choose): every candidate is the policy's, and
+the point is the policy, not a model. Each search is a normal run folder under ``runs_dir``
+(journal, report), so a killed pretraining resumes where it stopped, and a finished search is not run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from host.errors import ConfigError
+from host.kinds import ObjectiveName, Phase, Strategy
+from host.search.config import SearchConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainStep:
+    """One search of the pretraining: its model, round, run folder and what it found."""
+
+    model: str
+    round: int
+    run_dir: Path
+    candidates: int
+    best_reward: float | None
+
+
+def _folder(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80] or "model"
+
+
+def pretrain(models: Sequence[str], out: Path, base: SearchConfig, *, rounds: int = 1, runs_dir: Path | None = None,
+             policy_file: str | None = None,
+             on_step: Callable[[int, int, PretrainStep], None] | None = None) -> list[PretrainStep]:
+    """Train one policy on ``models`` (``rounds`` passes over them) and write it to ``out``.
+
+    ``base`` gives everything else of each search (data, sizes, budget per model, FLOPs target, seed; its
+    objective, strategy and final stage are set here); ``policy_file`` starts the first search from a policy
+    already trained. ``on_step(done, total, step)`` is called after each search."""
+    from host.search.journal import JOURNAL_NAME, Journal
+    from host.search.runner import POLICY_FILE, SearchRunner
+
+    names = [m.strip() for m in models if m.strip()]
+    if not names:
+        raise ConfigError("pretrain needs at least one model", hint="e.g. --models resnet20,vgg16")
+    if rounds < 1:
+        raise ConfigError(f"--rounds {rounds} must be at least 1", hint="e.g. --rounds 2")
+    out = Path(out)
+    runs_dir = Path(runs_dir) if runs_dir is not None else out.with_name(out.stem + "-runs")
+    total = rounds * len(names)
+    steps: list[PretrainStep] = []
+    current = policy_file
+    for r in range(rounds):
+        for name in names:
+            run_dir = runs_dir / f"round{r + 1}-{_folder(name)}"
+            config = replace(base, out=run_dir, model=replace(base.model, model=name), objective=ObjectiveName.FLOPS,
+                             target=None, devices=(), device_pools=(), strategy=Strategy.PPO, final_top=0,
+                             policy_file=current, seed=base.seed + r,
+                             ppo=replace(base.ppo, family_seeds=False))
+            policy = run_dir / POLICY_FILE
+            if not policy.is_file():  # not finished: started, or resumed after a kill
+                if (run_dir / JOURNAL_NAME).exists():
+                    SearchRunner.resume(run_dir).run()
+                else:
+                    SearchRunner.start(config).run()
+            with Journal.open(run_dir) as journal:
+                rows = [c for c in journal.candidates(Phase.SEARCH) if not c.reused]
+            step = PretrainStep(name, r + 1, run_dir, len(rows), max((c.reward for c in rows), default=None))
+            steps.append(step)
+            current = str(policy)
+            if on_step is not None:
+                on_step(len(steps), total, step)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(current, out)
+    logger.info("pretrained policy written to %s (%d searches under %s)", out, len(steps), runs_dir)
+    return steps

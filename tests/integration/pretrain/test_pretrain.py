@@ -1,0 +1,57 @@
+"""``sculpt-host pretrain``: one policy trained across two zoo models in turn (real FLOPs-reward searches), the
+second search starting from the first's policy, a finished pretraining not run again, and the CLI's errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _base():
+    from host.search.config import EvalConfig, ModelSpec, PPOSettings, SearchConfig
+
+    spec = ModelSpec(data="mnist", image_size=16, in_channels=1, data_limit=400, train_epochs=1, width=0.25)
+    return SearchConfig(objective="flops", target=None, devices=(), model=spec, budget=3, target_flops=0.3,
+                        export_tflite=False, evaluation=EvalConfig(bn_batches=2, recover_steps=2),
+                        ppo=PPOSettings(n_steps=2, batch_size=2, n_epochs=2, hidden=32))  # an update after 2 of 3
+
+
+def test_one_policy_learns_on_each_model_in_turn(tmp_path):
+    from host.search.journal import Journal
+    from host.search.pretrain import pretrain
+
+    out = tmp_path / "zoo-policy.pt"
+    seen = []
+    steps = pretrain(["resnet20", "vgg16"], out, _base(), runs_dir=tmp_path / "runs",
+                     on_step=lambda done, total, step: seen.append((done, total, step.model)))
+    assert seen == [(1, 2, "resnet20"), (2, 2, "vgg16")]
+    assert [s.candidates for s in steps] == [3, 3] and all(s.best_reward is not None for s in steps)
+    first, second = (s.run_dir for s in steps)
+    with Journal.open(second) as journal:  # the second search started from the first's policy
+        assert journal.metadata["config"]["policy_file"] == str(first / "policy.pt")
+    saved = {name: torch.load(path, weights_only=True)["state_dict"]
+             for name, path in (("first", first / "policy.pt"), ("out", out))}
+    assert saved["out"].keys() == saved["first"].keys()
+    assert any(not torch.equal(saved["out"][k], saved["first"][k]) for k in saved["out"])  # it learned on vgg16
+    written = torch.load(second / "policy.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved["out"][k], written[k]) for k in written)  # --out is the last search's policy
+    # a finished pretraining is read back, not run again
+    mtime = (second / "policy.pt").stat().st_mtime_ns
+    again = pretrain(["resnet20", "vgg16"], out, _base(), runs_dir=tmp_path / "runs")
+    assert [s.best_reward for s in again] == [s.best_reward for s in steps]
+    assert (second / "policy.pt").stat().st_mtime_ns == mtime
+
+
+def test_cli_refuses_bad_arguments_with_a_hint(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "host.cli.main", "pretrain", "--models", " , ", "--out",
+                          str(tmp_path / "p.pt")], capture_output=True, text=True)
+    assert run.returncode != 0 and "at least one model" in run.stderr and "hint" in run.stderr.lower()
+    assert not (tmp_path / "p.pt").exists()
+    helped = subprocess.run([sys.executable, "-m", "host.cli.main", "pretrain", "--help"], capture_output=True,
+                            text=True)
+    assert helped.returncode == 0 and "--policy" in helped.stdout

@@ -140,8 +140,8 @@ class MeasurePolicy:
     predictions on this device were right, and it has measured every kind of GEMM the model runs), it stands in
     for the device: a candidate's predicted latency comes from its realized operators instead of the cost
     model, the first ``min_measured`` candidates are not measured just to calibrate, and under a hard target a
-    plan is measured only when it is predicted to meet it (within half the trusted error) or to beat the best
-    measured plan. What is delivered is still measured.
+    plan is measured only when it is predicted to meet it (within half the trusted error) and, once a measured
+    plan meets it, is more accurate than that plan. What is delivered is still measured.
     """
 
     min_accuracy_drop: float | None = 0.15
@@ -730,6 +730,12 @@ class CandidateEvaluator:
             return not self.objective.constraint.budget
         best = max(r.reward for r in pool)
         predicted = self._reward(acc, macs, None, choices, features)
+        if device is not None and self.objective.constraint.budget and pool is not measured:
+            # a trusted model, a hard target and a measured plan that meets it: a plan can only win by meeting the
+            # target too (predicted within the trusted error) with a higher reward, i.e. a higher accuracy, which
+            # is known exactly; the slack is for a predicted latency that may be off
+            hopeful = {dev: value * (1.0 - TRUST_ERROR / 2) for dev, value in device.items()}
+            return self.figures_meet_target(hopeful, self.dense_figures()) and predicted > best
         return predicted >= best * (1.0 - self.policy.slack)
 
     def meets_target(self, measurement: Measurements | None) -> bool:

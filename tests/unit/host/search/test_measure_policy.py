@@ -133,7 +133,11 @@ def test_a_trusted_device_model_stands_in_for_the_calibration_measurements():
     rewarded.trusted = True
     rewarded._reward = lambda acc, macs, meas, choices, features=None: acc * min(1.0, 0.7 / features)
     assert not worth(rewarded, 0.90, features=0.6)  # 0.90 against the measured winner's 0.95
-    assert worth(rewarded, 0.95, features=0.6)
+    assert not worth(rewarded, 0.95, features=0.6)  # a tie cannot win: no slack once the latency is trusted
+    assert worth(rewarded, 0.96, features=0.6)
+    rewarded._reward = lambda acc, macs, meas, choices, features=None: acc  # a reward blind to the wall
+    assert not worth(rewarded, 0.99, features=0.8)  # predicted to miss it: cannot beat a plan that meets it
+    assert worth(rewarded, 0.99, features=0.6)
 
 
 def test_a_floor_plan_the_trusted_model_puts_well_inside_the_target_is_not_measured():

@@ -59,8 +59,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{done}/{total}] {step.model} (round {step.round}): {step.candidates} candidates, best reward "
                   f"{best}  ({step.run_dir})", file=sys.stderr, flush=True)
 
-    steps = pretrain(args.models.split(","), Path(args.out), base, rounds=args.rounds,
-                     runs_dir=Path(args.runs) if args.runs else None, policy_file=args.policy_file, on_step=report)
+    from host.cli.search_cmd import _Display
+
+    with _Display(enabled=not args.json) as display:  # each search's progress, as `sculpt-host search` shows it
+        steps = pretrain(args.models.split(","), Path(args.out), base, rounds=args.rounds,
+                         runs_dir=Path(args.runs) if args.runs else None, policy_file=args.policy_file,
+                         on_step=report, progress=display.update)
     if args.json:
         print(json.dumps({"policy": str(args.out), "searches": [
             {"model": s.model, "round": s.round, "run_dir": str(s.run_dir), "candidates": s.candidates,

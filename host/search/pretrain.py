@@ -22,6 +22,7 @@ from pathlib import Path
 from host.errors import ConfigError
 from host.kinds import ObjectiveName, Phase, Strategy
 from host.search.config import SearchConfig
+from host.search.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +43,14 @@ def _folder(name: str) -> str:
 
 
 def pretrain(models: Sequence[str], out: Path, base: SearchConfig, *, rounds: int = 1, runs_dir: Path | None = None,
-             policy_file: str | None = None,
-             on_step: Callable[[int, int, PretrainStep], None] | None = None) -> list[PretrainStep]:
+             policy_file: str | None = None, on_step: Callable[[int, int, PretrainStep], None] | None = None,
+             progress: ProgressFn | None = None) -> list[PretrainStep]:
     """Train one policy on ``models`` (``rounds`` passes over them) and write it to ``out``.
 
     ``base`` gives everything else of each search (data, sizes, budget per model, FLOPs target, seed; its
     objective, strategy and final stage are set here); ``policy_file`` starts the first search from a policy
-    already trained. ``on_step(done, total, step)`` is called after each search."""
+    already trained. ``on_step(done, total, step)`` is called after each search; ``progress`` is every search's
+    progress callback."""
     from host.search.journal import JOURNAL_NAME, Journal
     from host.search.runner import POLICY_FILE, SearchRunner
 
@@ -72,9 +74,9 @@ def pretrain(models: Sequence[str], out: Path, base: SearchConfig, *, rounds: in
             policy = run_dir / POLICY_FILE
             if not policy.is_file():  # not finished: started, or resumed after a kill
                 if (run_dir / JOURNAL_NAME).exists():
-                    SearchRunner.resume(run_dir).run()
+                    SearchRunner.resume(run_dir, progress=progress).run()
                 else:
-                    SearchRunner.start(config).run()
+                    SearchRunner.start(config, progress=progress).run()
             with Journal.open(run_dir) as journal:
                 rows = [c for c in journal.candidates(Phase.SEARCH) if not c.reused]
             step = PretrainStep(name, r + 1, run_dir, len(rows), max((c.reward for c in rows), default=None))

@@ -3,9 +3,6 @@ second search starting from the first's policy, a finished pretraining not run a
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -47,11 +44,13 @@ def test_one_policy_learns_on_each_model_in_turn(tmp_path):
     assert (second / "policy.pt").stat().st_mtime_ns == mtime
 
 
-def test_cli_refuses_bad_arguments_with_a_hint(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "host.cli.main", "pretrain", "--models", " , ", "--out",
-                          str(tmp_path / "p.pt")], capture_output=True, text=True)
-    assert run.returncode != 0 and "at least one model" in run.stderr and "hint" in run.stderr.lower()
+def test_cli_refuses_bad_arguments_with_a_hint(tmp_path, capsys):
+    from host.cli.main import main
+
+    assert main(["pretrain", "--models", " , ", "--out", str(tmp_path / "p.pt")]) != 0
+    err = capsys.readouterr().err
+    assert "at least one model" in err and "hint" in err.lower()
     assert not (tmp_path / "p.pt").exists()
-    helped = subprocess.run([sys.executable, "-m", "host.cli.main", "pretrain", "--help"], capture_output=True,
-                            text=True)
-    assert helped.returncode == 0 and "--policy" in helped.stdout
+    with pytest.raises(SystemExit) as helped:
+        main(["pretrain", "--help"])
+    assert helped.value.code == 0 and "--policy" in capsys.readouterr().out

@@ -23,10 +23,19 @@ pytest_plugins = [
 @pytest.fixture(scope="session", autouse=True)
 def _session_cache_dir(tmp_path_factory):
     """Checkpoints and lowered programs (``AUTOSCULPT_CACHE_DIR``) go to a folder of this test session, not to
-    ``~/.cache/autosculpt``: within the session the searches reuse dense and floor programs, across sessions
-    nothing carries over. Subprocesses (the CLI searches) inherit it."""
+    ``~/.cache/autosculpt``: within the session the searches reuse dense and floor programs. With
+    ``$AUTOSCULPT_TEST_CACHE`` set (``make test`` sets it for all its phases) the folder is in there, so the
+    later phases reuse what the earlier ones trained and lowered (a lowered program is checked against eager
+    on every reuse; checkpoints and programs are written atomically, so xdist workers can share them).
+    Subprocesses (the CLI searches) inherit it."""
+    shared = os.environ.get("AUTOSCULPT_TEST_CACHE")
+    if shared:
+        folder = Path(shared) / "autosculpt-cache"
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = tmp_path_factory.mktemp("autosculpt-cache")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AUTOSCULPT_CACHE_DIR", str(tmp_path_factory.mktemp("autosculpt-cache")))
+        patch.setenv("AUTOSCULPT_CACHE_DIR", str(folder))
         yield
 
 

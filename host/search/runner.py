@@ -171,8 +171,10 @@ class SearchRunner:
             torch.set_num_threads(self.config.evaluation.host_threads)
         executor: Executor | None = None
         try:
+            # Ray first: it starts its processes with Python code run between fork and exec, which can hang when
+            # other threads (the device connections' gRPC threads) hold a lock at the fork
+            executor = open_executor(self.ray)
             with open_devices(self.config.devices, self.config.fleet, self.config.pools()) as devices:
-                executor = open_executor(self.ray)
                 if executor.parallelism > 1 and any(d.name == "local" for d in devices):
                     logger.warning("measuring on 'local' while %d cluster workers may run on this host: their load "
                                    "reaches the measurements (each candidate is paired with dense measured right "

@@ -64,10 +64,10 @@ def exported(venv_bin, tmp_path_factory, trained_resnet20_mnist):
 
 @pytest.fixture(scope="session")
 def searched(venv_bin, tmp_path_factory, trained_resnet20_mnist):
-    """A tiny latency search on the local agent (dense, floor and 4 candidates measured; no final stage)."""
+    """A tiny latency search on the local agent (dense, floor and 2 candidates measured; no final stage)."""
     run_dir = tmp_path_factory.mktemp("quiet-search") / "run"
     return _sculpt(venv_bin, "search", "--model", "resnet20", "--data", "mnist",
-                   "--checkpoint", str(trained_resnet20_mnist), "--device", "local", "--budget", "4",
+                   "--checkpoint", str(trained_resnet20_mnist), "--device", "local", "--budget", "2",
                    "--final-top", "0", "--target", "0.9x", "--out", str(run_dir), "--image-size", "16",
                    "--channels", "1", "--data-limit", "1500", "--bench-runs", "5", "--recover-steps", "3",
                    "--seed", "0")
@@ -105,7 +105,7 @@ def test_tflite_export_keeps_litert_progress_off_stdout_and_stderr(venv_bin, tmp
 
 def test_piped_search_prints_only_our_lines(searched):
     assert _not_ours(searched.stderr) == []
-    assert "evaluated 4 candidates" in searched.stdout
+    assert "evaluated 2 candidates" in searched.stdout
 
 
 def test_piped_search_prints_plain_progress_lines(searched):
@@ -114,5 +114,5 @@ def test_piped_search_prints_plain_progress_lines(searched):
     assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s][:3] == list(SEARCH_STAGES), lines
     # each line has the stage's count; every stage's last count shows
     assert all(re.match(r"progress: \w+ \d+/\d+ .* \[\d+ s\]$", line) for line in lines), lines
-    assert any(line.startswith("progress: search 4/4 ") for line in lines), lines
+    assert any(line.startswith("progress: search 2/2 ") for line in lines), lines
     assert any(line.startswith("progress: dense 2/2 ") for line in lines), lines

@@ -143,7 +143,7 @@ def test_sigkill_then_resume_does_not_reevaluate(tmp_path, trained_resnet20_mnis
     run_dir = tmp_path / "killed"
     tmp = tmp_path / "tmp"  # the search's own temp folder: anything it leaves there is a leak of this run
     tmp.mkdir()
-    budget = 3
+    budget = 2
     cmd = [sys.executable, "-m", "host.cli.main", "search", "--model", "resnet20", "--data", "mnist",
            "--checkpoint", str(trained_resnet20_mnist), "--device", "local", "--budget", str(budget),
            "--final-top", "0", "--out", str(run_dir), "--json", *TINY]
@@ -156,13 +156,13 @@ def test_sigkill_then_resume_does_not_reevaluate(tmp_path, trained_resnet20_mnis
         while time.monotonic() < deadline:
             with contextlib.suppress(psutil.NoSuchProcess):
                 children.update({c.pid: c for c in psutil.Process(proc.pid).children(recursive=True)})
-            if (run_dir / JOURNAL_NAME).is_file() and sum(r[1] == "search" for r in _rows(run_dir)) >= 2:
+            if (run_dir / JOURNAL_NAME).is_file() and sum(r[1] == "search" for r in _rows(run_dir)) >= 1:
                 break
             if proc.poll() is not None:
                 pytest.fail(f"search exited early: {proc.stderr.read().decode()[-2000:]}")
             time.sleep(0.2)
         else:
-            pytest.fail("search did not record 2 candidates in time")
+            pytest.fail("search did not record a candidate in time")
         children.update({c.pid: c for c in psutil.Process(proc.pid).children(recursive=True)})
         store = _agent_store(children.values())
         assert store is not None and store.is_dir(), [c.cmdline() for c in _alive(children.values())]
@@ -180,7 +180,7 @@ def test_sigkill_then_resume_does_not_reevaluate(tmp_path, trained_resnet20_mnis
     assert _leftovers(tmp) == [], "temporary files of the killed search were left behind"
     before = _rows(run_dir)
     done_before = sum(r[1] == "search" for r in before)
-    assert done_before >= 2 and sum(r[1] == "search" and r[4] == 0 for r in before) < budget
+    assert done_before >= 1 and sum(r[1] == "search" and r[4] == 0 for r in before) < budget
     with Journal.open(run_dir) as journal:
         first_seconds = journal.elapsed_seconds()  # saved with every row the killed process committed
     assert first_seconds >= before[-1][3] - before[0][3] > 0

@@ -5,6 +5,7 @@ and every seed, one search per strategy, all with the same budget, objective, ta
 evaluator and cost model (the journal of each run is kept under --out):
 
   ppo         the GNN + PPO policy (calibrated prior, family seeds, projection, online cost model, learning)
+  ppo-dyna    the same with --dyna N imagined plans per real one (host.search.surrogate; --dyna, default 8)
   no-learn    the same with PPO's learning rate 0: the policy stays its calibrated prior
   random      plans drawn from that prior, no seeds, no projection, no learning
   evolution   aging evolution (host.search.evolution) from the family seeds and the prior, same projection
@@ -42,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-STRATEGIES = ("ppo", "no-learn", "random", "evolution", "pretrained")
+STRATEGIES = ("ppo", "ppo-dyna", "no-learn", "random", "evolution", "pretrained")
 
 
 def best_after(rewards: list[float], checkpoints: list[int]) -> dict[int, float | None]:
@@ -71,9 +72,11 @@ def journal_rewards(run_dir: Path) -> list[float]:
     return [r.reward for r in journal.candidates(Phase.SEARCH) if not r.reused]
 
 
-def strategy_changes(name: str, base, policy: str | None) -> dict:
+def strategy_changes(name: str, base, policy: str | None, dyna: int = 8) -> dict:
     if name == "ppo":
         return {}
+    if name == "ppo-dyna":
+        return {"ppo": replace(base.ppo, dyna=dyna)}
     if name == "no-learn":
         return {"ppo": replace(base.ppo, learning_rate=0.0)}
     if name in ("random", "evolution"):
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategies", default="ppo,no-learn,random,evolution",
                         help=f"some of {','.join(STRATEGIES)} (pretrained needs --policy)")
     parser.add_argument("--policy", help="a policy.pt to start the 'pretrained' row from")
+    parser.add_argument("--dyna", type=int, default=8, help="imagined plans per real one in the ppo-dyna row (8)")
     parser.add_argument("--objective", default="latency", choices=("latency", "flops"))
     parser.add_argument("--target-latency", default="0.5x")
     parser.add_argument("--target-flops", type=float, default=0.5)
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 devices=("local",) if args.objective == "latency" else (),
                 model=ModelSpec(model=model, data_limit=args.data_limit, train_epochs=args.train_epochs))
             for strategy in strategies:
-                config = replace(base, **strategy_changes(strategy, base, args.policy))
+                config = replace(base, **strategy_changes(strategy, base, args.policy, args.dyna))
                 print(f"{model} seed {seed} {strategy}", file=sys.stderr, flush=True)
                 rewards, took = run_one(config, args.out / model / f"seed{seed}" / strategy, args.progress)
                 seconds[strategy] = seconds.get(strategy, 0.0) + took
@@ -183,17 +187,19 @@ def main(argv: list[str] | None = None) -> int:
             curves[model][strategy] = means
             lines.append("| " + " | ".join([model, strategy, *[
                 "-" if means[n] is None else f"{means[n]:.4f}" for n in checkpoints]]) + " |")
-    if "ppo" in strategies:
-        lines += ["", "ppo minus each other strategy, paired by seed: mean +- standard error (seeds)", ""]
+    for ours in ("ppo", "ppo-dyna"):
+        if ours not in strategies:
+            continue
+        lines += ["", f"{ours} minus each other strategy, paired by seed: mean +- standard error (seeds)", ""]
         header = ["model", "vs", *[f"N={n}" for n in checkpoints]]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for model, rows in results.items():
             for other in strategies:
-                if other == "ppo":
+                if other == ours:
                     continue
                 cells = []
                 for n in checkpoints:
-                    d = paired([s[n] for s in rows["ppo"]], [s[n] for s in rows[other]])
+                    d = paired([s[n] for s in rows[ours]], [s[n] for s in rows[other]])
                     cells.append("-" if d is None else f"{d[0]:+.4f} +- {d[1]:.4f} ({d[2]})")
                 lines.append("| " + " | ".join([model, other, *cells]) + " |")
     lines += ["", "search wall time this invocation (s, runs reused from --out count 0): "

@@ -96,6 +96,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"projected into the target band like PPO's (the baseline to beat) (default {cfg.strategy})")
     p.add_argument("--policy", dest="policy_file",
                    help="start from a trained policy.pt (any model size; --strategy ppo only)")
+    p.add_argument("--dyna", type=int, default=cfg.ppo.dyna, metavar="N",
+                   help="--strategy ppo: between two real rollouts, also train on N imagined plans per real one, "
+                        "rewarded by a surrogate fitted on the plans evaluated so far (accuracy) and the cost model "
+                        f"(latency); 0 turns it off (default {cfg.ppo.dyna}; see the README's Search section)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or finished run (its config is reused)")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="score and export candidates as Ray tasks, as many at once as the cluster has CPUs: local:N "
@@ -119,6 +123,11 @@ def build_config(args: argparse.Namespace) -> SearchConfig:
 
     if args.bench_runs < 1:
         raise ConfigError(f"--bench-runs {args.bench_runs} must be at least 1", hint="e.g. --bench-runs 20")
+    if args.dyna < 0:
+        raise ConfigError(f"--dyna {args.dyna} must be 0 (off) or more", hint="e.g. --dyna 8")
+    if args.dyna and args.strategy != "ppo":
+        raise ConfigError(f"--dyna trains the PPO policy; --strategy {args.strategy} has none",
+                          hint="use --dyna with --strategy ppo, or leave it out")
     spec = ModelSpec(
         model=args.model, data=args.data, image_size=args.image_size, width=args.width,
         in_channels=args.channels or default_channels(args.data),
@@ -142,6 +151,7 @@ def build_config(args: argparse.Namespace) -> SearchConfig:
         seed=args.seed,
         policy_file=args.policy_file,
         strategy=args.strategy,
+        ppo=replace(base.ppo, dyna=args.dyna),
         final_top=args.final_top,
         precision=args.precision,
         finetune=replace(base.finetune, epochs=args.finetune_epochs),

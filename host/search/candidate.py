@@ -747,6 +747,12 @@ class CandidateEvaluator:
         return bool(figures) and all(value <= self.objective.target.resolve(dense[dev])
                                      for dev, value in figures.items() if dev in dense)
 
+    def predicted_reward(self, accuracy: float, choices: np.ndarray, mac_ratio: float) -> float:
+        """The reward of an unevaluated plan with a predicted ``accuracy`` and MAC ratio (of dense): its latency or
+        energy as the cost model predicts it (as for an unmeasured candidate), its MACs from ``mac_ratio``."""
+        dense_macs = self.dense.macs if self.dense is not None else 0
+        return self._reward(accuracy, max(1, round(dense_macs * mac_ratio)), None, choices)
+
     def _reward(self, acc: float, macs: int, measurement: Measurements | None,
                 choices: np.ndarray | None = None, features: tuple[float, ...] | None = None) -> float:
         dense_macs = self.dense.macs if self.dense is not None else macs

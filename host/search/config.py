@@ -99,6 +99,9 @@ class PPOSettings:
     project: bool = True  # project every proposed plan onto the target band (AMC-style), see projection.py
     band: float = 0.06  # half-width of that band, as a fraction of the dense cost
     family_seeds: bool = True  # start with one projected plan per pattern family (projection.family_seeds)
+    # Dyna: imagined plans (rewarded by a surrogate fitted on the evaluated ones) per real plan, trained on between
+    # two real rollouts (host.search.surrogate); 0 = off
+    dyna: int = 0
 
 
 @dataclass(frozen=True)

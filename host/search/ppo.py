@@ -31,13 +31,20 @@ logger = logging.getLogger(__name__)
 class BudgetCallback(BaseCallback):
     """Stops PPO once ``budget`` candidates were evaluated (steps that reused a journaled plan are free, up to
     ``max_steps`` steps in all) and saves the learner to ``ppo_path`` at the end of every rollout.
-    ``report(evaluated)`` is called after every step (progress)."""
+    ``report(evaluated)`` is called after every step (progress); ``imagine(model)``, when given, before every
+    rollout (the Dyna-style imagined updates of :mod:`host.search.surrogate`)."""
 
     def __init__(self, journal: Journal, budget: int, max_steps: int, ppo_path: Path,
-                 report: Callable[[int], None]) -> None:
+                 report: Callable[[int], None], imagine: Callable[[PPO], object] | None = None) -> None:
         super().__init__()
         self.journal, self.budget, self.max_steps = journal, budget, max_steps
         self.ppo_path, self.report = ppo_path, report
+        self.imagine = imagine
+
+    def _on_rollout_start(self) -> None:
+        # Dyna (host.search.surrogate): imagined updates between the last real update and the next real rollout
+        if self.imagine is not None and self.journal.count(Phase.SEARCH, evaluated_only=True) < self.budget:
+            self.imagine(self.model)
 
     def _on_step(self) -> bool:
         count = self.journal.count(Phase.SEARCH, evaluated_only=True)

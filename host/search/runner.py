@@ -406,10 +406,42 @@ class SearchRunner:
         ppo_path = self.run_dir / PPO_FILE
         model = ppo_model(env, space, cfg.ppo, keep_logit, cfg.seed, ppo_path, cfg.policy_file)
         if self.journal.count(Phase.SEARCH, evaluated_only=True) < budget:  # the seeds may have used it all
-            callback = BudgetCallback(self.journal, budget, max_steps, ppo_path,
-                                      partial(self._report_search, info="searching"))
+            imagination = self._imagination(evaluator, space, band, rng) if cfg.ppo.dyna > 0 else None
+            callback = BudgetCallback(
+                self.journal, budget, max_steps, ppo_path, partial(self._report_search, info="searching"),
+                imagine=(lambda m: imagination.update(m, space.observation(), m.n_steps * m.n_envs))
+                if imagination is not None else None)
             model.learn(total_timesteps=max_steps, callback=callback, reset_num_timesteps=False)
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)
+
+    def _imagination(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand,
+                     rng: np.random.Generator):
+        """The run's Dyna-style imagined updates (:mod:`host.search.surrogate`): the accuracy surrogate is fitted on
+        every valid plan the run evaluated (dense and floor included), plans are projected as :meth:`_step`
+        projects them (with a generator of their own, so imagining draws nothing from the search's), and the
+        reward is the evaluator's for an unmeasured plan."""
+        from host.search.costmodel import CostModel
+        from host.search.projection import project
+        from host.search.surrogate import AccuracySurrogate, Imagination, choice_tables
+
+        macs = CostModel.from_space(space)  # the MAC-proportional prior: a plan's MAC ratio
+        surrogate = AccuracySurrogate(*choice_tables(space, macs))
+        imagined_rng = np.random.default_rng(int(rng.integers(2**32)))
+
+        def samples() -> list[tuple[np.ndarray, float]]:
+            return [(evaluator.choices_of(r), r.accuracy) for r in self.journal.candidates()
+                    if r.phase != Phase.FINAL and r.valid and not r.reused]
+
+        def projected(choices: np.ndarray) -> np.ndarray:
+            if not self.config.ppo.project:
+                return choices
+            model = evaluator.cost_model
+            return project(choices, space.choice_mask, model, band.for_model(model), imagined_rng)
+
+        def reward(choices: np.ndarray, accuracy: float) -> float:
+            return evaluator.predicted_reward(accuracy, choices, macs.predict(choices))
+
+        return Imagination(surrogate, samples, projected, reward, self.config.ppo.dyna)
 
     def _family_seeds(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator,
                       executor: Executor | None, width: int) -> None:

@@ -1,5 +1,8 @@
 """A user's own model on a user's own data: `sculpt-host train` on an ImageFolder the test writes, then a search
-from that checkpoint, and a search that trains the same model itself (reusing the cached checkpoint)."""
+from that checkpoint, and a search that trains the same model itself (reusing the cached checkpoint).
+
+FLOPs-objective searches whose checks rest on no measurement: they run beside other tests (phase 1 of
+`make test`), not with the `alone` tests of tests/integration/search."""
 
 from __future__ import annotations
 

@@ -1,0 +1,183 @@
+"""Dyna-style imagined updates: many cheap PPO updates per real evaluation, against a surrogate reward.
+
+A real candidate costs seconds (recovery steps, an accuracy run, an export, a device measurement), so a search
+of tens of candidates gives PPO a handful of updates. Between two real rollouts, :class:`Imagination` draws
+plans from the current policy, projects them as the search does, and rewards each with the run's own reward
+function fed by two models fitted on what the run has evaluated so far:
+
+- the accuracy :class:`AccuracySurrogate` (ridge regression of the recovered accuracy on how much of each
+  layer the plan removes, plus how much each pattern family removes; its leave-one-out error is logged);
+- the latency the evaluator already predicts for an unmeasured plan (the per-run cost model, fitted on the
+  measured candidates), or for the FLOPs objective the plan's MAC ratio from the MAC-proportional prior.
+
+PPO then trains on those imagined rollouts (its own buffer; the real rollout buffer, step counter and
+observation are left as they were). Every real evaluation refits the surrogate, so its errors are corrected
+by the next rollout. ``PPOSettings.dyna`` (``--dyna N``) is the number of imagined plans per real one;
+0 (the default) turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MIN_SAMPLES = 4  # fewer evaluated plans than this: no imagination (nothing to fit)
+RIDGE_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+class AccuracySurrogate:
+    """Ridge regression of accuracy on per-layer removal shares and per-family totals.
+
+    ``reductions[k]``: share of a layer's MACs choice ``k`` removes (0 for keep); ``families[k]``: the family
+    index of choice ``k`` (-1 for keep). The penalty is chosen by leave-one-out error over a small grid.
+    """
+
+    def __init__(self, reductions: np.ndarray, families: np.ndarray) -> None:
+        self.reductions = np.asarray(reductions, np.float64)
+        self.families = np.asarray(families, np.int64)
+        self.num_families = int(self.families.max()) + 1 if (self.families >= 0).any() else 0
+        self.fitted_on = 0
+        self.error = float("nan")  # median absolute leave-one-out error of the accuracy
+        self._mean_x: np.ndarray | None = None
+        self._scale: np.ndarray | None = None
+        self._mean_y = 0.0
+        self._weights: np.ndarray | None = None
+
+    def features(self, choices: np.ndarray) -> np.ndarray:
+        """[L + F] removed share of each layer, then each family's mean removed share over the layers."""
+        choices = np.asarray(choices, np.int64)
+        per_layer = self.reductions[choices]
+        per_family = np.zeros(self.num_families)
+        fam = self.families[choices]
+        for f in range(self.num_families):
+            per_family[f] = per_layer[fam == f].sum() / len(choices)
+        return np.concatenate([per_layer, per_family])
+
+    def fit(self, samples: Sequence[tuple[np.ndarray, float]]) -> None:
+        """Fit on (choices, accuracy) pairs."""
+        self.fitted_on = len(samples)
+        if not samples:
+            self._weights = None
+            return
+        x = np.stack([self.features(c) for c, _ in samples])
+        y = np.array([a for _, a in samples], np.float64)
+        self._mean_x = x.mean(axis=0)
+        scale = x.std(axis=0)
+        self._scale = np.where(scale > 1e-9, scale, 1.0)
+        self._mean_y = float(y.mean())
+        z = (x - self._mean_x) / self._scale
+        yc = y - self._mean_y
+        best = None
+        for ridge in RIDGE_GRID:
+            err = _loo_error(z, yc, ridge)
+            if best is None or err < best[0]:
+                best = (err, ridge)
+        self.error, ridge = best
+        self._weights = _ridge(z, yc, ridge)
+
+    def predict(self, choices: np.ndarray) -> float:
+        """Predicted accuracy in [0, 1] (the mean of the samples before any fit with variance)."""
+        if self._weights is None:
+            return float(np.clip(self._mean_y, 0.0, 1.0))
+        z = (self.features(choices) - self._mean_x) / self._scale
+        return float(np.clip(self._mean_y + z @ self._weights, 0.0, 1.0))
+
+
+def _ridge(z: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
+    # the dual form: n samples are fewer than the features here
+    n = z.shape[0]
+    return z.T @ np.linalg.solve(z @ z.T + ridge * np.eye(n), y)
+
+
+def _loo_error(z: np.ndarray, y: np.ndarray, ridge: float) -> float:
+    """Median absolute leave-one-out error of kernel ridge (closed form: residual / (1 - h_ii))."""
+    n = z.shape[0]
+    if n < 2:
+        return float("inf")
+    k = z @ z.T
+    hat = k @ np.linalg.inv(k + ridge * np.eye(n))
+    residual = y - hat @ y
+    leverage = np.clip(1.0 - np.diag(hat), 1e-6, None)
+    return float(np.median(np.abs(residual / leverage)))
+
+
+class Imagination:
+    """Imagined PPO updates for one search (see the module docstring).
+
+    ``samples()`` returns the run's evaluated (choices, accuracy) pairs; ``reward(choices, accuracy)`` is the
+    run's reward of a projected plan with a predicted accuracy; ``project(choices)`` the search's projection.
+    """
+
+    def __init__(self, surrogate: AccuracySurrogate, samples: Callable[[], list[tuple[np.ndarray, float]]],
+                 project: Callable[[np.ndarray], np.ndarray], reward: Callable[[np.ndarray, float], float],
+                 per_real: int) -> None:
+        self.surrogate, self.samples, self.project, self.reward = surrogate, samples, project, reward
+        self.per_real = int(per_real)
+        self.rounds = 0
+
+    def outcome(self, choices: np.ndarray):
+        """The imagined step: the projected plan's surrogate reward."""
+        from host.search.env import StepOutcome
+
+        projected = self.project(choices)
+        return StepOutcome(self.reward(projected, self.surrogate.predict(projected)), {"imagined": True})
+
+    def update(self, model, observation, real_rollout: int) -> bool:
+        """Fit the surrogate, then train ``model`` (SB3 PPO) on ``per_real * real_rollout`` imagined plans.
+        False (nothing done) when the run has evaluated fewer than :data:`MIN_SAMPLES` plans."""
+        from stable_baselines3.common.buffers import DictRolloutBuffer
+        from stable_baselines3.common.callbacks import BaseCallback
+        from stable_baselines3.common.vec_env import DummyVecEnv
+
+        from host.search.env import PruningEnv
+
+        data = self.samples()
+        if len(data) < MIN_SAMPLES or self.per_real <= 0:
+            return False
+        self.surrogate.fit(data)
+        steps = self.per_real * real_rollout
+        env = DummyVecEnv([lambda: PruningEnv(observation, self.outcome)])
+        buffer = DictRolloutBuffer(steps, model.observation_space, model.action_space, device=model.device,
+                                   gamma=model.gamma, gae_lambda=model.gae_lambda, n_envs=1)
+
+        class _Quiet(BaseCallback):
+            def _on_step(self) -> bool:
+                return True
+
+        callback = _Quiet()
+        callback.init_callback(model)
+        saved = (model.rollout_buffer, model.num_timesteps, model._last_obs, model._last_episode_starts,
+                 model.batch_size)
+        try:
+            model.rollout_buffer = buffer
+            model._last_obs = env.reset()
+            model._last_episode_starts = np.ones((1,), dtype=bool)
+            model.batch_size = min(max(saved[4], steps // 4), steps)
+            model.collect_rollouts(env, callback, buffer, n_rollout_steps=steps)
+            model.train()
+        finally:
+            (model.rollout_buffer, model.num_timesteps, model._last_obs, model._last_episode_starts,
+             model.batch_size) = saved
+            model.policy.set_training_mode(False)
+            env.close()
+        self.rounds += 1
+        rewards = buffer.rewards.reshape(-1)
+        logger.info("imagined %d plans on a surrogate fitted to %d (accuracy leave-one-out error %.3f): mean "
+                    "reward %.4f, best %.4f", steps, len(data), self.surrogate.error, float(rewards.mean()),
+                    float(rewards.max()))
+        return True
+
+
+def choice_tables(space, mac_model) -> tuple[np.ndarray, np.ndarray]:
+    """(reductions, families) of every vocabulary choice for :class:`AccuracySurrogate`: the share of a layer's
+    MACs the choice removes (the MAC-proportional cost model's prior) and its family's index (-1 for keep)."""
+    reductions = np.array([mac_model.reduction(k) for k in range(space.num_choices)], np.float64)
+    reductions = np.clip(reductions, 0.0, 1.0)
+    names = sorted({f for f, _ in space.vocab_ids} - {space.vocab_ids[space.keep_index][0]})
+    families = np.array([-1 if k == space.keep_index else names.index(space.vocab_ids[k][0])
+                         for k in range(space.num_choices)], np.int64)
+    return reductions, families

@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="resnet20,mobilenetv2", help="zoo names (default resnet20,mobilenetv2)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds are first-seed .. first-seed + seeds - 1 (to split a grid over processes)")
     parser.add_argument("--budget", type=int, default=48)
     parser.add_argument("--checkpoints", default="8,16,32,48")
     parser.add_argument("--strategies", default="ppo,no-learn,random,evolution",
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds: dict[str, float] = {}
     for model in models:
         results[model] = {s: [] for s in strategies}
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             base = SearchConfig(
                 budget=args.budget, final_top=0, seed=seed, export_tflite=False, objective=args.objective,
                 target=args.target_latency if args.objective == "latency" else None,

@@ -116,7 +116,7 @@ def metered(tmp_path_factory) -> Iterator[tuple[str, CpuPoweredRapl]]:
 
 
 def _energy_config(out, checkpoint, device, **changes):
-    base = tiny_config(out, checkpoint, objective="energy", target="0.7x", devices=(device,), budget=3)
+    base = tiny_config(out, checkpoint, objective="energy", target="0.7x", devices=(device,), budget=2)
     # a longer timed window than the latency tests: the meter integrates CPU time counted in 10 ms ticks
     evaluation = replace(base.evaluation, bench=BenchPolicy.search(runs=base.evaluation.bench.min_runs, seconds=0.15))
     return replace(base, evaluation=evaluation, **changes)

@@ -10,7 +10,7 @@ import torch
 from host.search.surrogate import AccuracySurrogate, Imagination
 
 
-def _surrogate(layers: int = 6) -> AccuracySurrogate:
+def _surrogate() -> AccuracySurrogate:
     # choices: 0 keep, 1 and 2 of family 0 (removing 25% and 75%), 3 of family 1 (removing 50%)
     return AccuracySurrogate(np.array([0.0, 0.25, 0.75, 0.5]), np.array([-1, 0, 0, 1]))
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from itertools import islice
@@ -369,6 +370,7 @@ class SearchRunner:
 
     def _search(self, evaluator: CandidateEvaluator, space: SearchSpace, executor: Executor | None = None) -> None:
         from host.search.projection import TargetBand
+        from host.search.reward import FLOPS_BAND
 
         cfg = self.config
         budget = cfg.budget
@@ -387,7 +389,10 @@ class SearchRunner:
             self._random_search(evaluator, space, done, budget, keep_logit, executor, width)
             return
         objective = cfg.reward_objective()
-        band = TargetBand(target, cfg.ppo.band, hard=objective.constraint.budget and objective.needs_measurement)
+        if objective.needs_measurement:
+            band = TargetBand(target, cfg.ppo.band, hard=objective.constraint.budget)
+        else:  # FLOPs: plans are projected on their exact MAC count, into the band the reward pays for
+            band = TargetBand(target, min(cfg.ppo.band, FLOPS_BAND), exact=True)
         rng = np.random.default_rng(cfg.seed + 1000 + self.journal.count(Phase.SEARCH))
         self._family_seeds(evaluator, space, band, rng, executor, width)
         if cfg.strategy == Strategy.EVOLUTION:
@@ -417,11 +422,10 @@ class SearchRunner:
     def _imagination(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand,
                      rng: np.random.Generator):
         """The run's Dyna-style imagined updates (:mod:`host.search.surrogate`): the accuracy surrogate is fitted on
-        every valid plan the run evaluated (dense and floor included), plans are projected as :meth:`_step`
-        projects them (with a generator of their own, so imagining draws nothing from the search's), and the
-        reward is the evaluator's for an unmeasured plan."""
+        every valid plan the run evaluated (dense and floor included), plans are projected with the cost model (with a
+        generator of their own, so imagining draws nothing from the search's), and the reward is the evaluator's for
+        an unmeasured plan."""
         from host.search.costmodel import CostModel
-        from host.search.projection import project
         from host.search.surrogate import AccuracySurrogate, Imagination, choice_tables
 
         macs = CostModel.from_space(space)  # the MAC-proportional prior: a plan's MAC ratio
@@ -432,11 +436,9 @@ class SearchRunner:
             return [(evaluator.choices_of(r), r.accuracy) for r in self.journal.candidates()
                     if r.phase != Phase.FINAL and r.valid and not r.reused]
 
-        def projected(choices: np.ndarray) -> np.ndarray:
-            if not self.config.ppo.project:
-                return choices
-            model = evaluator.cost_model
-            return project(choices, space.choice_mask, model, band.for_model(model), imagined_rng)
+        # the cost model's projection only: counting the exact MACs (FLOPs objective) of every step of every imagined
+        # plan would cost more than the real evaluations the imagination saves
+        projected = self._projection(evaluator, space, band, imagined_rng, exact=False)
 
         def reward(choices: np.ndarray, accuracy: float) -> float:
             return evaluator.predicted_reward(accuracy, choices, macs.predict(choices))
@@ -453,7 +455,8 @@ class SearchRunner:
         if not (cfg.ppo.project and cfg.ppo.family_seeds) or self.journal.get_value("seeds_done"):
             return
         model = evaluator.cost_model
-        seeds = iter(family_seeds(space.choice_mask, space.vocab, space.keep_index, model, band.for_model(model), rng))
+        seeds = iter(family_seeds(space.choice_mask, space.vocab, space.keep_index, model, band.for_model(model), rng,
+                                  exact=self._exact_cost(space)))
         while (left := cfg.budget - self.journal.count(Phase.SEARCH, evaluated_only=True)) > 0:
             chunk = list(islice(seeds, min(width, left)))
             if not chunk:
@@ -470,7 +473,7 @@ class SearchRunner:
         the killed run evaluated), so a resumed run continues with the population it had; its size is fixed
         at the run's start and kept in the journal, so a resume with a larger budget keeps it too."""
         from host.search.evolution import AgingEvolution, Outcome, evolve, population_size
-        from host.search.projection import project, sample_prior
+        from host.search.projection import sample_prior
 
         cfg = self.config
         size = self.journal.get_value("evolution_population")
@@ -478,11 +481,7 @@ class SearchRunner:
             size = population_size(cfg.budget)
             self.journal.set_value("evolution_population", size)
 
-        def projected(choices: np.ndarray) -> np.ndarray:
-            if not cfg.ppo.project:
-                return choices
-            model = evaluator.cost_model
-            return project(choices, space.choice_mask, model, band.for_model(model), rng)
+        projected = self._projection(evaluator, space, band, rng)
 
         def outcome(record: CandidateRecord) -> Outcome:
             return Outcome(evaluator.choices_of(record), record.reward, record.valid, record.reused)
@@ -505,12 +504,8 @@ class SearchRunner:
               choices: np.ndarray) -> StepOutcome:
         """One PPO step: the policy's choices (projected into the cost band when configured) evaluated."""
         from host.search.env import StepOutcome
-        from host.search.projection import project
 
-        if self.config.ppo.project:
-            model = evaluator.cost_model
-            choices = project(choices, space.choice_mask, model, band.for_model(model), rng)
-        record = evaluator.evaluate(choices, phase=Phase.SEARCH)
+        record = evaluator.evaluate(self._projection(evaluator, space, band, rng)(choices), phase=Phase.SEARCH)
         return StepOutcome(record.reward, {"candidate": record.id, "accuracy": record.accuracy})
 
     def _step_batch(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator,
@@ -519,16 +514,34 @@ class SearchRunner:
         to its own plan. Plans beyond the budget's end are not evaluated: they get reward 0 and a ``skipped``
         info, and :class:`BudgetCallback` ends learning on that step, before any update could use them."""
         from host.search.env import StepOutcome
-        from host.search.projection import project
 
-        if self.config.ppo.project:
-            model = evaluator.cost_model
-            current = band.for_model(model)
-            batch = [project(c, space.choice_mask, model, current, rng) for c in batch]
+        projected = self._projection(evaluator, space, band, rng)
+        batch = [projected(c) for c in batch]
         left = max(0, self.config.budget - self.journal.count(Phase.SEARCH, evaluated_only=True))
         records = evaluator.evaluate_many(batch[:left], Phase.SEARCH, executor, self._on_record("searching"))
         return ([StepOutcome(r.reward, {"candidate": r.id, "accuracy": r.accuracy}) for r in records]
                 + [StepOutcome(0.0, {"skipped": True}) for _ in batch[left:]])
+
+    def _projection(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand,
+                    rng: np.random.Generator, exact: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+        """How the search moves a proposed plan into the cost band (:func:`~host.search.projection.project`) before
+        evaluating it: with the evaluator's current cost model and, when ``exact`` and the objective allows it,
+        the plan's exact cost (:meth:`_exact_cost`); the identity when projection is off."""
+        from host.search.projection import project
+
+        if not self.config.ppo.project:
+            return lambda choices: choices
+        counted = self._exact_cost(space) if exact else None
+
+        def projected(choices: np.ndarray) -> np.ndarray:
+            model = evaluator.cost_model
+            return project(choices, space.choice_mask, model, band.for_model(model), rng, exact=counted)
+        return projected
+
+    def _exact_cost(self, space: SearchSpace) -> Callable[[np.ndarray], float | None] | None:
+        """A plan's exact cost ratio when it is known before evaluation: the FLOPs objective's MAC count
+        (:meth:`SearchSpace.mac_ratio`). Measured objectives have none (a latency is known once measured)."""
+        return None if self.config.reward_objective().needs_measurement else space.mac_ratio
 
     def _on_record(self, info: str):
         def report(_record: CandidateRecord) -> None:

@@ -73,6 +73,9 @@ class SearchSpace:
         self._floor: np.ndarray | None = None
         self._cuts: dict[int, float] | None = None
         self._shares: np.ndarray | None = None
+        self._context: Context | None = None  # one dependency graph for every counted plan
+        self._dense_macs: int | None = None
+        self._mac_ratios: dict[bytes, float | None] = {}
 
     @property
     def num_choices(self) -> int:
@@ -118,23 +121,40 @@ class SearchSpace:
         """
         if self._cuts is not None:
             return self._cuts
-        ctx = Context(self.graph_model, self.example_input)  # one dependency graph for every trial plan
-        dense = patterns.count(self.graph_model, self.example_input).macs
         cuts = {self.keep_index: 0.0}
         for index in range(self.num_choices):
             if index == self.keep_index or not self.choice_mask[:, index].any():
                 continue
-            uniform = np.where(self.choice_mask[:, index], index, self.keep_index)
-            plan, _ = self.decode(uniform)
-            try:
-                _, decisions = decide(self.graph_model, plan, self.example_input, ctx=ctx)
-            except PlanError as exc:
-                logger.debug("uniform plan %s is invalid: %s", self.vocab[index], exc)
-                continue
-            left = patterns.count(self.graph_model, self.example_input, masks=plan_masks(decisions)).macs
-            cuts[index] = 1.0 - left / dense
+            ratio = self.mac_ratio(np.where(self.choice_mask[:, index], index, self.keep_index))
+            if ratio is not None:
+                cuts[index] = 1.0 - ratio
         self._cuts = cuts
         return cuts
+
+    def mac_ratio(self, choices: np.ndarray) -> float | None:
+        """The plan's exact MACs as a fraction of dense, counted on its masks (the model is not touched, and
+        the count is the one a realized candidate is scored with); None for a plan the pattern library refuses.
+
+        Unlike :class:`~host.search.costmodel.CostModel`'s per-layer sum, it sees what pruning one layer's
+        outputs removes from the layers that read them (coupled channels), which the linear sum gets wrong by
+        up to a third of the ratio. It costs a plan decision and a counting forward pass (~20 ms for ResNet-20,
+        ~90 ms for MobileNetV2 at 16 px); results are memoized."""
+        choices = np.asarray(choices, np.int64)
+        key = choices.tobytes()
+        if key not in self._mac_ratios:
+            if self._context is None:
+                self._context = Context(self.graph_model, self.example_input)
+                self._dense_macs = max(1, patterns.count(self.graph_model, self.example_input).macs)
+            plan, _ = self.decode(choices)
+            try:
+                _, decisions = decide(self.graph_model, plan, self.example_input, ctx=self._context)
+            except PlanError as exc:
+                logger.debug("plan %s is invalid: %s", plan, exc)
+                self._mac_ratios[key] = None
+            else:
+                left = patterns.count(self.graph_model, self.example_input, masks=plan_masks(decisions)).macs
+                self._mac_ratios[key] = left / self._dense_macs
+        return self._mac_ratios[key]
 
     def layer_shares(self) -> np.ndarray:
         """[L] each prunable layer's share of the model's dense MACs, in layer order (from the model graph)."""

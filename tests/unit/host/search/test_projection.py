@@ -113,3 +113,42 @@ def test_hard_band_stays_under_the_wall_by_the_cost_models_error():
     assert model.predict(out) <= 0.6 - model.error + 1e-9
     model.error = 0.5  # an error larger than the band: the margin is capped at the band's width
     assert hard.for_model(model).high == pytest.approx(0.54)
+
+
+def _coupled(choices: np.ndarray) -> float:
+    """A cost the linear model cannot express: each layer's MACs scale with its own kept share AND the share its
+    predecessor kept (pruned outputs shrink the next layer's inputs), as channel pruning does."""
+    kept = 1.0 - np.array([0.0, 0.25, 0.5, 0.75])[choices]
+    return float(np.mean(kept * np.concatenate([[1.0], kept[:-1]])))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_projection_with_an_exact_cost_lands_in_the_band_the_model_misses(seed):
+    model, band = _model(), Band(0.35, 0.45)
+    rng = np.random.default_rng(seed)
+    start = rng.integers(0, 2, 10)  # mild plans: the projection has to tighten
+    linear = project(start, MASK, model, band, np.random.default_rng(seed))
+    assert band.low <= model.predict(linear) <= band.high
+    assert not band.low <= _coupled(linear) <= band.high  # the model's band is not the true one
+    exact = project(start, MASK, model, band, np.random.default_rng(seed), exact=_coupled)
+    assert band.low <= _coupled(exact) <= band.high
+    assert all(MASK[i, c] for i, c in enumerate(exact))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_projection_with_an_exact_cost_returns_the_closest_plan_it_saw(seed):
+    band = Band(0.4, 0.401)  # narrower than any one move: the walk goes back and forth across it
+    seen = []
+
+    def recorded(choices: np.ndarray) -> float:
+        seen.append(_coupled(choices))
+        return seen[-1]
+
+    out = project(np.zeros(10, np.int64), MASK, _model(), band, np.random.default_rng(seed), exact=recorded)
+    misses = [max(band.low - r, r - band.high, 0.0) for r in seen]
+    assert max(band.low - _coupled(out), _coupled(out) - band.high, 0.0) == pytest.approx(min(misses))
+
+
+def test_an_exact_cost_band_is_the_flops_rewards_own():
+    band = TargetBand(0.2, 0.05, exact=True).for_model(_model())
+    assert (band.low, band.high) == pytest.approx((0.15, 0.25))

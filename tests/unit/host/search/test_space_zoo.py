@@ -38,7 +38,10 @@ def test_search_plans_of_every_zoo_model_realize(name):
         plan, names = space.decode(choices)
         assert set(names) == set(space.layer_names)
         masked = copy.deepcopy(model)
-        patterns.apply_masks(masked, plan, x[:1])  # zeroes the copy in place
+        masks = patterns.apply_masks(masked, plan, x[:1])  # zeroes the copy in place
+        # the projection's exact count is the one a candidate is scored with (the masked model's)
+        assert space.mac_ratio(choices) == pytest.approx(
+            patterns.count(masked, x[:1], masks=masks).macs / patterns.count(model, x[:1]).macs, rel=1e-9)
         small = patterns.realize(model, plan, x[:1])
         with torch.no_grad():
             torch.testing.assert_close(small(x), masked(x), rtol=1e-4, atol=1e-4)

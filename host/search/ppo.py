@@ -5,6 +5,8 @@ graph policy, optionally started from a trained policy file); :class:`BudgetCall
 budget of evaluated candidates is used and saves the learner after every rollout, atomically, so a killed
 search resumes from its last rollout. Each environment step evaluates one candidate
 (:class:`host.search.env.PruningEnv`); this module knows nothing of what an evaluation does.
+:func:`train_on_imagined` runs one PPO update on imagined steps (:mod:`host.search.surrogate`) without
+touching the real rollout.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 
 from host.kinds import Phase
 from host.search.config import PPOSettings
-from host.search.env import BatchedPruningEnv, PruningEnv
+from host.search.env import BatchedPruningEnv, GraphObservation, PruningEnv, StepOutcome
 from host.search.journal import Journal
 from host.search.policy import GraphActorCriticPolicy, load_policy_weights, policy_kwargs, read_policy_file
 from host.search.space import SearchSpace
@@ -92,3 +95,39 @@ def ppo_model(env: PruningEnv | BatchedPruningEnv, space: SearchSpace, settings:
     # figures go to its own tensorboard/, so a logger without outputs leaves nothing in /tmp
     model.set_logger(Logger(folder=None, output_formats=[]))
     return model
+
+
+def train_on_imagined(model: PPO, observation: GraphObservation, outcome: Callable[[np.ndarray], StepOutcome],
+                      steps: int) -> np.ndarray:
+    """One PPO update of ``model`` on ``steps`` one-step episodes drawn from its current policy and rewarded by
+    ``outcome`` (no candidate is evaluated). The run's own rollout buffer, step counter and last observation are
+    restored afterwards, so the next real rollout and the budget do not see the imagined steps. The mini-batch
+    grows with the imagined rollout (a quarter of it, at least the model's own). Returns the steps' rewards."""
+    from stable_baselines3.common.buffers import DictRolloutBuffer
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    env = DummyVecEnv([lambda: PruningEnv(observation, outcome)])
+    buffer = DictRolloutBuffer(steps, model.observation_space, model.action_space, device=model.device,
+                               gamma=model.gamma, gae_lambda=model.gae_lambda, n_envs=1)
+
+    class _Quiet(BaseCallback):
+        def _on_step(self) -> bool:
+            return True
+
+    callback = _Quiet()
+    callback.init_callback(model)
+    saved = (model.rollout_buffer, model.num_timesteps, model._last_obs, model._last_episode_starts,
+             model.batch_size)
+    try:
+        model.rollout_buffer = buffer
+        model._last_obs = env.reset()
+        model._last_episode_starts = np.ones((1,), dtype=bool)
+        model.batch_size = min(max(saved[4], steps // 4), steps)
+        model.collect_rollouts(env, callback, buffer, n_rollout_steps=steps)
+        model.train()
+    finally:
+        (model.rollout_buffer, model.num_timesteps, model._last_obs, model._last_episode_starts,
+         model.batch_size) = saved
+        model.policy.set_training_mode(False)
+        env.close()
+    return buffer.rewards.reshape(-1).copy()

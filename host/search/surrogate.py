@@ -2,7 +2,7 @@
 
 A real candidate costs seconds (recovery steps, an accuracy run, an export, a device measurement), so a search
 of tens of candidates gives PPO a handful of updates. Between two real rollouts, :class:`Imagination` draws
-plans from the current policy, projects them as the search does, and rewards each with the run's own reward
+plans from the current policy, projects them with the search's cost model, and rewards each with the run's own reward
 function fed by two models fitted on what the run has evaluated so far:
 
 - the accuracy :class:`AccuracySurrogate` (ridge regression of the recovered accuracy on how much of each
@@ -10,8 +10,8 @@ function fed by two models fitted on what the run has evaluated so far:
 - the latency the evaluator already predicts for an unmeasured plan (the per-run cost model, fitted on the
   measured candidates), or for the FLOPs objective the plan's MAC ratio from the MAC-proportional prior.
 
-PPO then trains on those imagined rollouts (its own buffer; the real rollout buffer, step counter and
-observation are left as they were). Every real evaluation refits the surrogate, so its errors are corrected
+PPO then trains on those imagined rollouts (:func:`host.search.ppo.train_on_imagined`: its own buffer; the
+real rollout buffer, step counter and observation are left as they were). Every real evaluation refits the surrogate, so its errors are corrected
 by the next rollout. ``PPOSettings.dyna`` (``--dyna N``) is the number of imagined plans per real one;
 0 (the default) turns it off.
 """
@@ -127,45 +127,18 @@ class Imagination:
         return StepOutcome(self.reward(projected, self.surrogate.predict(projected)), {"imagined": True})
 
     def update(self, model, observation, real_rollout: int) -> bool:
-        """Fit the surrogate, then train ``model`` (SB3 PPO) on ``per_real * real_rollout`` imagined plans.
-        False (nothing done) when the run has evaluated fewer than :data:`MIN_SAMPLES` plans."""
-        from stable_baselines3.common.buffers import DictRolloutBuffer
-        from stable_baselines3.common.callbacks import BaseCallback
-        from stable_baselines3.common.vec_env import DummyVecEnv
-
-        from host.search.env import PruningEnv
+        """Fit the surrogate, then train ``model`` (SB3 PPO) on ``per_real * real_rollout`` imagined plans
+        (:func:`host.search.ppo.train_on_imagined`). False (nothing done) when the run has evaluated fewer than
+        :data:`MIN_SAMPLES` plans."""
+        from host.search.ppo import train_on_imagined
 
         data = self.samples()
         if len(data) < MIN_SAMPLES or self.per_real <= 0:
             return False
         self.surrogate.fit(data)
         steps = self.per_real * real_rollout
-        env = DummyVecEnv([lambda: PruningEnv(observation, self.outcome)])
-        buffer = DictRolloutBuffer(steps, model.observation_space, model.action_space, device=model.device,
-                                   gamma=model.gamma, gae_lambda=model.gae_lambda, n_envs=1)
-
-        class _Quiet(BaseCallback):
-            def _on_step(self) -> bool:
-                return True
-
-        callback = _Quiet()
-        callback.init_callback(model)
-        saved = (model.rollout_buffer, model.num_timesteps, model._last_obs, model._last_episode_starts,
-                 model.batch_size)
-        try:
-            model.rollout_buffer = buffer
-            model._last_obs = env.reset()
-            model._last_episode_starts = np.ones((1,), dtype=bool)
-            model.batch_size = min(max(saved[4], steps // 4), steps)
-            model.collect_rollouts(env, callback, buffer, n_rollout_steps=steps)
-            model.train()
-        finally:
-            (model.rollout_buffer, model.num_timesteps, model._last_obs, model._last_episode_starts,
-             model.batch_size) = saved
-            model.policy.set_training_mode(False)
-            env.close()
+        rewards = train_on_imagined(model, observation, self.outcome, steps)
         self.rounds += 1
-        rewards = buffer.rewards.reshape(-1)
         logger.info("imagined %d plans on a surrogate fitted to %d (accuracy leave-one-out error %.3f): mean "
                     "reward %.4f, best %.4f", steps, len(data), self.surrogate.error, float(rewards.mean()),
                     float(rewards.max()))

@@ -27,11 +27,15 @@ def _prefer_high(choices: np.ndarray) -> StepOutcome:
 
 
 def _ppo(graph, seed=0):
+    from stable_baselines3.common.logger import Logger
+
     env = PruningEnv(graph, _prefer_high)
-    return PPO(
+    model = PPO(
         GraphActorCriticPolicy, env, n_steps=16, batch_size=8, n_epochs=2, learning_rate=3e-3,
         policy_kwargs=policy_kwargs(hidden=32), seed=seed, device="cpu",
     )
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default makes an empty $TMPDIR/SB3-<time>
+    return model
 
 
 def _obs_tensor(graph, padding):

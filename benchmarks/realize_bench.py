@@ -10,7 +10,7 @@ every GEMM's output channels rounded up to XNNPACK's tile width (plus the border
 windows compute and slice off): the work the engine really does.
 
     .venv/bin/python benchmarks/realize_bench.py [--models resnet20,resnet56,mobilenetv2] [--threads 1] [--int8]
-        [--image-size 32]
+        [--image-size 32] [--width 1]
 
 ``--int8`` adds an int8 twin of dense and of every realized variant (PT2E, XNNPACK quantizer, calibrated on
 8 random inputs: latency does not depend on the values), timed in the same interleaved rounds. Its table:
@@ -192,9 +192,9 @@ def tune(model: nn.Module, x: torch.Tensor, make: Callable[[float], Plan], base:
     return best
 
 
-def build_variants(name: str, x: torch.Tensor) -> list[Variant]:
+def build_variants(name: str, x: torch.Tensor, width: float = 1.0) -> list[Variant]:
     torch.manual_seed(0)
-    model = create_model(name, image_size=x.shape[-1]).eval()
+    model = create_model(name, image_size=x.shape[-1], width=width).eval()
     with torch.no_grad():  # BN statistics of a trained net, so norms/BN are not degenerate
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -268,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=32,
                         help="input size in pixels (default 32). int8 at 32 px is mostly XNNPACK's per-operator cost "
                              "(ResNet-20 runs in ~0.1 ms), which no deployment at camera resolution sees")
+    parser.add_argument("--width", type=float, default=1.0,
+                        help="channel multiplier of the zoo models (default 1: ResNet-20 has 16-64 channels). An "
+                             "exact kernel mix splits a layer into one conv per pattern, so its convs are ~1/8 as "
+                             "wide as the layer: at width 1 each fills a fraction of XNNPACK's 16-wide tile")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
@@ -278,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, int8_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            variants = build_variants(name, x)
+            variants = build_variants(name, x, args.width)
             if args.int8:
                 variants += [Variant(v.name + " int8", v.module, v.macs, v.nonzero_macs, v.padded_macs, v.notes,
                                      int8=True) for v in variants if not v.name.startswith("masks-only")]
@@ -309,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in rows if r is not None]
     int8_table(int8_rows, args)
     print(f"\nExecuTorch {_version('executorch')} / XNNPACK, {args.threads} thread(s), "
-          f"input 1x3x{size}x{size}, "
+          f"input 1x3x{size}x{size}, width {args.width:g}, "
           f"{args.rounds} interleaved rounds of {args.calls} calls per variant (fastest call per round; median "
           f"over rounds; speed-up = median of per-round ratios) after {args.warmup} warm-up calls")
     header = ("model", "variant", "nz MMACs", "exec MMACs", f"NR={NR} MMACs", "MAC cut", "median ms", "speed-up",

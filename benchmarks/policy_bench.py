@@ -6,6 +6,7 @@ evaluator and cost model (the journal of each run is kept under --out):
 
   ppo         the GNN + PPO policy (calibrated prior, family seeds, projection, online cost model, learning)
   ppo-dyna    the same with --dyna N imagined plans per real one (host.search.surrogate; --dyna, default 8)
+  ppo-relabel PPO learning from the evaluated (projected) plans instead of its proposals (PPOSettings.relabel)
   no-learn    the same with PPO's learning rate 0: the policy stays its calibrated prior
   random      plans drawn from that prior, no seeds, no projection, no learning
   evolution   aging evolution (host.search.evolution) from the family seeds and the prior, same projection
@@ -43,7 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-STRATEGIES = ("ppo", "ppo-dyna", "no-learn", "random", "evolution", "pretrained")
+STRATEGIES = ("ppo", "ppo-dyna", "ppo-relabel", "no-learn", "random", "evolution", "pretrained")
 
 
 def best_after(rewards: list[float], checkpoints: list[int]) -> dict[int, float | None]:
@@ -77,6 +78,8 @@ def strategy_changes(name: str, base, policy: str | None, dyna: int = 8) -> dict
         return {}
     if name == "ppo-dyna":
         return {"ppo": replace(base.ppo, dyna=dyna)}
+    if name == "ppo-relabel":
+        return {"ppo": replace(base.ppo, relabel=True)}
     if name == "no-learn":
         return {"ppo": replace(base.ppo, learning_rate=0.0)}
     if name in ("random", "evolution"):
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             curves[model][strategy] = means
             lines.append("| " + " | ".join([model, strategy, *[
                 "-" if means[n] is None else f"{means[n]:.4f}" for n in checkpoints]]) + " |")
-    for ours in ("ppo", "ppo-dyna"):
+    for ours in ("ppo", "ppo-dyna", "ppo-relabel"):
         if ours not in strategies:
             continue
         lines += ["", f"{ours} minus each other strategy, paired by seed: mean +- standard error (seeds)", ""]

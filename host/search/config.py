@@ -102,6 +102,9 @@ class PPOSettings:
     # Dyna: imagined plans (rewarded by a surrogate fitted on the evaluated ones) per real plan, trained on between
     # two real rollouts (host.search.surrogate); 0 = off
     dyna: int = 0
+    # PPO learns from the plan that was evaluated (the projected one), not from the one it proposed: each step's
+    # action and its log-probability are replaced by the evaluated plan's (host.search.ppo.relabel_evaluated)
+    relabel: bool = False
 
 
 @dataclass(frozen=True)

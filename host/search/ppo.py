@@ -38,11 +38,15 @@ class BudgetCallback(BaseCallback):
     rollout (the Dyna-style imagined updates of :mod:`host.search.surrogate`)."""
 
     def __init__(self, journal: Journal, budget: int, max_steps: int, ppo_path: Path,
-                 report: Callable[[int], None], imagine: Callable[[PPO], object] | None = None) -> None:
+                 report: Callable[[int], None], imagine: Callable[[PPO], object] | None = None,
+                 relabel: np.ndarray | None = None) -> None:
+        """``relabel``: the layers' node indices in the action, to learn from the evaluated plans
+        (:func:`relabel_evaluated`); None learns from the proposed ones."""
         super().__init__()
         self.journal, self.budget, self.max_steps = journal, budget, max_steps
         self.ppo_path, self.report = ppo_path, report
         self.imagine = imagine
+        self.relabel = relabel
 
     def _on_rollout_start(self) -> None:
         # Dyna (host.search.surrogate): imagined updates between the last real update and the next real rollout
@@ -50,6 +54,8 @@ class BudgetCallback(BaseCallback):
             self.imagine(self.model)
 
     def _on_step(self) -> bool:
+        if self.relabel is not None:
+            relabel_evaluated(self.model, self.locals, self.relabel)
         count = self.journal.count(Phase.SEARCH, evaluated_only=True)
         self.report(count)
         # a batched step whose last plans fell beyond the budget (not evaluated, reward 0): stop before the
@@ -97,12 +103,43 @@ def ppo_model(env: PruningEnv | BatchedPruningEnv, space: SearchSpace, settings:
     return model
 
 
+def relabel_evaluated(model: PPO, rollout: dict, layer_nodes: np.ndarray) -> int:
+    """Make the step SB3 is about to store say what was evaluated: each env whose ``info`` carries the evaluated
+    plan (``choices``, one per layer) gets its action at ``layer_nodes`` replaced by that plan, and the stored
+    log-probability becomes the plan's under the policy that proposed it. ``rollout`` is
+    ``collect_rollouts``'s locals (a callback's ``self.locals``), edited in place before ``rollout_buffer.add``
+    copies them. Returns how many actions changed.
+
+    Why: every proposal is projected into the cost band (a few layers tightened or relaxed, picked at random),
+    and invalid raw choices are mapped to valid ones. Trained on the proposal, PPO credits the reward of one plan
+    to another, and the random part of the projection is noise in its signal; trained on the evaluated plan, the
+    policy moves towards the plans that scored well, which is what it should learn to propose."""
+    actions, infos = rollout["actions"], rollout["infos"]
+    changed = []
+    for i, info in enumerate(infos):
+        choices = info.get("choices")
+        if choices is None:
+            continue
+        choices = np.asarray(choices, actions.dtype)
+        if not np.array_equal(actions[i, layer_nodes], choices):
+            actions[i, layer_nodes] = choices
+            changed.append(i)
+    if changed:
+        import torch
+
+        with torch.no_grad():
+            _, log_prob, _ = model.policy.evaluate_actions(rollout["obs_tensor"], torch.as_tensor(actions))
+        rollout["log_probs"].copy_(log_prob.reshape(rollout["log_probs"].shape))
+    return len(changed)
+
+
 def train_on_imagined(model: PPO, observation: GraphObservation, outcome: Callable[[np.ndarray], StepOutcome],
-                      steps: int) -> np.ndarray:
+                      steps: int, relabel: bool = False) -> np.ndarray:
     """One PPO update of ``model`` on ``steps`` one-step episodes drawn from its current policy and rewarded by
     ``outcome`` (no candidate is evaluated). The run's own rollout buffer, step counter and last observation are
     restored afterwards, so the next real rollout and the budget do not see the imagined steps. The mini-batch
-    grows with the imagined rollout (a quarter of it, at least the model's own). Returns the steps' rewards."""
+    grows with the imagined rollout (a quarter of it, at least the model's own). ``relabel``: learn from the plans
+    ``outcome`` evaluated (:func:`relabel_evaluated`). Returns the steps' rewards."""
     from stable_baselines3.common.buffers import DictRolloutBuffer
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -112,6 +149,8 @@ def train_on_imagined(model: PPO, observation: GraphObservation, outcome: Callab
 
     class _Quiet(BaseCallback):
         def _on_step(self) -> bool:
+            if relabel:
+                relabel_evaluated(self.model, self.locals, observation.layer_nodes)
             return True
 
     callback = _Quiet()

@@ -415,7 +415,8 @@ class SearchRunner:
             callback = BudgetCallback(
                 self.journal, budget, max_steps, ppo_path, partial(self._report_search, info="searching"),
                 imagine=(lambda m: imagination.update(m, space.observation(), m.n_steps * m.n_envs))
-                if imagination is not None else None)
+                if imagination is not None else None,
+                relabel=space.layer_nodes if cfg.ppo.relabel else None)
             model.learn(total_timesteps=max_steps, callback=callback, reset_num_timesteps=False)
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)
 
@@ -443,7 +444,7 @@ class SearchRunner:
         def reward(choices: np.ndarray, accuracy: float) -> float:
             return evaluator.predicted_reward(accuracy, choices, macs.predict(choices))
 
-        return Imagination(surrogate, samples, projected, reward, self.config.ppo.dyna)
+        return Imagination(surrogate, samples, projected, reward, self.config.ppo.dyna, relabel=self.config.ppo.relabel)
 
     def _family_seeds(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator,
                       executor: Executor | None, width: int) -> None:
@@ -505,8 +506,10 @@ class SearchRunner:
         """One PPO step: the policy's choices (projected into the cost band when configured) evaluated."""
         from host.search.env import StepOutcome
 
-        record = evaluator.evaluate(self._projection(evaluator, space, band, rng)(choices), phase=Phase.SEARCH)
-        return StepOutcome(record.reward, {"candidate": record.id, "accuracy": record.accuracy})
+        choices = self._projection(evaluator, space, band, rng)(choices)
+        record = evaluator.evaluate(choices, phase=Phase.SEARCH)
+        return StepOutcome(record.reward, {"candidate": record.id, "accuracy": record.accuracy,
+                                           "choices": choices.tolist()})
 
     def _step_batch(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator,
                     executor: Executor, batch: list[np.ndarray]) -> list[StepOutcome]:
@@ -519,7 +522,8 @@ class SearchRunner:
         batch = [projected(c) for c in batch]
         left = max(0, self.config.budget - self.journal.count(Phase.SEARCH, evaluated_only=True))
         records = evaluator.evaluate_many(batch[:left], Phase.SEARCH, executor, self._on_record("searching"))
-        return ([StepOutcome(r.reward, {"candidate": r.id, "accuracy": r.accuracy}) for r in records]
+        return ([StepOutcome(r.reward, {"candidate": r.id, "accuracy": r.accuracy, "choices": c.tolist()})
+                 for r, c in zip(records, batch[:left], strict=True)]
                 + [StepOutcome(0.0, {"skipped": True}) for _ in batch[left:]])
 
     def _projection(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand,

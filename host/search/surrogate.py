@@ -114,9 +114,10 @@ class Imagination:
 
     def __init__(self, surrogate: AccuracySurrogate, samples: Callable[[], list[tuple[np.ndarray, float]]],
                  project: Callable[[np.ndarray], np.ndarray], reward: Callable[[np.ndarray, float], float],
-                 per_real: int) -> None:
+                 per_real: int, relabel: bool = False) -> None:
         self.surrogate, self.samples, self.project, self.reward = surrogate, samples, project, reward
         self.per_real = int(per_real)
+        self.relabel = relabel  # PPO learns from the projected plans (host.search.ppo.relabel_evaluated)
         self.rounds = 0
 
     def outcome(self, choices: np.ndarray):
@@ -124,7 +125,8 @@ class Imagination:
         from host.search.env import StepOutcome
 
         projected = self.project(choices)
-        return StepOutcome(self.reward(projected, self.surrogate.predict(projected)), {"imagined": True})
+        return StepOutcome(self.reward(projected, self.surrogate.predict(projected)),
+                           {"imagined": True, "choices": projected.tolist()})
 
     def update(self, model, observation, real_rollout: int) -> bool:
         """Fit the surrogate, then train ``model`` (SB3 PPO) on ``per_real * real_rollout`` imagined plans
@@ -137,7 +139,7 @@ class Imagination:
             return False
         self.surrogate.fit(data)
         steps = self.per_real * real_rollout
-        rewards = train_on_imagined(model, observation, self.outcome, steps)
+        rewards = train_on_imagined(model, observation, self.outcome, steps, relabel=self.relabel)
         self.rounds += 1
         logger.info("imagined %d plans on a surrogate fitted to %d (accuracy leave-one-out error %.3f): mean "
                     "reward %.4f, best %.4f", steps, len(data), self.surrogate.error, float(rewards.mean()),

@@ -78,3 +78,21 @@ def choices(space: SearchSpace, **layers: str) -> np.ndarray:
     for layer, choice in layers.items():
         out[space.layer_names.index(layer)] = space.vocab.index(choice)
     return out
+
+
+def ppo_flops_search(evaluator: CandidateEvaluator, budget: int = 10, **ppo: object) -> None:
+    """A small FLOPs-objective PPO search of ``evaluator``'s model into its journal (one torch thread; ``ppo``:
+    PPOSettings fields over a tiny learner's)."""
+    from host.search.config import PPOSettings, SearchConfig
+    from host.search.runner import SearchRunner
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        evaluator.evaluate_dense()
+        settings = PPOSettings(**{"n_steps": 2, "batch_size": 2, "n_epochs": 2, "hidden": 16, **ppo})
+        config = SearchConfig(out=evaluator.journal.path.parent, objective="flops", devices=(), budget=budget,
+                              ppo=settings)
+        SearchRunner(config, evaluator.journal)._search(evaluator, evaluator.space)
+    finally:
+        torch.set_num_threads(threads)

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.unit.host.search.nets import ppo_flops_search
+
 
 @pytest.mark.parametrize("relabel", [False, True])
 def test_the_rollout_stores_the_evaluated_plans_with_their_log_probability(evaluator, relabel, monkeypatch):
@@ -15,8 +17,6 @@ def test_the_rollout_stores_the_evaluated_plans_with_their_log_probability(evalu
     import host.search.runner  # noqa: F401  (the runner imports ppo_model from here, where it is used)
     from host.kinds import Phase
     from host.search import ppo
-    from host.search.config import PPOSettings, SearchConfig
-    from host.search.runner import SearchRunner
 
     models, stored = [], []
     build = ppo.ppo_model
@@ -36,16 +36,8 @@ def test_the_rollout_stores_the_evaluated_plans_with_their_log_probability(evalu
 
     monkeypatch.setattr(ppo, "ppo_model", keep_model)
     monkeypatch.setattr(DictRolloutBuffer, "add", record)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        journal, space = evaluator.journal, evaluator.space
-        evaluator.evaluate_dense()
-        config = SearchConfig(out=journal.path.parent, objective="flops", devices=(), budget=10,
-                              ppo=PPOSettings(n_steps=2, batch_size=2, n_epochs=2, hidden=16, relabel=relabel))
-        SearchRunner(config, journal)._search(evaluator, space)
-    finally:
-        torch.set_num_threads(threads)
+    ppo_flops_search(evaluator, budget=10, relabel=relabel)
+    journal, space = evaluator.journal, evaluator.space
     evaluated = {tuple(evaluator.choices_of(r)) for r in journal.candidates(Phase.SEARCH)}
     plans = [tuple(action.reshape(-1)[space.layer_nodes]) for action, _, _ in stored]
     assert len(stored) >= 4

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from host.search.surrogate import AccuracySurrogate, Imagination
+from tests.unit.host.search.nets import ppo_flops_search
 
 
 def _surrogate() -> AccuracySurrogate:
@@ -63,8 +64,6 @@ def test_imagined_updates_move_the_policy_but_not_the_budget(evaluator, dyna, mo
     projected and rewarded by the surrogate (none reaches the journal), and PPO's step counter counts real
     steps only."""
     from host.kinds import Phase
-    from host.search.config import PPOSettings, SearchConfig
-    from host.search.runner import SearchRunner
     from host.search.surrogate import Imagination as Real
 
     rounds, trained = [], []
@@ -80,16 +79,8 @@ def test_imagined_updates_move_the_policy_but_not_the_budget(evaluator, dyna, mo
         return done
 
     monkeypatch.setattr(Real, "update", spy)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        journal, space = evaluator.journal, evaluator.space
-        evaluator.evaluate_dense()
-        config = SearchConfig(out=journal.path.parent, objective="flops", devices=(), budget=10,
-                              ppo=PPOSettings(n_steps=2, batch_size=2, n_epochs=2, hidden=16, dyna=dyna))
-        SearchRunner(config, journal)._search(evaluator, space)
-    finally:
-        torch.set_num_threads(threads)
+    ppo_flops_search(evaluator, budget=10, dyna=dyna)
+    journal = evaluator.journal
     assert journal.count(Phase.SEARCH, evaluated_only=True) == 10
     rows = journal.candidates(Phase.SEARCH)
     assert len(rows) <= 30

@@ -14,7 +14,6 @@ from tests.unit.host.search.nets import ppo_flops_search
 def test_the_rollout_stores_the_evaluated_plans_with_their_log_probability(evaluator, relabel, monkeypatch):
     from stable_baselines3.common.buffers import DictRolloutBuffer
 
-    import host.search.runner  # noqa: F401  (the runner imports ppo_model from here, where it is used)
     from host.kinds import Phase
     from host.search import ppo
 

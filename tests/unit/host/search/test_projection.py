@@ -152,3 +152,13 @@ def test_projection_with_an_exact_cost_returns_the_closest_plan_it_saw(seed):
 def test_an_exact_cost_band_is_the_flops_rewards_own():
     band = TargetBand(0.2, 0.05, exact=True).for_model(_model())
     assert (band.low, band.high) == pytest.approx((0.15, 0.25))
+
+
+def test_a_family_that_cannot_reach_the_band_exactly_gets_no_seed():
+    vocab = ["keep:keep", "a:light", "b:heavy", "b:heavier"]
+    band = Band(0.3, 0.4)  # family a alone (at best 0.75 of dense) cannot get there; b can
+    seeds = family_seeds(MASK, vocab, 0, _model(), band, np.random.default_rng(0), exact=_coupled)
+    assert len(seeds) == 1 and set(np.unique(seeds[0])) <= {0, 2, 3}
+    assert band.low <= _coupled(seeds[0]) <= band.high
+    # without an exact cost, every family gets its seed (the model's estimate may be wrong either way)
+    assert len(family_seeds(MASK, vocab, 0, _model(), band, np.random.default_rng(0))) == 2

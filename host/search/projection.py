@@ -136,8 +136,8 @@ def project(choices: np.ndarray, choice_mask: np.ndarray, model: CostModel, band
     def rung(i: int) -> int:
         return ladders[i].index(out[i]) if out[i] in ladders[i] else 0
 
-    def miss(ratio: float, within: Band = band) -> float:
-        return max(within.low - ratio, ratio - within.high, 0.0)
+    def miss(ratio: float) -> float:
+        return max(band.low - ratio, ratio - band.high, 0.0)
 
     def walk(cost: Callable[[np.ndarray], float], steps: int, within: Band = band) -> None:
         """Moves ``out`` towards ``within``, one step at a time, until ``cost`` says it is inside."""

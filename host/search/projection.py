@@ -121,7 +121,7 @@ def project(choices: np.ndarray, choice_mask: np.ndarray, model: CostModel, band
     plans inside), each a candidate spent on the out-of-band reward. With ``exact``, the model's walk is
     corrected by the model's error where it stopped (the band shifted by ``predicted - exact``) for up to
     :data:`EXACT_ROUNDS` rounds, then walked on step by step judged by ``exact`` (at most :data:`EXACT_STEPS`
-    steps): at most ``EXACT_ROUNDS + EXACT_STEPS`` exact counts per plan, which matters where one count takes
+    steps): at most ``EXACT_ROUNDS + EXACT_STEPS + 1`` exact counts per plan, which matters where one count takes
     seconds (a ResNet-50 at 224 px). The plan closest to the band among those counted is returned."""
     out = np.asarray(choices, np.int64).copy()
     keep = model.keep_index

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
@@ -125,8 +126,6 @@ def relabel_evaluated(model: PPO, rollout: dict, layer_nodes: np.ndarray) -> int
             actions[i, layer_nodes] = choices
             changed.append(i)
     if changed:
-        import torch
-
         with torch.no_grad():
             _, log_prob, _ = model.policy.evaluate_actions(rollout["obs_tensor"], torch.as_tensor(actions))
         rollout["log_probs"].copy_(log_prob.reshape(rollout["log_probs"].shape))

@@ -7,6 +7,9 @@ evaluator and cost model (the journal of each run is kept under --out):
   ppo         the GNN + PPO policy (calibrated prior, family seeds, projection, online cost model, learning)
   ppo-dyna    the same with --dyna N imagined plans per real one (host.search.surrogate; --dyna, default 8)
   ppo-relabel PPO learning from the evaluated (projected) plans instead of its proposals (PPOSettings.relabel)
+  ppo-screen  ppo-dyna plus best-of-k screening: each real step evaluates the best, by the surrogate, of k plans
+              drawn from the policy (PPOSettings.screen; --screen, default 16)
+  screen-no-learn  screening with PPO's learning rate 0: the surrogate learns, the policy stays its prior
   no-learn    the same with PPO's learning rate 0: the policy stays its calibrated prior
   random      plans drawn from that prior, no seeds, no projection, no learning
   evolution   aging evolution (host.search.evolution) from the family seeds and the prior, same projection
@@ -44,7 +47,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-STRATEGIES = ("ppo", "ppo-dyna", "ppo-relabel", "no-learn", "random", "evolution", "pretrained")
+STRATEGIES = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "screen-no-learn", "no-learn", "random", "evolution",
+              "pretrained")
+OURS = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen")
 
 
 def best_after(rewards: list[float], checkpoints: list[int]) -> dict[int, float | None]:
@@ -73,13 +78,17 @@ def journal_rewards(run_dir: Path) -> list[float]:
     return [r.reward for r in journal.candidates(Phase.SEARCH) if not r.reused]
 
 
-def strategy_changes(name: str, base, policy: str | None, dyna: int = 8) -> dict:
+def strategy_changes(name: str, base, policy: str | None, dyna: int = 8, screen: int = 16) -> dict:
     if name == "ppo":
         return {}
     if name == "ppo-dyna":
         return {"ppo": replace(base.ppo, dyna=dyna)}
     if name == "ppo-relabel":
         return {"ppo": replace(base.ppo, relabel=True)}
+    if name == "ppo-screen":
+        return {"ppo": replace(base.ppo, dyna=dyna, screen=screen)}
+    if name == "screen-no-learn":
+        return {"ppo": replace(base.ppo, learning_rate=0.0, screen=screen)}
     if name == "no-learn":
         return {"ppo": replace(base.ppo, learning_rate=0.0)}
     if name in ("random", "evolution"):
@@ -139,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"some of {','.join(STRATEGIES)} (pretrained needs --policy)")
     parser.add_argument("--policy", help="a policy.pt to start the 'pretrained' row from")
     parser.add_argument("--dyna", type=int, default=8, help="imagined plans per real one in the ppo-dyna row (8)")
+    parser.add_argument("--screen", type=int, default=16,
+                        help="plans screened by the surrogate per real one in the ppo-screen rows (16)")
     parser.add_argument("--objective", default="latency", choices=("latency", "flops"))
     parser.add_argument("--target-latency", default="0.5x")
     parser.add_argument("--target-flops", type=float, default=0.5)
@@ -169,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 devices=("local",) if args.objective == "latency" else (),
                 model=ModelSpec(model=model, data_limit=args.data_limit, train_epochs=args.train_epochs))
             for strategy in strategies:
-                config = replace(base, **strategy_changes(strategy, base, args.policy, args.dyna))
+                config = replace(base, **strategy_changes(strategy, base, args.policy, args.dyna, args.screen))
                 print(f"{model} seed {seed} {strategy}", file=sys.stderr, flush=True)
                 rewards, took = run_one(config, args.out / model / f"seed{seed}" / strategy, args.progress)
                 seconds[strategy] = seconds.get(strategy, 0.0) + took
@@ -192,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             curves[model][strategy] = means
             lines.append("| " + " | ".join([model, strategy, *[
                 "-" if means[n] is None else f"{means[n]:.4f}" for n in checkpoints]]) + " |")
-    for ours in ("ppo", "ppo-dyna", "ppo-relabel"):
+    for ours in OURS:
         if ours not in strategies:
             continue
         lines += ["", f"{ours} minus each other strategy, paired by seed: mean +- standard error (seeds)", ""]

@@ -100,6 +100,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="--strategy ppo: between two real rollouts, also train on N imagined plans per real one, "
                         "rewarded by a surrogate fitted on the plans evaluated so far (accuracy) and the cost model "
                         f"(latency); 0 turns it off (default {cfg.ppo.dyna}; see the README's Search section)")
+    p.add_argument("--screen", type=int, default=cfg.ppo.screen, metavar="K",
+                   help="--strategy ppo: evaluate, at each step, the best of K plans drawn from the policy as the "
+                        "surrogate of --dyna predicts them (accuracy from the plans evaluated so far, cost from the cost "
+                        f"model); 0 or 1 turns it off (default {cfg.ppo.screen}; see the README's Search section)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or finished run (its config is reused)")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="score and export candidates as Ray tasks, as many at once as the cluster has CPUs: local:N "
@@ -128,6 +132,11 @@ def build_config(args: argparse.Namespace) -> SearchConfig:
     if args.dyna and args.strategy != "ppo":
         raise ConfigError(f"--dyna trains the PPO policy; --strategy {args.strategy} has none",
                           hint="use --dyna with --strategy ppo, or leave it out")
+    if args.screen < 0:
+        raise ConfigError(f"--screen {args.screen} must be 0 (off) or more", hint="e.g. --screen 16")
+    if args.screen > 1 and args.strategy != "ppo":
+        raise ConfigError(f"--screen chooses among the PPO policy's plans; --strategy {args.strategy} has none",
+                          hint="use --screen with --strategy ppo, or leave it out")
     spec = ModelSpec(
         model=args.model, data=args.data, image_size=args.image_size, width=args.width,
         in_channels=args.channels or default_channels(args.data),
@@ -151,7 +160,7 @@ def build_config(args: argparse.Namespace) -> SearchConfig:
         seed=args.seed,
         policy_file=args.policy_file,
         strategy=args.strategy,
-        ppo=replace(base.ppo, dyna=args.dyna),
+        ppo=replace(base.ppo, dyna=args.dyna, screen=args.screen),
         final_top=args.final_top,
         precision=args.precision,
         finetune=replace(base.finetune, epochs=args.finetune_epochs),

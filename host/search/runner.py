@@ -131,6 +131,7 @@ class SearchRunner:
         # --ray: where candidates are scored and exported (None: in this process). Not part of the stored
         # config: a run started on one cluster may be resumed on another, or without one
         self.ray = ray
+        self._screen = None  # a PPO search's best-of-k screening (host.search.surrogate.Screen), when configured
 
     # -- entry points --------------------------------------------------------------------------------
     @classmethod
@@ -411,23 +412,40 @@ class SearchRunner:
         ppo_path = self.run_dir / PPO_FILE
         model = ppo_model(env, space, cfg.ppo, keep_logit, cfg.seed, ppo_path, cfg.policy_file)
         if self.journal.count(Phase.SEARCH, evaluated_only=True) < budget:  # the seeds may have used it all
-            imagination = self._imagination(evaluator, space, band, rng) if cfg.ppo.dyna > 0 else None
+            surrogate = self._surrogate(evaluator, space, band, rng) if cfg.ppo.dyna > 0 or cfg.ppo.screen > 1 else None
+            imagination = None
+            if cfg.ppo.dyna > 0:
+                from host.search.surrogate import Imagination
+
+                imagination = Imagination(*surrogate, cfg.ppo.dyna, relabel=cfg.ppo.relabel)
+            if cfg.ppo.screen > 1:
+                from host.search.surrogate import Screen
+
+                self._screen = Screen(surrogate[0], surrogate[1], self._policy_draw(model, space), *surrogate[2:],
+                                      k=cfg.ppo.screen)
             callback = BudgetCallback(
                 self.journal, budget, max_steps, ppo_path, partial(self._report_search, info="searching"),
                 imagine=(lambda m: imagination.update(m, space.observation(), m.n_steps * m.n_envs))
                 if imagination is not None else None,
-                relabel=space.layer_nodes if cfg.ppo.relabel else None)
-            model.learn(total_timesteps=max_steps, callback=callback, reset_num_timesteps=False)
+                # a screened step evaluates a plan the policy did not propose: PPO must learn from that plan
+                relabel=space.layer_nodes if cfg.ppo.relabel or self._screen is not None else None)
+            try:
+                model.learn(total_timesteps=max_steps, callback=callback, reset_num_timesteps=False)
+            finally:
+                if self._screen is not None:
+                    logger.info("screening: the surrogate chose among %d proposals on %d steps, another plan than the "
+                                "policy's own on %d", self._screen.k, self._screen.screened, self._screen.replaced)
+                self._screen = None
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)
 
-    def _imagination(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand,
-                     rng: np.random.Generator):
-        """The run's Dyna-style imagined updates (:mod:`host.search.surrogate`): the accuracy surrogate is fitted on
-        every valid plan the run evaluated (dense and floor included), plans are projected with the cost model (with a
-        generator of their own, so imagining draws nothing from the search's), and the reward is the evaluator's for
-        an unmeasured plan."""
+    def _surrogate(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator):
+        """What Dyna's imagined updates and best-of-k screening (:mod:`host.search.surrogate`) judge plans with:
+        ``(surrogate, samples, project, reward)``. The accuracy surrogate is fitted on every valid plan the run
+        evaluated (dense and floor included), plans are projected with the cost model (with a generator of their
+        own, so imagining draws nothing from the search's), and the reward is the evaluator's for an unmeasured
+        plan."""
         from host.search.costmodel import CostModel
-        from host.search.surrogate import AccuracySurrogate, Imagination, choice_tables
+        from host.search.surrogate import AccuracySurrogate, choice_tables
 
         macs = CostModel.from_space(space)  # the MAC-proportional prior: a plan's MAC ratio
         surrogate = AccuracySurrogate(*choice_tables(space, macs))
@@ -438,13 +456,33 @@ class SearchRunner:
                     if r.phase != Phase.FINAL and r.valid and not r.reused]
 
         # the cost model's projection only: counting the exact MACs (FLOPs objective) of every step of every imagined
-        # plan would cost more than the real evaluations the imagination saves
+        # or screened plan would cost more than the real evaluations it saves
         projected = self._projection(evaluator, space, band, imagined_rng, exact=False)
 
         def reward(choices: np.ndarray, accuracy: float) -> float:
             return evaluator.predicted_reward(accuracy, choices, macs.predict(choices))
 
-        return Imagination(surrogate, samples, projected, reward, self.config.ppo.dyna, relabel=self.config.ppo.relabel)
+        return surrogate, samples, projected, reward
+
+    @staticmethod
+    def _policy_draw(model, space: SearchSpace) -> Callable[[int], list[np.ndarray]]:
+        """``draw(n)``: ``n`` plans (valid per-layer choices) sampled from ``model``'s current policy."""
+        import torch
+
+        from host.search.env import PruningEnv
+
+        env = PruningEnv(space.observation(), lambda _choices: None)  # the padded observation and the action mapping
+        observation, _ = env.reset()
+
+        def draw(n: int) -> list[np.ndarray]:
+            if n <= 0:
+                return []
+            obs, _ = model.policy.obs_to_tensor(observation)
+            with torch.no_grad():
+                distribution = model.policy.get_distribution(obs).distribution  # one Categorical per node
+                actions = torch.stack([d.sample((n,)) for d in distribution], dim=-1).reshape(n, -1).numpy()
+            return [env.layer_choices(a) for a in actions]
+        return draw
 
     def _family_seeds(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator,
                       executor: Executor | None, width: int) -> None:
@@ -506,6 +544,8 @@ class SearchRunner:
         """One PPO step: the policy's choices (projected into the cost band when configured) evaluated."""
         from host.search.env import StepOutcome
 
+        if self._screen is not None:
+            choices = self._screen.choose(choices)
         choices = self._projection(evaluator, space, band, rng)(choices)
         record = evaluator.evaluate(choices, phase=Phase.SEARCH)
         return StepOutcome(record.reward, {"candidate": record.id, "accuracy": record.accuracy,
@@ -519,6 +559,8 @@ class SearchRunner:
         from host.search.env import StepOutcome
 
         projected = self._projection(evaluator, space, band, rng)
+        if self._screen is not None:
+            batch = [self._screen.choose(c) for c in batch]
         batch = [projected(c) for c in batch]
         left = max(0, self.config.budget - self.journal.count(Phase.SEARCH, evaluated_only=True))
         records = evaluator.evaluate_many(batch[:left], Phase.SEARCH, executor, self._on_record("searching"))

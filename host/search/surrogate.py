@@ -147,6 +147,45 @@ class Imagination:
         return True
 
 
+class Screen:
+    """Best of ``k`` policy proposals by the surrogate, before a real evaluation is spent (``PPOSettings.screen``).
+
+    Each real step, the policy's own proposal and ``k - 1`` more plans drawn from the current policy
+    (``draw(n)``) are projected with the cost model alone and rewarded as in :class:`Imagination` (the run's
+    reward with the surrogate's accuracy); the proposal with the best predicted reward is the one evaluated. The
+    surrogate is refitted whenever the run has evaluated a new plan. Until :data:`MIN_SAMPLES` plans were
+    evaluated the proposal passes unchanged. The chosen plan is not a plain draw of the policy, so PPO learns
+    from it with its own log-probability (the search turns relabelling on, :func:`host.search.ppo.relabel_evaluated`).
+    """
+
+    def __init__(self, surrogate: AccuracySurrogate, samples: Callable[[], list[tuple[np.ndarray, float]]],
+                 draw: Callable[[int], list[np.ndarray]], project: Callable[[np.ndarray], np.ndarray],
+                 reward: Callable[[np.ndarray, float], float], k: int) -> None:
+        self.surrogate, self.samples, self.draw, self.project, self.reward = surrogate, samples, draw, project, reward
+        self.k = int(k)
+        self.screened = 0  # steps where the surrogate chose
+        self.replaced = 0  # ... and chose another plan than the policy's own proposal
+
+    def choose(self, proposal: np.ndarray) -> np.ndarray:
+        """The plan to evaluate in place of ``proposal`` (per-layer choices, before projection)."""
+        data = self.samples()
+        if self.k <= 1 or len(data) < MIN_SAMPLES:
+            return proposal
+        if self.surrogate.fitted_on != len(data):
+            self.surrogate.fit(data)
+        pool = [np.asarray(proposal, np.int64), *(np.asarray(c, np.int64) for c in self.draw(self.k - 1))]
+        scores = []
+        for choices in pool:
+            projected = self.project(choices)
+            scores.append(self.reward(projected, self.surrogate.predict(projected)))
+        best = int(np.argmax(scores))
+        self.screened += 1
+        self.replaced += best != 0
+        logger.debug("screened %d proposals on a surrogate fitted to %d: predicted reward %.4f (proposal %.4f)",
+                     len(pool), len(data), scores[best], scores[0])
+        return pool[best]
+
+
 def choice_tables(space, mac_model) -> tuple[np.ndarray, np.ndarray]:
     """(reductions, families) of every vocabulary choice for :class:`AccuracySurrogate`: the share of a layer's
     MACs the choice removes (the MAC-proportional cost model's prior) and its family's index (-1 for keep)."""

@@ -88,3 +88,79 @@ def test_imagined_updates_move_the_policy_but_not_the_budget(evaluator, dyna, mo
         assert rounds == []
     else:
         assert any(rounds) and all(trained[i] for i, done in enumerate(rounds) if done)
+
+
+def test_screening_evaluates_the_draw_the_surrogate_rates_best():
+    """Best-of-k screening: with too few evaluated plans the policy's proposal passes unchanged; once the surrogate
+    is fitted, the proposal or one of the k - 1 policy draws, whichever it predicts best, is chosen."""
+    from host.search.surrogate import Screen
+
+    surrogate = _surrogate()
+
+    def truth(c: np.ndarray) -> float:  # layers 0 and 1 carry the accuracy
+        return 0.9 - 0.5 * surrogate.reductions[c[0]] - 0.3 * surrogate.reductions[c[1]]
+
+    evaluated: list[tuple[np.ndarray, float]] = []
+    good = np.array([0, 0, 2, 2, 2, 2])  # cuts only the layers that do not matter
+    bad = np.array([2, 2, 0, 0, 0, 0])
+    draws = []
+
+    def draw(n: int) -> list[np.ndarray]:
+        draws.append(n)
+        return [bad.copy(), good.copy(), bad.copy()][:n]
+
+    screen = Screen(surrogate, lambda: list(evaluated), draw, lambda c: c, lambda c, accuracy: accuracy, k=4)
+    proposal = np.array([2, 0, 0, 0, 0, 2])
+    assert screen.choose(proposal) is proposal and draws == [] and screen.screened == 0  # nothing fitted yet
+    rng = np.random.default_rng(1)
+    evaluated += [(c, truth(c)) for c in rng.integers(0, 4, (16, 6))]
+    chosen = screen.choose(proposal)
+    assert draws == [3] and np.array_equal(chosen, good)
+    assert surrogate.fitted_on == 16 and (screen.screened, screen.replaced) == (1, 1)
+    # the proposal itself wins when nothing drawn is predicted better
+    assert np.array_equal(screen.choose(good), good) and screen.replaced == 1
+
+
+def test_a_screened_search_learns_from_the_plans_it_evaluated(evaluator, monkeypatch):
+    """A flops-objective PPO search with best-of-4 screening on the shape-checked net: the budget is kept, the
+    surrogate chose on the steps after the first evaluated plans, and what PPO stores is each evaluated plan with
+    its log-probability under the proposing policy (screening turns relabelling on)."""
+    from stable_baselines3.common.buffers import DictRolloutBuffer
+
+    from host.kinds import Phase
+    from host.search import ppo
+    from host.search.surrogate import Screen
+
+    models, stored, screens = [], [], []
+    build = ppo.ppo_model
+
+    def keep_model(*args, **kwargs):
+        models.append(build(*args, **kwargs))
+        return models[-1]
+
+    add = DictRolloutBuffer.add
+
+    def record(self, obs, action, reward, episode_start, value, log_prob):
+        obs_tensor = {k: torch.as_tensor(v) for k, v in obs.items()}
+        with torch.no_grad():
+            _, expected, _ = models[-1].policy.evaluate_actions(obs_tensor, torch.as_tensor(action))
+        stored.append((np.array(action), float(log_prob.reshape(-1)[0]), float(expected.reshape(-1)[0])))
+        return add(self, obs, action, reward, episode_start, value, log_prob)
+
+    real_choose = Screen.choose
+
+    def spy(self, proposal):
+        screens.append(self)
+        return real_choose(self, proposal)
+
+    monkeypatch.setattr(ppo, "ppo_model", keep_model)
+    monkeypatch.setattr(DictRolloutBuffer, "add", record)
+    monkeypatch.setattr(Screen, "choose", spy)
+    ppo_flops_search(evaluator, budget=10, screen=4)
+    journal, space = evaluator.journal, evaluator.space
+    assert journal.count(Phase.SEARCH, evaluated_only=True) == 10
+    assert screens and screens[-1].screened >= 1
+    evaluated = {tuple(evaluator.choices_of(r)) for r in journal.candidates(Phase.SEARCH)}
+    plans = [tuple(action.reshape(-1)[space.layer_nodes]) for action, _, _ in stored]
+    assert len(stored) >= 4 and all(plan in evaluated for plan in plans)
+    assert all(got == pytest.approx(want, abs=1e-5) for _, got, want in stored)

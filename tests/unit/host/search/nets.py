@@ -96,3 +96,29 @@ def ppo_flops_search(evaluator: CandidateEvaluator, budget: int = 10, **ppo: obj
         SearchRunner(config, evaluator.journal)._search(evaluator, evaluator.space)
     finally:
         torch.set_num_threads(threads)
+
+
+def record_rollouts(monkeypatch) -> list[tuple[np.ndarray, float, float]]:
+    """Patch PPO so that every step stored in a real rollout buffer is recorded as (action, stored log-probability,
+    the log-probability the proposing policy gives that action); returns the list the records go to."""
+    from stable_baselines3.common.buffers import DictRolloutBuffer
+
+    from host.search import ppo
+
+    models, stored = [], []
+    build, add = ppo.ppo_model, DictRolloutBuffer.add
+
+    def keep_model(*args, **kwargs):
+        models.append(build(*args, **kwargs))
+        return models[-1]
+
+    def record(self, obs, action, reward, episode_start, value, log_prob):
+        obs_tensor = {k: torch.as_tensor(v) for k, v in obs.items()}
+        with torch.no_grad():
+            _, expected, _ = models[-1].policy.evaluate_actions(obs_tensor, torch.as_tensor(action))
+        stored.append((np.array(action), float(log_prob.reshape(-1)[0]), float(expected.reshape(-1)[0])))
+        return add(self, obs, action, reward, episode_start, value, log_prob)
+
+    monkeypatch.setattr(ppo, "ppo_model", keep_model)
+    monkeypatch.setattr(DictRolloutBuffer, "add", record)
+    return stored

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from host.search.surrogate import AccuracySurrogate, Imagination
-from tests.unit.host.search.nets import ppo_flops_search
+from tests.unit.host.search.nets import ppo_flops_search, record_rollouts
 
 
 def _surrogate() -> AccuracySurrogate:
@@ -125,36 +125,16 @@ def test_a_screened_search_learns_from_the_plans_it_evaluated(evaluator, monkeyp
     """A flops-objective PPO search with best-of-4 screening on the shape-checked net: the budget is kept, the
     surrogate chose on the steps after the first evaluated plans, and what PPO stores is each evaluated plan with
     its log-probability under the proposing policy (screening turns relabelling on)."""
-    from stable_baselines3.common.buffers import DictRolloutBuffer
-
     from host.kinds import Phase
-    from host.search import ppo
     from host.search.surrogate import Screen
 
-    models, stored, screens = [], [], []
-    build = ppo.ppo_model
-
-    def keep_model(*args, **kwargs):
-        models.append(build(*args, **kwargs))
-        return models[-1]
-
-    add = DictRolloutBuffer.add
-
-    def record(self, obs, action, reward, episode_start, value, log_prob):
-        obs_tensor = {k: torch.as_tensor(v) for k, v in obs.items()}
-        with torch.no_grad():
-            _, expected, _ = models[-1].policy.evaluate_actions(obs_tensor, torch.as_tensor(action))
-        stored.append((np.array(action), float(log_prob.reshape(-1)[0]), float(expected.reshape(-1)[0])))
-        return add(self, obs, action, reward, episode_start, value, log_prob)
-
+    stored, screens = record_rollouts(monkeypatch), []
     real_choose = Screen.choose
 
     def spy(self, proposal):
         screens.append(self)
         return real_choose(self, proposal)
 
-    monkeypatch.setattr(ppo, "ppo_model", keep_model)
-    monkeypatch.setattr(DictRolloutBuffer, "add", record)
     monkeypatch.setattr(Screen, "choose", spy)
     ppo_flops_search(evaluator, budget=10, screen=4)
     journal, space = evaluator.journal, evaluator.space

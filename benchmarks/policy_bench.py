@@ -7,9 +7,9 @@ evaluator and cost model (the journal of each run is kept under --out):
   ppo         the GNN + PPO policy (calibrated prior, family seeds, projection, online cost model, learning)
   ppo-dyna    the same with --dyna N imagined plans per real one (host.search.surrogate; --dyna, default 8)
   ppo-relabel PPO learning from the evaluated (projected) plans instead of its proposals (PPOSettings.relabel)
-  ppo-screen  ppo-dyna plus best-of-k screening: each real step evaluates the best, by the surrogate, of k plans
-              drawn from the policy (PPOSettings.screen; --screen, default 16)
-  screen-no-learn  screening with PPO's learning rate 0: the surrogate learns, the policy stays its prior
+  ppo-screen  PPO with best-of-k screening: each real step evaluates the best of k plans drawn from the policy,
+              judged by their adaptive-BN proxy accuracy (PPOSettings.screen; --screen, default 8)
+  screen-no-learn  the same screening with PPO's learning rate 0: the policy stays its prior
   no-learn    the same with PPO's learning rate 0: the policy stays its calibrated prior
   random      plans drawn from that prior, no seeds, no projection, no learning
   evolution   aging evolution (host.search.evolution) from the family seeds and the prior, same projection
@@ -78,7 +78,7 @@ def journal_rewards(run_dir: Path) -> list[float]:
     return [r.reward for r in journal.candidates(Phase.SEARCH) if not r.reused]
 
 
-def strategy_changes(name: str, base, policy: str | None, dyna: int = 8, screen: int = 16) -> dict:
+def strategy_changes(name: str, base, policy: str | None, dyna: int = 8, screen: int = 8) -> dict:
     if name == "ppo":
         return {}
     if name == "ppo-dyna":
@@ -86,7 +86,7 @@ def strategy_changes(name: str, base, policy: str | None, dyna: int = 8, screen:
     if name == "ppo-relabel":
         return {"ppo": replace(base.ppo, relabel=True)}
     if name == "ppo-screen":
-        return {"ppo": replace(base.ppo, dyna=dyna, screen=screen)}
+        return {"ppo": replace(base.ppo, screen=screen)}
     if name == "screen-no-learn":
         return {"ppo": replace(base.ppo, learning_rate=0.0, screen=screen)}
     if name == "no-learn":
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"some of {','.join(STRATEGIES)} (pretrained needs --policy)")
     parser.add_argument("--policy", help="a policy.pt to start the 'pretrained' row from")
     parser.add_argument("--dyna", type=int, default=8, help="imagined plans per real one in the ppo-dyna row (8)")
-    parser.add_argument("--screen", type=int, default=16,
-                        help="plans screened by the surrogate per real one in the ppo-screen rows (16)")
+    parser.add_argument("--screen", type=int, default=8,
+                        help="plans screened by their proxy accuracy per real one in the screening rows (8)")
     parser.add_argument("--objective", default="latency", choices=("latency", "flops"))
     parser.add_argument("--target-latency", default="0.5x")
     parser.add_argument("--target-flops", type=float, default=0.5)

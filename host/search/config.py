@@ -105,8 +105,9 @@ class PPOSettings:
     # PPO learns from the plan that was evaluated (the projected one), not from the one it proposed: each step's
     # action and its log-probability are replaced by the evaluated plan's (host.search.ppo.relabel_evaluated)
     relabel: bool = False
-    # best-of-k screening: each real step evaluates the best, by the surrogate's predicted reward, of the policy's
-    # proposal and k - 1 more plans drawn from the policy (host.search.surrogate.Screen); 0 or 1 = off
+    # best-of-k screening: each real step evaluates the best, by an adaptive-BN proxy of the accuracy and the cost
+    # model, of the policy's proposal and k - 1 more plans drawn from the policy (host.search.surrogate.Screen);
+    # 0 or 1 = off
     screen: int = 0
 
 

@@ -413,17 +413,14 @@ class SearchRunner:
         ppo_path = self.run_dir / PPO_FILE
         model = ppo_model(env, space, cfg.ppo, keep_logit, cfg.seed, ppo_path, cfg.policy_file)
         if self.journal.count(Phase.SEARCH, evaluated_only=True) < budget:  # the seeds may have used it all
-            surrogate = self._surrogate(evaluator, space, band, rng) if cfg.ppo.dyna > 0 or cfg.ppo.screen > 1 else None
             imagination = None
             if cfg.ppo.dyna > 0:
                 from host.search.surrogate import Imagination
 
-                imagination = Imagination(*surrogate, cfg.ppo.dyna, relabel=cfg.ppo.relabel)
+                imagination = Imagination(*self._surrogate(evaluator, space, band, rng), cfg.ppo.dyna,
+                                          relabel=cfg.ppo.relabel)
             if cfg.ppo.screen > 1:
-                from host.search.surrogate import Screen
-
-                self._screen = Screen(surrogate[0], surrogate[1], self._policy_draw(model, space), *surrogate[2:],
-                                      k=cfg.ppo.screen)
+                self._screen = self._screening(evaluator, space, band, rng, model)
             callback = BudgetCallback(
                 self.journal, budget, max_steps, ppo_path, partial(self._report_search, info="searching"),
                 imagine=(lambda m: imagination.update(m, space.observation(), m.n_steps * m.n_envs))
@@ -464,6 +461,21 @@ class SearchRunner:
             return evaluator.predicted_reward(accuracy, choices, macs.predict(choices))
 
         return surrogate, samples, projected, reward
+
+    def _screening(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator,
+                   model):
+        """Best-of-k screening (:class:`host.search.surrogate.Screen`) of ``model``'s proposals by their adaptive-BN
+        proxy accuracy (:meth:`host.search.scorer.PlanScorer.proxy_accuracy`), computed here, in the search's process,
+        whatever executes the candidates."""
+        from host.search.surrogate import ProxyAccuracy, Screen
+
+        _, samples, projected, reward = self._surrogate(evaluator, space, band, rng)
+
+        def proxy(choices: np.ndarray) -> float | None:
+            return evaluator.scorer.proxy_accuracy(space.decode(choices)[0])
+
+        return Screen(ProxyAccuracy(proxy, samples), self._policy_draw(model, space), projected, reward,
+                      k=self.config.ppo.screen)
 
     @staticmethod
     def _policy_draw(model, space: SearchSpace) -> Callable[[int], list[np.ndarray]]:

@@ -147,43 +147,89 @@ class Imagination:
         return True
 
 
-class Screen:
-    """Best of ``k`` policy proposals by the surrogate, before a real evaluation is spent (``PPOSettings.screen``).
+class ProxyAccuracy:
+    """Predicted recovered accuracy of a plan from a cheap proxy (``proxy(choices)``: the adaptive-BN accuracy of
+    :meth:`host.search.scorer.PlanScorer.proxy_accuracy`, None for a plan that cannot be built), mapped onto the
+    recovered accuracy by a least-squares line fitted on the plans the run has evaluated (``samples()``: (choices,
+    accuracy) pairs). Proxies are memoized per plan. Where the fitted slope is not positive the proxy says nothing
+    on this run and every plan is predicted the samples' mean accuracy."""
 
-    Each real step, the policy's own proposal and ``k - 1`` more plans drawn from the current policy
-    (``draw(n)``) are projected with the cost model alone and rewarded as in :class:`Imagination` (the run's
-    reward with the surrogate's accuracy); the proposal with the best predicted reward is the one evaluated. The
-    surrogate is refitted whenever the run has evaluated a new plan. Until :data:`MIN_SAMPLES` plans were
-    evaluated the proposal passes unchanged. The chosen plan is not a plain draw of the policy, so PPO learns
-    from it with its own log-probability (the search turns relabelling on, :func:`host.search.ppo.relabel_evaluated`).
+    def __init__(self, proxy: Callable[[np.ndarray], float | None],
+                 samples: Callable[[], list[tuple[np.ndarray, float]]]) -> None:
+        self.proxy, self.samples = proxy, samples
+        self.fitted_on = 0
+        self.slope, self.intercept = 0.0, 0.0
+        self._memo: dict[bytes, float | None] = {}
+
+    def value(self, choices: np.ndarray) -> float | None:
+        """The plan's proxy (memoized)."""
+        key = np.asarray(choices, np.int64).tobytes()
+        if key not in self._memo:
+            self._memo[key] = self.proxy(np.asarray(choices, np.int64))
+        return self._memo[key]
+
+    def update(self) -> bool:
+        """Refit the line when the run has evaluated new plans; False while fewer than :data:`MIN_SAMPLES` were."""
+        data = self.samples()
+        if len(data) < MIN_SAMPLES:
+            return False
+        if len(data) != self.fitted_on:
+            pairs = [(self.value(c), a) for c, a in data]
+            x = np.array([p for p, _ in pairs if p is not None], np.float64)
+            y = np.array([a for p, a in pairs if p is not None], np.float64)
+            self.fitted_on = len(data)
+            self.slope, self.intercept = 0.0, float(y.mean()) if len(y) else 0.0
+            if len(x) >= MIN_SAMPLES and x.std() > 1e-9:
+                slope, intercept = np.polyfit(x, y, 1)
+                if slope > 0:
+                    self.slope, self.intercept = float(slope), float(intercept)
+        return True
+
+    def predict(self, choices: np.ndarray) -> float | None:
+        """Predicted recovered accuracy in [0, 1]; None for a plan that cannot be built."""
+        value = self.value(choices)
+        if value is None:
+            return None
+        return float(np.clip(self.intercept + self.slope * value, 0.0, 1.0))
+
+
+class Screen:
+    """Best of ``k`` policy proposals by a cheap accuracy predictor, before a real evaluation is spent
+    (``PPOSettings.screen``, ``--screen K``).
+
+    Each real step, the policy's own proposal and ``k - 1`` more plans drawn from the current policy (``draw(n)``)
+    are projected with the cost model alone and rewarded by the run's reward function (``reward(choices,
+    accuracy)``) with the ``predictor``'s accuracy (:class:`ProxyAccuracy`); the proposal with the best predicted
+    reward is the one evaluated. Until the predictor is ready (:data:`MIN_SAMPLES` evaluated plans) the proposal
+    passes unchanged. The chosen plan is not a plain draw of the policy, so PPO learns from it with its own
+    log-probability (the search turns relabelling on, :func:`host.search.ppo.relabel_evaluated`).
     """
 
-    def __init__(self, surrogate: AccuracySurrogate, samples: Callable[[], list[tuple[np.ndarray, float]]],
-                 draw: Callable[[int], list[np.ndarray]], project: Callable[[np.ndarray], np.ndarray],
-                 reward: Callable[[np.ndarray, float], float], k: int) -> None:
-        self.surrogate, self.samples, self.draw, self.project, self.reward = surrogate, samples, draw, project, reward
+    def __init__(self, predictor: ProxyAccuracy, draw: Callable[[int], list[np.ndarray]],
+                 project: Callable[[np.ndarray], np.ndarray], reward: Callable[[np.ndarray, float], float],
+                 k: int) -> None:
+        self.predictor, self.draw, self.project, self.reward = predictor, draw, project, reward
         self.k = int(k)
-        self.screened = 0  # steps where the surrogate chose
+        self.screened = 0  # steps where the predictor chose
         self.replaced = 0  # ... and chose another plan than the policy's own proposal
 
     def choose(self, proposal: np.ndarray) -> np.ndarray:
-        """The plan to evaluate in place of ``proposal`` (per-layer choices, before projection)."""
-        data = self.samples()
-        if self.k <= 1 or len(data) < MIN_SAMPLES:
+        """The plan to evaluate in place of ``proposal`` (per-layer choices): the best of the pool as projected for
+        screening (the search's own projection then checks it, e.g. on the exact MAC count)."""
+        if self.k <= 1 or not self.predictor.update():
             return proposal
-        if self.surrogate.fitted_on != len(data):
-            self.surrogate.fit(data)
         pool = [np.asarray(proposal, np.int64), *(np.asarray(c, np.int64) for c in self.draw(self.k - 1))]
+        projected = [self.project(choices) for choices in pool]
         scores = []
-        for choices in pool:
-            projected = self.project(choices)
-            scores.append(self.reward(projected, self.surrogate.predict(projected)))
+        for choices in projected:
+            accuracy = self.predictor.predict(choices)
+            scores.append(-np.inf if accuracy is None else self.reward(choices, accuracy))
         best = int(np.argmax(scores))
         self.screened += 1
         self.replaced += best != 0
-        logger.debug("screened %d proposals on a surrogate fitted to %d: predicted reward %.4f (proposal %.4f)",
-                     len(pool), len(data), scores[best], scores[0])
-        return pool[best]
+        logger.debug("screened %d proposals: predicted reward %.4f (the policy's own %.4f)", len(pool), scores[best],
+                     scores[0])
+        return projected[best]
 
 
 def choice_tables(space, mac_model) -> tuple[np.ndarray, np.ndarray]:

@@ -39,7 +39,7 @@ def test_screen_needs_a_count_and_the_ppo_strategy(tmp_path, capsys):
     from host.cli.main import build_parser
     from host.cli.search_cmd import build_config
 
-    assert build_config(build_parser().parse_args(["search", "--screen", "16"])).ppo.screen == 16
+    assert build_config(build_parser().parse_args(["search", "--screen", "8"])).ppo.screen == 8
     assert build_config(build_parser().parse_args(["search"])).ppo.screen == 0
     assert main(["search", "--screen", "-2", "--out", str(tmp_path / "d")]) == 2
     assert "--screen -2 must be 0 (off) or more" in capsys.readouterr().err

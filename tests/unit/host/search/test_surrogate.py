@@ -90,41 +90,67 @@ def test_imagined_updates_move_the_policy_but_not_the_budget(evaluator, dyna, mo
         assert any(rounds) and all(trained[i] for i, done in enumerate(rounds) if done)
 
 
-def test_screening_evaluates_the_draw_the_surrogate_rates_best():
-    """Best-of-k screening: with too few evaluated plans the policy's proposal passes unchanged; once the surrogate
-    is fitted, the proposal or one of the k - 1 policy draws, whichever it predicts best, is chosen."""
-    from host.search.surrogate import Screen
+def test_the_proxy_predictor_maps_the_proxy_onto_the_recovered_accuracy():
+    """ProxyAccuracy: nothing until 4 plans were evaluated; then a line from the proxy to their accuracy, proxies
+    computed once per plan; a proxy that does not rise with the accuracy predicts the mean; None stays None."""
+    from host.search.surrogate import ProxyAccuracy
 
-    surrogate = _surrogate()
+    calls = []
 
-    def truth(c: np.ndarray) -> float:  # layers 0 and 1 carry the accuracy
-        return 0.9 - 0.5 * surrogate.reductions[c[0]] - 0.3 * surrogate.reductions[c[1]]
+    def proxy(c: np.ndarray) -> float | None:
+        calls.append(tuple(c))
+        return None if c[0] == 9 else 0.1 * float(c.sum())
+
+    evaluated = [(np.array([i, 0]), 0.5 + 0.02 * i) for i in range(3)]
+    predictor = ProxyAccuracy(proxy, lambda: list(evaluated))
+    assert predictor.update() is False
+    evaluated.append((np.array([3, 0]), 0.56))
+    assert predictor.update() is True and predictor.fitted_on == 4
+    assert predictor.predict(np.array([2, 3])) == pytest.approx(0.6)  # accuracy = 0.5 + 0.2 * proxy
+    assert predictor.predict(np.array([9, 0])) is None
+    predictor.update()
+    assert len(calls) == len(set(calls))  # memoized
+    falling = ProxyAccuracy(lambda c: -float(c.sum()), lambda: list(evaluated))
+    falling.update()
+    assert falling.predict(np.array([0, 0])) == falling.predict(np.array([3, 3])) == pytest.approx(0.53)
+
+
+def test_screening_evaluates_the_draw_the_predictor_rates_best():
+    """Best-of-k screening: before the predictor is ready the policy's proposal passes unchanged; then the proposal
+    or one of the k - 1 policy draws, whichever it predicts best (as projected), is chosen."""
+    from host.search.surrogate import ProxyAccuracy, Screen
 
     evaluated: list[tuple[np.ndarray, float]] = []
-    good = np.array([0, 0, 2, 2, 2, 2])  # cuts only the layers that do not matter
-    bad = np.array([2, 2, 0, 0, 0, 0])
+    good, bad = np.array([0, 0, 2, 2]), np.array([2, 2, 0, 0])
     draws = []
 
     def draw(n: int) -> list[np.ndarray]:
         draws.append(n)
         return [bad.copy(), good.copy(), bad.copy()][:n]
 
-    screen = Screen(surrogate, lambda: list(evaluated), draw, lambda c: c, lambda c, accuracy: accuracy, k=4)
-    proposal = np.array([2, 0, 0, 0, 0, 2])
-    assert screen.choose(proposal) is proposal and draws == [] and screen.screened == 0  # nothing fitted yet
-    rng = np.random.default_rng(1)
-    evaluated += [(c, truth(c)) for c in rng.integers(0, 4, (16, 6))]
+    def proxy(c: np.ndarray) -> float:  # layers 0 and 1 carry the accuracy
+        return 0.9 - 0.2 * float(c[0] + c[1])
+
+    projected = []
+
+    def project(c: np.ndarray) -> np.ndarray:
+        projected.append(c)
+        return c.copy()
+
+    screen = Screen(ProxyAccuracy(proxy, lambda: list(evaluated)), draw, project, lambda c, accuracy: accuracy, k=4)
+    proposal = np.array([2, 0, 0, 2])
+    assert screen.choose(proposal) is proposal and draws == [] and screen.screened == 0
+    evaluated += [(c, proxy(c) + 0.05) for c in (np.array([i, j, 0, 0]) for i in range(2) for j in range(2))]
     chosen = screen.choose(proposal)
-    assert draws == [3] and np.array_equal(chosen, good)
-    assert surrogate.fitted_on == 16 and (screen.screened, screen.replaced) == (1, 1)
-    # the proposal itself wins when nothing drawn is predicted better
-    assert np.array_equal(screen.choose(good), good) and screen.replaced == 1
+    assert draws == [3] and np.array_equal(chosen, good) and len(projected) == 4
+    assert (screen.screened, screen.replaced) == (1, 1)
+    assert np.array_equal(screen.choose(good), good) and screen.replaced == 1  # nothing drawn is better
 
 
 def test_a_screened_search_learns_from_the_plans_it_evaluated(evaluator, monkeypatch):
     """A flops-objective PPO search with best-of-4 screening on the shape-checked net: the budget is kept, the
-    surrogate chose on the steps after the first evaluated plans, and what PPO stores is each evaluated plan with
-    its log-probability under the proposing policy (screening turns relabelling on)."""
+    adaptive-BN proxy chose on the steps after the first evaluated plans, and what PPO stores is each evaluated plan
+    with its log-probability under the proposing policy (screening turns relabelling on)."""
     from host.kinds import Phase
     from host.search.surrogate import Screen
 
@@ -140,6 +166,8 @@ def test_a_screened_search_learns_from_the_plans_it_evaluated(evaluator, monkeyp
     journal, space = evaluator.journal, evaluator.space
     assert journal.count(Phase.SEARCH, evaluated_only=True) == 10
     assert screens and screens[-1].screened >= 1
+    proxies = list(screens[-1].predictor._memo.values())  # the real scorer's adaptive-BN accuracies
+    assert len(proxies) >= 4 and all(p is None or 0.0 <= p <= 1.0 for p in proxies)
     evaluated = {tuple(evaluator.choices_of(r)) for r in journal.candidates(Phase.SEARCH)}
     plans = [tuple(action.reshape(-1)[space.layer_nodes]) for action, _, _ in stored]
     assert len(stored) >= 4 and all(plan in evaluated for plan in plans)

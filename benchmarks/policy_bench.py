@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 
 STRATEGIES = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "screen-no-learn", "no-learn", "random", "evolution",
               "pretrained")
-OURS = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen")
+OURS = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "screen-no-learn")  # rows whose paired differences are printed
 
 
 def best_after(rewards: list[float], checkpoints: list[int]) -> dict[int, float | None]:

@@ -431,7 +431,7 @@ class SearchRunner:
                 model.learn(total_timesteps=max_steps, callback=callback, reset_num_timesteps=False)
             finally:
                 if self._screen is not None:
-                    logger.info("screening: the surrogate chose among %d proposals on %d steps, another plan than the "
+                    logger.info("screening: the proxy chose among %d proposals on %d steps, another plan than the "
                                 "policy's own on %d", self._screen.k, self._screen.screened, self._screen.replaced)
                 self._screen = None
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)

@@ -198,9 +198,10 @@ class PlanScorer:
         """A cheap estimate of what :meth:`masked_model` + :meth:`accuracy` would give: the accuracy right after
         masking, with BatchNorm recalibrated on ``bn_batches`` training batches and no recovery step, on the first
         ``val_batches`` validation batches (EagleEye's adaptive-BN evaluation, Li et al. 2020). Its absolute value
-        is far below the recovered accuracy, but it ranks plans: Spearman 0.49-0.73 against the recovered
-        accuracy over the 48 plans of ResNet-20 searches (MNIST-5k, 0.8 MAC cut) at ~0.2 s per plan, against
-        ~2.5 s for a scored candidate. None for a plan the pattern library refuses."""
+        is far below the recovered accuracy, but it ranks plans: Spearman 0.37-0.85 against the recovered
+        accuracy over the 48 plans of each of 12 ResNet-20 searches (MNIST-5k, 0.8 MAC cut;
+        ``benchmarks/proxy_bench.py``), at 0.2-0.45 s per plan against ~2.5 s for a scored candidate. None for a
+        plan the pattern library refuses."""
         model = copy.deepcopy(self.base_model)
         try:
             patterns.apply_masks(model, plan, self.data.example_input)

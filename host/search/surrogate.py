@@ -14,6 +14,10 @@ PPO then trains on those imagined rollouts (:func:`host.search.ppo.train_on_imag
 real rollout buffer, step counter and observation are left as they were). Every real evaluation refits the surrogate, so its errors are corrected
 by the next rollout. ``PPOSettings.dyna`` (``--dyna N``) is the number of imagined plans per real one;
 0 (the default) turns it off.
+
+Best-of-k screening (:class:`Screen`, ``PPOSettings.screen``, ``--screen K``) spends host time instead: each real
+step evaluates the best of K plans drawn from the policy, judged by a cheap adaptive-BN proxy of their accuracy
+(:class:`ProxyAccuracy`), which ranks plans better than the ridge surrogate (``benchmarks/proxy_bench.py``).
 """
 
 from __future__ import annotations

@@ -102,8 +102,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"(latency); 0 turns it off (default {cfg.ppo.dyna}; see the README's Search section)")
     p.add_argument("--screen", type=int, default=cfg.ppo.screen, metavar="K",
                    help="--strategy ppo: evaluate, at each step, the best of K plans drawn from the policy, judged by "
-                        "a cheap proxy of their accuracy (masked, BatchNorm recalibrated, no recovery; ~0.2 s a plan "
-                        "on ResNet-20) and the cost model; 0 or 1 turns it off (default "
+                        "a cheap proxy of their accuracy (masked, BatchNorm recalibrated, no recovery; 0.35-0.45 s a "
+                        "plan for ResNet-20, 1.2-1.3 s for MobileNetV2) and the cost model; 0 or 1 turns it off (default "
                         f"{cfg.ppo.screen}; see the README's Search section)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or finished run (its config is reused)")
     p.add_argument("--ray", metavar="ADDRESS",

@@ -132,7 +132,6 @@ class SearchRunner:
         # config: a run started on one cluster may be resumed on another, or without one
         self.ray = ray
         self._screen = None  # a PPO search's best-of-k screening (host.search.surrogate.Screen), when configured
-        self._mac_prior = None  # the FLOPs objective's fixed walking model (_walk_model)
 
     # -- entry points --------------------------------------------------------------------------------
     @classmethod
@@ -506,7 +505,7 @@ class SearchRunner:
         cfg = self.config
         if not (cfg.ppo.project and cfg.ppo.family_seeds) or self.journal.get_value("seeds_done"):
             return
-        model = self._walk_model(space) or evaluator.cost_model
+        model = evaluator.cost_model
         seeds = iter(family_seeds(space.choice_mask, space.vocab, space.keep_index, model, band.for_model(model), rng,
                                   exact=self._exact_cost(space)))
         while (left := cfg.budget - self.journal.count(Phase.SEARCH, evaluated_only=True)) > 0:
@@ -591,27 +590,11 @@ class SearchRunner:
         if not self.config.ppo.project:
             return lambda choices: choices
         counted = self._exact_cost(space) if exact else None
-        walk_with = self._walk_model(space)
 
         def projected(choices: np.ndarray) -> np.ndarray:
-            model = walk_with or evaluator.cost_model
+            model = evaluator.cost_model
             return project(choices, space.choice_mask, model, band.for_model(model), rng, exact=counted)
         return projected
-
-    def _walk_model(self, space: SearchSpace):
-        """The cost model a projection walks with when the objective's cost is counted exactly (FLOPs): the fixed
-        MAC-proportional prior, not the evaluator's model fitted on the evaluated plans. Fitted to the counted ratios
-        of a few dozen plans, that model ranks the choices worse than the prior does, and the exact correction
-        (offset-shifted walks, then a few counted steps) could not repair it: 20-30% of projected prior plans of
-        ResNet-20 at a 0.8 MAC cut ended outside the reward band with it, none with the prior. None for measured
-        objectives, whose cost only the fitted model knows."""
-        if self._exact_cost(space) is None:
-            return None
-        from host.search.costmodel import CostModel
-
-        if self._mac_prior is None:
-            self._mac_prior = CostModel.from_space(space)
-        return self._mac_prior
 
     def _exact_cost(self, space: SearchSpace) -> Callable[[np.ndarray], float | None] | None:
         """A plan's exact cost ratio when it is known before evaluation: the FLOPs objective's MAC count

@@ -200,8 +200,8 @@ class PlanScorer:
         ``val_batches`` validation batches (EagleEye's adaptive-BN evaluation, Li et al. 2020). Its absolute value
         is far below the recovered accuracy, but it ranks plans: Spearman 0.37-0.85 against the recovered
         accuracy over the 48 plans of each of 12 ResNet-20 searches (MNIST-5k, 0.8 MAC cut;
-        ``benchmarks/proxy_bench.py``), at 0.2-0.45 s per plan against ~2.5 s for a scored candidate. None for a
-        plan the pattern library refuses."""
+        ``benchmarks/proxy_bench.py``), at 0.35-0.45 s per plan against ~2.5 s for a scored candidate (1.2-1.3 s
+        for MobileNetV2). None for a plan the pattern library refuses."""
         model = copy.deepcopy(self.base_model)
         try:
             patterns.apply_masks(model, plan, self.data.example_input)

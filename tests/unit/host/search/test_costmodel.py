@@ -66,3 +66,25 @@ def test_error_is_the_held_out_error_of_the_fit():
     assert model.error == pytest.approx(0.0, abs=0.02)
     model.fit([*halves[:2], (np.array([1, 1]), 0.9)])  # one plan measured far slower than its MACs
     assert model.error > 0.1
+
+
+def test_a_flops_evaluator_keeps_the_mac_prior(evaluator):
+    """Under the FLOPs objective the evaluator's cost model is never fitted to the evaluated plans' MAC ratios: the
+    projection walks with the MAC-proportional prior and corrects it by exact counts (fitted to a few dozen counted
+    plans, the model misled that walk; see CandidateEvaluator.refit_cost_model)."""
+    from host.kinds import Phase
+
+    space = evaluator.space
+    prior = evaluator.cost_model.weights.copy()
+    evaluator.evaluate_dense()
+    rng = np.random.default_rng(0)
+    kernel = np.array([name.startswith("kernel:") for name in space.vocab])
+    for _ in range(4):  # kernel patterns keep every channel: plans of this net that build
+        plan = space.dense_choices()
+        for i, valid in enumerate(space.choice_mask):
+            options = np.flatnonzero(valid & kernel)
+            if options.size:
+                plan[i] = rng.choice(options)
+        evaluator.evaluate(plan, phase=Phase.SEARCH)
+    assert sum(r.valid for r in evaluator.journal.candidates(Phase.SEARCH)) >= 2
+    assert evaluator.cost_model.fitted_on == 0 and np.array_equal(evaluator.cost_model.weights, prior)

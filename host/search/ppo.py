@@ -6,7 +6,7 @@ budget of evaluated candidates is used and saves the learner after every rollout
 search resumes from its last rollout. Each environment step evaluates one candidate
 (:class:`host.search.env.PruningEnv`); this module knows nothing of what an evaluation does.
 :func:`train_on_imagined` runs one PPO update on imagined steps (:mod:`host.search.surrogate`) without
-touching the real rollout.
+touching the real rollout; :func:`policy_draws` samples plans from the current policy (best-of-k screening).
 """
 
 from __future__ import annotations
@@ -130,6 +130,23 @@ def relabel_evaluated(model: PPO, rollout: dict, layer_nodes: np.ndarray) -> int
             _, log_prob, _ = model.policy.evaluate_actions(rollout["obs_tensor"], torch.as_tensor(actions))
         rollout["log_probs"].copy_(log_prob.reshape(rollout["log_probs"].shape))
     return len(changed)
+
+
+def policy_draws(model: PPO, observation: GraphObservation) -> Callable[[int], list[np.ndarray]]:
+    """``draw(n)``: ``n`` plans (valid per-layer choices) sampled from ``model``'s current policy for
+    ``observation`` (best-of-k screening, :class:`host.search.surrogate.Screen`)."""
+    env = PruningEnv(observation, lambda _choices: None)  # the padded observation and the action -> plan mapping
+    padded, _ = env.reset()
+
+    def draw(n: int) -> list[np.ndarray]:
+        if n <= 0:
+            return []
+        obs, _ = model.policy.obs_to_tensor(padded)
+        with torch.no_grad():
+            distribution = model.policy.get_distribution(obs).distribution  # one Categorical per node
+            actions = torch.stack([d.sample((n,)) for d in distribution], dim=-1).reshape(n, -1).numpy()
+        return [env.layer_choices(a) for a in actions]
+    return draw
 
 
 def train_on_imagined(model: PPO, observation: GraphObservation, outcome: Callable[[np.ndarray], StepOutcome],

@@ -466,6 +466,7 @@ class SearchRunner:
         """Best-of-k screening (:class:`host.search.surrogate.Screen`) of ``model``'s proposals by their adaptive-BN
         proxy accuracy (:meth:`host.search.scorer.PlanScorer.proxy_accuracy`), computed here, in the search's process,
         whatever executes the candidates."""
+        from host.search.ppo import policy_draws
         from host.search.surrogate import ProxyAccuracy, Screen
 
         _, samples, projected, reward = self._surrogate(evaluator, space, band, rng)
@@ -473,28 +474,8 @@ class SearchRunner:
         def proxy(choices: np.ndarray) -> float | None:
             return evaluator.scorer.proxy_accuracy(space.decode(choices)[0])
 
-        return Screen(ProxyAccuracy(proxy, samples), self._policy_draw(model, space), projected, reward,
+        return Screen(ProxyAccuracy(proxy, samples), policy_draws(model, space.observation()), projected, reward,
                       k=self.config.ppo.screen)
-
-    @staticmethod
-    def _policy_draw(model, space: SearchSpace) -> Callable[[int], list[np.ndarray]]:
-        """``draw(n)``: ``n`` plans (valid per-layer choices) sampled from ``model``'s current policy."""
-        import torch
-
-        from host.search.env import PruningEnv
-
-        env = PruningEnv(space.observation(), lambda _choices: None)  # the padded observation and the action mapping
-        observation, _ = env.reset()
-
-        def draw(n: int) -> list[np.ndarray]:
-            if n <= 0:
-                return []
-            obs, _ = model.policy.obs_to_tensor(observation)
-            with torch.no_grad():
-                distribution = model.policy.get_distribution(obs).distribution  # one Categorical per node
-                actions = torch.stack([d.sample((n,)) for d in distribution], dim=-1).reshape(n, -1).numpy()
-            return [env.layer_choices(a) for a in actions]
-        return draw
 
     def _family_seeds(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator,
                       executor: Executor | None, width: int) -> None:

@@ -109,6 +109,9 @@ class PPOSettings:
     # model, of the policy's proposal and k - 1 more plans drawn from the policy (host.search.surrogate.Screen);
     # 0 or 1 = off
     screen: int = 0
+    # with screening: PPO also trains, before each real rollout, on the screened plans that were not evaluated,
+    # rewarded as the proxy predicted (host.search.surrogate.Screen.learn)
+    screen_learn: bool = False
 
 
 @dataclass(frozen=True)

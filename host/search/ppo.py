@@ -6,7 +6,8 @@ budget of evaluated candidates is used and saves the learner after every rollout
 search resumes from its last rollout. Each environment step evaluates one candidate
 (:class:`host.search.env.PruningEnv`); this module knows nothing of what an evaluation does.
 :func:`train_on_imagined` runs one PPO update on imagined steps (:mod:`host.search.surrogate`) without
-touching the real rollout; :func:`policy_draws` samples plans from the current policy (best-of-k screening).
+touching the real rollout; :func:`policy_draws` samples plans from the current policy (best-of-k screening), and
+:func:`train_on_plans` trains on the plans screening judged.
 """
 
 from __future__ import annotations
@@ -186,3 +187,16 @@ def train_on_imagined(model: PPO, observation: GraphObservation, outcome: Callab
         model.policy.set_training_mode(False)
         env.close()
     return buffer.rewards.reshape(-1).copy()
+
+
+def train_on_plans(model: PPO, observation: GraphObservation, plans: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    """One PPO update of ``model`` on given plans (per-layer choices) with given rewards, e.g. the plans best-of-k
+    screening judged but did not evaluate: :func:`train_on_imagined` with each step's action replaced by the next
+    plan and its log-probability under the current policy. Returns the rewards trained on."""
+    queue = iter(plans)
+
+    def outcome(_choices: np.ndarray) -> StepOutcome:
+        choices, reward = next(queue)
+        return StepOutcome(float(reward), {"imagined": True, "choices": np.asarray(choices).tolist()})
+
+    return train_on_imagined(model, observation, outcome, len(plans), relabel=True)

@@ -420,10 +420,17 @@ class SearchRunner:
                                           relabel=cfg.ppo.relabel)
             if cfg.ppo.screen > 1:
                 self._screen = self._screening(evaluator, space, band, rng, model)
+            screen = self._screen if cfg.ppo.screen_learn else None
+
+            def imagine(m) -> None:
+                if imagination is not None:
+                    imagination.update(m, space.observation(), m.n_steps * m.n_envs)
+                if screen is not None:
+                    screen.learn(m, space.observation())
+
             callback = BudgetCallback(
                 self.journal, budget, max_steps, ppo_path, partial(self._report_search, info="searching"),
-                imagine=(lambda m: imagination.update(m, space.observation(), m.n_steps * m.n_envs))
-                if imagination is not None else None,
+                imagine=imagine if imagination is not None or screen is not None else None,
                 # a screened step evaluates a plan the policy did not propose: PPO must learn from that plan
                 relabel=space.layer_nodes if cfg.ppo.relabel or self._screen is not None else None)
             try:
@@ -431,7 +438,8 @@ class SearchRunner:
             finally:
                 if self._screen is not None:
                     logger.info("screening: the proxy chose among %d proposals on %d steps, another plan than the "
-                                "policy's own on %d", self._screen.k, self._screen.screened, self._screen.replaced)
+                                "policy's own on %d; PPO learned from %d screened plans", self._screen.k,
+                                self._screen.screened, self._screen.replaced, self._screen.learned)
                 self._screen = None
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)
 
@@ -475,7 +483,7 @@ class SearchRunner:
             return evaluator.scorer.proxy_accuracy(space.decode(choices)[0])
 
         return Screen(ProxyAccuracy(proxy, samples), policy_draws(model, space.observation()), projected, reward,
-                      k=self.config.ppo.screen)
+                      k=self.config.ppo.screen, collect=self.config.ppo.screen_learn)
 
     def _family_seeds(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator,
                       executor: Executor | None, width: int) -> None:

@@ -211,11 +211,17 @@ class Screen:
 
     def __init__(self, predictor: ProxyAccuracy, draw: Callable[[int], list[np.ndarray]],
                  project: Callable[[np.ndarray], np.ndarray], reward: Callable[[np.ndarray, float], float],
-                 k: int) -> None:
+                 k: int, collect: bool = False) -> None:
+        """``collect``: keep the screened plans that were not evaluated, for :meth:`learn`."""
         self.predictor, self.draw, self.project, self.reward = predictor, draw, project, reward
         self.k = int(k)
+        self.collect = collect
         self.screened = 0  # steps where the predictor chose
         self.replaced = 0  # ... and chose another plan than the policy's own proposal
+        # the screened plans that were not evaluated, (projected choices, predicted reward), since the last
+        # :meth:`learn`: PPO can train on them as imagined steps
+        self.pending: list[tuple[np.ndarray, float]] = []
+        self.learned = 0  # plans PPO trained on by :meth:`learn`
 
     def choose(self, proposal: np.ndarray) -> np.ndarray:
         """The plan to evaluate in place of ``proposal`` (per-layer choices): the best of the pool as projected for
@@ -229,11 +235,31 @@ class Screen:
             accuracy = self.predictor.predict(choices)
             scores.append(-np.inf if accuracy is None else self.reward(choices, accuracy))
         best = int(np.argmax(scores))
+        from host.search.candidate import INVALID_REWARD
+
+        if self.collect:
+            self.pending += [(choices, INVALID_REWARD if score == -np.inf else float(score))
+                             for i, (choices, score) in enumerate(zip(projected, scores, strict=True)) if i != best]
         self.screened += 1
         self.replaced += best != 0
         logger.debug("screened %d proposals: predicted reward %.4f (the policy's own %.4f)", len(pool), scores[best],
                      scores[0])
         return projected[best]
+
+    def learn(self, model, observation) -> bool:
+        """One PPO update of ``model`` on the screened plans that were not evaluated, each rewarded as predicted
+        (:func:`host.search.ppo.train_on_plans`; ``PPOSettings.screen_learn``): the proxies screening has paid for
+        teach the policy too, K - 1 plans per real one at no extra proxy. False when there is nothing to learn."""
+        from host.search.ppo import train_on_plans
+
+        plans, self.pending = self.pending, []
+        if not plans:
+            return False
+        rewards = train_on_plans(model, observation, plans)
+        self.learned += len(plans)
+        logger.info("learned from %d screened plans: mean predicted reward %.4f, best %.4f", len(plans),
+                    float(rewards.mean()), float(rewards.max()))
+        return True
 
 
 def choice_tables(space, mac_model) -> tuple[np.ndarray, np.ndarray]:

@@ -172,3 +172,85 @@ def test_a_screened_search_learns_from_the_plans_it_evaluated(evaluator, monkeyp
     plans = [tuple(action.reshape(-1)[space.layer_nodes]) for action, _, _ in stored]
     assert len(stored) >= 4 and all(plan in evaluated for plan in plans)
     assert all(got == pytest.approx(want, abs=1e-5) for _, got, want in stored)
+
+
+def test_screening_keeps_the_plans_it_did_not_evaluate_for_learning():
+    """With ``collect``, each screened step keeps the k - 1 plans it judged but did not evaluate, with their predicted
+    rewards (a plan that cannot be built: the invalid reward); without it, nothing is kept."""
+    from host.search.candidate import INVALID_REWARD
+    from host.search.surrogate import ProxyAccuracy, Screen
+
+    good, bad, broken = np.array([0, 0, 2, 2]), np.array([2, 2, 0, 0]), np.array([9, 0, 0, 0])
+
+    def proxy(c: np.ndarray) -> float | None:
+        return None if c[0] == 9 else 0.9 - 0.2 * float(c[0] + c[1])
+
+    evaluated = [(c, proxy(c)) for c in (np.array([i, j, 0, 0]) for i in range(2) for j in range(2))]
+    for collect in (False, True):
+        screen = Screen(ProxyAccuracy(proxy, lambda: list(evaluated)), lambda n: [good.copy(), broken.copy()][:n],
+                        lambda c: c.copy(), lambda c, accuracy: accuracy, k=3, collect=collect)
+        assert np.array_equal(screen.choose(bad.copy()), good)
+        if not collect:
+            assert screen.pending == []
+            continue
+        kept = {tuple(c): r for c, r in screen.pending}
+        assert kept == {tuple(bad): pytest.approx(proxy(bad)), tuple(broken): INVALID_REWARD}
+
+
+def test_training_on_screened_plans_moves_the_policy_towards_the_better_ones(tmp_path):
+    """train_on_plans: one PPO update on given plans and rewards raises the log-probability of the rewarded plan
+    against the other, trains on exactly those plans, and leaves PPO's step counter and real rollout alone."""
+    from host.search.config import PPOSettings
+    from host.search.env import PruningEnv
+    from host.search.ppo import ppo_model, train_on_plans
+    from tests.unit.host.search.nets import checked_space
+
+    space, _ = checked_space()
+    env = PruningEnv(space.observation(), lambda c: None)
+    model = ppo_model(env, space, PPOSettings(n_steps=2, batch_size=2, n_epochs=4, hidden=16), 0.0, 0,
+                      tmp_path / "ppo.zip")
+    model.learn(total_timesteps=0)  # what a search does first (SB3 sets up its learning state), no step taken
+    obs, _ = model.policy.obs_to_tensor(env.reset()[0])
+    valid = [k for k in range(space.num_choices) if k != space.keep_index]
+    good, bad = space.dense_choices(), space.dense_choices()
+    good[-1] = valid[0]
+    bad[0] = valid[0]
+
+    def log_prob(plan: np.ndarray) -> float:
+        action = np.zeros((1, *model.action_space.shape), np.int64)
+        action[0, space.layer_nodes] = plan
+        with torch.no_grad():
+            return float(model.policy.evaluate_actions(obs, torch.as_tensor(action))[1])
+
+    before = log_prob(good) - log_prob(bad)
+    steps, buffer = model.num_timesteps, model.rollout_buffer
+    rewards = train_on_plans(model, space.observation(), [(good, 1.0), (bad, 0.0)] * 8)
+    assert list(rewards) == [1.0, 0.0] * 8
+    assert log_prob(good) - log_prob(bad) > before + 0.1
+    assert model.num_timesteps == steps and model.rollout_buffer is buffer
+
+
+def test_a_search_that_learns_from_screened_plans_keeps_its_budget(evaluator, monkeypatch):
+    """A flops-objective PPO search with best-of-4 screening and ``screen_learn``: before real rollouts PPO trains
+    on the screened plans that were not evaluated (none reaches the journal or PPO's step counter), and the budget
+    of evaluated candidates is kept."""
+    from host.kinds import Phase
+    from host.search.surrogate import Screen
+
+    learned = []
+    real_learn = Screen.learn
+
+    def spy(self, model, observation):
+        before, steps, pending = _policy_vector(model), model.num_timesteps, len(self.pending)
+        done = real_learn(self, model, observation)
+        assert model.num_timesteps == steps and self.pending == []
+        learned.append((done, pending, bool((before != _policy_vector(model)).any())))
+        return done
+
+    monkeypatch.setattr(Screen, "learn", spy)
+    ppo_flops_search(evaluator, budget=10, screen=4, screen_learn=True)
+    journal = evaluator.journal
+    assert journal.count(Phase.SEARCH, evaluated_only=True) == 10
+    assert len(journal.candidates(Phase.SEARCH)) <= 30
+    assert any(done for done, _, _ in learned)
+    assert all(pending >= 3 and moved for done, pending, moved in learned if done)

@@ -81,6 +81,10 @@ MASK_ONLY = ("patdnn4",)
 DEFAULT_TILE: dict[str, int] = {"paper6_tiled": 16}
 # Patterns added after the vocabulary was first fixed: the registry appends them at its very end.
 APPENDED = ("paper6_tiled",)
+# The exact per-filter mixes: several shapes in one layer, a few filters each (tile 1). Their sub-convs leave
+# XNNPACK's output-channel tiles part-empty, so they run at 0.5-0.7x of their MAC ratio (realize_bench.py), and an
+# int8 export of one takes 4-6x as long as of any other plan; int8 searches leave them out (host.search.space).
+EXACT_MIXES = tuple(p for p, mix in MIXES.items() if len(mix) > 1 and DEFAULT_TILE.get(p, 1) == 1)
 
 
 def _tile(layer: str, assignment: LayerAssignment) -> int:

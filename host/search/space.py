@@ -3,7 +3,8 @@
 Actions index :data:`patterns.registry.PATTERN_VOCAB` (``keep`` first, then each family's patterns
 together). A layer's valid choices come from :func:`patterns.registry.layer_choices`, restricted to the
 families the search uses (default: kernel, channel, vit — the ones that realize into smaller dense layers;
-``nm``, ``block`` and ``kernel:patdnn4`` stay masks on XNNPACK and would only waste device measurements).
+``nm``, ``block`` and ``kernel:patdnn4`` stay masks on XNNPACK and would only waste device measurements; an int8
+search also leaves out the exact per-filter kernel mixes, :func:`excluded_patterns`).
 
 Coupled groups: channel pruning removes channels from a whole coupled group at once, so only the group's
 root layer (its first producer) carries channel choices; the other producers of a shared group (e.g. the
@@ -24,6 +25,7 @@ from host.errors import PlanError, SearchError
 from host.graph import build_model_graph
 from host.search.env import GraphObservation
 from patterns.family import Context
+from patterns.kernel import EXACT_MIXES
 from patterns.plan import LayerAssignment, Plan
 from patterns.realization import decide, plan_masks
 from patterns.registry import KEEP, PATTERN_VOCAB
@@ -33,6 +35,16 @@ logger = logging.getLogger(__name__)
 DEFAULT_FAMILIES = ("kernel", "channel", "vit")
 # Patterns with no dense form on XNNPACK (masks only): they can never be faster, so measuring them wastes budget.
 MASK_ONLY_PATTERNS = ("kernel:patdnn4",)
+# Left out of int8 searches besides: the exact per-filter kernel mixes (patterns.kernel.EXACT_MIXES). In int8 they
+# reach 0.5-0.6x of their MAC ratio against dense int8 where every tile-aligned form reaches 0.7-0.95x
+# (realize_bench.py --int8 --width 4), and quantizing one takes 90-160 s against 20-27 s for other ResNet-20 plans
+# (int8_export_bench.py); their tiled twin (kernel:paper6_tiled) stays.
+INT8_EXCLUDED = tuple(f"kernel:{p}" for p in EXACT_MIXES)
+
+
+def excluded_patterns(precision: str) -> tuple[str, ...]:
+    """The ``family:pattern`` choices a search at ``precision`` ("fp32" or "int8") never offers."""
+    return MASK_ONLY_PATTERNS + (INT8_EXCLUDED if precision == "int8" else ())
 
 
 class SearchSpace:

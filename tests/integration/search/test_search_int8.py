@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from torch import nn
 
@@ -38,6 +39,13 @@ def build(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
 @pytest.fixture(scope="module")
 def int8_search(tmp_path_factory, monkeypatch_module):
     from host.search.runner import SearchRunner
+    from host.search.space import SearchSpace
+
+    spaces, build_space = [], SearchSpace.__init__
+
+    def keep_space(self, *args, **kwargs):
+        build_space(self, *args, **kwargs)
+        spaces.append(self)
 
     root = tmp_path_factory.mktemp("int8")
     monkeypatch_module.setenv("AUTOSCULPT_CACHE_DIR", str(root / "cache"))  # its checkpoint is trained here
@@ -47,7 +55,10 @@ def int8_search(tmp_path_factory, monkeypatch_module):
     config = replace(base, precision="int8", budget=2, target="0.9x",
                      model=replace(base.model, model=f"{__name__}:build", checkpoint=None, train_epochs=15),
                      evaluation=replace(base.evaluation, calibration_images=8))
-    return config, SearchRunner.start(config).run()
+    with pytest.MonkeyPatch.context() as patch:  # the search space the run builds, kept for the tests
+        patch.setattr(SearchSpace, "__init__", keep_space)
+        result = SearchRunner.start(config).run()
+    return config, result, spaces
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +68,7 @@ def monkeypatch_module():
 
 
 def test_int8_search_rewards_and_reports_int8(int8_search):
-    config, result = int8_search
+    config, result, _ = int8_search
     run = config.out
     assert result.precision == "int8"
     dense, final = result.dense, result.finals[0]
@@ -108,6 +119,18 @@ def test_int8_artifact_runs_in_the_agent(int8_search):
 
     from host.export.pte import run_pte
 
-    config, _result = int8_search
+    config, _result, _ = int8_search
     out = run_pte(config.out / "final-1-int8.pte", [torch.zeros(1, 1, 16, 16)])
     assert tuple(out[0].shape) == (1, 10)
+
+
+def test_an_int8_search_does_not_offer_the_exact_kernel_mixes(int8_search):
+    """The search space of an int8 search leaves out the exact per-filter kernel mixes (slow on XNNPACK and slow to
+    quantize) and keeps their tile-aligned form."""
+    from host.search.space import INT8_EXCLUDED
+
+    _config, _result, spaces = int8_search
+    space = spaces[0]
+    offered = {space.vocab[k] for k in np.flatnonzero(space.choice_mask.any(axis=0))}
+    assert INT8_EXCLUDED and not offered & set(INT8_EXCLUDED)
+    assert "kernel:paper6_tiled" in offered

@@ -47,3 +47,23 @@ def test_search_plans_of_every_zoo_model_realize(name):
             torch.testing.assert_close(small(x), masked(x), rtol=1e-4, atol=1e-4)
         if plan.layers:
             assert patterns.count(small, x[:1]).macs < patterns.count(model, x[:1]).macs
+
+
+def test_int8_spaces_leave_out_the_exact_kernel_mixes():
+    """On torchvision's ResNet-18: an fp32 search offers the exact per-filter mixes (kernel:paper6, kernel:rowcol) on
+    its 3x3 convs, an int8 search offers none of them but keeps every other choice, kernel:paper6_tiled included."""
+    from host.models.external import import_library
+    from host.search.space import INT8_EXCLUDED, SearchSpace, excluded_patterns
+
+    model = import_library("torchvision").models.resnet18(num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    fp32 = SearchSpace(model, x, exclude=excluded_patterns("fp32"))
+    int8 = SearchSpace(model, x, exclude=excluded_patterns("int8"))
+    assert set(INT8_EXCLUDED) == {"kernel:paper6", "kernel:rowcol"}
+    excluded = [fp32.vocab.index(c) for c in INT8_EXCLUDED]
+    assert fp32.choice_mask[:, excluded].any(axis=0).all()
+    assert not int8.choice_mask[:, excluded].any()
+    kept = np.ones(fp32.num_choices, bool)
+    kept[excluded] = False
+    assert np.array_equal(fp32.choice_mask[:, kept], int8.choice_mask[:, kept])
+    assert int8.choice_mask[:, int8.vocab.index("kernel:paper6_tiled")].any()

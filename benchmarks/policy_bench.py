@@ -11,6 +11,8 @@ evaluator and cost model (the journal of each run is kept under --out):
               judged by their adaptive-BN proxy accuracy (PPOSettings.screen; --screen, default 8)
   ppo-screen-learn  ppo-screen that also trains PPO on the screened plans it did not evaluate, rewarded as the
               proxy predicted (PPOSettings.screen_learn)
+  ppo-screen-replay  ppo-screen whose every update also trains on all the plans the run has evaluated, with their
+              real rewards (PPOSettings.replay)
   screen-no-learn  the same screening with PPO's learning rate 0: the policy stays its prior
   no-learn    the same with PPO's learning rate 0: the policy stays its calibrated prior
   random      plans drawn from that prior, no seeds, no projection, no learning
@@ -49,10 +51,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-STRATEGIES = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "ppo-screen-learn", "screen-no-learn", "no-learn", "random",
-              "evolution", "pretrained")
+STRATEGIES = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "ppo-screen-learn", "ppo-screen-replay", "screen-no-learn",
+              "no-learn", "random", "evolution", "pretrained")
 # rows whose paired differences are printed
-OURS = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "ppo-screen-learn", "screen-no-learn")
+OURS = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "ppo-screen-learn", "ppo-screen-replay", "screen-no-learn")
 
 
 def best_after(rewards: list[float], checkpoints: list[int]) -> dict[int, float | None]:
@@ -92,6 +94,8 @@ def strategy_changes(name: str, base, policy: str | None, dyna: int = 8, screen:
         return {"ppo": replace(base.ppo, screen=screen)}
     if name == "ppo-screen-learn":
         return {"ppo": replace(base.ppo, screen=screen, screen_learn=True)}
+    if name == "ppo-screen-replay":
+        return {"ppo": replace(base.ppo, screen=screen, replay=True)}
     if name == "screen-no-learn":
         return {"ppo": replace(base.ppo, learning_rate=0.0, screen=screen)}
     if name == "no-learn":

@@ -112,6 +112,10 @@ class PPOSettings:
     # with screening: PPO also trains, before each real rollout, on the screened plans that were not evaluated,
     # rewarded as the proxy predicted (host.search.surrogate.Screen.learn)
     screen_learn: bool = False
+    # before each real rollout, PPO also trains on every plan the search has evaluated so far, with its real reward
+    # (relabelled with its log-probability under the current policy): each update sees the whole run, not only its
+    # own rollout (host.search.ppo.train_on_plans)
+    replay: bool = False
 
 
 @dataclass(frozen=True)

@@ -431,10 +431,12 @@ class SearchRunner:
                     imagination.update(m, space.observation(), m.n_steps * m.n_envs)
                 if screen is not None:
                     screen.learn(m, space.observation())
+                if cfg.ppo.replay:
+                    self._replay(m, evaluator, space)
 
             callback = BudgetCallback(
                 self.journal, budget, max_steps, ppo_path, partial(self._report_search, info="searching"),
-                imagine=imagine if imagination is not None or screen is not None else None,
+                imagine=imagine if imagination is not None or screen is not None or cfg.ppo.replay else None,
                 # a screened step evaluates a plan the policy did not propose: PPO must learn from that plan
                 relabel=space.layer_nodes if cfg.ppo.relabel or self._screen is not None else None)
             try:
@@ -446,6 +448,18 @@ class SearchRunner:
                                 self._screen.screened, self._screen.replaced, self._screen.learned)
                 self._screen = None
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)
+
+    def _replay(self, model, evaluator: CandidateEvaluator, space: SearchSpace) -> int:
+        """One PPO update on every search plan evaluated so far (invalid ones included), with its real reward
+        (``PPOSettings.replay``). Returns how many plans it trained on."""
+        from host.search.ppo import train_on_plans
+
+        plans = [(evaluator.choices_of(r), r.reward) for r in self.journal.candidates(Phase.SEARCH) if not r.reused]
+        if len(plans) < 2:
+            return 0
+        rewards = train_on_plans(model, space.observation(), plans)
+        logger.debug("replayed %d evaluated plans (mean reward %.4f)", len(plans), float(rewards.mean()))
+        return len(plans)
 
     def _surrogate(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator):
         """What Dyna's imagined updates and best-of-k screening (:mod:`host.search.surrogate`) judge plans with:

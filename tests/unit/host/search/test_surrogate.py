@@ -254,3 +254,28 @@ def test_a_search_that_learns_from_screened_plans_keeps_its_budget(evaluator, mo
     assert len(journal.candidates(Phase.SEARCH)) <= 30
     assert any(done for done, _, _ in learned)
     assert all(pending >= 3 and moved for done, pending, moved in learned if done)
+
+
+def test_a_search_that_replays_its_evaluated_plans_keeps_its_budget(evaluator, monkeypatch):
+    """``replay``: before real rollouts PPO trains on every plan the run has evaluated so far (the journal's, with
+    their real rewards); the policy moves, PPO's step counter and the budget of evaluated candidates do not."""
+    from host.kinds import Phase
+    from host.search.runner import SearchRunner
+
+    replays = []
+    real_replay = SearchRunner._replay
+
+    def spy(self, model, evaluator, space):
+        before, steps = _policy_vector(model), model.num_timesteps
+        evaluated = len([r for r in self.journal.candidates(Phase.SEARCH) if not r.reused])
+        trained = real_replay(self, model, evaluator, space)
+        assert model.num_timesteps == steps
+        replays.append((trained, evaluated, bool((before != _policy_vector(model)).any())))
+        return trained
+
+    monkeypatch.setattr(SearchRunner, "_replay", spy)
+    ppo_flops_search(evaluator, budget=10, replay=True)
+    assert evaluator.journal.count(Phase.SEARCH, evaluated_only=True) == 10
+    assert len(replays) >= 2 and all(trained == evaluated for trained, evaluated, _ in replays if trained)
+    assert all(moved for trained, _, moved in replays if trained)
+    assert [e for _, e, _ in replays] == sorted(e for _, e, _ in replays) and replays[-1][0] >= 6

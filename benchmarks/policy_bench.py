@@ -65,6 +65,17 @@ def best_after(rewards: list[float], checkpoints: list[int]) -> dict[int, float 
     return out
 
 
+def mean_between(rewards: list[float], checkpoints: list[int]) -> dict[int, float | None]:
+    """Mean reward of the candidates evaluated after the previous checkpoint and up to N, for each N: does a
+    strategy propose better plans as the run goes on (None past the run's length)."""
+    out: dict[int, float | None] = {}
+    previous = 0
+    for n in checkpoints:
+        out[n] = statistics.mean(rewards[previous:n]) if len(rewards) >= n > previous else None
+        previous = n
+    return out
+
+
 def paired(ours: list[float | None], theirs: list[float | None]) -> tuple[float, float, int] | None:
     """Mean and standard error of ``ours - theirs`` over the seeds where both exist."""
     diffs = [a - b for a, b in zip(ours, theirs, strict=True) if a is not None and b is not None]
@@ -179,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     # results[model][strategy] = one {checkpoint: best reward} per seed
     results: dict[str, dict[str, list[dict[int, float | None]]]] = {}
     seconds: dict[str, float] = {}
+    trends: dict[str, dict[str, list[dict[int, float | None]]]] = {}  # mean_between per run
     for model in models:
         results[model] = {s: [] for s in strategies}
         for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -194,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 rewards, took = run_one(config, args.out / model / f"seed{seed}" / strategy, args.progress)
                 seconds[strategy] = seconds.get(strategy, 0.0) + took
                 results[model][strategy].append(best_after(rewards, checkpoints))
+                trends.setdefault(model, {}).setdefault(strategy, []).append(mean_between(rewards, checkpoints))
 
     lines = [f"objective {args.objective}"
              f"{' ' + args.target_latency if args.objective == 'latency' else f' {args.target_flops:g} MAC cut'}, "
@@ -212,6 +225,17 @@ def main(argv: list[str] | None = None) -> int:
             curves[model][strategy] = means
             lines.append("| " + " | ".join([model, strategy, *[
                 "-" if means[n] is None else f"{means[n]:.4f}" for n in checkpoints]]) + " |")
+    spans = [f"{a + 1}-{b}" for a, b in zip([0, *checkpoints[:-1]], checkpoints, strict=True)]
+    lines += ["", "mean reward of the candidates evaluated in each span (mean over seeds): does a strategy propose "
+              "better plans as the run goes on", "", "| " + " | ".join(["model", "strategy", *spans]) + " |",
+              "|" + "---|" * (len(spans) + 2)]
+    for model, rows in trends.items():
+        for strategy, per_seed in rows.items():
+            cells = []
+            for n in checkpoints:
+                values = [s[n] for s in per_seed if s[n] is not None]
+                cells.append(f"{statistics.mean(values):.2f}" if values else "-")
+            lines.append("| " + " | ".join([model, strategy, *cells]) + " |")
     for ours in OURS:
         if ours not in strategies:
             continue

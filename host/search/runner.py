@@ -228,8 +228,8 @@ class SearchRunner:
         self.progress(Progress(Stage.PREPARE, 1, 1, "building the model graph"))
         space = SearchSpace(model, data.example_input, exclude=excluded_patterns(cfg.precision))
         if cfg.precision == Precision.INT8:
-            logger.info("int8: the exact per-filter kernel mixes (%s) are not searched: on XNNPACK they run at about "
-                        "half their MAC ratio and take 4-6x as long to quantize; kernel:paper6_tiled is their "
+            logger.info("int8: the exact per-filter kernel mixes (%s) are not searched: in int8 on XNNPACK they run slower "
+                        "than dense at narrow widths and take 4-6x as long to quantize; kernel:paper6_tiled is their "
                         "tile-aligned form", ", ".join(INT8_EXCLUDED))
         if objective.name == ObjectiveName.FLOPS:
             self._check_flops_reachable(space, model, data)

@@ -35,10 +35,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_FAMILIES = ("kernel", "channel", "vit")
 # Patterns with no dense form on XNNPACK (masks only): they can never be faster, so measuring them wastes budget.
 MASK_ONLY_PATTERNS = ("kernel:patdnn4",)
-# Left out of int8 searches besides: the exact per-filter kernel mixes (patterns.kernel.EXACT_MIXES). In int8 they
-# reach 0.5-0.6x of their MAC ratio against dense int8 where every tile-aligned form reaches 0.7-0.95x
-# (realize_bench.py --int8 --width 4), and quantizing one takes 90-160 s against 20-27 s for other ResNet-20 plans
-# (int8_export_bench.py); their tiled twin (kernel:paper6_tiled) stays.
+# Left out of int8 searches besides: the exact per-filter kernel mixes (patterns.kernel.EXACT_MIXES). In int8 at a
+# ~2x MAC cut they run 3x slower than dense int8 on ResNet-20/56 (realize_bench.py --int8) and reach 0.54-0.60x of
+# their MAC ratio at 4x that width, where every tile-aligned form reaches 0.72-0.95x; quantizing one takes 90-160 s
+# against 20-27 s for other ResNet-20 plans (int8_export_bench.py). Their tiled twin (kernel:paper6_tiled) stays.
 INT8_EXCLUDED = tuple(f"kernel:{p}" for p in EXACT_MIXES)
 
 

@@ -454,7 +454,12 @@ class SearchRunner:
         (``PPOSettings.replay``). Returns how many plans it trained on."""
         from host.search.ppo import train_on_plans
 
-        plans = [(evaluator.choices_of(r), r.reward) for r in self.journal.candidates(Phase.SEARCH) if not r.reused]
+        rows = [r for r in self.journal.candidates(Phase.SEARCH) if not r.reused]
+        layers = np.arange(len(space.layer_names))
+        # a plan of an earlier version may use a choice the space no longer offers (an int8 run's exact kernel mixes):
+        # its log-probability would be -inf
+        plans = [(c, r.reward) for r, c in ((r, evaluator.choices_of(r)) for r in rows)
+                 if space.choice_mask[layers, c].all()]
         if len(plans) < 2:
             return 0
         rewards = train_on_plans(model, space.observation(), plans)

@@ -279,3 +279,28 @@ def test_a_search_that_replays_its_evaluated_plans_keeps_its_budget(evaluator, m
     assert len(replays) >= 2 and all(trained == evaluated for trained, evaluated, _ in replays if trained)
     assert all(moved for trained, _, moved in replays if trained)
     assert [e for _, e, _ in replays] == sorted(e for _, e, _ in replays) and replays[-1][0] >= 6
+
+
+def test_replay_skips_a_journaled_plan_whose_choice_the_space_no_longer_offers(evaluator, monkeypatch):
+    """A run journaled by an earlier version may hold a choice its space now masks (an int8 run's exact kernel mixes):
+    replaying it would train on a log-probability of -inf, so it is left out; the other plans are replayed."""
+    from host.search import ppo
+    from host.search.config import SearchConfig
+    from host.search.journal import CandidatePlan, CandidateRecord
+    from host.search.runner import SearchRunner
+
+    space = evaluator.space
+    masked = [(i, k) for i in range(len(space.layer_names)) for k in range(space.num_choices)
+              if not space.choice_mask[i, k]]
+    assert masked
+    layer, choice = masked[0]
+    dense = {name: space.vocab[space.keep_index] for name in space.layer_names}
+    for i, names in enumerate([dense, {**dense, space.layer_names[layer]: space.vocab[choice]}, dense]):
+        evaluator.journal.record(CandidateRecord(phase="search", plan=CandidatePlan(choices=names), accuracy=0.9,
+                                                 macs=1, params=1, reward=0.5 + i, eval_seconds=0.0))
+    trained = []
+    monkeypatch.setattr(ppo, "train_on_plans", lambda model, obs, plans: trained.append(plans) or np.zeros(1))
+    runner = SearchRunner(SearchConfig(out=evaluator.journal.path.parent, objective="flops", devices=()),
+                          evaluator.journal)
+    assert runner._replay(None, evaluator, space) == 2
+    assert [reward for _, reward in trained[0]] == [0.5, 2.5]

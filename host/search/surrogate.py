@@ -235,9 +235,9 @@ class Screen:
             accuracy = self.predictor.predict(choices)
             scores.append(-np.inf if accuracy is None else self.reward(choices, accuracy))
         best = int(np.argmax(scores))
-        from host.search.candidate import INVALID_REWARD
-
         if self.collect:
+            from host.search.candidate import INVALID_REWARD
+
             self.pending += [(choices, INVALID_REWARD if score == -np.inf else float(score))
                              for i, (choices, score) in enumerate(zip(projected, scores, strict=True)) if i != best]
         self.screened += 1

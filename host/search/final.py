@@ -36,6 +36,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from math import inf
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ from host.search.devices import SearchDevice
 from host.search.finetune import accuracy, masked_finetune, recalibrate_bn
 from host.search.journal import STATUS_INVALID, CandidateRecord, Journal
 from host.search.measurement import Measurements, median_measurements
+from host.search.measurer import worst_ratio
 from host.search.progress import Progress, ProgressFn
 from host.search.scorer import Batches, CandidateFailure, batches
 from host.search.space import SearchSpace
@@ -217,7 +219,7 @@ class FinalStage:
         for r, f in zip(flipped, again, strict=True):
             observed = [(evaluator.measurer.figures(r.measurement), evaluator.measurer.reference(r.measurement)),
                         (figures[r.plan_hash], dense), (f, again_dense)]
-            observed.sort(key=lambda pair: _worst_ratio(*pair))
+            observed.sort(key=lambda pair: inf if (ratio := worst_ratio(*pair)) is None else ratio)
             median_figures, median_dense = observed[1]
             rewards[r.plan_hash] = objective.reward(evaluator.scored_accuracy(r.accuracy, r.int8_accuracy), r.macs,
                                                     evaluator.dense.macs, measured=median_figures,
@@ -559,11 +561,6 @@ def _unique(rows: list[CandidateRecord]) -> list[CandidateRecord]:
 
 def _ratios(figures: dict[str, float], dense: dict[str, float]) -> str:
     return ", ".join(f"{v / dense[d]:.2f}x on {d}" for d, v in figures.items() if dense.get(d))
-
-
-def _worst_ratio(figures: dict[str, float], dense: dict[str, float]) -> float:
-    ratios = [v / dense[d] for d, v in figures.items() if dense.get(d)]
-    return max(ratios) if ratios else float("inf")
 
 
 def _ordered(choices: Mapping[str, str], layer_names: list[str]) -> dict[str, str]:

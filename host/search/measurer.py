@@ -204,6 +204,11 @@ class Measurer:
 
     def ratio(self, measurement: Measurements | None) -> float | None:
         """Worst-device ratio of a measurement to its dense reference; None when nothing was measured."""
-        figures, dense = self.figures(measurement), self.reference(measurement)
-        ratios = [figures[d] / dense[d] for d in figures if d in dense and dense[d] > 0]
-        return max(ratios) if ratios else None
+        return worst_ratio(self.figures(measurement), self.reference(measurement))
+
+
+def worst_ratio(figures: dict[str, float], dense: dict[str, float]) -> float | None:
+    """Worst-device ratio of per-device ``figures`` to the ``dense`` figures they are compared with; None when no
+    device has both."""
+    ratios = [figures[d] / dense[d] for d in figures if d in dense and dense[d] > 0]
+    return max(ratios) if ratios else None

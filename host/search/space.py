@@ -23,6 +23,7 @@ from torch import nn
 import patterns
 from host.errors import PlanError, SearchError
 from host.graph import build_model_graph
+from host.kinds import Precision
 from host.search.env import GraphObservation
 from patterns.family import Context
 from patterns.kernel import EXACT_MIXES
@@ -43,8 +44,8 @@ INT8_EXCLUDED = tuple(f"kernel:{p}" for p in EXACT_MIXES)
 
 
 def excluded_patterns(precision: str) -> tuple[str, ...]:
-    """The ``family:pattern`` choices a search at ``precision`` ("fp32" or "int8") never offers."""
-    return MASK_ONLY_PATTERNS + (INT8_EXCLUDED if precision == "int8" else ())
+    """The ``family:pattern`` choices a search at ``precision`` (:class:`host.kinds.Precision`) never offers."""
+    return MASK_ONLY_PATTERNS + (INT8_EXCLUDED if precision == Precision.INT8 else ())
 
 
 class SearchSpace:

@@ -14,6 +14,9 @@ evaluator and cost model (the journal of each run is kept under --out):
   ppo-screen-replay  ppo-screen whose every update also trains on all the plans the run has evaluated, with their
               real rewards (PPOSettings.replay)
   screen-no-learn  the same screening with PPO's learning rate 0: the policy stays its prior
+  ppo-evolve  policy-guided evolution: aging evolution whose children take one or two of the PPO policy's proposed
+              choices, PPO learning from the evaluated children (PPOSettings.evolve)
+  evolve-no-learn  the same with PPO's learning rate 0: mutations drawn from the calibrated prior
   no-learn    the same with PPO's learning rate 0: the policy stays its calibrated prior
   random      plans drawn from that prior, no seeds, no projection, no learning
   evolution   aging evolution (host.search.evolution) from the family seeds and the prior, same projection
@@ -52,9 +55,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 STRATEGIES = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "ppo-screen-learn", "ppo-screen-replay", "screen-no-learn",
-              "no-learn", "random", "evolution", "pretrained")
+              "ppo-evolve", "evolve-no-learn", "no-learn", "random", "evolution", "pretrained")
 # rows whose paired differences are printed
-OURS = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "ppo-screen-learn", "ppo-screen-replay", "screen-no-learn")
+OURS = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "ppo-screen-learn", "ppo-screen-replay", "screen-no-learn",
+        "ppo-evolve", "evolve-no-learn")
 
 
 def best_after(rewards: list[float], checkpoints: list[int]) -> dict[int, float | None]:
@@ -109,6 +113,10 @@ def strategy_changes(name: str, base, policy: str | None, dyna: int = 8, screen:
         return {"ppo": replace(base.ppo, screen=screen, replay=True)}
     if name == "screen-no-learn":
         return {"ppo": replace(base.ppo, learning_rate=0.0, screen=screen)}
+    if name == "ppo-evolve":
+        return {"ppo": replace(base.ppo, evolve=True)}
+    if name == "evolve-no-learn":
+        return {"ppo": replace(base.ppo, learning_rate=0.0, evolve=True)}
     if name == "no-learn":
         return {"ppo": replace(base.ppo, learning_rate=0.0)}
     if name in ("random", "evolution"):

@@ -116,6 +116,10 @@ class PPOSettings:
     # (relabelled with its log-probability under the current policy): each update sees the whole run, not only its
     # own rollout (host.search.ppo.train_on_plans)
     replay: bool = False
+    # policy-guided evolution: once the aging-evolution population is full (the family seeds and the policy's first
+    # plans), each step evaluates a child of a tournament winner whose one or two mutated layers take the policy's
+    # proposed choices; PPO learns from the evaluated child (host.search.evolution.AgingEvolution.child)
+    evolve: bool = False
 
 
 @dataclass(frozen=True)

@@ -151,15 +151,37 @@ class AgingEvolution:
             out[layer] = options[int(self.rng.integers(len(options)))]
         return out
 
-    def child(self) -> np.ndarray:
-        """A tournament winner mutated and projected; mutated again when the projection undoes the mutation."""
+    def child(self, toward: np.ndarray | None = None) -> np.ndarray:
+        """A tournament winner mutated and projected; mutated again when the projection undoes the mutation.
+
+        ``toward`` (a plan, e.g. a policy's proposal): the first try re-draws one or two of the layers where
+        ``toward`` differs from the parent to ``toward``'s choices instead of uniformly (:meth:`mutate_toward`);
+        further tries, and a proposal that agrees with the parent everywhere, mutate uniformly."""
         parent = self.tournament()
         child = parent.choices
-        for _ in range(MUTATION_TRIES):
-            child = np.asarray(self.project(self.mutate(parent.choices)), np.int64)
+        for attempt in range(MUTATION_TRIES):
+            guided = toward is not None and attempt == 0
+            mutated = self.mutate_toward(parent.choices, toward) if guided else None
+            if mutated is None:
+                mutated = self.mutate(parent.choices)
+            child = np.asarray(self.project(mutated), np.int64)
             if not np.array_equal(child, parent.choices):
                 break
         return child
+
+    def mutate_toward(self, choices: np.ndarray, toward: np.ndarray) -> np.ndarray | None:
+        """``choices`` with one or two (equally likely) of the mutable layers where ``toward`` differs set to
+        ``toward``'s valid choices, the layers drawn uniformly; None when there is no such layer."""
+        toward = np.asarray(toward, np.int64)
+        out = np.asarray(choices, np.int64).copy()
+        differ = [int(layer) for layer in self.mutable
+                  if toward[layer] != out[layer] and self.choice_mask[layer, toward[layer]]]
+        if not differ:
+            return None
+        k = min(len(differ), int(self.rng.integers(1, MAX_MUTATED_LAYERS + 1)))
+        for layer in self.rng.choice(differ, size=k, replace=False):
+            out[layer] = toward[layer]
+        return out
 
 
 def evolve(algorithm: AgingEvolution, evaluate: Callable[[list[np.ndarray]], Sequence[Outcome]], budget: int,

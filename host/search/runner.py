@@ -132,6 +132,7 @@ class SearchRunner:
         # config: a run started on one cluster may be resumed on another, or without one
         self.ray = ray
         self._screen = None  # a PPO search's best-of-k screening (host.search.surrogate.Screen), when configured
+        self._evolve = None  # a PPO search's aging-evolution population (PPOSettings.evolve), when configured
 
     # -- entry points --------------------------------------------------------------------------------
     @classmethod
@@ -424,6 +425,8 @@ class SearchRunner:
                                           relabel=cfg.ppo.relabel)
             if cfg.ppo.screen > 1:
                 self._screen = self._screening(evaluator, space, band, rng, model)
+            if cfg.ppo.evolve:
+                self._evolve = self._population(evaluator, space, band, rng, keep_logit)
             screen = self._screen if cfg.ppo.screen_learn else None
 
             def imagine(m) -> None:
@@ -438,7 +441,7 @@ class SearchRunner:
                 self.journal, budget, max_steps, ppo_path, partial(self._report_search, info="searching"),
                 imagine=imagine if imagination is not None or screen is not None or cfg.ppo.replay else None,
                 # a screened step evaluates a plan the policy did not propose: PPO must learn from that plan
-                relabel=space.layer_nodes if cfg.ppo.relabel or self._screen is not None else None)
+                relabel=space.layer_nodes if cfg.ppo.relabel or self._screen is not None or cfg.ppo.evolve else None)
             try:
                 model.learn(total_timesteps=max_steps, callback=callback, reset_num_timesteps=False)
             finally:
@@ -447,6 +450,7 @@ class SearchRunner:
                                 "policy's own on %d; PPO learned from %d screened plans", self._screen.k,
                                 self._screen.screened, self._screen.replaced, self._screen.learned)
                 self._screen = None
+                self._evolve = None
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)
 
     def _replay(self, model, evaluator: CandidateEvaluator, space: SearchSpace) -> int:
@@ -535,43 +539,62 @@ class SearchRunner:
         rebuilt from the journal's search rows in their order (the family seeds, and on a resume everything
         the killed run evaluated), so a resumed run continues with the population it had; its size is fixed
         at the run's start and kept in the journal, so a resume with a larger budget keeps it too."""
-        from host.search.evolution import AgingEvolution, Outcome, evolve, population_size
-        from host.search.projection import sample_prior
+        from host.search.evolution import Outcome, evolve
 
         cfg = self.config
-        size = self.journal.get_value("evolution_population")
-        if size is None:
-            size = population_size(cfg.budget)
-            self.journal.set_value("evolution_population", size)
-
-        projected = self._projection(evaluator, space, band, rng)
-
-        def outcome(record: CandidateRecord) -> Outcome:
-            return Outcome(evaluator.choices_of(record), record.reward, record.valid, record.reused)
-
-        algorithm = AgingEvolution(
-            space.choice_mask, rng,
-            lambda g: sample_prior(space.choice_mask, space.keep_index, keep_logit, g.random(len(space.layer_names))),
-            projected, population=int(size),
-        )
-        algorithm.observe_all(outcome(r) for r in self.journal.candidates(Phase.SEARCH))
+        algorithm = self._population(evaluator, space, band, rng, keep_logit)
 
         def evaluate(batch: list[np.ndarray]) -> list[Outcome]:
             records = evaluator.evaluate_many(batch, Phase.SEARCH, executor, self._on_record("evolution"))
-            return [outcome(r) for r in records]
+            return [_outcome(evaluator, r) for r in records]
 
         evolve(algorithm, evaluate, cfg.budget, width, spent=self.journal.count(Phase.SEARCH, evaluated_only=True),
                steps=self.journal.count(Phase.SEARCH))
+
+    def _population(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator,
+                    keep_logit: float):
+        """The aging-evolution population (:class:`~host.search.evolution.AgingEvolution`) of ``--strategy
+        evolution`` and of policy-guided evolution (``PPOSettings.evolve``): plans of the calibrated prior, every plan
+        projected into ``band``, rebuilt from the journal's search rows in their order (the family seeds, and on a
+        resume everything the killed run evaluated). Its size is fixed at the run's start and kept in the journal,
+        so a resume with a larger budget keeps it too."""
+        from host.search.evolution import AgingEvolution, population_size
+        from host.search.projection import sample_prior
+
+        size = self.journal.get_value("evolution_population")
+        if size is None:
+            size = population_size(self.config.budget)
+            self.journal.set_value("evolution_population", size)
+        algorithm = AgingEvolution(
+            space.choice_mask, rng,
+            lambda g: sample_prior(space.choice_mask, space.keep_index, keep_logit, g.random(len(space.layer_names))),
+            self._projection(evaluator, space, band, rng), population=int(size),
+        )
+        algorithm.observe_all(_outcome(evaluator, r) for r in self.journal.candidates(Phase.SEARCH))
+        return algorithm
+
+    def _propose(self, proposal: np.ndarray, projected: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """The plan a PPO step evaluates for the policy's ``proposal``: with policy-guided evolution and a full
+        population, a child of a tournament winner mutated toward the proposal; else the proposal (the best of k
+        by the proxy, with screening) projected."""
+        if self._evolve is not None and self._evolve.full:
+            return self._evolve.child(toward=proposal)
+        if self._screen is not None:
+            proposal = self._screen.choose(proposal)
+        return projected(proposal)
+
+    def _observe(self, evaluator: CandidateEvaluator, record: CandidateRecord) -> None:
+        if self._evolve is not None:
+            self._evolve.observe(_outcome(evaluator, record))
 
     def _step(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator,
               choices: np.ndarray) -> StepOutcome:
         """One PPO step: the policy's choices (projected into the cost band when configured) evaluated."""
         from host.search.env import StepOutcome
 
-        if self._screen is not None:
-            choices = self._screen.choose(choices)
-        choices = self._projection(evaluator, space, band, rng)(choices)
+        choices = self._propose(choices, self._projection(evaluator, space, band, rng))
         record = evaluator.evaluate(choices, phase=Phase.SEARCH)
+        self._observe(evaluator, record)
         return StepOutcome(record.reward, {"candidate": record.id, "accuracy": record.accuracy,
                                            "choices": choices.tolist()})
 
@@ -583,11 +606,11 @@ class SearchRunner:
         from host.search.env import StepOutcome
 
         projected = self._projection(evaluator, space, band, rng)
-        if self._screen is not None:
-            batch = [self._screen.choose(c) for c in batch]
-        batch = [projected(c) for c in batch]
+        batch = [self._propose(c, projected) for c in batch]
         left = max(0, self.config.budget - self.journal.count(Phase.SEARCH, evaluated_only=True))
         records = evaluator.evaluate_many(batch[:left], Phase.SEARCH, executor, self._on_record("searching"))
+        for record in records:
+            self._observe(evaluator, record)
         return ([StepOutcome(r.reward, {"candidate": r.id, "accuracy": r.accuracy, "choices": c.tolist()})
                  for r, c in zip(records, batch[:left], strict=True)]
                 + [StepOutcome(0.0, {"skipped": True}) for _ in batch[left:]])
@@ -676,6 +699,13 @@ class SearchRunner:
             hint=f"the journal {self.journal.path} lists every plan and its reason; fix the cause (or report it), "
                  "then start a new run with another --out",
         )
+
+def _outcome(evaluator: CandidateEvaluator, record: CandidateRecord):
+    """What aging evolution (:mod:`host.search.evolution`) learns from an evaluated record."""
+    from host.search.evolution import Outcome
+
+    return Outcome(evaluator.choices_of(record), record.reward, record.valid, record.reused)
+
 
 def _versions() -> dict[str, str]:
     from importlib import metadata

@@ -14,6 +14,7 @@ from host.search.evolution import (
     population_size,
     tournament_size,
 )
+from tests.unit.host.search.nets import ppo_flops_search, record_rollouts
 
 L, K = 12, 5
 MASK = np.ones((L, K), bool)
@@ -125,6 +126,45 @@ def test_a_child_is_never_its_parent_unless_the_projection_always_undoes_it():
     assert np.array_equal(evo.child(), parent) and len(calls) == MUTATION_TRIES
 
 
+def test_a_guided_mutation_takes_the_proposal_on_one_or_two_layers_where_it_differs():
+    """``mutate_toward``: only layers where the proposal differs from the parent (and that can change) move, each to
+    the proposal's choice; one or two of them; a proposal that agrees everywhere gives None."""
+    evo = algorithm(5)
+    parent = np.zeros(L, np.int64)
+    toward = parent.copy()
+    toward[[0, 1, 4, 7, 9]] = [3, 2, 1, 4, 2]  # layer 0 cannot change (its mask keeps only choice 0)
+    counts, moved = [], set()
+    for _ in range(300):
+        child = evo.mutate_toward(parent, toward)
+        diff = np.flatnonzero(child != parent)
+        counts.append(len(diff))
+        moved.update(diff.tolist())
+        assert np.array_equal(child[diff], toward[diff])
+    assert set(counts) == {1, 2} and moved == {1, 4, 7, 9}
+    assert evo.mutate_toward(parent, parent) is None
+    invalid = parent.copy()
+    invalid[1] = 1  # layer 1 does not offer choice 1
+    assert evo.mutate_toward(parent, invalid) is None
+
+
+def test_a_guided_child_mutates_toward_the_proposal_else_uniformly():
+    """``child(toward=...)``: the parent (a tournament winner) moves toward the proposal; when the proposal agrees
+    with the parent, or the projection undoes the guided move, the child comes from a uniform mutation instead."""
+    evo = algorithm(population=1, tournament=1)
+    evo.observe(Outcome(np.zeros(L, np.int64), 0.0))
+    parent = evo.population[0].choices
+    toward = parent.copy()
+    toward[5] = 3
+    child = evo.child(toward=toward)
+    assert np.flatnonzero(child != parent).tolist() == [5] and child[5] == 3
+    child = evo.child(toward=parent.copy())
+    assert 1 <= np.count_nonzero(child != parent) <= 2
+    undone = iter(range(1))  # the projection maps the guided child back onto the parent
+    evo.project = lambda c: parent.copy() if next(undone, None) is not None else c
+    child = evo.child(toward=toward)
+    assert not np.array_equal(child, parent) and all(MASK[i, c] for i, c in enumerate(child))
+
+
 def test_the_initial_population_comes_from_the_projected_prior_then_children_follow():
     projected = []
     evo = algorithm(population=4, project=lambda c: projected.append(c) or c)
@@ -230,7 +270,7 @@ def _runner_seeds_evolves_resumes(evaluator, monkeypatch):
 
     children = []
     real_child = AgingEvolution.child
-    monkeypatch.setattr(AgingEvolution, "child", lambda self: children.append(1) or real_child(self))
+    monkeypatch.setattr(AgingEvolution, "child", lambda self, toward=None: children.append(toward) or real_child(self))
     journal, space = evaluator.journal, evaluator.space
     run_dir = journal.path.parent
     evaluator.evaluate_dense()
@@ -242,7 +282,37 @@ def _runner_seeds_evolves_resumes(evaluator, monkeypatch):
     rows = journal.candidates(Phase.SEARCH)
     assert journal.count(Phase.SEARCH, evaluated_only=True) == 9 and len(rows) <= 3 * 9
     assert journal.get_value("evolution_population") == 4  # fixed at the run's start
-    assert children  # the population filled and children were proposed
+    assert children and all(t is None for t in children)  # the population filled; children mutate uniformly
     for row in rows:
         assert all(space.choice_mask[i, c] for i, c in enumerate(evaluator.choices_of(row)))
     assert not (run_dir / POLICY_FILE).exists() and not (run_dir / PPO_FILE).exists()
+
+
+def test_policy_guided_evolution_evaluates_children_toward_the_policys_proposals(evaluator, monkeypatch):
+    """``PPOSettings.evolve`` on the shape-checked net (flops objective): once the population is full, each step
+    evaluates a child mutated toward the policy's proposal; PPO stores the evaluated plans with their log-probability
+    under the proposing policy (relabelled), the budget is kept and a policy is saved."""
+    from host.kinds import Phase
+    from host.search.runner import POLICY_FILE
+
+    stored, guided = record_rollouts(monkeypatch), []
+    real_child = AgingEvolution.child
+
+    def spy(self, toward=None):
+        child = real_child(self, toward=toward)
+        guided.append((toward, child))
+        return child
+
+    monkeypatch.setattr(AgingEvolution, "child", spy)
+    ppo_flops_search(evaluator, budget=10, evolve=True)
+    journal, space = evaluator.journal, evaluator.space
+    assert journal.count(Phase.SEARCH, evaluated_only=True) == 10
+    assert journal.get_value("evolution_population") == population_size(10)
+    assert guided and all(toward is not None for toward, _ in guided)
+    evaluated = [tuple(evaluator.choices_of(r)) for r in journal.candidates(Phase.SEARCH)]
+    assert all(tuple(child) in evaluated for _, child in guided)
+    plans = [tuple(action.reshape(-1)[space.layer_nodes]) for action, _, _ in stored]
+    assert len(stored) >= 4 and all(plan in evaluated for plan in plans)
+    assert sum(plan == tuple(child) for plan in plans for _, child in guided) >= 1  # PPO learned from children
+    assert all(got == pytest.approx(want, abs=1e-5) for _, got, want in stored)
+    assert (journal.path.parent / POLICY_FILE).exists()

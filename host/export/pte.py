@@ -22,7 +22,7 @@ from torch import nn
 from host.cache import cache_root
 from host.errors import ExportError, MissingDependencyError
 from host.export.artifact import Artifact, file_digest
-from host.export.fold import fold_batchnorm
+from host.export.fold import prepare_for_lowering
 from host.quiet import muted
 
 log = logging.getLogger(__name__)
@@ -127,8 +127,9 @@ def export_pte(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
         with torch.no_grad():
             reference = module(*inputs)
             program = torch.export.export(module, inputs)
-            # XNNPACK's own BN fusion fails on parameter paths that are not identifiers (see host.export.fold)
-            program, _ = fold_batchnorm(program, inputs)
+            # XNNPACK's own BN fusion fails on parameter paths that are not identifiers, and an activation after a
+            # concatenation of sub-convs would run on its own (see host.export.fold)
+            program, _, _ = prepare_for_lowering(program, inputs)
             timings.append(("torch.export", time.perf_counter() - start))
             if quantize:
                 start = time.perf_counter()

@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from host.export.fold import fold_batchnorm, fold_batchnorm_graph
+from host.export.fold import (
+    fold_batchnorm,
+    fold_batchnorm_graph,
+    prepare_for_lowering,
+    push_activations_graph,
+)
 from tests.helpers import require_models_extra
 
 
@@ -98,6 +103,80 @@ def test_fold_reaches_through_spatial_slices_and_channel_concats():
         folded, count = fold_batchnorm(program, (x,))
         assert count == 2 and _bn_ops(folded) == 1
         torch.testing.assert_close(folded.module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def _ops(program, name: str) -> int:
+    return sum(1 for n in program.graph.nodes if n.op == "call_function" and name in str(n.target))
+
+
+def _activation_inputs(program) -> list[str]:
+    """What each ReLU/hardtanh of ``program`` reads: the op name of its input."""
+    return [str(n.args[0].target) for n in program.graph.nodes
+            if n.op == "call_function" and ("relu" in str(n.target) or "hardtanh" in str(n.target))]
+
+
+def test_a_realized_kernel_mix_exports_without_batchnorm_or_activations_of_its_own():
+    """ResNet-20 (zoo) with the tiled paper mix on every 3x3 conv, realized: its residual-group layers concatenate
+    sub-convs with the zero channels of dropped filters, then BN; its private layers concatenate or slice sub-convs,
+    then ReLU. After :func:`prepare_for_lowering` no BatchNorm is left (the zero pieces became the BN's constants),
+    every ReLU after a concatenation or slice reads a conv, and the function is unchanged."""
+    from host.models.zoo import create_model
+    from patterns import LayerAssignment, Plan, prunable_layers, realize
+
+    torch.manual_seed(0)
+    model = _randomize_bn(create_model("resnet20", image_size=16))
+    x = torch.randn(1, 3, 16, 16)
+    convs = [n for n in prunable_layers(model) if n.startswith("layer") and "shortcut" not in n]
+    plan = Plan.from_mapping({n: LayerAssignment("kernel", "paper6_tiled") for n in convs})
+    realized = realize(model, plan, x).eval()
+    with torch.no_grad():
+        program = torch.export.export(realized, (x,))
+        zeros, cats = _ops(program, "new_zeros"), _ops(program, "aten.cat")
+        assert zeros >= 1 and cats >= 1  # the forms this test is about are there
+        prepared, folded, moved = prepare_for_lowering(program, (x,))
+        assert _bn_ops(prepared) == 0 and folded == _bn_ops(program) and _ops(prepared, "new_zeros") == 0
+        assert moved >= 1 and all(src in ("aten.conv2d.default", "aten.add.Tensor", "aten.linear.default")
+                                  for src in _activation_inputs(prepared))
+        torch.testing.assert_close(prepared.module()(x), realized(x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_activation_moves_onto_the_convs_only_when_nothing_else_reads_them():
+    """relu(cat(slice(conv_a), conv_b, zeros)) and hardtanh (ReLU6) move onto the convs; a concatenation that
+    something else reads, or a clamp that would turn the zero piece into a non-zero constant, keep theirs."""
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, (2, 3), padding=1)
+            self.b = nn.Conv2d(3, 2, 3, padding=1)
+
+        def forward(self, x):
+            y = torch.cat([self.a(x)[:, :, :-1, :], self.b(x), x.new_zeros(1, 2, 8, 8)], dim=1)
+            return torch.relu(y) + y  # the concatenation is also read without the activation
+
+    x = torch.randn(1, 3, 8, 8)
+    assert push_activations_graph(torch.export.export(Twice().eval(), (x,)).module()) == 0
+
+    class One(nn.Module):
+        def __init__(self, act) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, (2, 3), padding=1)
+            self.b = nn.Conv2d(3, 2, 3, padding=1)
+            self.act = act
+
+        def forward(self, x):
+            return self.act(torch.cat([self.a(x)[:, :, :-1, :], self.b(x), x.new_zeros(1, 2, 8, 8)], dim=1))
+
+    torch.manual_seed(0)
+    for act, expected in ((nn.ReLU(), 1), (nn.ReLU6(), 1), (nn.Hardtanh(0.5, 6.0), 0)):
+        model = One(act).eval()
+        with torch.no_grad():
+            program = torch.export.export(model, (x,))
+            prepared, _, moved = prepare_for_lowering(program, (x,))
+            assert moved == expected, act
+            if expected:
+                assert _activation_inputs(prepared) == ["aten.conv2d.default"] * 2
+            torch.testing.assert_close(prepared.module()(x), model(x), rtol=1e-6, atol=1e-6)
 
 
 def test_nothing_to_fold_returns_the_same_program():

@@ -21,9 +21,12 @@ becomes that constant tensor.
 :func:`push_activations_graph` then moves an elementwise activation (ReLU, ReLU6/hardtanh) that follows such a
 concatenation or slice back onto each conv that feeds it: ``relu(cat(slice(conv_a), conv_b))`` becomes
 ``cat(slice(relu(conv_a)), relu(conv_b))``. XNNPACK fuses an activation into the conv right before it (as an
-output clamp), and int8 quantizes the conv with the activation's range, so the activation stops being an
-operator of its own. Measured (``benchmarks/realize_bench.py``-style, ResNet-20 ``paper6_tiled`` at width 1,
-this host): int8 1.31x -> 1.37x of dense int8 with both passes, fp32 1.78x -> 1.81x.
+output clamp), so the activation stops being an operator of its own. fp32 only: before int8 quantization the
+move broke lowering (a VGG-19 plan: XNNPACK refused the quantized max-pool after the concatenation, "Failed to
+create maxpool2d node") and took a ResNet-110 plan past the int8 tolerance, so :mod:`host.export.pte` does not
+apply it when quantizing. Measured (ResNet-20 ``paper6_tiled`` at width 1, ~2x MAC cut, this host, 1 thread):
+the fold of the zero pieces takes int8 from 1.31x to 1.35x of dense int8; both passes take fp32 from 1.78x to
+1.81x of dense fp32.
 """
 
 from __future__ import annotations
@@ -60,14 +63,14 @@ def fold_batchnorm(program: torch.export.ExportedProgram,
     return torch.export.export(module, tuple(example_inputs)), folded
 
 
-def prepare_for_lowering(program: torch.export.ExportedProgram,
-                         example_inputs: Sequence[torch.Tensor]) -> tuple[torch.export.ExportedProgram, int, int]:
-    """(program, BNs folded, activations moved): :func:`fold_batchnorm_graph` then :func:`push_activations_graph`
-    (see the module docstring). The program is re-exported only when something changed; it computes the same
-    function."""
+def prepare_for_lowering(program: torch.export.ExportedProgram, example_inputs: Sequence[torch.Tensor],
+                         activations: bool = True) -> tuple[torch.export.ExportedProgram, int, int]:
+    """(program, BNs folded, activations moved): :func:`fold_batchnorm_graph` then, with ``activations``,
+    :func:`push_activations_graph` (see the module docstring). The program is re-exported only when something
+    changed; it computes the same function."""
     module = program.module()
     folded = fold_batchnorm_graph(module)
-    moved = push_activations_graph(module)
+    moved = push_activations_graph(module) if activations else 0
     if not folded and not moved:
         return program, 0, 0
     log.debug("folded %d BatchNorm(s) and moved %d activation(s) onto their convolutions before lowering",

@@ -127,9 +127,9 @@ def export_pte(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
         with torch.no_grad():
             reference = module(*inputs)
             program = torch.export.export(module, inputs)
-            # XNNPACK's own BN fusion fails on parameter paths that are not identifiers, and an activation after a
-            # concatenation of sub-convs would run on its own (see host.export.fold)
-            program, _, _ = prepare_for_lowering(program, inputs)
+            # XNNPACK's own BN fusion fails on parameter paths that are not identifiers, and (fp32) an activation after
+            # a concatenation of sub-convs would run on its own (see host.export.fold)
+            program, _, _ = prepare_for_lowering(program, inputs, activations=not quantize)
             timings.append(("torch.export", time.perf_counter() - start))
             if quantize:
                 start = time.perf_counter()

@@ -138,6 +138,10 @@ def test_a_realized_kernel_mix_exports_without_batchnorm_or_activations_of_its_o
         assert moved >= 1 and all(src in ("aten.conv2d.default", "aten.add.Tensor", "aten.linear.default")
                                   for src in _activation_inputs(prepared))
         torch.testing.assert_close(prepared.module()(x), realized(x), rtol=1e-5, atol=1e-5)
+        # before int8 quantization (host.export.pte) the BNs are folded, the activations stay where they are
+        kept, folded_only, none = prepare_for_lowering(program, (x,), activations=False)
+        assert _bn_ops(kept) == 0 and folded_only == folded and none == 0
+        assert _ops(kept, "relu") == _ops(program, "relu")
 
 
 def test_an_activation_moves_onto_the_convs_only_when_nothing_else_reads_them():

@@ -1,4 +1,6 @@
-"""Fold inference BatchNorm into the convolution that feeds it, on the exported graph, before lowering.
+"""Fold inference BatchNorm into the convolution that feeds it, on the exported graph, before lowering; and two
+smaller rewrites of that graph for ExecuTorch's XNNPACK partitioner (:func:`prepare_for_lowering` runs them all):
+pool defaults spelled out (:func:`spell_pool_defaults`) and activations moved onto convs (below).
 
 ExecuTorch's XNNPACK ``FuseBatchNormPass`` does this fold itself, but it names the folded weight after the
 conv's parameter path, and a path that is not a Python identifier (torchvision's RegNet registers blocks as
@@ -65,13 +67,14 @@ def fold_batchnorm(program: torch.export.ExportedProgram,
 
 def prepare_for_lowering(program: torch.export.ExportedProgram, example_inputs: Sequence[torch.Tensor],
                          activations: bool = True) -> tuple[torch.export.ExportedProgram, int, int]:
-    """(program, BNs folded, activations moved): :func:`fold_batchnorm_graph` then, with ``activations``,
-    :func:`push_activations_graph` (see the module docstring). The program is re-exported only when something
+    """(program, BNs folded, activations moved): :func:`spell_pool_defaults`, :func:`fold_batchnorm_graph` then,
+    with ``activations``, :func:`push_activations_graph` (see the module docstring). The program is re-exported only when something
     changed; it computes the same function."""
     module = program.module()
+    pools = spell_pool_defaults(module)
     folded = fold_batchnorm_graph(module)
     moved = push_activations_graph(module) if activations else 0
-    if not folded and not moved:
+    if not folded and not moved and not pools:
         return program, 0, 0
     log.debug("folded %d BatchNorm(s) and moved %d activation(s) onto their convolutions before lowering",
               folded, moved)
@@ -187,6 +190,39 @@ def _foldable(gm: fx.GraphModule, bn: fx.Node) -> tuple[list[tuple[fx.Node, int,
 
 
 _SPATIAL_SLICES = {_aten.slice.Tensor, _aten.slice_copy.Tensor, _aten.narrow.default}
+_POOLS = {_aten.max_pool2d.default, _aten.avg_pool2d.default}
+
+
+def spell_pool_defaults(gm: fx.GraphModule) -> int:
+    """Spell out what a 2-d max/avg pool's defaults mean where ExecuTorch's XNNPACK partitioner reads them
+    otherwise, in place; returns how many pools changed. Nothing else changes:
+
+    - a pool traced without a stride gets its kernel size (PyTorch's default). ``F.max_pool2d(x, 2)``, the PyTorch
+      MNIST example's pooling, leaves the stride out, and the partitioner reads ``node.args[2]``: the whole
+      export failed with "IndexError: tuple index out of range";
+    - an average pool without padding (and without ceil mode) counts no padding either way, so its
+      ``count_include_pad`` (PyTorch's default True) becomes False: the partitioner refuses every pool with True,
+      and ``nn.AvgPool2d(2)`` ran outside the XNNPACK delegate, splitting it."""
+    count = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in _POOLS or len(node.args) < 2 or node.kwargs:
+            continue
+        args = list(node.args)
+        if len(args) < 3 or not args[2]:
+            kernel = [args[1], args[1]] if isinstance(args[1], int) else list(args[1])
+            args[2:3] = [kernel * 2 if len(kernel) == 1 else kernel]
+        if node.target == _aten.avg_pool2d.default:
+            padding, ceil = (args + [None, None])[3:5]
+            include = args[5] if len(args) > 5 else True
+            if include and not any(padding or []) and not ceil and len(args) <= 6:
+                args = args[:3] + [padding or [0, 0], bool(ceil), False]
+        if tuple(args) != node.args:
+            node.args = tuple(args)
+            count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
 # what a zero piece of a concatenation is traced as (PatternConv's ``x.new_zeros``)
 _ZEROS = {_aten.new_zeros.default, _aten.zeros.default}
 # elementwise activations with f(0) == 0 that XNNPACK fuses into the conv before them: (op, its extra args are

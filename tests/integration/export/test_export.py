@@ -158,6 +158,34 @@ def test_whole_dimension_slices_do_not_split_the_xnnpack_delegate(tmp_path):
     assert artifact.max_abs_err < 1e-3
 
 
+class _MnistExample(torch.nn.Module):
+    """The pooling of PyTorch's MNIST example: ``F.max_pool2d(x, 2)``, no stride (PyTorch: the kernel size)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(1, 8, 3), torch.nn.Conv2d(8, 8, 3)
+        self.fc = torch.nn.Linear(8 * 5 * 5, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.nn.functional.avg_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_pools_without_a_stride_lower_in_fp32_and_int8(tmp_path):
+    """XNNPACK's partitioner read a pool's stride argument that ``F.max_pool2d(x, 2)`` leaves out and failed the
+    whole export ("IndexError: tuple index out of range"); the exporter spells the default stride out."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 26, 26)
+    for quantize in (False, True):
+        artifact = export_pte(_MnistExample().eval(), (x,), tmp_path / f"mnist-{quantize}.pte", quantize=quantize,
+                              calibration=[(torch.randn(1, 1, 26, 26),) for _ in range(4)], cache=False)
+        plan = deserialize_pte_binary(artifact.path.read_bytes()).program.execution_plan[0]
+        assert len(plan.delegates) == 1
+
+
 def test_lowered_programs_are_reused_only_for_the_same_program(tmp_path, monkeypatch):
     """A second export of the same module skips lowering (the copy is verified against eager all the same); a
     different input shape, other weights or int8 lower afresh; a corrupt cache entry is dropped and lowered

@@ -183,6 +183,32 @@ def test_an_activation_moves_onto_the_convs_only_when_nothing_else_reads_them():
             torch.testing.assert_close(prepared.module()(x), model(x), rtol=1e-6, atol=1e-6)
 
 
+def test_pool_defaults_are_spelled_out_for_the_xnnpack_partitioner():
+    """``F.max_pool2d(x, 2)`` / ``F.avg_pool2d(x, 3)`` leave the stride out (PyTorch reads: the kernel size): it is
+    spelled out; an average pool without padding counts no padding, so ``count_include_pad`` becomes False (XNNPACK
+    refuses True); one with padding keeps it; a pool with its own stride is left alone; the function is unchanged."""
+    from host.export.fold import spell_pool_defaults
+
+    class Pools(nn.Module):
+        def forward(self, x):
+            a = nn.functional.max_pool2d(x, 2)
+            b = nn.functional.avg_pool2d(x, 3)
+            c = nn.functional.max_pool2d(x, 3, 1)
+            d = nn.functional.avg_pool2d(x, 3, 1, 1)  # padded: counting the padding changes the border averages
+            return a.sum() + b.sum() + c.sum() + d.sum()
+
+    x = torch.randn(1, 2, 12, 12)
+    gm = torch.export.export(Pools(), (x,)).module()
+    pools = lambda: [n.args for n in gm.graph.nodes if n.op == "call_function" and "pool2d" in str(n.target)]  # noqa: E731
+    assert sum(1 for args in pools() if len(args) < 3 or not args[2]) == 2
+    assert spell_pool_defaults(gm) == 2
+    a, b, c, d = pools()
+    assert a[2] == [2, 2] and b[2] == [3, 3] and c[2] == [1, 1]
+    assert b[5] is False and (len(d) < 6 or d[5] is True)
+    torch.testing.assert_close(gm(x), Pools()(x))
+    assert spell_pool_defaults(gm) == 0
+
+
 def test_nothing_to_fold_returns_the_same_program():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
     x = torch.randn(1, 3, 8, 8)

@@ -1,6 +1,7 @@
 """Fold inference BatchNorm into the convolution that feeds it, on the exported graph, before lowering; and two
 smaller rewrites of that graph for ExecuTorch's XNNPACK partitioner (:func:`prepare_for_lowering` runs them all):
-pool defaults spelled out (:func:`spell_pool_defaults`) and activations moved onto convs (below).
+pool defaults spelled out (:func:`spell_pool_defaults`), one-tensor concatenations dropped (:func:`drop_single_cats`)
+and activations moved onto convs (below).
 
 ExecuTorch's XNNPACK ``FuseBatchNormPass`` does this fold itself, but it names the folded weight after the
 conv's parameter path, and a path that is not a Python identifier (torchvision's RegNet registers blocks as
@@ -71,7 +72,7 @@ def prepare_for_lowering(program: torch.export.ExportedProgram, example_inputs: 
     with ``activations``, :func:`push_activations_graph` (see the module docstring). The program is re-exported only when something
     changed; it computes the same function."""
     module = program.module()
-    pools = spell_pool_defaults(module)
+    pools = spell_pool_defaults(module) + drop_single_cats(module)
     folded = fold_batchnorm_graph(module)
     moved = push_activations_graph(module) if activations else 0
     if not folded and not moved and not pools:
@@ -191,6 +192,26 @@ def _foldable(gm: fx.GraphModule, bn: fx.Node) -> tuple[list[tuple[fx.Node, int,
 
 _SPATIAL_SLICES = {_aten.slice.Tensor, _aten.slice_copy.Tensor, _aten.narrow.default}
 _POOLS = {_aten.max_pool2d.default, _aten.avg_pool2d.default}
+
+
+def drop_single_cats(gm: fx.GraphModule) -> int:
+    """Route the users of every ``cat([x])`` (a copy of ``x``) to ``x``, in place; returns how many.
+
+    torchvision's DenseNet concatenates a list of one tensor in the first layer of every dense block, and
+    ExecuTorch's XNNPACK partitioner takes only concatenations of two or more: each one ran as a portable copy
+    between two delegates. An inference graph is functional, so the users can read ``x``; a concatenation that
+    feeds the graph's output stays (the output must not be an input's buffer)."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        if (node.op == "call_function" and node.target == _aten.cat.default and isinstance(node.args[0], list | tuple)
+                and len(node.args[0]) == 1 and all(u.op != "output" for u in node.users)):
+            node.replace_all_uses_with(node.args[0][0])
+            gm.graph.erase_node(node)
+            count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
 
 
 def spell_pool_defaults(gm: fx.GraphModule) -> int:

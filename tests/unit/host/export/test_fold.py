@@ -209,6 +209,32 @@ def test_pool_defaults_are_spelled_out_for_the_xnnpack_partitioner():
     assert spell_pool_defaults(gm) == 0
 
 
+def test_a_concatenation_of_one_tensor_is_dropped_unless_it_is_the_output():
+    """torchvision's DenseNet concatenates a list of one tensor (XNNPACK takes two or more, so each ran as a portable
+    copy): its users read the tensor itself; one that is the graph's output stays."""
+    from host.export.fold import drop_single_cats
+
+    class Dense(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(torch.cat([x], 1))
+            return torch.cat([y], 1), torch.cat([y, x], 1)
+
+    x = torch.randn(1, 3, 8, 8)
+    gm = torch.export.export(Dense().eval(), (x,)).module()
+    cats = lambda: [len(n.args[0]) for n in gm.graph.nodes if n.op == "call_function" and "cat" in str(n.target)]  # noqa: E731
+    assert sorted(cats()) == [1, 1, 2]
+    with torch.no_grad():
+        expected = gm(x)
+        assert drop_single_cats(gm) == 1
+        assert sorted(cats()) == [1, 2]  # the output's stays
+        for got, want in zip(gm(x), expected, strict=True):
+            torch.testing.assert_close(got, want)
+
+
 def test_nothing_to_fold_returns_the_same_program():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
     x = torch.randn(1, 3, 8, 8)

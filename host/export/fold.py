@@ -234,8 +234,9 @@ def spell_pool_defaults(gm: fx.GraphModule) -> int:
             args[2:3] = [kernel * 2 if len(kernel) == 1 else kernel]
         if node.target == _aten.avg_pool2d.default:
             padding, ceil = (args + [None, None])[3:5]
+            pads = [padding] if isinstance(padding, int) else list(padding or [])
             include = args[5] if len(args) > 5 else True
-            if include and not any(padding or []) and not ceil and len(args) <= 6:
+            if include and not any(pads) and not ceil and len(args) <= 6:
                 args = args[:3] + [padding or [0, 0], bool(ceil), False]
         if tuple(args) != node.args:
             node.args = tuple(args)
@@ -244,6 +245,8 @@ def spell_pool_defaults(gm: fx.GraphModule) -> int:
         gm.graph.lint()
         gm.recompile()
     return count
+
+
 # what a zero piece of a concatenation is traced as (PatternConv's ``x.new_zeros``)
 _ZEROS = {_aten.new_zeros.default, _aten.zeros.default}
 # elementwise activations with f(0) == 0 that XNNPACK fuses into the conv before them: (op, its extra args are

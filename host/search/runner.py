@@ -534,11 +534,8 @@ class SearchRunner:
     def _evolution_search(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand,
                           rng: np.random.Generator, keep_logit: float, executor: Executor | None = None,
                           width: int = 1) -> None:
-        """Aging evolution (:mod:`host.search.evolution`) over the calibrated prior, every plan projected into
-        ``band`` (when configured, as PPO's), ``width`` plans at a time on ``executor``. The population is
-        rebuilt from the journal's search rows in their order (the family seeds, and on a resume everything
-        the killed run evaluated), so a resumed run continues with the population it had; its size is fixed
-        at the run's start and kept in the journal, so a resume with a larger budget keeps it too."""
+        """Aging evolution (:mod:`host.search.evolution`) over :meth:`_population`, ``width`` plans at a time on
+        ``executor``: a resumed run continues with the population the killed one had."""
         from host.search.evolution import Outcome, evolve
 
         cfg = self.config
@@ -554,10 +551,10 @@ class SearchRunner:
     def _population(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator,
                     keep_logit: float):
         """The aging-evolution population (:class:`~host.search.evolution.AgingEvolution`) of ``--strategy
-        evolution`` and of policy-guided evolution (``PPOSettings.evolve``): plans of the calibrated prior, every plan
-        projected into ``band``, rebuilt from the journal's search rows in their order (the family seeds, and on a
-        resume everything the killed run evaluated). Its size is fixed at the run's start and kept in the journal,
-        so a resume with a larger budget keeps it too."""
+        evolution`` and of policy-guided evolution (``PPOSettings.evolve``): filled with plans of the calibrated prior
+        (with ``evolve``, the policy's own proposals), every plan projected into ``band``, rebuilt from the journal's
+        search rows in their order (the family seeds, and on a resume everything the killed run evaluated). Its size
+        is fixed at the run's start and kept in the journal, so a resume with a larger budget keeps it too."""
         from host.search.evolution import AgingEvolution, population_size
         from host.search.projection import sample_prior
 

@@ -208,10 +208,7 @@ def drop_single_cats(gm: fx.GraphModule) -> int:
             node.replace_all_uses_with(node.args[0][0])
             gm.graph.erase_node(node)
             count += 1
-    if count:
-        gm.graph.lint()
-        gm.recompile()
-    return count
+    return _relinted(gm, count)
 
 
 def spell_pool_defaults(gm: fx.GraphModule) -> int:
@@ -241,10 +238,7 @@ def spell_pool_defaults(gm: fx.GraphModule) -> int:
         if tuple(args) != node.args:
             node.args = tuple(args)
             count += 1
-    if count:
-        gm.graph.lint()
-        gm.recompile()
-    return count
+    return _relinted(gm, count)
 
 
 # what a zero piece of a concatenation is traced as (PatternConv's ``x.new_zeros``)
@@ -302,10 +296,15 @@ def push_activations_graph(gm: fx.GraphModule) -> int:
             act.replace_all_uses_with(source)
             graph.erase_node(act)
             moved += 1
-    if moved:
-        graph.lint()
+    return _relinted(gm, moved)
+
+
+def _relinted(gm: fx.GraphModule, changed: int) -> int:
+    """``changed``, after checking and recompiling ``gm``'s graph when a pass changed it."""
+    if changed:
+        gm.graph.lint()
         gm.recompile()
-    return moved
+    return changed
 
 
 def _fusable_after(conv: fx.Node) -> bool:

@@ -50,7 +50,7 @@ from host.search.devicemodel import TRUST_ERROR, LatencyLearner, features_or_non
 from host.search.devices import SearchDevice
 from host.search.journal import STATUS_INVALID, CandidatePlan, CandidateRecord, Journal, plan_hash
 from host.search.measurement import Measurements, MeasurementSummary
-from host.search.measurer import Measurer
+from host.search.measurer import Measurer, worst_ratio
 from host.search.parallel import Exported, Failed, Scored, export_plan, score_plan
 from host.search.reward import Objective
 from host.search.scorer import CandidateFailure, EvalData, PlanScorer
@@ -509,6 +509,7 @@ class CandidateEvaluator:
         dense figures taken right after it on the same board, confirmed as :meth:`_settle` does, journaled."""
         try:
             (raw, dense), seconds = future.result()
+            self.measurer.persist_count()
             self.measurer.store(artifact.sha256, raw)
             measurement = self.measurer.paired_with(raw, dense)
             start = time.perf_counter()
@@ -676,10 +677,39 @@ class CandidateEvaluator:
 
     # -- reward --------------------------------------------------------------------------------------
     def cost_estimate(self, record: CandidateRecord) -> float:
-        """Worst-device cost of a candidate relative to dense (its paired reference): measured, or 1.0 when it
-        was not measured."""
+        """Worst-device cost of a candidate relative to dense: measured (to its paired reference), else predicted
+        by the trusted device latency model (:meth:`search_figures`), else 1.0."""
         ratio = self.cost_ratio(record)
+        if ratio is None and self.objective.needs_measurement:
+            known = self.search_figures(record)
+            ratio = None if known is None else worst_ratio(*known)
         return 1.0 if ratio is None else ratio
+
+    def search_figures(self, record: CandidateRecord) -> tuple[dict[str, float], dict[str, float]] | None:
+        """(per-device figures, the dense figures they compare with) the search holds for a row: its measurement
+        and the dense figures taken right after it; for a row that was not measured, what the trusted device
+        latency model predicts from its realized operators (a trusted search under a hard target measures
+        nothing itself, :meth:`_worth_measuring`) and the median dense figures; else None."""
+        if record.measurement:
+            return self.measurer.figures(record.measurement), self.measurer.reference(record.measurement)
+        predicted = self.device_predicted_figures(record.features)
+        return None if predicted is None else (predicted, self.dense_figures())
+
+    def row_meets_target(self, record: CandidateRecord) -> bool:
+        """The row's search figures (:meth:`search_figures`: measured, or trusted predictions) meet the target."""
+        known = self.search_figures(record)
+        return known is not None and self.figures_meet_target(*known)
+
+    def learn_confirmed(self, record: CandidateRecord, figures: dict[str, float], dense: dict[str, float]) -> None:
+        """A row measured side by side with dense in the final stage (``figures``, ``dense``) for the device
+        latency model, predicted first as a search candidate is (:meth:`_learn_latency`). For a trusted search
+        under a hard target these are its only measured candidates, and what keeps or ends the trust."""
+        if record.measurement or self.objective.name != ObjectiveName.LATENCY:
+            return  # a measured row is in the store already
+        median = self.dense_figures()
+        steady = {dev: value / dense[dev] * median[dev] for dev, value in figures.items()
+                  if dense.get(dev) and dev in median}
+        self.latency.learn(record.features, steady, median, search=True)
 
     def device_predicted_figures(self, features: tuple[float, ...] | None) -> dict[str, float] | None:
         """Per-device figure (ms) the device latency model predicts for a realized plan with operator ``features``,
@@ -701,8 +731,12 @@ class CandidateEvaluator:
         if self.dense is None:
             return True
         # a trusted device latency model stands in for the first min_measured measurements (they calibrate the
-        # per-run cost model) and says which plans can meet a target
+        # per-run cost model) and says which plans can meet a target. Under a hard target it stands in for the
+        # board for the whole search: the final stage measures the plans it predicts best, side by side with
+        # dense (FinalStage._confirmed), and the board runs a handful of benchmarks instead of two per candidate
         device = self.device_predicted_figures(features)
+        if device is not None and self.objective.constraint.budget:
+            return False
         measured = [r for r in self.journal.candidates(Phase.SEARCH) if r.measurement and not r.reused]
         drop = self.policy.min_accuracy_drop
         if drop is not None:
@@ -725,24 +759,14 @@ class CandidateEvaluator:
             # a model misled by one noisy measurement put all of them just over it, so none was ever measured
             pool = [r for r in measured if self.meets_target(r.measurement)]
             if not pool:
-                if device is not None:  # within the error it is trusted for
-                    hopeful = {dev: value * (1.0 - TRUST_ERROR / 2) for dev, value in device.items()}
-                    if self.figures_meet_target(hopeful, self.dense_figures()):
-                        return True
-                elif choices is not None and self.figures_meet_target(self.predicted_figures(choices, optimistic=True),
-                                                                      self.dense_figures()):
+                if choices is not None and self.figures_meet_target(self.predicted_figures(choices, optimistic=True),
+                                                                    self.dense_figures()):
                     return True
                 pool = measured
-        if not pool:  # only with a trusted device model: the first plan that may win is measured
+        if not pool:  # a trusted device model under a soft constraint: the first plan is measured
             return not self.objective.constraint.budget
         best = max(r.reward for r in pool)
         predicted = self._reward(acc, macs, None, choices, features)
-        if device is not None and self.objective.constraint.budget and pool is not measured:
-            # a trusted model, a hard target and a measured plan that meets it: a plan can only win by meeting the
-            # target too (predicted within the trusted error) with a higher reward, i.e. a higher accuracy, which
-            # is known exactly; the slack is for a predicted latency that may be off
-            hopeful = {dev: value * (1.0 - TRUST_ERROR / 2) for dev, value in device.items()}
-            return self.figures_meet_target(hopeful, self.dense_figures()) and predicted > best
         return predicted >= best * (1.0 - self.policy.slack)
 
     def meets_target(self, measurement: Measurements | None) -> bool:

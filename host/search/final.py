@@ -136,9 +136,10 @@ class FinalStage:
         finishes the first ``final_top`` that can be built; the rest stand in for those that cannot."""
         rows = [r for r in self.journal.candidates(Phase.SEARCH) if not r.reused and r.valid and r.accuracy > 0]
         if self.config.reward_objective().needs_measurement:
-            # measured candidates only (an unmeasured one's reward rests on the cost model's prediction),
-            # unless none was accurate enough to be measured: then the front of all of them
-            rows = [r for r in rows if r.measurement] or rows
+            # rows with figures (measured, or predicted by a trusted device latency model: a trusted search under
+            # a hard target measures none itself); an unmeasured row's reward otherwise rests on the cost model's
+            # guess. Unless none has figures: then the front of all of them
+            rows = [r for r in rows if evaluator.search_figures(r) is not None] or rows
             costs = [evaluator.cost_estimate(r) for r in rows]
         else:
             costs = [float(r.macs) for r in rows]
@@ -147,7 +148,7 @@ class FinalStage:
         objective = self.config.reward_objective()
         if objective.needs_measurement:  # under a budget constraint, plans that meet the target first
             def order(r):
-                return objective.rank_key(r.reward, bool(r.measurement) and evaluator.meets_target(r.measurement))
+                return objective.rank_key(r.reward, evaluator.row_meets_target(r))
         else:
             def order(r):
                 return -r.reward
@@ -155,43 +156,38 @@ class FinalStage:
         # the runners-up off the front, for the confirmation: one lucky measurement can put a near-dense
         # plan alone on the front (MobileNetV3-small on a loaded host: a plan with 0.4% of the MACs cut
         # measured at 0.72x of dense dominated every other), and there is then nothing to compare it with
-        runners_up = sorted((r for r in rows if r.measurement and r not in front), key=order)
+        runners_up = sorted((r for r in rows if evaluator.search_figures(r) is not None and r not in front), key=order)
         return self._confirmed(evaluator, _unique(front), _unique(runners_up))
 
     def _confirmed(self, evaluator: CandidateEvaluator, rows: list[CandidateRecord],
                    runners_up: list[CandidateRecord] = ()) -> list[CandidateRecord]:
-        """``rows`` with the best few measured ones re-ranked on a side-by-side measurement with dense; the
-        best measured ``runners_up`` fill the confirmation up to its size and take part in the ranking."""
+        """``rows`` with the best few that have search figures (measured, or predicted by a trusted device model)
+        re-ranked on a side-by-side measurement with dense; the best ``runners_up`` fill the confirmation up to
+        its size and take part in the ranking. Under a hard target, when none of them meets it side by side and a
+        plan was only predicted, the next few plans that are expected to meet it are confirmed too (once)."""
         objective = self.config.reward_objective()
         order = self.journal.get_value(FINAL_ORDER_KEY)
         pool = {r.plan_hash: r for r in [*runners_up, *rows]}
         if order is None:
             size = max(CONFIRM_TOP, self.config.final_top + 1)
-            top = [r for r in rows if r.measurement][:size]
-            chosen = {r.plan_hash for r in top}
-            top += [r for r in runners_up if r.plan_hash not in chosen][:size - len(top)]
+            known = [r for r in rows if evaluator.search_figures(r) is not None]
+            chosen = {r.plan_hash for r in known}
+            known += [r for r in runners_up if r.plan_hash not in chosen]
+            top = known[:size]
             if (not objective.needs_measurement or not evaluator.devices or self.config.final_top == 0
                     or len(top) < 2):
                 return rows
-            self.progress(Progress(Stage.FINAL, 0, self.config.final_top,
-                                   f"confirming the best {len(top)} plans side by side with dense"))
-            try:
-                dense, *figures = evaluator.remeasure_side_by_side([evaluator.dense, *top])
-            except (DeviceError, CandidateFailure) as exc:  # a failing board: keep the search's order
-                logger.warning("could not confirm the best plans side by side (%s); keeping the search's order", exc)
+            rewards: dict[str, float] = {}
+            meets: dict[str, bool] = {}
+            if not self._confirm(evaluator, top, rewards, meets):
                 return rows
-            rewards = {r.plan_hash: objective.reward(evaluator.scored_accuracy(r.accuracy, r.int8_accuracy), r.macs,
-                                                     evaluator.dense.macs, measured=f, dense_measured=dense)
-                       for r, f in zip(top, figures, strict=True)}
-            meets = {r.plan_hash: evaluator.figures_meet_target(f, dense) for r, f in zip(top, figures, strict=True)}
-            for r, f in zip(top, figures, strict=True):
-                logger.info("candidate %s confirmed side by side: %s of dense (search: %s), reward %.4f (search %.4f)",
-                            r.id, _ratios(f, dense), _ratios(evaluator.measurer.figures(r.measurement),
-                                                             evaluator.measurer.reference(r.measurement)),
-                            rewards[r.plan_hash], r.reward)
-            if objective.constraint.budget:
-                self._settle_flips(evaluator, top, dict(zip([r.plan_hash for r in top], figures, strict=True)), dense,
-                                   rewards, meets)
+            more = [r for r in known[size:] if evaluator.row_meets_target(r)][:size]
+            if (objective.constraint.budget and not any(meets.values()) and more
+                    and any(not r.measurement for r in top)):
+                logger.info("none of the %d plans confirmed meets the target; confirming the next %d the search "
+                            "expects to meet it", len(top), len(more))
+                if self._confirm(evaluator, more, rewards, meets):
+                    top += more
             confirmed = sorted(top, key=lambda r: objective.rank_key(rewards[r.plan_hash], meets[r.plan_hash]))
             order = [r.plan_hash for r in confirmed]
             self.journal.set_value(FINAL_ORDER_KEY, order)
@@ -199,16 +195,48 @@ class FinalStage:
         confirmed = [pool[h] for h in order if h in pool]
         return confirmed + [r for r in rows if r.plan_hash not in rank]  # the rest of the front as it was
 
+    def _confirm(self, evaluator: CandidateEvaluator, top: list[CandidateRecord], rewards: dict[str, float],
+                 meets: dict[str, bool]) -> bool:
+        """Measure ``top`` side by side with dense; their rewards and target verdicts on those figures go into
+        ``rewards`` and ``meets`` (under a hard target, flipped verdicts settled, :meth:`_settle_flips`). False
+        when the board failed (the caller keeps the search's order)."""
+        objective = self.config.reward_objective()
+        self.progress(Progress(Stage.FINAL, 0, self.config.final_top,
+                               f"confirming the best {len(top)} plans side by side with dense"))
+        try:
+            dense, *figures = evaluator.remeasure_side_by_side([evaluator.dense, *top])
+        except (DeviceError, CandidateFailure) as exc:  # a failing board: keep the search's order
+            logger.warning("could not confirm the best plans side by side (%s); keeping the search's order", exc)
+            return False
+        batch_rewards = {r.plan_hash: objective.reward(evaluator.scored_accuracy(r.accuracy, r.int8_accuracy), r.macs,
+                                                       evaluator.dense.macs, measured=f, dense_measured=dense)
+                         for r, f in zip(top, figures, strict=True)}
+        batch_meets = {r.plan_hash: evaluator.figures_meet_target(f, dense) for r, f in zip(top, figures, strict=True)}
+        for r, f in zip(top, figures, strict=True):
+            searched = evaluator.search_figures(r)
+            logger.info("candidate %s confirmed side by side: %s of dense (search: %s%s), reward %.4f (search %.4f)",
+                        r.id, _ratios(f, dense), "" if r.measurement else "predicted ",
+                        _ratios(*searched) if searched else "-", batch_rewards[r.plan_hash], r.reward)
+            evaluator.learn_confirmed(r, f, dense)
+        if objective.constraint.budget:
+            self._settle_flips(evaluator, top, dict(zip([r.plan_hash for r in top], figures, strict=True)), dense,
+                               batch_rewards, batch_meets)
+        rewards.update(batch_rewards)
+        meets.update(batch_meets)
+        return True
+
     def _settle_flips(self, evaluator: CandidateEvaluator, top: list[CandidateRecord], figures: dict[str, dict],
                       dense: dict[str, float], rewards: dict[str, float], meets: dict[str, bool]) -> None:
-        """Under a hard target, a plan whose side-by-side measurement and search measurement disagree on meeting
-        the target is measured side by side once more, and ranked on the median of its three measurements (by
-        worst-device ratio to their paired dense): one lucky confirmation must not put a plan that missed the
-        target in the search first (an int8 ResNet-20 at 16 px, 0.04 ms an inference: 0.57x in the search, 0.48x
-        confirmed, 0.57x in the final rounds, against a 0.5x target). ``rewards`` and ``meets`` are updated."""
+        """Under a hard target, a plan whose side-by-side measurement and search figures (measured, or predicted by
+        the trusted device model) disagree on meeting the target is measured side by side once more, and ranked
+        on the median of the three (by worst-device ratio to their dense figures): one lucky confirmation must not
+        put a plan that missed the target in the search first (an int8 ResNet-20 at 16 px, 0.04 ms an inference:
+        0.57x in the search, 0.48x confirmed, 0.57x in the final rounds, against a 0.5x target). ``rewards`` and
+        ``meets`` are updated."""
         objective = self.config.reward_objective()
-        flipped = [r for r in top if r.measurement
-                   and evaluator.meets_target(r.measurement) != meets[r.plan_hash]]
+        searched = {r.plan_hash: evaluator.search_figures(r) for r in top}
+        flipped = [r for r in top if searched[r.plan_hash] is not None
+                   and evaluator.figures_meet_target(*searched[r.plan_hash]) != meets[r.plan_hash]]
         if not flipped:
             return
         try:
@@ -217,8 +245,7 @@ class FinalStage:
             logger.warning("could not measure again the plans whose target verdicts disagreed (%s)", exc)
             return
         for r, f in zip(flipped, again, strict=True):
-            observed = [(evaluator.measurer.figures(r.measurement), evaluator.measurer.reference(r.measurement)),
-                        (figures[r.plan_hash], dense), (f, again_dense)]
+            observed = [searched[r.plan_hash], (figures[r.plan_hash], dense), (f, again_dense)]
             observed.sort(key=lambda pair: inf if (ratio := worst_ratio(*pair)) is None else ratio)
             median_figures, median_dense = observed[1]
             rewards[r.plan_hash] = objective.reward(evaluator.scored_accuracy(r.accuracy, r.int8_accuracy), r.macs,
@@ -484,7 +511,7 @@ class FinalStage:
             target=str(objective.target) if objective.target else f"{cfg.target_flops:.0%} MAC reduction",
             devices={d.name: d.fingerprint for d in devices}, budget=cfg.budget,
             candidates_evaluated=self.journal.count(Phase.SEARCH, evaluated_only=True),
-            measurements_taken=self.journal.measurement_count(), seconds=seconds,
+            measurements_taken=evaluator.measurer.measurements_taken, seconds=seconds,
             dense=dense_figures, best_search=best_figures, finals=final_figures,
             precision=cfg.precision, fp32_twins=twins,
             vocab=tuple(space.vocab),

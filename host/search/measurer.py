@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+BENCHMARKS_KEY = "device_benchmarks"  # journal value: benchmarks run on the devices (Measurer.measurements_taken)
 
 
 class Measurer:
@@ -47,7 +48,9 @@ class Measurer:
         self.bench = bench
         self.journal = journal
         self.objective = ObjectiveName(objective)
-        self.measurements_taken = 0  # benchmarks run on a device (cache hits not counted)
+        # benchmarks run on a device by this run, every process of it (cache hits not counted; dense pairs and
+        # side-by-side rounds counted), kept in the journal by persist_count()
+        self.measurements_taken = int(journal.get_value(BENCHMARKS_KEY, 0) or 0) if journal is not None else 0
         self._make_dense_artifact = dense_artifact
         self._dense_artifact: Artifact | None = None
         self._dense_samples: dict[str, list[float]] = {}  # every dense figure taken, per device
@@ -66,10 +69,16 @@ class Measurer:
                 cached = measure(device, path, bench)
                 with self._count_lock:
                     self.measurements_taken += 1
+                self.persist_count()
                 if use_cache:
                     self.journal.store_measurement(sha256, device.fingerprint, cached)
             result[device.name] = cached
         return result
+
+    def persist_count(self) -> None:
+        """Keep :attr:`measurements_taken` in the journal (this thread must own it: not from a pool's threads)."""
+        if self.journal is not None:
+            self.journal.set_value(BENCHMARKS_KEY, self.measurements_taken)
 
     def pair_with_dense(self, measurement: Measurements) -> dict[str, MeasurementSummary]:
         """``measurement`` with the dense model measured right after it on every device (cache bypassed)."""

@@ -253,14 +253,16 @@ class SearchRunner:
                 evaluator.warm_start_cost_model(seed=cfg.seed)
                 why = evaluator.latency.distrust()
                 self.journal.set_value("latency_model_trust", {"trusted": not why, "why": why})
-                logger.info("device latency model: %s", "trusted to stand in for the device (candidates predicted to "
-                            "lose are not measured)" if not why else f"not trusted yet ({why}); candidates are "
-                            "measured as usual")
+                logger.info("device latency model: %s", (
+                    "trusted to stand in for the device (the search measures nothing: the final stage measures the "
+                    "plans it predicts best, side by side with dense)" if objective.constraint.budget else
+                    "trusted to stand in for the device (candidates predicted to lose are not measured)")
+                    if not why else f"not trusted yet ({why}); candidates are measured as usual")
             self._search(evaluator, space, executor)
-            self._report_latency_model(evaluator)
             self._check_some_valid()
             final = FinalStage(cfg, self.journal, self.progress)
             finals = final.run(evaluator, splits, model)
+            self._report_latency_model(evaluator)  # after the final stage's confirmations, which it predicted too
             self._report_pools(devices, evaluator.measurer.dense_artifact_name)
             return final.report(evaluator, space, devices, finals, self.journal.elapsed_seconds())
         finally:
@@ -268,7 +270,8 @@ class SearchRunner:
 
     def _report_latency_model(self, evaluator: CandidateEvaluator) -> None:
         """How well the device's persisted latency model predicted this run's measured search candidates before
-        each was measured (logged, and kept in the journal as ``latency_model``)."""
+        each was measured, and the final stage's side-by-side confirmations (logged, and kept in the journal as
+        ``latency_model``)."""
         from host.search.devicemodel import summary_line
 
         if not evaluator.latency.models:

@@ -57,3 +57,8 @@ def test_cache_pairs_and_side_by_side_on_a_real_agent(tmp_path):
         assert measurer.ratio(paired[0]) == pytest.approx(paired[0][device].p50_ms / paired[0][device].dense_p50_ms)
         figures = measurer.side_by_side([small, large], rounds=2)
         assert [set(f) for f in figures] == [{device}, {device}] and measurer.measurements_taken == 8
+        # the count is the run's, not the process's: a resumed run's measurer goes on from it
+        resumed = Measurer(devices, bench, journal, ObjectiveName.LATENCY, dense_artifact)
+        assert resumed.measurements_taken == 8
+        resumed.measure(small.path, small.sha256, use_cache=False)
+        assert Measurer(devices, bench, journal, ObjectiveName.LATENCY, dense_artifact).measurements_taken == 9

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -303,8 +304,26 @@ def test_a_trusted_store_prices_unmeasured_candidates_from_their_operators(evalu
     assert figures["board"] < dense_ms
     want = ev.objective.reward(0.8, 500, 1000, measured=figures, dense_measured={"board": dense_ms})
     assert ev._reward(0.8, 500, None, chosen, features) == pytest.approx(want)
+    # the final stage ranks such a row on the prediction (a trusted search under a hard target measures none)
+    row = CandidateRecord(phase="search", plan=CandidatePlan(), accuracy=0.8, macs=500, params=5, reward=0.8,
+                          eval_seconds=0.0, features=tuple(features))
+    assert ev.search_figures(row) == (figures, {"board": pytest.approx(dense_ms)})
+    assert ev.cost_estimate(row) == pytest.approx(learner.predict_ratio(features))
+    assert ev.row_meets_target(row) == (figures["board"] <= 0.7 * dense_ms)
+    # its side-by-side confirmation (1.2x the prediction, dense 2x slower than usual beside it) is learned as a
+    # predicted search sample, at the usual dense speed
+    before = len(learner.predicted)
+    ev.learn_confirmed(row, {"board": 2 * 1.2 * figures["board"]}, {"board": 2 * dense_ms})
+    learned = learner.predicted[before:]
+    assert len(learned) == 1 and learned[0].ms == pytest.approx(1.2 * figures["board"])
+    assert learned[0].predicted_ms == pytest.approx(figures["board"])
+    measured = replace(row, measurement={"board": MeasurementSummary(p50_ms=dense_ms / 2, dense_p50_ms=dense_ms)})
+    ev.learn_confirmed(measured, {"board": 1.0}, {"board": 1.0})  # a measured row is in the store already
+    assert len(learner.predicted) == before + 1
+    assert ev.search_figures(measured) == ({"board": dense_ms / 2}, {"board": dense_ms})
     measure(noise=1.5)
     measure(noise=0.6)  # two bad predictions: the device model no longer stands in
     assert ev.device_predicted_figures(features) is None
+    assert ev.search_figures(row) is None and ev.cost_estimate(row) == 1.0
     cost = ev.objective.reward(0.8, 500, 1000, measured=ev.predicted_figures(chosen), dense_measured={"board": dense_ms})
     assert ev._reward(0.8, 500, None, chosen, features) == pytest.approx(cost)

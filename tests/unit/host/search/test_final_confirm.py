@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from host.kinds import ObjectiveName
+from host.search.candidate import CandidateEvaluator
 from host.search.config import SearchConfig
 from host.search.final import FINAL_ORDER_KEY, FinalStage
 from host.search.journal import CandidatePlan, CandidateRecord, Journal
@@ -18,15 +20,30 @@ def _row(i: int, accuracy: float, ms: float, paired: float, reward: float) -> Ca
 
 
 class _Evaluator:
-    """Search figures of three rows, and what measuring them again beside dense gives."""
+    """Search figures of three rows, and what measuring them again beside dense gives. A row that was not measured
+    has the figure a trusted device latency model predicts for it in its ``features`` (ms, dense 1.0 ms)."""
 
-    def __init__(self, again: list[float], then: list[float] = ()) -> None:
-        """``again``: the rows' figures (dense 1.0 ms) when measured side by side; ``then``: a second time."""
+    def __init__(self, again: list[float], then: list[float] = (), *more: list[float]) -> None:
+        """``again``: the rows' figures (dense 1.0 ms) when measured side by side; ``then``, ``more``: later times."""
         self.devices = ["pi"]
         self.dense = SimpleNamespace(macs=200, measurement={"pi": MeasurementSummary(p50_ms=1.0)})
-        self.answers = [again, list(then)]
+        self.answers = [again, list(then), *more]
         self.calls: list[list] = []
         self.measurer = SimpleNamespace(figures=self._figures, reference=self.reference)
+        self.objective = SimpleNamespace(name=ObjectiveName.LATENCY)
+        self.learned: list[tuple] = []  # what the device latency model was taught: (features, ms, dense ms)
+        self.latency = SimpleNamespace(learn=lambda features, figures, dense, search: self.learned.append(
+            (features, figures["pi"], dense["pi"], search)))
+
+    search_figures = CandidateEvaluator.search_figures
+    row_meets_target = CandidateEvaluator.row_meets_target
+    learn_confirmed = CandidateEvaluator.learn_confirmed
+
+    def device_predicted_figures(self, features):
+        return None if features is None else {"pi": features[0]}
+
+    def dense_figures(self):
+        return {"pi": 1.0}
 
     def remeasure_side_by_side(self, records):
         answer = self.answers[len(self.calls)]
@@ -141,3 +158,46 @@ def test_one_lucky_confirmation_does_not_promote_a_plan_that_missed_the_target(t
     evaluator = Half(again=[0.40, 0.48, 0.54], then=[0.49])
     stage = FinalStage(config, Journal.create(tmp_path / "b", {}), lambda _p: None)
     assert [r.id for r in stage._confirmed(evaluator, [met, missed, third])][0] == 8
+
+
+def _predicted(i: int, accuracy: float, ratio: float) -> CandidateRecord:
+    """A search row a trusted device latency model predicted at ``ratio`` of dense (1.0 ms) and nothing measured;
+    its reward is the hard constraint's at 0.7x."""
+    return CandidateRecord(phase="search", plan=CandidatePlan(choices={"layer": f"plan{i}"}), accuracy=accuracy,
+                           macs=100, params=1, reward=accuracy * min(1.0, 0.7 / ratio), eval_seconds=0.0, id=i,
+                           features=(ratio,))
+
+
+def test_a_trusted_search_confirms_the_plans_it_predicted_and_teaches_the_model(tmp_path):
+    """Under a hard target a trusted device latency model measures nothing in the search: the final stage measures
+    the plans it predicts best, side by side with dense, ranks them on those figures, and the device model learns
+    each confirmation as a prediction it made."""
+    close = _predicted(1, 0.95, 0.66)  # predicted to meet 0.7x; runs at 0.72x beside dense, then 0.73x
+    steady = _predicted(2, 0.94, 0.68)
+    third = _predicted(3, 0.90, 0.60)
+    fourth = _predicted(4, 0.85, 0.55)
+    evaluator = _Evaluator([0.72, 0.69, 0.62], [0.73])
+    stage = _stage(tmp_path)
+    ranked = stage._confirmed(evaluator, [close, steady, third, fourth])
+    assert evaluator.calls[0][1:] == [close, steady, third]
+    assert evaluator.calls[1][1:] == [close]  # prediction and confirmation disagreed: median of 0.66, 0.72, 0.73
+    assert [r.id for r in ranked] == [2, 3, 1, 4]
+    assert [(f, ms) for f, ms, _dense, _search in evaluator.learned] == [((0.66,), 0.72), ((0.68,), 0.69),
+                                                                         ((0.60,), 0.62)]
+    assert all(search for *_rest, search in evaluator.learned)
+
+
+def test_when_no_predicted_plan_meets_the_target_beside_dense_the_next_ones_are_confirmed(tmp_path):
+    rows = [_predicted(i, 0.95 - 0.01 * i, ratio) for i, ratio in enumerate([0.69, 0.68, 0.67, 0.80, 0.62, 0.60])]
+    # the three best miss beside dense, twice (their predictions met it): the next two expected to meet it (the
+    # 0.80x plan is not) are confirmed
+    evaluator = _Evaluator([0.75, 0.74, 0.76], [0.75, 0.74, 0.76], [0.66, 0.64])
+    ranked = _stage(tmp_path)._confirmed(evaluator, rows)
+    assert [len(call) - 1 for call in evaluator.calls] == [3, 3, 2]
+    assert evaluator.calls[2][1:] == [rows[4], rows[5]]
+    assert [r.id for r in ranked][:2] == [4, 5]
+    # measured plans that all miss beside dense are ranked as before: no second batch
+    measured = [_row(i, 0.95 - 0.01 * i, 0.69, 1.0, reward=0.9) for i in range(5)]
+    again = _Evaluator([0.75, 0.74, 0.76], [0.75, 0.74, 0.76])
+    _stage(tmp_path / "measured")._confirmed(again, measured)
+    assert len(again.calls) == 2 and again.calls[1][1:] == measured[:3]  # only the flips settled

@@ -68,7 +68,8 @@ def render_markdown(summary: RunSummary) -> str:
         if summary.precision == Precision.INT8 else "",
         f"- devices: {', '.join(f'{d} (`{fp[:12]}`)' for d, fp in summary.devices.items()) or 'none'}",
         f"- candidates evaluated: {summary.candidates_evaluated} of budget {summary.budget}; "
-        f"device measurements taken: {summary.measurements_taken}; working time {summary.seconds:.0f} s "
+        f"device measurements taken: {summary.measurements_taken} (benchmarks run on the devices: candidates, "
+        "their dense pairs, the side-by-side confirmations and the final rounds); working time {summary.seconds:.0f} s "
         "(summed over the original and any resumed process)",
         "- accuracy for rewards and selection is on the validation split; test accuracy is reported only.",
         "- dense and final models were measured again side by side, in interleaved rounds, for their speed-ups."

@@ -52,7 +52,7 @@ class RunSummary:
     devices: dict[str, str]  # device name -> fingerprint
     budget: int
     candidates_evaluated: int
-    measurements_taken: int
+    measurements_taken: int  # benchmarks run on the devices by every process of the run (Measurer)
     seconds: float  # working time summed over every process of the run (original + resumes)
     dense: ModelFigures
     finals: tuple[ModelFigures, ...] = ()

@@ -15,8 +15,10 @@ their summed energy, so each shape covers whole runs of channels and the layer k
 
 Realization: filters sharing a shape become one dense k1 x k2 conv reading the input at the right offset
 (worked out per window, stride included); the sub-convs' outputs are concatenated. An off-centre window
-runs as one conv with symmetric padding whose surplus border outputs are sliced off (XNNPACK pads only
-symmetrically). When the layer's channels are private (one producer, consumed by plain convs through
+reads a zero-padded input (``conv(pad(x))``, exact; XNNPACK folds the pad into the conv's per-side
+padding), unless it skips a border row or column of the input (a 3x3 kernel's top row alone): then it
+runs as one conv with symmetric padding whose surplus border outputs are sliced off
+(:class:`patterns.pattern_conv.PatternConv`). When the layer's channels are private (one producer, consumed by plain convs through
 BN/activations) the new channel order and the dropped filters are folded into the BN and the consumers'
 input weights. When they are shared, a tiled layer emits its runs in channel order (dropped runs become
 zero channels in the concat); an exact-mix layer re-orders the whole group if it is the group's first

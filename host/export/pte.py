@@ -234,7 +234,7 @@ def _quantize(program, inputs, calibration):
     # zero channels a layer keeps when its channels cannot be removed); the runtime has their kernels
     import executorch.kernels.quantized  # noqa: F401
 
-    from host.export.int8 import calibrate, xnnpack_quantizer
+    from host.export.int8 import calibrate, pads_into_convs, xnnpack_quantizer
 
     graph_module = program.module()
     # the aliases drop_aliases removes after lowering must go before quantizing: between timm GhostNet's concat
@@ -243,6 +243,7 @@ def _quantize(program, inputs, calibration):
     # received (1, 8, 1, 1)"): the dense int8 GhostNet-0.5 did not load
     _route_aliases(graph_module, {torch.ops.aten.alias.default})
     converted = calibrate(graph_module, xnnpack_quantizer(), inputs, calibration)
+    pads_into_convs(converted)  # an off-centre window's zero pad runs as part of its conv
     reference = converted(*inputs)
     return torch.export.export(converted, inputs), reference
 

@@ -126,6 +126,21 @@ def test_computed_positions_include_the_sliced_border():
     top_rows = nn.Conv2d(3, 2, (2, 3), bias=False)
     top_row = nn.Conv2d(3, 2, (1, 3), bias=False)
     realized = PatternConv((3, 3), (1, 1), (1, 1), [(0, 0), (0, 0), (0, 0)], [full, top_rows, top_row])
-    # 8x8 output; the 2-row window computes 9 rows, the 1-row window at the top 10 rows (then sliced)
-    assert realized.computed_positions(8, 8) == [64, 72, 80]
+    # 8x8 output; the 2-row window reads a zero-padded input (exact), the 1-row window at the top, which never
+    # reads the last input row, computes 10 rows (then sliced)
+    assert realized.computed_positions(8, 8) == [64, 64, 80]
     assert realized(torch.randn(1, 3, 8, 8)).shape == (1, 6, 8, 8)
+
+
+def test_an_off_centre_window_that_skips_no_input_row_reads_a_zero_padded_input():
+    """Off-centre windows that read every input row and column run as conv(pad(x)) with no slice: XNNPACK folds
+    the zero pad into the conv's own per-side padding; the others keep the symmetric conv and slice."""
+    def ops(r0, c0, kh, kw):
+        sub = nn.Conv2d(3, 2, (kh, kw))
+        program = torch.export.export(PatternConv((3, 3), (1, 1), (1, 1), [(r0, c0)], [sub]), (torch.randn(1, 3, 8, 8),))
+        return {n.target.__name__.split(".")[0] for n in program.graph.nodes if n.op == "call_function"}
+
+    assert ops(0, 0, 2, 3) == {"pad", "conv2d"}  # reads rows -1..7 of 8: the top one padded, nothing sliced
+    assert ops(1, 1, 2, 2) == {"pad", "conv2d"}
+    assert ops(0, 0, 3, 3) == {"conv2d"}  # centred: the conv's own symmetric padding
+    assert ops(0, 0, 1, 3) == {"conv2d", "slice"}  # the top row alone never reads the last input row: sliced

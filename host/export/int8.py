@@ -152,7 +152,7 @@ def pads_into_convs(graph_module: torch.fx.GraphModule) -> int:
     dequantize, quantize = qd.dequantize_per_tensor.default, qd.quantize_per_tensor.default
     dropped = 0
     for pad in list(graph_module.graph.nodes):
-        if pad.op != "call_function" or not _zero_spatial_pad(pad) or len(pad.users) != 1:
+        if pad.op != "call_function" or not zero_spatial_pad(pad) or len(pad.users) != 1:
             continue
         source, (q,) = pad.args[0], pad.users
         if getattr(source, "target", None) != dequantize or q.target != quantize or len(q.users) != 1:
@@ -173,7 +173,7 @@ def pads_into_convs(graph_module: torch.fx.GraphModule) -> int:
     return dropped
 
 
-def _zero_spatial_pad(node: torch.fx.Node) -> bool:
+def zero_spatial_pad(node: torch.fx.Node) -> bool:
     """``node`` pads the last two dimensions of a 4-d tensor with zeros, on no side negatively (a crop)."""
     aten = torch.ops.aten
     if node.target == aten.pad.default:

@@ -37,6 +37,12 @@ def test_features_split_gemm_work_by_kind_with_output_channels_on_the_tile():
     assert f["gemm_ops"] == 1 and f["other_ops"] == 1  # BatchNorm folds away on the device; the ReLU counts
     assert f["constant"] == 1.0
     same = _features(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()))
+    # an off-centre window's zero pad folds into its conv on the device: it costs nothing
+    from patterns.pattern_conv import PatternConv
+
+    window = _features(PatternConv((3, 3), (1, 1), (1, 1), [(0, 0)], [nn.Conv2d(3, 12, (2, 3))]))
+    assert window["other_ops"] == 0 and window["gemm_ops"] == 1
+    assert window["conv_kxk_mmac"] == pytest.approx(64 * 6 * 3 * 16 / 1e6)
     assert same["conv_kxk_mmac"] == f["conv_kxk_mmac"]  # 12 of 16 channels cost what 16 do
     dw = _features(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1, groups=3), nn.Conv2d(3, 8, 1)))
     assert dw["conv_dw_mmac"] == pytest.approx(64 * 9 * 8 / 1e6) and dw["conv_kxk_mmac"] == 0

@@ -30,6 +30,9 @@ create maxpool2d node") and took a ResNet-110 plan past the int8 tolerance, so :
 apply it when quantizing. Measured (ResNet-20 ``paper6_tiled`` at width 1, ~2x MAC cut, this host, 1 thread):
 the fold of the zero pieces takes int8 from 1.31x to 1.35x of dense int8; both passes take fp32 from 1.78x to
 1.81x of dense fp32.
+
+:func:`symmetric_padded_convs` gives the int8 exporters an off-centre kernel window's ``conv(pad(x))`` as a conv
+with symmetric padding and a slice.
 """
 
 from __future__ import annotations
@@ -375,3 +378,83 @@ def _free_name(gm: fx.GraphModule, base: str) -> str:
     while hasattr(gm, f"{base}_{index}"):
         index += 1
     return f"{base}_{index}"
+
+
+def symmetric_padded_convs(graph_module: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> torch.fx.GraphModule:
+    """``conv(pad(x))`` with an asymmetric zero pad (how :class:`patterns.pattern_conv.PatternConv` computes an
+    off-centre window) rewritten as a conv with symmetric padding whose surplus border outputs are sliced off,
+    the same function; the graph re-exported when anything changed, else returned as is. The int8 exporters
+    quantize this form:
+
+    - XNNPACK: the zero-padded form runs faster in fp32 (XNNPACK folds the pad into the conv's per-side
+      padding), but in int8 it was faster on some plans and slower on others (ResNet-56, 1 thread, side by
+      side: one window per layer 476 us padded against 507 us sliced; a mix of channel pruning and windows 530
+      against 491 us, with the pad's quantize/dequantize pair dropped so that XNNPACK could fold it);
+    - LiteRT: litert-torch's layout pass failed on a pad between quantized ops ("Attempting to convert non-NHWC
+      compatible node to NHWC"), and a pad of the graph input converted to an int8 model that disagreed with
+      its reference."""
+    aten = torch.ops.aten
+    graph, changed = graph_module.graph, False
+    for pad in list(graph.nodes):
+        if pad.op != "call_function" or pad.target not in (aten.pad.default, aten.constant_pad_nd.default):
+            continue
+        if len(pad.users) != 1 or not zero_spatial_pad(pad):
+            continue
+        (conv,) = pad.users
+        if conv.target != aten.conv2d.default or conv.args[0] is not pad or "val" not in conv.meta:
+            continue
+        source = pad.args[0].meta.get("val") if isinstance(pad.args[0], fx.Node) else None
+        if source is None or 0 in tuple(source.shape):  # a window that reads only padding: zeros, padded
+            continue
+        left, right, top, bottom = (list(pad.args[1]) + [0, 0, 0, 0])[:4]
+        stride, padding, dilation = (_pair(conv.args[i] if len(conv.args) > i else d)
+                                     for i, d in ((3, 1), (4, 0), (5, 1)))
+        if padding != (0, 0) or dilation != (1, 1):
+            continue
+        # the smallest symmetric padding at least as wide as either side whose first window the stride reaches
+        sym = tuple(before + s * -(-(max(before, after) - before) // s)
+                    for before, after, s in ((top, bottom, stride[0]), (left, right, stride[1])))
+        first = ((sym[0] - top) // stride[0], (sym[1] - left) // stride[1])
+        out_h, out_w = conv.meta["val"].shape[-2:]
+        with graph.inserting_before(conv):
+            args = list(conv.args) + [None] * (7 - len(conv.args))
+            y = graph.call_function(aten.conv2d.default, (pad.args[0], args[1], args[2], list(stride), list(sym),
+                                                          [1, 1], args[6] if args[6] is not None else 1))
+            for dim, (start, size) in ((2, (first[0], out_h)), (3, (first[1], out_w))):
+                y = graph.call_function(aten.slice.Tensor, (y, dim, start, start + int(size)))
+        conv.replace_all_uses_with(y)
+        graph.erase_node(conv)
+        graph.erase_node(pad)
+        changed = True
+    if not changed:
+        return graph_module
+    graph.lint()
+    graph_module.recompile()
+    return torch.export.export(graph_module, tuple(inputs)).module()
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    values = [int(v) for v in value]
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def zero_spatial_pad(node: torch.fx.Node) -> bool:
+    """``node`` pads the last two dimensions of a 4-d tensor with zeros, on no side negatively (a crop)."""
+    aten = torch.ops.aten
+    if node.target == aten.pad.default:
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+        if mode != "constant" or value not in (None, 0, 0.0):
+            return False
+    elif node.target == aten.constant_pad_nd.default:
+        value = node.args[2] if len(node.args) > 2 else node.kwargs.get("value", 0)
+        if value not in (0, 0.0):
+            return False
+    else:
+        return False
+    amounts = list(node.args[1])
+    value_meta = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
+    return (len(amounts) <= 4 and all(a >= 0 for a in amounts)
+            and getattr(value_meta, "ndim", 4) == 4)

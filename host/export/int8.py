@@ -7,7 +7,8 @@ data-movement ops that realized plans add the quantization parameters of their i
 
 - a kernel-pattern layer computes an off-centre window as a conv over a zero-padded input, or as a conv with
   symmetric padding whose surplus border outputs are sliced off, or crops/pads its input, and concatenates its
-  sub-convs (:func:`pads_into_convs` then lets each zero pad run as part of its conv);
+  sub-convs (the exporters quantize the zero-padded windows in the second form,
+  :func:`host.export.fold.symmetric_padded_convs`);
 - a layer whose channel order cannot be folded gathers its channels back (``index_select``).
 
 XNNPACK's quantizer annotates none of ``aten.slice``/``pad``/``index_select`` of a pre-dispatch graph (its
@@ -135,59 +136,3 @@ def calibration_from(x: torch.Tensor, count: int = DEFAULT_CALIBRATION_IMAGES,
     stop = max(batch, min(count, len(x)) // batch * batch)
     return [(x[i:i + batch].clone(),) for i in range(0, stop, batch)]
 
-
-def pads_into_convs(graph_module: torch.fx.GraphModule) -> int:
-    """Let XNNPACK fold each zero padding that feeds one conv into that conv: drop the quantize/dequantize pair
-    between them. Returns how many were dropped.
-
-    A realized kernel pattern computes an off-centre window as ``conv(pad(x))`` with the zero pad asymmetric
-    (:class:`patterns.pattern_conv.PatternConv`). ExecuTorch's XNNPACK partitioner takes a pad that reads a
-    dequantized tensor and feeds a quantized conv directly as part of that conv, and XNNPACK folds it into the
-    conv's own (per-side) padding; but after PT2E the pad is followed by its own quantize/dequantize pair, so it
-    ran as a separate fp32 operator outside the delegate (an int8 chain of six 16-channel off-centre layers: 180
-    us against 117 us with the older symmetric conv + slice, 102 us folded). The pair shares the pad input's
-    parameters (:class:`ShareQparams`: a pad moves data, and its zeros are that input's zero point), so dropping
-    it changes no value."""
-    aten, qd = torch.ops.aten, torch.ops.quantized_decomposed
-    dequantize, quantize = qd.dequantize_per_tensor.default, qd.quantize_per_tensor.default
-    dropped = 0
-    for pad in list(graph_module.graph.nodes):
-        if pad.op != "call_function" or not zero_spatial_pad(pad) or len(pad.users) != 1:
-            continue
-        source, (q,) = pad.args[0], pad.users
-        if getattr(source, "target", None) != dequantize or q.target != quantize or len(q.users) != 1:
-            continue
-        (dq,) = q.users
-        params = tuple(source.args[1:])
-        if dq.target != dequantize or tuple(q.args[1:]) != params or tuple(dq.args[1:]) != params:
-            continue
-        if len(dq.users) != 1 or next(iter(dq.users)).target != aten.conv2d.default:
-            continue
-        dq.replace_all_uses_with(pad)
-        graph_module.graph.erase_node(dq)
-        graph_module.graph.erase_node(q)
-        dropped += 1
-    if dropped:
-        graph_module.graph.lint()
-        graph_module.recompile()
-    return dropped
-
-
-def zero_spatial_pad(node: torch.fx.Node) -> bool:
-    """``node`` pads the last two dimensions of a 4-d tensor with zeros, on no side negatively (a crop)."""
-    aten = torch.ops.aten
-    if node.target == aten.pad.default:
-        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
-        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
-        if mode != "constant" or value not in (None, 0, 0.0):
-            return False
-    elif node.target == aten.constant_pad_nd.default:
-        value = node.args[2] if len(node.args) > 2 else node.kwargs.get("value", 0)
-        if value not in (0, 0.0):
-            return False
-    else:
-        return False
-    amounts = list(node.args[1])
-    value_meta = node.args[0].meta.get("val") if isinstance(node.args[0], torch.fx.Node) else None
-    return (len(amounts) <= 4 and all(a >= 0 for a in amounts)
-            and getattr(value_meta, "ndim", 4) == 4)

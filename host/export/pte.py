@@ -22,7 +22,7 @@ from torch import nn
 from host.cache import cache_root
 from host.errors import ExportError, MissingDependencyError
 from host.export.artifact import Artifact, file_digest
-from host.export.fold import prepare_for_lowering
+from host.export.fold import prepare_for_lowering, symmetric_padded_convs
 from host.quiet import muted
 
 log = logging.getLogger(__name__)
@@ -234,16 +234,16 @@ def _quantize(program, inputs, calibration):
     # zero channels a layer keeps when its channels cannot be removed); the runtime has their kernels
     import executorch.kernels.quantized  # noqa: F401
 
-    from host.export.int8 import calibrate, pads_into_convs, xnnpack_quantizer
+    from host.export.int8 import calibrate, xnnpack_quantizer
 
-    graph_module = program.module()
+    # off-centre kernel windows in their symmetric-padding form (see host.export.fold.symmetric_padded_convs)
+    graph_module = symmetric_padded_convs(program.module(), inputs)
     # the aliases drop_aliases removes after lowering must go before quantizing: between timm GhostNet's concat
     # and its squeeze-excitation mean, an alias (its ``out[:, :out_chs]``) made XNNPACK's int8 mean reduce
     # the wrong axes at run time ("Attempted to resize a static tensor. Expected shape (1, 60, 1, 1), but
     # received (1, 8, 1, 1)"): the dense int8 GhostNet-0.5 did not load
     _route_aliases(graph_module, {torch.ops.aten.alias.default})
     converted = calibrate(graph_module, xnnpack_quantizer(), inputs, calibration)
-    pads_into_convs(converted)  # an off-centre window's zero pad runs as part of its conv
     reference = converted(*inputs)
     return torch.export.export(converted, inputs), reference
 

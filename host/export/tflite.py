@@ -15,6 +15,7 @@ from torch import nn
 
 from host.errors import ExportError, MissingDependencyError
 from host.export.artifact import Artifact, file_digest
+from host.export.fold import symmetric_padded_convs
 from host.export.pte import FP32_TOLERANCE, _compare, _Named
 from host.quiet import muted
 
@@ -58,6 +59,8 @@ def export_tflite(module: nn.Module, example_inputs: Sequence[torch.Tensor], pat
                     from host.export.int8 import calibrate, litert_quantizer
 
                     quantizer = litert_quantizer()
+                    # off-centre kernel windows as symmetric padding and a slice: litert-torch's layout pass failed
+                    # on a zero pad between quantized ops, and a pad of the graph input converted wrong
                     graph = symmetric_padded_convs(torch.export.export(module, inputs).module(), inputs)
                     module = calibrate(graph, quantizer, inputs, calibration, fold=False)
                     timings.append(("quantize", time.perf_counter() - start))
@@ -124,56 +127,3 @@ def _from_output(array: np.ndarray, detail: dict) -> np.ndarray:
         return ((array.astype(np.float32) - zero) * scale).astype(np.float32)
     return array
 
-
-def symmetric_padded_convs(graph_module: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]) -> torch.fx.GraphModule:
-    """``conv(pad(x))`` with an asymmetric zero pad (how :class:`patterns.pattern_conv.PatternConv` computes an
-    off-centre window) rewritten as a conv with symmetric padding whose surplus border outputs are sliced off,
-    the same function; the graph re-exported when anything changed, else returned as is.
-
-    For litert-torch's int8 path: its layout pass failed on a pad between quantized ops ("Attempting to convert
-    non-NHWC compatible node to NHWC"), and a pad of the graph input converted to an int8 model that disagreed with
-    its reference."""
-    from host.export.int8 import zero_spatial_pad
-
-    aten = torch.ops.aten
-    graph, changed = graph_module.graph, False
-    for pad in list(graph.nodes):
-        if pad.op != "call_function" or pad.target not in (aten.pad.default, aten.constant_pad_nd.default):
-            continue
-        if len(pad.users) != 1 or not zero_spatial_pad(pad):
-            continue
-        (conv,) = pad.users
-        if conv.target != aten.conv2d.default or conv.args[0] is not pad or "val" not in conv.meta:
-            continue
-        left, right, top, bottom = (list(pad.args[1]) + [0, 0, 0, 0])[:4]
-        stride, padding, dilation = (_pair(conv.args[i] if len(conv.args) > i else d)
-                                     for i, d in ((3, 1), (4, 0), (5, 1)))
-        if padding != (0, 0) or dilation != (1, 1):
-            continue
-        # the smallest symmetric padding at least as wide as either side whose first window the stride reaches
-        sym = tuple(before + s * -(-(max(before, after) - before) // s)
-                    for before, after, s in ((top, bottom, stride[0]), (left, right, stride[1])))
-        first = ((sym[0] - top) // stride[0], (sym[1] - left) // stride[1])
-        out_h, out_w = conv.meta["val"].shape[-2:]
-        with graph.inserting_before(conv):
-            args = list(conv.args) + [None] * (7 - len(conv.args))
-            y = graph.call_function(aten.conv2d.default, (pad.args[0], args[1], args[2], list(stride), list(sym),
-                                                          [1, 1], args[6] if args[6] is not None else 1))
-            for dim, (start, size) in ((2, (first[0], out_h)), (3, (first[1], out_w))):
-                y = graph.call_function(aten.slice.Tensor, (y, dim, start, start + int(size)))
-        conv.replace_all_uses_with(y)
-        graph.erase_node(conv)
-        graph.erase_node(pad)
-        changed = True
-    if not changed:
-        return graph_module
-    graph.lint()
-    graph_module.recompile()
-    return torch.export.export(graph_module, tuple(inputs)).module()
-
-
-def _pair(value) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    values = [int(v) for v in value]
-    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])

@@ -1,10 +1,10 @@
-"""LiteRT's int8 path gets a kernel pattern's off-centre windows as convs with symmetric padding and a slice
-(host.export.tflite.symmetric_padded_convs), the same function as conv(pad(x))."""
+"""The int8 exporters get a kernel pattern's off-centre windows as convs with symmetric padding and a slice
+(host.export.fold.symmetric_padded_convs), the same function as conv(pad(x))."""
 
 import torch
 from torch import nn
 
-from host.export.tflite import symmetric_padded_convs
+from host.export.fold import symmetric_padded_convs
 from patterns.pattern_conv import PatternConv
 
 
@@ -38,3 +38,12 @@ def test_a_pad_with_another_reader_or_a_value_stays():
     x = torch.randn(1, 4, 8, 8)
     graph = torch.export.export(Shared().eval(), (x,)).module()
     assert symmetric_padded_convs(graph, (x,)) is graph and _ops(graph).count("pad") == 2
+
+
+def test_a_window_that_reads_only_padding_keeps_its_pad():
+    # VGG-19 at 8 px: on a 1x1 map the top row of a 3x3 kernel reads only padding; its input crop is empty
+    layer = PatternConv((3, 3), (1, 1), (1, 1), [(0, 0)], [nn.Conv2d(4, 3, (1, 3))]).eval()
+    x = torch.randn(1, 4, 1, 1)
+    graph = torch.export.export(layer, (x,)).module()
+    rewritten = symmetric_padded_convs(graph, (x,))
+    torch.testing.assert_close(rewritten(x), layer(x))

@@ -41,7 +41,7 @@ class FilterShape:
 DROPPED = FilterShape(0, 0, 0, 0)
 
 
-def _symmetric_padding(size: int, start: int, out: int, window: int, stride: int) -> tuple[int, int, int] | None:
+def symmetric_padding(size: int, start: int, out: int, window: int, stride: int) -> tuple[int, int, int] | None:
     """(padding, first output index, conv output size) so that a conv with symmetric ``padding`` computes,
     from output index on, the ``out`` outputs of a window whose first read is input index ``start``.
 
@@ -125,8 +125,8 @@ class PatternConv(nn.Module):
         right = left + sw * (out_w - 1) + ww
         if top <= 0 and left <= 0 and bottom >= height and right >= width:  # zero padding only: exact
             return _Window(out_h, out_w, "pad", (-left, right - width, -top, bottom - height), (out_h, out_w))
-        rows = _symmetric_padding(height, top, out_h, wh, sh)
-        cols = _symmetric_padding(width, left, out_w, ww, sw)
+        rows = symmetric_padding(height, top, out_h, wh, sh)
+        cols = symmetric_padding(width, left, out_w, ww, sw)
         if rows is not None and cols is not None and rows[2] * cols[2] <= MAX_EXTRA_OUTPUT * out_h * out_w:
             return _Window(out_h, out_w, "slice", (rows[0], cols[0]), (rows[2], cols[2]), (rows[1], cols[1]))
         return _Window(out_h, out_w, "crop", (top, bottom, left, right), (out_h, out_w))

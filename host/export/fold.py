@@ -46,6 +46,8 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from patterns.pattern_conv import symmetric_padding
+
 log = logging.getLogger(__name__)
 
 _aten = torch.ops.aten
@@ -398,10 +400,11 @@ def symmetric_padded_convs(graph_module: torch.fx.GraphModule, inputs: Sequence[
     for pad in list(graph.nodes):
         if pad.op != "call_function" or pad.target not in (aten.pad.default, aten.constant_pad_nd.default):
             continue
-        if len(pad.users) != 1 or not zero_spatial_pad(pad):
+        if len(pad.users) != 1 or not _zero_spatial_pad(pad):
             continue
         (conv,) = pad.users
-        if conv.target != aten.conv2d.default or conv.args[0] is not pad or "val" not in conv.meta:
+        if (conv.target != aten.conv2d.default or conv.args[0] is not pad or "val" not in conv.meta
+                or "val" not in getattr(conv.args[1], "meta", {})):
             continue
         source = pad.args[0].meta.get("val") if isinstance(pad.args[0], fx.Node) else None
         if source is None or 0 in tuple(source.shape):  # a window that reads only padding: zeros, padded
@@ -411,17 +414,20 @@ def symmetric_padded_convs(graph_module: torch.fx.GraphModule, inputs: Sequence[
                                      for i, d in ((3, 1), (4, 0), (5, 1)))
         if padding != (0, 0) or dilation != (1, 1):
             continue
-        # the smallest symmetric padding at least as wide as either side whose first window the stride reaches
-        sym = tuple(before + s * -(-(max(before, after) - before) // s)
-                    for before, after, s in ((top, bottom, stride[0]), (left, right, stride[1])))
-        first = ((sym[0] - top) // stride[0], (sym[1] - left) // stride[1])
-        out_h, out_w = conv.meta["val"].shape[-2:]
+        out_h, out_w = (int(n) for n in conv.meta["val"].shape[-2:])
+        kernel = tuple(int(n) for n in conv.args[1].meta["val"].shape[-2:])
+        # the symmetric padding (and first output) with which one conv computes the window's outputs
+        rows = symmetric_padding(int(source.shape[-2]), -top, out_h, kernel[0], stride[0])
+        cols = symmetric_padding(int(source.shape[-1]), -left, out_w, kernel[1], stride[1])
+        if rows is None or cols is None:
+            continue
+        sym, first = (rows[0], cols[0]), (rows[1], cols[1])
         with graph.inserting_before(conv):
             args = list(conv.args) + [None] * (7 - len(conv.args))
             y = graph.call_function(aten.conv2d.default, (pad.args[0], args[1], args[2], list(stride), list(sym),
                                                           [1, 1], args[6] if args[6] is not None else 1))
             for dim, (start, size) in ((2, (first[0], out_h)), (3, (first[1], out_w))):
-                y = graph.call_function(aten.slice.Tensor, (y, dim, start, start + int(size)))
+                y = graph.call_function(aten.slice.Tensor, (y, dim, start, start + size))
         conv.replace_all_uses_with(y)
         graph.erase_node(conv)
         graph.erase_node(pad)
@@ -440,7 +446,7 @@ def _pair(value) -> tuple[int, int]:
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
 
 
-def zero_spatial_pad(node: torch.fx.Node) -> bool:
+def _zero_spatial_pad(node: torch.fx.Node) -> bool:
     """``node`` pads the last two dimensions of a 4-d tensor with zeros, on no side negatively (a crop)."""
     aten = torch.ops.aten
     if node.target == aten.pad.default:

@@ -135,4 +135,3 @@ def calibration_from(x: torch.Tensor, count: int = DEFAULT_CALIBRATION_IMAGES,
                           hint="use a smaller batch in --input-shape, or a larger dataset")
     stop = max(batch, min(count, len(x)) // batch * batch)
     return [(x[i:i + batch].clone(),) for i in range(0, stop, batch)]
-

@@ -126,4 +126,3 @@ def _from_output(array: np.ndarray, detail: dict) -> np.ndarray:
     if np.issubdtype(array.dtype, np.integer) and scale:
         return ((array.astype(np.float32) - zero) * scale).astype(np.float32)
     return array
-

@@ -72,7 +72,8 @@ _FREE = {"view", "_unsafe_view", "reshape", "expand", "t", "transpose", "permute
          "ones", "full", "arange", "native_batch_norm", "_native_batch_norm_legit_no_training",
          "_native_batch_norm_legit", "batch_norm", "dropout", "native_dropout", "copy_", "size", "sym_size",
          "stride", "new_empty", "scalar_tensor", "lift", "_has_compatible_shallow_copy_type",
-         # a zero pad: a realized off-centre kernel window's, which XNNPACK folds into the conv it feeds
+         # a zero pad: a realized off-centre kernel window's, which XNNPACK folds into the conv it feeds (fp32; the
+         # int8 exporters turn it into a slice of the conv's output, free too)
          "constant_pad_nd"}
 _MATMUL = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear"}
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from patterns.kernel import assign_shapes
-from patterns.pattern_conv import FilterShape, PatternConv, _symmetric_padding
+from patterns.pattern_conv import FilterShape, PatternConv, symmetric_padding
 
 
 @pytest.mark.parametrize("extra", [1.0, 1.5])  # 1.0: only exact symmetric padding, else crop/pad copies
@@ -106,12 +106,12 @@ def test_layout_places_zero_blocks_in_line():
 
 def test_symmetric_padding_reads_the_window_rows():
     # 3x3 conv, padding 1, 8 rows: a 2-row window at the top (first read row -1) -> pad 1, outputs 0..7 of 9
-    assert _symmetric_padding(8, -1, 8, 2, 1) == (1, 0, 9)
-    assert _symmetric_padding(8, 0, 8, 2, 1) == (1, 1, 9)  # rows 0..8 -> skip the first output
-    assert _symmetric_padding(8, 0, 8, 1, 1) == (0, 0, 8)  # the centre row of a 3x3: no padding, no slice
-    assert _symmetric_padding(8, -1, 8, 1, 1) == (1, 0, 10)  # the top row: 2 extra rows computed
-    assert _symmetric_padding(8, -1, 8, 3, 1) == (1, 0, 8)  # the full kernel: plain padding 1
-    assert _symmetric_padding(8, 1, 4, 1, 2) == (1, 1, 5)  # stride 2: pad so the first read aligns
+    assert symmetric_padding(8, -1, 8, 2, 1) == (1, 0, 9)
+    assert symmetric_padding(8, 0, 8, 2, 1) == (1, 1, 9)  # rows 0..8 -> skip the first output
+    assert symmetric_padding(8, 0, 8, 1, 1) == (0, 0, 8)  # the centre row of a 3x3: no padding, no slice
+    assert symmetric_padding(8, -1, 8, 1, 1) == (1, 0, 10)  # the top row: 2 extra rows computed
+    assert symmetric_padding(8, -1, 8, 3, 1) == (1, 0, 8)  # the full kernel: plain padding 1
+    assert symmetric_padding(8, 1, 4, 1, 2) == (1, 1, 5)  # stride 2: pad so the first read aligns
 
 
 def test_a_layer_whose_kept_filters_are_all_dropped_emits_zero_channels():

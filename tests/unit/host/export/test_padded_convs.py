@@ -25,6 +25,21 @@ def test_asymmetric_zero_pads_become_symmetric_padding_and_a_slice():
         torch.testing.assert_close(rewritten(x), layer(x), atol=1e-5, rtol=0)
 
 
+def test_timms_same_padding_conv_is_rewritten_too():
+    """timm's Conv2dSame (TensorFlow "SAME": F.pad with more on the bottom/right, then the conv) at stride 2."""
+    from host.models.external import import_library
+
+    layers = import_library("timm").layers
+    torch.manual_seed(0)
+    conv = layers.Conv2dSame(4, 6, 3, stride=2).eval()
+    x = torch.randn(1, 4, 8, 8)
+    graph = torch.export.export(conv, (x,)).module()
+    assert "pad" in _ops(graph)
+    rewritten = symmetric_padded_convs(graph, (x,))
+    assert "pad" not in _ops(rewritten)
+    torch.testing.assert_close(rewritten(x), conv(x), atol=1e-5, rtol=0)
+
+
 def test_a_pad_with_another_reader_or_a_value_stays():
     class Shared(nn.Module):
         def __init__(self):

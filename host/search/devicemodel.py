@@ -9,14 +9,26 @@ small model of latency that any model's realized plan can be fed to:
 ``ms = sum_j theta_j * f_j``, ``theta >= 0``, where the features ``f`` are read from the realized module's
 ATen operators on the example input (:func:`operator_features`): GEMM work split by kind (k x k convolution,
 1 x 1 convolution, depthwise convolution, matrix products), each counted with its output channels rounded
-up to XNNPACK's register tile (:data:`TILE`: 12 of 16 channels cost what 16 do), the number of GEMM and of
-other operators (each costs a fixed dispatch), the elements those other operators write (memory traffic),
-and a constant. None of these depends on which model the operators came from.
+up to XNNPACK's register tile (12 of 16 channels cost what 16 do), the number of GEMM and of other
+operators (each costs a fixed dispatch), the elements those other operators write (memory traffic), and a
+constant. None of these depends on which model the operators came from.
 
-Fit: non-negative least squares on relative error (each row divided by its latency), regularized towards a
-three-feature model (constant, tiled MACs, operator count) fitted first, so a kind of operator the device
-has not been seen running yet (depthwise convolutions, when only ResNets were measured) costs what a MAC
-costs on average rather than nothing.
+The tile is the device's: XNNPACK's f32 GEMM microkernels compute 8 output channels at a time on Arm NEON
+and 16 on x86 with AVX2 or AVX-512, and its int8 ones other widths again. The GEMM work is counted at each
+width of :data:`TILES`, and the store keeps the width that predicts its own samples best when each (run,
+model) group is left out in turn (:func:`choose_tile`). On this x86 host, 14 random plans each of four zoo
+models, ResNet-56's predicted from the other three models' plans: 71% within +-10% counted at 8 channels,
+100% at 16 (``benchmarks/latency_model_bench.py`` documents the measurement).
+
+Fit: non-negative least squares on two kinds of rows. Every sample's relative error (each row divided by
+its latency) anchors the scale. Every sample's ratio to its group's dense model (the sample of the same run
+and model with the most GEMM work, which a search measures first) is what a prediction uses: the error of
+``model(sample) / model(dense)`` against the measured ratio, with a larger weight. On the absolute rows
+alone, features that are constant within a model (the classifier's matrix product, the constant) absorbed
+each model's scale, and plans of three models predicted a fourth's worse than the plans of one. Both are
+regularized towards a three-feature model (constant, tiled MACs, operator count) fitted first, so a kind of
+operator the device has not been seen running yet (depthwise convolutions, when only ResNets were measured)
+costs what a MAC costs on average rather than nothing.
 
 Use (``host.search.candidate``): a candidate's latency is predicted as the measured dense figure times
 ``model(candidate) / model(dense)`` of the *same* model, which cancels the device's drift between runs and
@@ -47,9 +59,19 @@ from host.cache import cache_root
 
 logger = logging.getLogger(__name__)
 
-TILE = 8  # XNNPACK's output-channel register tile on x86 and Arm (f32 and qs8 GEMM microkernels: nr = 8 or 16)
+# XNNPACK's output-channel register tiles (GEMM microkernels' nr: 8 on Arm NEON, 16 on x86 AVX2/AVX-512 f32)
+TILES = (8, 16)
+# The GEMM work at tile 8 keeps the names it had before the 16-channel columns were added (stores and journals
+# written then hold only the first 8 features)
 FEATURES = ("constant", "conv_kxk_mmac", "conv_1x1_mmac", "conv_dw_mmac", "matmul_mmac", "gemm_ops", "other_ops",
-            "other_melems")
+            "other_melems", "conv_kxk_mmac_16", "conv_1x1_mmac_16", "conv_dw_mmac_16", "matmul_mmac_16")
+LEGACY_FEATURES = 8
+_GEMM = {8: (1, 2, 3, 4), 16: (8, 9, 10, 11)}  # per tile, the columns of its four GEMM kinds
+# One tile's view of the features: constant, its four GEMM kinds, operators, elements (the fitted columns)
+VIEWS = {tile: (0, *gemm, 5, 6, 7) for tile, gemm in _GEMM.items()}
+RATIO_WEIGHT = 30.0  # weight of the ratio rows against the absolute rows (see the module docstring)
+TILE_FOLDS = 6  # newest (run, model) groups left out in turn to choose the tile
+TILE_SAMPLES = 400  # newest samples that choose the tile
 BASE = ("constant", "mmac", "ops")  # the regularizing model: constant, all tiled MACs, all operators
 MAX_SAMPLES = 4000  # newest kept per device and precision
 MIN_SAMPLES = 6  # fewer samples: no model (the MAC-proportional prior stays)
@@ -78,8 +100,13 @@ _FREE = {"view", "_unsafe_view", "reshape", "expand", "t", "transpose", "permute
 _MATMUL = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear"}
 
 
-def _tiled(channels: int) -> int:
-    return int(math.ceil(channels / TILE) * TILE)
+def _tiled(channels: int, tile: int) -> int:
+    return int(math.ceil(channels / tile) * tile)
+
+
+def _column(kind: str, tile: int) -> str:
+    """The name of GEMM ``kind``'s feature (e.g. "conv_kxk_mmac") counted at ``tile``."""
+    return kind if tile == TILES[0] else f"{kind}_{tile}"
 
 
 class _OperatorCounter(TorchDispatchMode):
@@ -109,24 +136,27 @@ class _OperatorCounter(TorchDispatchMode):
             kernel = int(np.prod(w.shape[2:])) if w.dim() > 2 else 1
             spatial = int(np.prod(out.shape[2:])) if out.dim() > 2 else 1
             batch = int(x.shape[0])
-            if groups > 1 and in_per_group == 1:  # depthwise: one filter per channel, tiled over channels
-                t["conv_dw_mmac"] += batch * spatial * kernel * _tiled(out_c) / 1e6
-            else:
-                per_group = _tiled(out_c // groups) * groups
-                key = "conv_1x1_mmac" if kernel == 1 else "conv_kxk_mmac"
-                t[key] += batch * spatial * kernel * in_per_group * per_group / 1e6
+            for tile in TILES:
+                if groups > 1 and in_per_group == 1:  # depthwise: one filter per channel, tiled over channels
+                    t[_column("conv_dw_mmac", tile)] += batch * spatial * kernel * _tiled(out_c, tile) / 1e6
+                else:
+                    per_group = _tiled(out_c // groups, tile) * groups
+                    kind = "conv_1x1_mmac" if kernel == 1 else "conv_kxk_mmac"
+                    t[_column(kind, tile)] += batch * spatial * kernel * in_per_group * per_group / 1e6
             t["gemm_ops"] += 1
         elif name in _MATMUL:
             a, b = (args[1], args[2]) if name in ("addmm", "baddbmm") else (args[0], args[1])
             k, n = int(a.shape[-1]), int(b.shape[-1])
             rows = int(np.prod(out.shape[:-1]))
-            t["matmul_mmac"] += rows * k * _tiled(n) / 1e6
+            for tile in TILES:
+                t[_column("matmul_mmac", tile)] += rows * k * _tiled(n, tile) / 1e6
             t["gemm_ops"] += 1
         elif name in ("_scaled_dot_product_flash_attention_for_cpu", "scaled_dot_product_attention",
                       "_scaled_dot_product_attention_math"):
             q, k = args[0], args[1]
             rows = int(np.prod(q.shape[:-1]))
-            t["matmul_mmac"] += 2 * rows * int(k.shape[-2]) * int(q.shape[-1]) / 1e6
+            for tile in TILES:  # rows x keys x head dim, twice: nothing rounds to a tile in the model we count
+                t[_column("matmul_mmac", tile)] += 2 * rows * int(k.shape[-2]) * int(q.shape[-1]) / 1e6
             t["gemm_ops"] += 2
             t["other_ops"] += 1  # the softmax
         else:
@@ -161,8 +191,20 @@ def features_or_none(module: nn.Module, example_input: torch.Tensor) -> tuple[fl
         return None
 
 
+def padded(features: Sequence[float]) -> np.ndarray:
+    """``features`` as a full :data:`FEATURES` row: a row written before the 16-channel columns existed (a store
+    line or a journal of an earlier version) has NaN there, and only the tile-8 view can use it."""
+    row = np.full(len(FEATURES), np.nan)
+    row[:len(features)] = np.asarray(features, np.float64)[:len(FEATURES)]
+    return row
+
+
+def _known(sample: Sample, tile: int) -> bool:
+    return not np.isnan(padded(sample.features)[list(VIEWS[tile])]).any()
+
+
 def _base_rows(x: np.ndarray) -> np.ndarray:
-    """The three :data:`BASE` features of rows of :data:`FEATURES`."""
+    """The three :data:`BASE` features of rows of one tile's view (see :data:`VIEWS`)."""
     return np.stack([x[:, 0], x[:, 1:5].sum(axis=1), x[:, 5] + x[:, 6]], axis=1)
 
 
@@ -172,18 +214,81 @@ def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return nnls(a, b, maxiter=50 * a.shape[1])[0]
 
 
-def _fit(samples: Sequence[Sample]) -> np.ndarray:
-    """theta of :meth:`DeviceLatencyModel.fit` on ``samples``."""
-    x = np.array([s.features for s in samples], np.float64)
+def _references(samples: Sequence[Sample]) -> list[int | None]:
+    """Per sample, the index of its group's dense reference (None for the reference itself, and in a group
+    with nothing else). A group is one (run, model); its reference is the sample with the most GEMM work
+    (a plan never adds any), the first one measured when a search measured dense more than once."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, sample in enumerate(samples):
+        groups.setdefault((sample.run, sample.model), []).append(i)
+    references: list[int | None] = [None] * len(samples)
+    for members in groups.values():
+        work = [float(np.nansum(padded(samples[i].features)[1:5])) for i in members]
+        top = max(work)
+        reference = next(i for i, w in zip(members, work, strict=True) if w >= top * (1 - 1e-9))
+        for i, w in zip(members, work, strict=True):
+            if w < top * (1 - 1e-9):
+                references[i] = reference
+    return references
+
+
+def _fit(samples: Sequence[Sample], tile: int) -> np.ndarray:
+    """theta (over ``tile``'s view) of :meth:`DeviceLatencyModel.fit` on ``samples`` (each known at ``tile``)."""
+    view = list(VIEWS[tile])
+    x = np.array([padded(s.features)[view] for s in samples], np.float64)
     y = np.array([s.ms for s in samples], np.float64)
-    w = 1.0 / y  # rows as relative errors
-    base = _nnls(_base_rows(x) * w[:, None], y * w)
+    relative = x / y[:, None]  # rows as relative errors
+    ratios = [RATIO_WEIGHT * (relative[i] - relative[ref]) for i, ref in enumerate(_references(samples))
+              if ref is not None]
+    a = np.vstack([relative, *ratios]) if ratios else relative
+    b = np.concatenate([np.ones(len(relative)), np.zeros(len(ratios))])
+    base = _nnls(_base_rows(relative), np.ones(len(relative)))  # the scale of each kind of work, from every sample
     # the base model spread onto the full features: every MAC kind at the mean MAC cost, every op alike
     prior = np.array([base[0], base[1], base[1], base[1], base[1], base[2], base[2], 0.0])
-    scale = np.maximum(np.abs(x * w[:, None]).mean(axis=0), 1e-12)  # ridge in each feature's own units
-    a = np.vstack([x * w[:, None], np.diag(RIDGE * scale)])
-    b = np.concatenate([y * w, RIDGE * scale * prior])
-    return _nnls(a, b)
+    scale = np.maximum(np.abs(relative).mean(axis=0), 1e-12)  # ridge in each feature's own units
+    return _nnls(np.vstack([a, np.diag(RIDGE * scale)]), np.concatenate([b, RIDGE * scale * prior]))
+
+
+def _ratio_errors(train: Sequence[Sample], held: Sequence[Sample], tile: int) -> list[float]:
+    """|error| / measured of each ``held`` sample predicted as a search predicts it (its ratio to its group's
+    reference, times the reference's figure) by the model fitted on ``train``; a reference predicts itself."""
+    theta = _fit(train, tile)
+    view = list(VIEWS[tile])
+    references = _references(held)
+    errors = []
+    for sample, ref in zip(held, references, strict=True):
+        if ref is None:
+            continue
+        num = float(padded(sample.features)[view] @ theta)
+        den = float(padded(held[ref].features)[view] @ theta)
+        if den > 0:
+            errors.append(abs(num / den * held[ref].ms - sample.ms) / sample.ms)
+    return errors
+
+
+def choose_tile(samples: Sequence[Sample]) -> int:
+    """The :data:`TILES` width whose features predict ``samples`` best (the share of predictions off by more
+    than :data:`TRUST_ERROR`, then the median error): each of the newest :data:`TILE_FOLDS` (run, model)
+    groups is predicted from the others, or, with one group, every fourth sample from the rest. Only the
+    samples known at every width take part; with fewer than :data:`MIN_SAMPLES` of them, the first tile."""
+    common = [s for s in samples[-TILE_SAMPLES:] if all(_known(s, t) for t in TILES)]
+    if len(common) < MIN_SAMPLES:
+        return TILES[0]
+    keys = list(dict.fromkeys((s.run, s.model) for s in reversed(common)))[:TILE_FOLDS]
+    if len(keys) > 1:
+        folds = [([s for s in common if (s.run, s.model) != key], [s for s in common if (s.run, s.model) == key])
+                 for key in keys]
+    else:
+        folds = [([s for i, s in enumerate(common) if i % 4 != k], common) for k in range(4)]
+    scores = {}
+    for tile in TILES:
+        errors = []
+        for train, held in folds:
+            if len(train) >= MIN_SAMPLES:
+                errors += _ratio_errors(train, held, tile)
+        errors = errors or [math.inf]
+        scores[tile] = (float(np.mean(np.array(errors) > TRUST_ERROR)), float(np.median(errors)))
+    return min(TILES, key=lambda t: (scores[t], t))
 
 
 @dataclass(frozen=True)
@@ -205,7 +310,7 @@ class Sample:
     @classmethod
     def from_json(cls, data: dict) -> Sample:
         features = tuple(float(v) for v in data["features"])
-        if len(features) != len(FEATURES):
+        if len(features) not in (LEGACY_FEATURES, len(FEATURES)):
             raise ValueError(f"expected {len(FEATURES)} features, got {len(features)}")
         ms = float(data["ms"])
         if not ms > 0:
@@ -235,7 +340,8 @@ class DeviceLatencyModel:
         root = root or store_dir()
         self.path = root / _safe(fingerprint) / f"{_safe(precision)}.jsonl"
         self.samples: list[Sample] = []
-        self.theta: np.ndarray | None = None
+        self.theta: np.ndarray | None = None  # over VIEWS[self.tile]
+        self.tile = TILES[0]
         self._judged: dict[tuple, float] = {}  # leave-one-out errors of samples measured without a model
         self._load()
         self.fit()
@@ -278,24 +384,39 @@ class DeviceLatencyModel:
 
     # -- model ---------------------------------------------------------------------------------------
     def fit(self) -> None:
-        """Relative-error NNLS on every sample, towards the three-feature model (see the module docstring)."""
-        self.theta = _fit(self.samples) if len(self.samples) >= MIN_SAMPLES else None
+        """Choose the tile (:func:`choose_tile`), then NNLS on the absolute and ratio rows of every sample known at
+        it, towards the three-feature model (see the module docstring)."""
+        self.tile = choose_tile(self.samples)
+        usable = [s for s in self.samples if _known(s, self.tile)]
+        self.theta = _fit(usable, self.tile) if len(usable) >= MIN_SAMPLES else None
 
     def judged_error(self, index: int) -> float:
         """|error| / measured of sample ``index`` as predicted without it: what the store predicted before it
         was measured, or, for a sample measured before the store had a model (the search that filled it), the
         prediction of the model fitted on every other such sample (leave one out; samples that were predicted
-        stay out, so a later outlier does not change how the earlier ones are judged)."""
+        stay out, so a later outlier does not change how the earlier ones are judged), as a search predicts:
+        its ratio to its (run, model)'s dense reference times the reference's figure (the reference itself:
+        its own figure)."""
         sample = self.samples[index]
         if sample.predicted_ms is not None:
             return abs(sample.predicted_ms - sample.ms) / sample.ms
-        key = (sample.created, sample.ms, sample.features)
+        key = (sample.created, sample.ms, sample.features, self.tile)
         if key not in self._judged:
-            others = [s for j, s in enumerate(self.samples) if j != index and s.predicted_ms is None]
+            if not _known(sample, self.tile):
+                return math.inf
+            others = [s for j, s in enumerate(self.samples)
+                      if j != index and s.predicted_ms is None and _known(s, self.tile)]
             if len(others) < len(BASE):
                 return math.inf
-            theta = _fit(others)
-            self._judged[key] = abs(max(1e-6, float(np.asarray(sample.features) @ theta)) - sample.ms) / sample.ms
+            theta = _fit(others, self.tile)
+            view = list(VIEWS[self.tile])
+            predicted = max(1e-6, float(padded(sample.features)[view] @ theta))
+            ref = _references(self.samples)[index]
+            if ref is not None and _known(self.samples[ref], self.tile):
+                dense = float(padded(self.samples[ref].features)[view] @ theta)
+                if dense > 0:
+                    predicted = predicted / dense * self.samples[ref].ms
+            self._judged[key] = abs(predicted - sample.ms) / sample.ms
         return self._judged[key]
 
     @property
@@ -303,10 +424,14 @@ class DeviceLatencyModel:
         return self.theta is not None
 
     def predict_ms(self, features: Sequence[float]) -> float | None:
-        """Predicted latency (ms) of an artifact with ``features``; None without a model."""
+        """Predicted latency (ms) of an artifact with ``features``; None without a model, or when ``features``
+        were counted before the chosen tile's columns existed."""
         if self.theta is None:
             return None
-        return max(1e-6, float(np.asarray(features, np.float64) @ self.theta))
+        row = padded(features)[list(VIEWS[self.tile])]
+        if np.isnan(row).any():
+            return None
+        return max(1e-6, float(row @ self.theta))
 
     def predict_ratio(self, features: Sequence[float], dense: Sequence[float]) -> float | None:
         """Predicted latency of ``features`` relative to its dense model's ``dense`` features."""

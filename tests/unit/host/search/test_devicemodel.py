@@ -15,12 +15,16 @@ from torch import nn
 from host.search.costmodel import CostModel
 from host.search.devicemodel import (
     FEATURES,
+    LEGACY_FEATURES,
     MIN_SAMPLES,
     TRUST_WINDOW,
+    VIEWS,
     DeviceLatencyModel,
     LatencyLearner,
     Sample,
+    choose_tile,
     operator_features,
+    padded,
 )
 
 F = {name: i for i, name in enumerate(FEATURES)}
@@ -66,13 +70,16 @@ def test_features_see_attention_written_functionally():
     assert f["gemm_ops"] >= 3
 
 
-def _device(features: np.ndarray) -> float:
-    """A synthetic board: depthwise MACs cost 4x dense ones, each operator 5 us, a 20 us constant."""
+def _device(features: np.ndarray, tile: int = 8) -> float:
+    """A synthetic board whose GEMMs compute ``tile`` output channels at a time: depthwise MACs cost 4x dense ones,
+    each operator 5 us, a 20 us constant."""
     theta = np.array([0.02, 0.010, 0.008, 0.040, 0.012, 0.005, 0.003, 0.05])
-    return float(features @ theta)
+    return float(np.asarray(features)[list(VIEWS[tile])] @ theta)
 
 
-def _random_net(rng: np.random.Generator, depthwise: bool) -> np.ndarray:
+def _random_net(rng: np.random.Generator, depthwise: bool, tiles: np.random.Generator | None = None) -> np.ndarray:
+    """A random model's features; its GEMM work counted at 16 channels is the work at 8 times a fixed factor per
+    kind, or, with ``tiles``, a random factor per kind and net (as channel counts make it)."""
     f = np.zeros(len(FEATURES))
     f[F["constant"]] = 1
     f[F["conv_kxk_mmac"]] = rng.uniform(1, 20)
@@ -82,6 +89,8 @@ def _random_net(rng: np.random.Generator, depthwise: bool) -> np.ndarray:
     f[F["gemm_ops"]] = rng.integers(10, 60)
     f[F["other_ops"]] = rng.integers(10, 60)
     f[F["other_melems"]] = rng.uniform(0, 0.5)
+    for kind, factor in (("conv_kxk_mmac", 1.2), ("conv_1x1_mmac", 1.1), ("conv_dw_mmac", 1.5), ("matmul_mmac", 1.3)):
+        f[F[kind + "_16"]] = f[F[kind]] * (factor if tiles is None else tiles.uniform(1.0, 1.6))
     return f
 
 
@@ -117,6 +126,80 @@ def test_fit_carries_to_a_model_with_operators_it_has_seen_in_other_proportions(
         plan[F["constant"]] = 1
         errors.append(abs(model.predict_ratio(plan, dense) / (_device(plan) / _device(dense)) - 1))
     assert np.mean(np.array(errors) <= 0.10) >= 0.9
+
+
+def _model_plans(rng, tiles, depthwise=True, plans=8):
+    """A model's dense features and ``plans`` plans of it (each feature at most the dense one)."""
+    dense = _random_net(rng, depthwise, tiles)
+    out = []
+    for _ in range(plans):
+        plan = np.minimum(_random_net(rng, depthwise, tiles), dense)
+        plan[F["constant"]] = 1
+        out.append(plan)
+    return dense, out
+
+
+@pytest.mark.parametrize("tile", [8, 16])
+def test_the_store_keeps_the_tile_its_device_computes_on(tmp_path, tile):
+    """Plans of four models measured on a board whose GEMMs run on ``tile``-channel tiles: the store chooses
+    that tile, and predicts a fifth model's plans (as ratios to its dense model) within 10%."""
+    model = DeviceLatencyModel("board", "fp32", root=tmp_path)
+    rng, tiles = np.random.default_rng(11), np.random.default_rng(12)
+    for k in range(4):
+        dense, plans = _model_plans(rng, tiles)
+        for f in [dense, *plans]:
+            model.add(Sample(tuple(f), _device(f, tile) * rng.normal(1, 0.02), f"m{k}", run=f"run{k}"))
+    assert model.tile == tile and choose_tile(model.samples) == tile
+    dense, plans = _model_plans(rng, tiles)
+    errors = [abs(model.predict_ratio(p, dense) / (_device(p, tile) / _device(dense, tile)) - 1) for p in plans]
+    assert np.mean(np.array(errors) <= 0.10) >= 0.9
+
+
+def test_a_models_own_speed_cancels_in_the_ratio_rows(tmp_path, monkeypatch):
+    """Each model runs at its own speed on the board (cache fit, memory layout: 0.6x to 1.6x of what its
+    operators say). Predictions are ratios to the model's dense figure, so that speed cancels, and the fit
+    must not let features that are constant within a model (the classifier, the constant) absorb it."""
+    rng, tiles = np.random.default_rng(21), np.random.default_rng(22)
+    groups = []
+    for k, speed in enumerate((0.6, 1.0, 1.6, 0.8)):
+        dense, plans = _model_plans(rng, tiles)
+        dense[F["matmul_mmac"]] = dense[F["matmul_mmac_16"]] = 0.1 * (k + 1)  # a per-model classifier
+        for plan in plans:
+            plan[F["matmul_mmac"]] = dense[F["matmul_mmac"]]
+            plan[F["matmul_mmac_16"]] = dense[F["matmul_mmac_16"]]
+        groups.append([(f, speed * _device(f), f"m{k}", f"run{k}") for f in [dense, *plans]])
+    dense, plans = _model_plans(rng, tiles)
+
+    def share_within(tmp) -> float:
+        model = DeviceLatencyModel("board", "fp32", root=tmp)
+        for group in groups:
+            for f, ms, name, run in group:
+                model.add(Sample(tuple(f), ms, name, run=run))
+        errors = [abs(model.predict_ratio(p, dense) / (_device(p, 8) / _device(dense, 8)) - 1) for p in plans]
+        return float(np.mean(np.array(errors) <= 0.10))
+
+    assert share_within(tmp_path / "ratio") >= 0.9
+    import host.search.devicemodel as devicemodel
+
+    monkeypatch.setattr(devicemodel, "RATIO_WEIGHT", 0.0)  # absolute rows only: the speeds leak into the fit
+    assert share_within(tmp_path / "absolute") < 0.9
+
+
+def test_samples_counted_before_the_16_channel_columns_serve_the_8_channel_view(tmp_path):
+    """A store line or journal row written by an earlier version has 8 features: loaded, used at tile 8, and
+    never predicted from at tile 16 (its 16-channel work is unknown)."""
+    rng = np.random.default_rng(31)
+    path = tmp_path / "board" / "fp32.jsonl"
+    path.parent.mkdir(parents=True)
+    nets = [_random_net(rng, True) for _ in range(MIN_SAMPLES + 2)]
+    path.write_text("".join(json.dumps({"features": list(f[:LEGACY_FEATURES]), "ms": _device(f), "model": "old"})
+                            + "\n" for f in nets))
+    model = DeviceLatencyModel("board", "fp32", root=tmp_path)
+    assert len(model.samples) == len(nets) and model.ready and model.tile == 8
+    assert np.isnan(padded(model.samples[0].features)[F["conv_kxk_mmac_16"]])
+    assert model.predict_ms(tuple(nets[0][:LEGACY_FEATURES])) == pytest.approx(_device(nets[0]), rel=0.1)
+    model.tile = 16
+    assert model.predict_ms(tuple(nets[0][:LEGACY_FEATURES])) is None
 
 
 def test_an_unseen_operator_kind_costs_the_mean_mac_not_nothing(tmp_path):

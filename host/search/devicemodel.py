@@ -16,9 +16,8 @@ constant. None of these depends on which model the operators came from.
 The tile is the device's: XNNPACK's f32 GEMM microkernels compute 8 output channels at a time on Arm NEON
 and 16 on x86 with AVX2 or AVX-512, and its int8 ones other widths again. The GEMM work is counted at each
 width of :data:`TILES`, and the store keeps the width that predicts its own samples best when each (run,
-model) group is left out in turn (:func:`choose_tile`). On this x86 host, 14 random plans each of four zoo
-models, ResNet-56's predicted from the other three models' plans: 71% within +-10% counted at 8 channels,
-100% at 16 (``benchmarks/latency_model_bench.py`` documents the measurement).
+model) group is left out in turn (:func:`choose_tile`); ``benchmarks/device_model_bench.py`` measures both
+choices of this module on random plans of four zoo models.
 
 Fit: non-negative least squares on two kinds of rows. Every sample's relative error (each row divided by
 its latency) anchors the scale. Every sample's ratio to its group's dense model (the sample of the same run
@@ -26,9 +25,9 @@ and model with the most GEMM work, which a search measures first) is what a pred
 ``model(sample) / model(dense)`` against the measured ratio, with a larger weight. On the absolute rows
 alone, features that are constant within a model (the classifier's matrix product, the constant) absorbed
 each model's scale, and plans of three models predicted a fourth's worse than the plans of one. Both are
-regularized towards a three-feature model (constant, tiled MACs, operator count) fitted first, so a kind of
-operator the device has not been seen running yet (depthwise convolutions, when only ResNets were measured)
-costs what a MAC costs on average rather than nothing.
+regularized towards a three-feature model (constant, tiled MACs, operator count) fitted first on the relative
+errors, so a kind of operator the device has not been seen running yet (depthwise convolutions, when only
+ResNets were measured) costs what a MAC costs on average rather than nothing.
 
 Use (``host.search.candidate``): a candidate's latency is predicted as the measured dense figure times
 ``model(candidate) / model(dense)`` of the *same* model, which cancels the device's drift between runs and

@@ -41,8 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from host.search import devicemodel  # noqa: E402
-from host.search.devicemodel import DeviceLatencyModel, Sample, choose_tile  # noqa: E402
+from host.search.devicemodel import DeviceLatencyModel, Sample, choose_tile, fit_theta  # noqa: E402
 
 
 def _fastest(method, x: torch.Tensor, calls: int = 3) -> float:
@@ -127,21 +126,16 @@ def _groups(rows: list[dict]) -> dict[str, tuple[Sample, list[tuple[Sample, dict
 
 
 def _errors(train: list[Sample], held: tuple[Sample, list], tile: int | None, ratio_rows: bool) -> np.ndarray:
-    """Relative errors of ``held``'s plans predicted from ``train`` (``tile`` None: the store's choice)."""
-    weight = devicemodel.RATIO_WEIGHT
-    try:
-        devicemodel.RATIO_WEIGHT = weight if ratio_rows else 0.0
-        with tempfile.TemporaryDirectory() as tmp:
-            model = DeviceLatencyModel("bench", "fp32", root=Path(tmp))
-            model.samples = list(train)
+    """Relative errors of ``held``'s plans predicted from ``train`` (``tile`` None: the store as shipped)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model = DeviceLatencyModel("bench", "fp32", root=Path(tmp))
+        model.samples = list(train)
+        if tile is None:
             model.fit()
-            if tile is not None:
-                model.tile = tile
-                model.theta = devicemodel._fit(train, tile)
-            dense, plans = held  # a plan's prediction over its measured figure is its ratio's over the measured one
-            return np.array([abs(model.predict_ratio(s.features, dense.features) / r["ratio"] - 1) for s, r in plans])
-    finally:
-        devicemodel.RATIO_WEIGHT = weight
+        else:
+            model.tile, model.theta = tile, fit_theta(train, tile, None if ratio_rows else 0.0)
+        dense, plans = held  # a plan's prediction over its measured figure is its ratio's over the measured one
+        return np.array([abs(model.predict_ratio(s.features, dense.features) / r["ratio"] - 1) for s, r in plans])
 
 
 FITS = (("tile 8, absolute rows (before)", 8, False), ("tile 16, absolute rows", 16, False),

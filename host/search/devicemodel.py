@@ -231,14 +231,16 @@ def _references(samples: Sequence[Sample]) -> list[int | None]:
     return references
 
 
-def _fit(samples: Sequence[Sample], tile: int) -> np.ndarray:
-    """theta (over ``tile``'s view) of :meth:`DeviceLatencyModel.fit` on ``samples`` (each known at ``tile``)."""
+def fit_theta(samples: Sequence[Sample], tile: int, ratio_weight: float | None = None) -> np.ndarray:
+    """theta (over ``tile``'s view) of :meth:`DeviceLatencyModel.fit` on ``samples`` (each known at ``tile``);
+    ``ratio_weight`` (default :data:`RATIO_WEIGHT`) weighs the ratio rows, 0 leaves them out."""
+    weight = RATIO_WEIGHT if ratio_weight is None else ratio_weight
     view = list(VIEWS[tile])
     x = np.array([padded(s.features)[view] for s in samples], np.float64)
     y = np.array([s.ms for s in samples], np.float64)
     relative = x / y[:, None]  # rows as relative errors
-    ratios = [RATIO_WEIGHT * (relative[i] - relative[ref]) for i, ref in enumerate(_references(samples))
-              if ref is not None]
+    ratios = [weight * (relative[i] - relative[ref]) for i, ref in enumerate(_references(samples))
+              if ref is not None and weight > 0]
     a = np.vstack([relative, *ratios]) if ratios else relative
     b = np.concatenate([np.ones(len(relative)), np.zeros(len(ratios))])
     base = _nnls(_base_rows(relative), np.ones(len(relative)))  # the scale of each kind of work, from every sample
@@ -248,21 +250,24 @@ def _fit(samples: Sequence[Sample], tile: int) -> np.ndarray:
     return _nnls(np.vstack([a, np.diag(RIDGE * scale)]), np.concatenate([b, RIDGE * scale * prior]))
 
 
-def _ratio_errors(train: Sequence[Sample], held: Sequence[Sample], tile: int) -> list[float]:
-    """|error| / measured of each ``held`` sample predicted as a search predicts it (its ratio to its group's
-    reference, times the reference's figure) by the model fitted on ``train``; a reference predicts itself."""
-    theta = _fit(train, tile)
+def _predicted_ms(theta: np.ndarray, tile: int, sample: Sample, reference: Sample | None) -> float:
+    """``sample``'s latency as a search predicts it: its ratio to ``reference`` (its run's dense model) under
+    ``theta`` times the reference's measured figure; without a reference, ``theta``'s own figure."""
     view = list(VIEWS[tile])
-    references = _references(held)
-    errors = []
-    for sample, ref in zip(held, references, strict=True):
-        if ref is None:
-            continue
-        num = float(padded(sample.features)[view] @ theta)
-        den = float(padded(held[ref].features)[view] @ theta)
-        if den > 0:
-            errors.append(abs(num / den * held[ref].ms - sample.ms) / sample.ms)
-    return errors
+    predicted = max(1e-6, float(padded(sample.features)[view] @ theta))
+    if reference is not None:
+        dense = float(padded(reference.features)[view] @ theta)
+        if dense > 0:
+            predicted = predicted / dense * reference.ms
+    return predicted
+
+
+def _ratio_errors(train: Sequence[Sample], held: Sequence[Sample], tile: int) -> list[float]:
+    """|error| / measured of each ``held`` sample that has a reference in ``held``, predicted by the model fitted
+    on ``train`` (:func:`_predicted_ms`)."""
+    theta = fit_theta(train, tile)
+    return [abs(_predicted_ms(theta, tile, sample, held[ref]) - sample.ms) / sample.ms
+            for sample, ref in zip(held, _references(held), strict=True) if ref is not None]
 
 
 def choose_tile(samples: Sequence[Sample]) -> int:
@@ -387,7 +392,7 @@ class DeviceLatencyModel:
         it, towards the three-feature model (see the module docstring)."""
         self.tile = choose_tile(self.samples)
         usable = [s for s in self.samples if _known(s, self.tile)]
-        self.theta = _fit(usable, self.tile) if len(usable) >= MIN_SAMPLES else None
+        self.theta = fit_theta(usable, self.tile) if len(usable) >= MIN_SAMPLES else None
 
     def judged_error(self, index: int) -> float:
         """|error| / measured of sample ``index`` as predicted without it: what the store predicted before it
@@ -407,14 +412,9 @@ class DeviceLatencyModel:
                       if j != index and s.predicted_ms is None and _known(s, self.tile)]
             if len(others) < len(BASE):
                 return math.inf
-            theta = _fit(others, self.tile)
-            view = list(VIEWS[self.tile])
-            predicted = max(1e-6, float(padded(sample.features)[view] @ theta))
             ref = _references(self.samples)[index]
-            if ref is not None and _known(self.samples[ref], self.tile):
-                dense = float(padded(self.samples[ref].features)[view] @ theta)
-                if dense > 0:
-                    predicted = predicted / dense * self.samples[ref].ms
+            reference = self.samples[ref] if ref is not None and _known(self.samples[ref], self.tile) else None
+            predicted = _predicted_ms(fit_theta(others, self.tile), self.tile, sample, reference)
             self._judged[key] = abs(predicted - sample.ms) / sample.ms
         return self._judged[key]
 

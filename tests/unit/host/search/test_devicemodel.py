@@ -55,6 +55,18 @@ def test_features_split_gemm_work_by_kind_with_output_channels_on_the_tile():
     assert lin["matmul_mmac"] == pytest.approx(2 * 192 * 16 / 1e6) and lin["gemm_ops"] == 1
 
 
+def test_features_of_a_torchvision_model_at_both_tiles():
+    """torchvision's MobileNetV3-small (not ours): every GEMM kind is counted at 8 and 16 channels, 16 never
+    below 8, and above it where a layer's channels are not a multiple of 16 (its 24-channel convs)."""
+    from host.models.external import import_library
+
+    model = import_library("torchvision").models.mobilenet_v3_small(num_classes=10).eval()
+    f = _features(model, (1, 3, 32, 32))
+    for kind in ("conv_kxk_mmac", "conv_1x1_mmac", "conv_dw_mmac", "matmul_mmac"):
+        assert f[kind] > 0 and f[kind + "_16"] >= f[kind]
+    assert f["conv_1x1_mmac_16"] > f["conv_1x1_mmac"]
+
+
 def test_features_see_attention_written_functionally():
     class Attn(nn.Module):
         def __init__(self):

@@ -120,6 +120,11 @@ class PPOSettings:
     # plans), each step evaluates a child of a tournament winner whose one or two mutated layers take the policy's
     # proposed choices; PPO learns from the evaluated child (host.search.evolution.AgingEvolution.child)
     evolve: bool = False
+    # before its first real rollout, PPO trains on this many plans drawn from its own policy, projected into the band
+    # and rewarded by their adaptive-BN proxy accuracy (no recovery, no export, no device: ~0.4 s a plan against
+    # ~2.5 s for a scored candidate), PROXY_ROLLOUT plans per update (host.search.runner.SearchRunner._proxy_warmup);
+    # what ``sculpt-host pretrain --proxy-plans`` spends on each model. 0 = off
+    proxy_plans: int = 0
 
 
 @dataclass(frozen=True)

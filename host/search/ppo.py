@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -172,6 +173,8 @@ def train_on_imagined(model: PPO, observation: GraphObservation, outcome: Callab
 
     callback = _Quiet()
     callback.init_callback(model)
+    if model.ep_info_buffer is None:  # before the model's first learn() (a proxy warm-up): what learn() would set up
+        model.ep_info_buffer, model.ep_success_buffer = deque(maxlen=100), deque(maxlen=100)
     saved = (model.rollout_buffer, model.num_timesteps, model._last_obs, model._last_episode_starts,
              model.batch_size)
     try:

@@ -43,13 +43,15 @@ def _folder(name: str) -> str:
 
 
 def pretrain(models: Sequence[str], out: Path, base: SearchConfig, *, rounds: int = 1, runs_dir: Path | None = None,
-             policy_file: str | None = None, on_step: Callable[[int, int, PretrainStep], None] | None = None,
+             policy_file: str | None = None, proxy_plans: int | None = None,
+             on_step: Callable[[int, int, PretrainStep], None] | None = None,
              progress: ProgressFn | None = None) -> list[PretrainStep]:
     """Train one policy on ``models`` (``rounds`` passes over them) and write it to ``out``.
 
     ``base`` gives everything else of each search (data, sizes, budget per model, FLOPs target, seed; its
     objective, strategy and final stage are set here); ``policy_file`` starts the first search from a policy
-    already trained. ``on_step(done, total, step)`` is called after each search; ``progress`` is every search's
+    already trained. ``proxy_plans`` (default ``base.ppo.proxy_plans``): plans each search trains PPO on, rewarded
+    by their adaptive-BN proxy, before its real candidates (``PPOSettings.proxy_plans``). ``on_step(done, total, step)`` is called after each search; ``progress`` is every search's
     progress callback."""
     from host.search.journal import JOURNAL_NAME, Journal
     from host.search.runner import POLICY_FILE, SearchRunner
@@ -57,6 +59,8 @@ def pretrain(models: Sequence[str], out: Path, base: SearchConfig, *, rounds: in
     names = [m.strip() for m in models if m.strip()]
     if not names:
         raise ConfigError("pretrain needs at least one model", hint="e.g. --models resnet20,vgg16")
+    if proxy_plans is not None and proxy_plans < 0:
+        raise ConfigError(f"--proxy-plans {proxy_plans} must not be negative", hint="e.g. --proxy-plans 256, or 0 for none")
     if rounds < 1:
         raise ConfigError(f"--rounds {rounds} must be at least 1", hint="e.g. --rounds 2")
     out = Path(out)
@@ -70,7 +74,8 @@ def pretrain(models: Sequence[str], out: Path, base: SearchConfig, *, rounds: in
             config = replace(base, out=run_dir, model=replace(base.model, model=name), objective=ObjectiveName.FLOPS,
                              target=None, devices=(), device_pools=(), strategy=Strategy.PPO, final_top=0,
                              policy_file=current, seed=base.seed + r,
-                             ppo=replace(base.ppo, family_seeds=False))
+                             ppo=replace(base.ppo, family_seeds=False,
+                                         proxy_plans=base.ppo.proxy_plans if proxy_plans is None else proxy_plans))
             policy = run_dir / POLICY_FILE
             if not policy.is_file():  # not finished: started, or resumed after a kill
                 if (run_dir / JOURNAL_NAME).exists():

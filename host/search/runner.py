@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
@@ -55,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 PPO_FILE = "ppo.zip"
 POLICY_FILE = "policy.pt"
+# plans per PPO update of the proxy warm-up (PPOSettings.proxy_plans)
+PROXY_ROLLOUT = 16
 
 
 def cache_dir() -> Path:
@@ -419,6 +422,12 @@ class SearchRunner:
             env = PruningEnv(space.observation(), partial(self._step, evaluator, space, band, rng))
         ppo_path = self.run_dir / PPO_FILE
         model = ppo_model(env, space, cfg.ppo, keep_logit, cfg.seed, ppo_path, cfg.policy_file)
+        if cfg.ppo.proxy_plans > 0 and not self.journal.get_value("proxy_warmup_done"):
+            self._proxy_warmup(evaluator, space, band, model)
+            tmp = ppo_path.with_suffix(".tmp.zip")
+            model.save(tmp)
+            os.replace(tmp, ppo_path)  # a resumed run starts from the warmed-up policy and does not warm up again
+            self.journal.set_value("proxy_warmup_done", True)
         if self.journal.count(Phase.SEARCH, evaluated_only=True) < budget:  # the seeds may have used it all
             imagination = None
             if cfg.ppo.dyna > 0:
@@ -455,6 +464,46 @@ class SearchRunner:
                 self._screen = None
                 self._evolve = None
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)
+
+    def _proxy_warmup(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, model) -> list[float]:
+        """PPO updates on ``PPOSettings.proxy_plans`` plans before the first real rollout: each drawn from the
+        current policy, projected into ``band`` with the cost model, and rewarded as an unevaluated plan whose
+        accuracy is its adaptive-BN proxy (:meth:`host.search.scorer.PlanScorer.proxy_accuracy`: masked, BatchNorm
+        recalibrated, no recovery step). Nothing is journaled and no budget is spent; the proxy ranks plans but sits
+        far below the recovered accuracy, and PPO normalizes each update's advantages, so only the ranking teaches.
+        :data:`PROXY_ROLLOUT` plans per update. Returns the mean reward of each update's plans."""
+        from host.search.candidate import INVALID_REWARD
+        from host.search.costmodel import CostModel
+        from host.search.env import StepOutcome
+        from host.search.ppo import train_on_imagined
+
+        total = self.config.ppo.proxy_plans
+        macs = CostModel.from_space(space)
+        # a generator of its own: the warm-up draws nothing from the search's
+        projected = self._projection(evaluator, space, band, np.random.default_rng(self.config.seed + 7919),
+                                     exact=False)
+        observation = space.observation()
+
+        def outcome(choices: np.ndarray) -> StepOutcome:
+            plan = projected(np.asarray(choices, np.int64))
+            accuracy = evaluator.scorer.proxy_accuracy(space.decode(plan)[0])
+            reward = INVALID_REWARD if accuracy is None else evaluator.predicted_reward(accuracy, plan,
+                                                                                        macs.predict(plan))
+            return StepOutcome(float(reward), {"imagined": True, "choices": plan.tolist()})
+
+        means, done = [], 0
+        while done < total:
+            steps = min(PROXY_ROLLOUT, total - done)
+            if steps < 2:  # a one-plan update has no advantage to normalize
+                break
+            self.progress(Progress(Stage.SEARCH, 0, self.config.budget,
+                                   f"proxy warm-up: plans {done + 1}-{done + steps} of {total}", self._best()))
+            rewards = train_on_imagined(model, observation, outcome, steps, relabel=True)
+            means.append(float(np.mean(rewards)))
+            done += steps
+            logger.info("proxy warm-up: %d of %d plans, mean proxy reward of the last %d: %.4f", done, total, steps,
+                        means[-1])
+        return means
 
     def _replay(self, model, evaluator: CandidateEvaluator, space: SearchSpace) -> int:
         """One PPO update on every search plan evaluated so far (invalid ones included), with its real reward

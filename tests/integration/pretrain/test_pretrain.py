@@ -24,13 +24,15 @@ def test_one_policy_learns_on_each_model_in_turn(tmp_path):
 
     out = tmp_path / "zoo-policy.pt"
     seen = []
-    steps = pretrain(["resnet20", "vgg16"], out, _base(), runs_dir=tmp_path / "runs",
+    steps = pretrain(["resnet20", "vgg16"], out, _base(), runs_dir=tmp_path / "runs", proxy_plans=16,
                      on_step=lambda done, total, step: seen.append((done, total, step.model)))
     assert seen == [(1, 2, "resnet20"), (2, 2, "vgg16")]
     assert [s.candidates for s in steps] == [3, 3] and all(s.best_reward is not None for s in steps)
     first, second = (s.run_dir for s in steps)
     with Journal.open(second) as journal:  # the second search started from the first's policy
         assert journal.metadata["config"]["policy_file"] == str(first / "policy.pt")
+        # ... after its proxy warm-up, which spent none of the 3 candidates
+        assert journal.metadata["config"]["ppo"]["proxy_plans"] == 16 and journal.get_value("proxy_warmup_done")
     saved = {name: torch.load(path, weights_only=True)["state_dict"]
              for name, path in (("first", first / "policy.pt"), ("out", out))}
     assert saved["out"].keys() == saved["first"].keys()
@@ -51,6 +53,9 @@ def test_cli_refuses_bad_arguments_with_a_hint(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "at least one model" in err and "hint" in err.lower()
     assert not (tmp_path / "p.pt").exists()
+    assert main(["pretrain", "--models", "resnet20", "--proxy-plans", "-1", "--out", str(tmp_path / "p.pt")]) != 0
+    err = capsys.readouterr().err
+    assert "--proxy-plans -1" in err and "hint" in err.lower()
     with pytest.raises(SystemExit) as helped:
         main(["pretrain", "--help"])
     assert helped.value.code == 0 and "--policy" in capsys.readouterr().out

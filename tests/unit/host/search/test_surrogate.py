@@ -304,3 +304,62 @@ def test_replay_skips_a_journaled_plan_whose_choice_the_space_no_longer_offers(e
                           evaluator.journal)
     assert runner._replay(None, evaluator, space) == 2
     assert [reward for _, reward in trained[0]] == [0.5, 2.5]
+
+
+def test_a_proxy_warmup_moves_the_policy_before_any_budget_is_spent(evaluator, monkeypatch):
+    """A flops-objective PPO search with ``proxy_plans``: before the first real rollout PPO trains on that many plans
+    drawn from its policy and rewarded by the real scorer's adaptive-BN proxy; none reaches the journal or PPO's step
+    counter, the budget of evaluated candidates is kept, and the journal records that the warm-up is done."""
+    from host.kinds import Phase
+    from host.search.runner import PROXY_ROLLOUT, SearchRunner
+
+    seen = []
+    real_warmup = SearchRunner._proxy_warmup
+
+    def spy(self, evaluator_, space, band, model):
+        before, steps = _policy_vector(model), model.num_timesteps
+        rows = len(self.journal.candidates(Phase.SEARCH))
+        means = real_warmup(self, evaluator_, space, band, model)
+        assert model.num_timesteps == steps and len(self.journal.candidates(Phase.SEARCH)) == rows
+        seen.append((means, bool((before != _policy_vector(model)).any())))
+        return means
+
+    monkeypatch.setattr(SearchRunner, "_proxy_warmup", spy)
+    ppo_flops_search(evaluator, budget=6, proxy_plans=2 * PROXY_ROLLOUT)
+    (means, moved), = seen
+    assert len(means) == 2 and moved
+    assert evaluator.journal.count(Phase.SEARCH, evaluated_only=True) == 6
+    assert evaluator.journal.get_value("proxy_warmup_done") is True
+
+
+def test_the_proxy_warmup_learns_what_the_proxy_rewards(evaluator, monkeypatch):
+    """The warm-up moves the policy towards the plans the proxy rates best: a proxy that pays only for keeping the
+    first layer raises the policy's probability of keeping it."""
+    from host.search.config import PPOSettings, SearchConfig
+    from host.search.env import PruningEnv
+    from host.search.ppo import ppo_model
+    from host.search.projection import TargetBand
+    from host.search.reward import FLOPS_BAND
+    from host.search.runner import SearchRunner
+
+    space = evaluator.space
+    first = space.layer_names[0]
+    monkeypatch.setattr(evaluator.scorer, "proxy_accuracy", lambda plan: 0.2 if plan.get(first) else 0.9)
+    evaluator.evaluate_dense()
+    config = SearchConfig(out=evaluator.journal.path.parent, objective="flops", devices=(), budget=4,
+                          ppo=PPOSettings(n_steps=2, batch_size=2, hidden=16, proxy_plans=96))
+    runner = SearchRunner(config, evaluator.journal)
+    env = PruningEnv(space.observation(), lambda _choices: None)
+    model = ppo_model(env, space, config.ppo, 0.0, 0, evaluator.journal.path.parent / "ppo.zip")
+    padded, _ = env.reset()
+
+    def keep_first() -> float:
+        obs, _ = model.policy.obs_to_tensor(padded)
+        with torch.no_grad():
+            distribution = model.policy.get_distribution(obs).distribution
+        return float(distribution[int(space.layer_nodes[0])].probs.reshape(-1)[space.keep_index])
+
+    before = keep_first()
+    # the band a FLOPs search projects into (0.5 MAC cut): plans outside it are paid ``accuracy - 1`` whatever
+    runner._proxy_warmup(evaluator, space, TargetBand(0.5, FLOPS_BAND, exact=True), model)
+    assert keep_first() > before + 0.1

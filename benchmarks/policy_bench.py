@@ -14,6 +14,9 @@ evaluator and cost model (the journal of each run is kept under --out):
   ppo-screen-replay  ppo-screen whose every update also trains on all the plans the run has evaluated, with their
               real rewards (PPOSettings.replay)
   screen-no-learn  the same screening with PPO's learning rate 0: the policy stays its prior
+  ppo-warm    PPO whose policy first trains on --proxy-plans plans (default 256) rewarded by their adaptive-BN proxy
+              accuracy, before its first real candidate (PPOSettings.proxy_plans; no budget spent)
+  ppo-warm-screen  ppo-warm with best-of-k screening (its learning-rate-0 ablation is screen-no-learn)
   ppo-evolve  policy-guided evolution: aging evolution whose children take one or two of the PPO policy's proposed
               choices, PPO learning from the evaluated children (PPOSettings.evolve)
   evolve-no-learn  the same with PPO's learning rate 0: mutations drawn from the calibrated prior
@@ -55,10 +58,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 STRATEGIES = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "ppo-screen-learn", "ppo-screen-replay", "screen-no-learn",
-              "ppo-evolve", "evolve-no-learn", "no-learn", "random", "evolution", "pretrained")
+              "ppo-warm", "ppo-warm-screen", "ppo-evolve", "evolve-no-learn", "no-learn", "random", "evolution", "pretrained")
 # rows whose paired differences are printed
 OURS = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "ppo-screen-learn", "ppo-screen-replay", "screen-no-learn",
-        "ppo-evolve", "evolve-no-learn")
+        "ppo-warm", "ppo-warm-screen", "ppo-evolve", "evolve-no-learn", "pretrained")
 
 
 def best_after(rewards: list[float], checkpoints: list[int]) -> dict[int, float | None]:
@@ -98,9 +101,14 @@ def journal_rewards(run_dir: Path) -> list[float]:
     return [r.reward for r in journal.candidates(Phase.SEARCH) if not r.reused]
 
 
-def strategy_changes(name: str, base, policy: str | None, dyna: int = 8, screen: int = 8) -> dict:
+def strategy_changes(name: str, base, policy: str | None, dyna: int = 8, screen: int = 8,
+                     proxy_plans: int = 256) -> dict:
     if name == "ppo":
         return {}
+    if name == "ppo-warm":
+        return {"ppo": replace(base.ppo, proxy_plans=proxy_plans)}
+    if name == "ppo-warm-screen":
+        return {"ppo": replace(base.ppo, proxy_plans=proxy_plans, screen=screen)}
     if name == "ppo-dyna":
         return {"ppo": replace(base.ppo, dyna=dyna)}
     if name == "ppo-relabel":
@@ -178,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dyna", type=int, default=8, help="imagined plans per real one in the ppo-dyna row (8)")
     parser.add_argument("--screen", type=int, default=8,
                         help="plans screened by their proxy accuracy per real one in the screening rows (8)")
+    parser.add_argument("--proxy-plans", type=int, default=256,
+                        help="proxy-rewarded plans the ppo-warm rows train on before their first candidate (256)")
     parser.add_argument("--objective", default="latency", choices=("latency", "flops"))
     parser.add_argument("--target-latency", default="0.5x")
     parser.add_argument("--target-flops", type=float, default=0.5)
@@ -209,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                 devices=("local",) if args.objective == "latency" else (),
                 model=ModelSpec(model=model, data_limit=args.data_limit, train_epochs=args.train_epochs))
             for strategy in strategies:
-                config = replace(base, **strategy_changes(strategy, base, args.policy, args.dyna, args.screen))
+                config = replace(base, **strategy_changes(strategy, base, args.policy, args.dyna, args.screen,
+                                                                   args.proxy_plans))
                 print(f"{model} seed {seed} {strategy}", file=sys.stderr, flush=True)
                 rewards, took = run_one(config, args.out / model / f"seed{seed}" / strategy, args.progress)
                 seconds[strategy] = seconds.get(strategy, 0.0) + took

@@ -105,6 +105,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "a cheap proxy of their accuracy (masked, BatchNorm recalibrated, no recovery; 0.35-0.45 s a "
                         "plan for ResNet-20, 1.2-1.3 s for MobileNetV2) and the cost model; 0 or 1 turns it off (default "
                         f"{cfg.ppo.screen}; see the README's Search section)")
+    p.add_argument("--proxy-plans", type=int, default=cfg.ppo.proxy_plans, metavar="N",
+                   help="--strategy ppo: before the first real candidate, train the policy on N plans drawn from it and "
+                        "rewarded by the same proxy (no budget spent: ~0.4 s a plan for ResNet-20); 0 turns it off "
+                        f"(default {cfg.ppo.proxy_plans}; see the README's Search section)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or finished run (its config is reused)")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="score and export candidates as Ray tasks, as many at once as the cluster has CPUs: local:N "
@@ -138,6 +142,11 @@ def build_config(args: argparse.Namespace) -> SearchConfig:
     if args.screen > 1 and args.strategy != "ppo":
         raise ConfigError(f"--screen chooses among the PPO policy's plans; --strategy {args.strategy} has none",
                           hint="use --screen with --strategy ppo, or leave it out")
+    if args.proxy_plans < 0:
+        raise ConfigError(f"--proxy-plans {args.proxy_plans} must be 0 (off) or more", hint="e.g. --proxy-plans 256")
+    if args.proxy_plans and args.strategy != "ppo":
+        raise ConfigError(f"--proxy-plans trains the PPO policy; --strategy {args.strategy} has none",
+                          hint="use --proxy-plans with --strategy ppo, or leave it out")
     spec = ModelSpec(
         model=args.model, data=args.data, image_size=args.image_size, width=args.width,
         in_channels=args.channels or default_channels(args.data),
@@ -161,7 +170,7 @@ def build_config(args: argparse.Namespace) -> SearchConfig:
         seed=args.seed,
         policy_file=args.policy_file,
         strategy=args.strategy,
-        ppo=replace(base.ppo, dyna=args.dyna, screen=args.screen),
+        ppo=replace(base.ppo, dyna=args.dyna, screen=args.screen, proxy_plans=args.proxy_plans),
         final_top=args.final_top,
         precision=args.precision,
         finetune=replace(base.finetune, epochs=args.finetune_epochs),

@@ -49,6 +49,20 @@ def test_screen_needs_a_count_and_the_ppo_strategy(tmp_path, capsys):
     assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
 
 
+def test_proxy_plans_need_a_count_and_the_ppo_strategy(tmp_path, capsys):
+    from host.cli.main import build_parser
+    from host.cli.search_cmd import build_config
+
+    assert build_config(build_parser().parse_args(["search", "--proxy-plans", "64"])).ppo.proxy_plans == 64
+    assert build_config(build_parser().parse_args(["search"])).ppo.proxy_plans == 0
+    assert main(["search", "--proxy-plans", "-1", "--out", str(tmp_path / "d")]) == 2
+    assert "--proxy-plans -1 must be 0 (off) or more" in capsys.readouterr().err
+    assert main(["search", "--proxy-plans", "64", "--strategy", "evolution", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "--strategy evolution has none" in err and "hint:" in err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+
+
 def test_unreachable_device_fails_before_training(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AUTOSCULPT_CACHE_DIR", str(tmp_path / "cache"))
     code = main(["search", "--device", "grpc://127.0.0.1:9", "--out", str(tmp_path / "d")])

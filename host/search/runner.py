@@ -423,7 +423,8 @@ class SearchRunner:
         ppo_path = self.run_dir / PPO_FILE
         model = ppo_model(env, space, cfg.ppo, keep_logit, cfg.seed, ppo_path, cfg.policy_file)
         if cfg.ppo.proxy_plans > 0 and not self.journal.get_value("proxy_warmup_done"):
-            self._proxy_warmup(evaluator, space, band, model)
+            # the mean proxy reward of each update's plans: does the warm-up raise it
+            self.journal.set_value("proxy_warmup_rewards", self._proxy_warmup(evaluator, space, band, model))
             tmp = ppo_path.with_suffix(".tmp.zip")
             model.save(tmp)
             os.replace(tmp, ppo_path)  # a resumed run starts from the warmed-up policy and does not warm up again

@@ -330,6 +330,7 @@ def test_a_proxy_warmup_moves_the_policy_before_any_budget_is_spent(evaluator, m
     assert len(means) == 2 and moved
     assert evaluator.journal.count(Phase.SEARCH, evaluated_only=True) == 6
     assert evaluator.journal.get_value("proxy_warmup_done") is True
+    assert evaluator.journal.get_value("proxy_warmup_rewards") == pytest.approx(means)
 
 
 def test_the_proxy_warmup_learns_what_the_proxy_rewards(evaluator, monkeypatch):

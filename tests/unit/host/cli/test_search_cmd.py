@@ -22,44 +22,19 @@ def test_bad_target(tmp_path, capsys):
     assert "cannot read target 'fast'" in capsys.readouterr().err
 
 
-def test_dyna_needs_a_count_and_the_ppo_strategy(tmp_path, capsys):
+@pytest.mark.parametrize("flag,field,strategy", [("--dyna", "dyna", "evolution"), ("--screen", "screen", "random"),
+                                                 ("--proxy-plans", "proxy_plans", "evolution")])
+def test_ppo_options_need_a_count_and_the_ppo_strategy(tmp_path, capsys, flag, field, strategy):
     from host.cli.main import build_parser
     from host.cli.search_cmd import build_config
 
-    assert build_config(build_parser().parse_args(["search", "--dyna", "8"])).ppo.dyna == 8
-    assert main(["search", "--dyna", "-1", "--out", str(tmp_path / "d")]) == 2
-    assert "--dyna -1 must be 0 (off) or more" in capsys.readouterr().err
-    assert main(["search", "--dyna", "4", "--strategy", "evolution", "--out", str(tmp_path / "e")]) == 2
+    assert getattr(build_config(build_parser().parse_args(["search", flag, "8"])).ppo, field) == 8
+    assert getattr(build_config(build_parser().parse_args(["search"])).ppo, field) == 0
+    assert main(["search", flag, "-2", "--out", str(tmp_path / "d")]) == 2
+    assert f"{flag} -2 must be 0 (off) or more" in capsys.readouterr().err
+    assert main(["search", flag, "8", "--strategy", strategy, "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
-    assert "--strategy evolution has none" in err and "hint:" in err
-    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
-
-
-def test_screen_needs_a_count_and_the_ppo_strategy(tmp_path, capsys):
-    from host.cli.main import build_parser
-    from host.cli.search_cmd import build_config
-
-    assert build_config(build_parser().parse_args(["search", "--screen", "8"])).ppo.screen == 8
-    assert build_config(build_parser().parse_args(["search"])).ppo.screen == 0
-    assert main(["search", "--screen", "-2", "--out", str(tmp_path / "d")]) == 2
-    assert "--screen -2 must be 0 (off) or more" in capsys.readouterr().err
-    assert main(["search", "--screen", "8", "--strategy", "random", "--out", str(tmp_path / "e")]) == 2
-    err = capsys.readouterr().err
-    assert "--strategy random has none" in err and "hint:" in err
-    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
-
-
-def test_proxy_plans_need_a_count_and_the_ppo_strategy(tmp_path, capsys):
-    from host.cli.main import build_parser
-    from host.cli.search_cmd import build_config
-
-    assert build_config(build_parser().parse_args(["search", "--proxy-plans", "64"])).ppo.proxy_plans == 64
-    assert build_config(build_parser().parse_args(["search"])).ppo.proxy_plans == 0
-    assert main(["search", "--proxy-plans", "-1", "--out", str(tmp_path / "d")]) == 2
-    assert "--proxy-plans -1 must be 0 (off) or more" in capsys.readouterr().err
-    assert main(["search", "--proxy-plans", "64", "--strategy", "evolution", "--out", str(tmp_path / "e")]) == 2
-    err = capsys.readouterr().err
-    assert "--strategy evolution has none" in err and "hint:" in err
+    assert f"--strategy {strategy} has none" in err and "hint:" in err
     assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
 
 

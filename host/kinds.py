@@ -44,6 +44,7 @@ class Stage(StrEnum):
 
     PREPARE = "prepare"
     DENSE = "dense"
+    WARMUP = "warm-up"  # PPO's proxy warm-up before the first real candidate (PPOSettings.proxy_plans)
     SEARCH = "search"
     FINAL = "final"
     REPORT = "report"

@@ -497,11 +497,11 @@ class SearchRunner:
             steps = min(PROXY_ROLLOUT, total - done)
             if steps < 2:  # a one-plan update has no advantage to normalize
                 break
-            self.progress(Progress(Stage.SEARCH, 0, self.config.budget,
-                                   f"proxy warm-up: plans {done + 1}-{done + steps} of {total}", self._best()))
             rewards = train_on_imagined(model, observation, outcome, steps, relabel=True)
             means.append(float(np.mean(rewards)))
             done += steps
+            self.progress(Progress(Stage.WARMUP, done, total, f"mean proxy reward {means[-1]:.4f} of the last "
+                                                              f"{steps} plans"))
             logger.info("proxy warm-up: %d of %d plans, mean proxy reward of the last %d: %.4f", done, total, steps,
                         means[-1])
         return means

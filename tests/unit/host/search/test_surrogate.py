@@ -349,7 +349,8 @@ def test_the_proxy_warmup_learns_what_the_proxy_rewards(evaluator, monkeypatch):
     evaluator.evaluate_dense()
     config = SearchConfig(out=evaluator.journal.path.parent, objective="flops", devices=(), budget=4,
                           ppo=PPOSettings(n_steps=2, batch_size=2, hidden=16, proxy_plans=96))
-    runner = SearchRunner(config, evaluator.journal)
+    shown = []
+    runner = SearchRunner(config, evaluator.journal, progress=shown.append)
     env = PruningEnv(space.observation(), lambda _choices: None)
     model = ppo_model(env, space, config.ppo, 0.0, 0, evaluator.journal.path.parent / "ppo.zip")
     padded, _ = env.reset()
@@ -364,3 +365,5 @@ def test_the_proxy_warmup_learns_what_the_proxy_rewards(evaluator, monkeypatch):
     # the band a FLOPs search projects into (0.5 MAC cut): plans outside it are paid ``accuracy - 1`` whatever
     runner._proxy_warmup(evaluator, space, TargetBand(0.5, FLOPS_BAND, exact=True), model)
     assert keep_first() > before + 0.1
+    # a progress line per update, counting plans up to the total
+    assert [(p.stage, p.done, p.total) for p in shown] == [("warm-up", 16 * (i + 1), 96) for i in range(6)]

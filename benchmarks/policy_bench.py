@@ -92,6 +92,16 @@ def paired(ours: list[float | None], theirs: list[float | None]) -> tuple[float,
     return statistics.mean(diffs), se, len(diffs)
 
 
+def _paired_cells(ours: list[dict[int, float | None]], theirs: list[dict[int, float | None]],
+                  checkpoints: list[int]) -> list[str]:
+    """One table cell per checkpoint: :func:`paired` of two strategies' per-seed figures."""
+    cells = []
+    for n in checkpoints:
+        d = paired([s[n] for s in ours], [s[n] for s in theirs])
+        cells.append("-" if d is None else f"{d[0]:+.4f} +- {d[1]:.4f} ({d[2]})")
+    return cells
+
+
 def journal_rewards(run_dir: Path) -> list[float]:
     """Rewards of the newly evaluated search candidates of a run, in evaluation order."""
     from host.kinds import Phase
@@ -258,18 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     for ours in OURS:
         if ours not in strategies:
             continue
-        lines += ["", f"{ours} minus each other strategy, paired by seed: mean +- standard error (seeds)", ""]
-        header = ["model", "vs", *[f"N={n}" for n in checkpoints]]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for model, rows in results.items():
-            for other in strategies:
-                if other == ours:
-                    continue
-                cells = []
-                for n in checkpoints:
-                    d = paired([s[n] for s in rows[ours]], [s[n] for s in rows[other]])
-                    cells.append("-" if d is None else f"{d[0]:+.4f} +- {d[1]:.4f} ({d[2]})")
-                lines.append("| " + " | ".join([model, other, *cells]) + " |")
+        for title, table, columns in (("best reward after N", results, [f"N={n}" for n in checkpoints]),
+                                      ("mean reward of the span's candidates", trends, spans)):
+            lines += ["", f"{ours} minus each other strategy, {title}, paired by seed: mean +- standard error (seeds)",
+                      ""]
+            header = ["model", "vs", *columns]
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            for model, rows in table.items():
+                lines += [f"| {model} | {other} | " + " | ".join(_paired_cells(rows[ours], rows[other], checkpoints))
+                          + " |" for other in strategies if other != ours]
     lines += ["", "search wall time this invocation (s, runs reused from --out count 0): "
               + ", ".join(f"{s} {t:.0f}" for s, t in seconds.items())]
     text = "\n".join(lines)

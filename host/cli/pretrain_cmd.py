@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-
 # proxy-rewarded plans per model and round before the real candidates (PPOSettings.proxy_plans)
 DEFAULT_PROXY_PLANS = 256
 

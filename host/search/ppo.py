@@ -67,9 +67,14 @@ class BudgetCallback(BaseCallback):
         return not skipped and count < self.budget and self.journal.count(Phase.SEARCH) < self.max_steps
 
     def _on_rollout_end(self) -> None:
-        tmp = self.ppo_path.with_suffix(".tmp.zip")
-        self.model.save(tmp)
-        os.replace(tmp, self.ppo_path)  # atomic: a kill never leaves half a policy
+        save_learner(self.model, self.ppo_path)
+
+
+def save_learner(model: PPO, path: Path) -> None:
+    """Save the PPO learner to ``path`` atomically: a kill never leaves half a policy."""
+    tmp = path.with_suffix(".tmp.zip")
+    model.save(tmp)
+    os.replace(tmp, path)
 
 
 def ppo_model(env: PruningEnv | BatchedPruningEnv, space: SearchSpace, settings: PPOSettings, keep_logit: float,

@@ -51,8 +51,8 @@ def pretrain(models: Sequence[str], out: Path, base: SearchConfig, *, rounds: in
     ``base`` gives everything else of each search (data, sizes, budget per model, FLOPs target, seed; its
     objective, strategy and final stage are set here); ``policy_file`` starts the first search from a policy
     already trained. ``proxy_plans`` (default ``base.ppo.proxy_plans``): plans each search trains PPO on, rewarded
-    by their adaptive-BN proxy, before its real candidates (``PPOSettings.proxy_plans``). ``on_step(done, total, step)`` is called after each search; ``progress`` is every search's
-    progress callback."""
+    by their adaptive-BN proxy, before its real candidates (``PPOSettings.proxy_plans``). ``on_step(done, total,
+    step)`` is called after each search; ``progress`` is every search's progress callback."""
     from host.search.journal import JOURNAL_NAME, Journal
     from host.search.runner import POLICY_FILE, SearchRunner
 
@@ -60,7 +60,8 @@ def pretrain(models: Sequence[str], out: Path, base: SearchConfig, *, rounds: in
     if not names:
         raise ConfigError("pretrain needs at least one model", hint="e.g. --models resnet20,vgg16")
     if proxy_plans is not None and proxy_plans < 0:
-        raise ConfigError(f"--proxy-plans {proxy_plans} must not be negative", hint="e.g. --proxy-plans 256, or 0 for none")
+        raise ConfigError(f"--proxy-plans {proxy_plans} must not be negative",
+                          hint="e.g. --proxy-plans 256, or 0 for none")
     if rounds < 1:
         raise ConfigError(f"--rounds {rounds} must be at least 1", hint="e.g. --rounds 2")
     out = Path(out)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
@@ -413,7 +412,7 @@ class SearchRunner:
         # PPO only from here: the baselines above need neither SB3 nor the graph policy
         from host.search.env import BatchedPruningEnv, PruningEnv
         from host.search.policy import save_policy
-        from host.search.ppo import BudgetCallback, ppo_model
+        from host.search.ppo import BudgetCallback, ppo_model, save_learner
 
         if width > 1:
             env = BatchedPruningEnv(space.observation(), width,
@@ -425,9 +424,7 @@ class SearchRunner:
         if cfg.ppo.proxy_plans > 0 and not self.journal.get_value("proxy_warmup_done"):
             # the mean proxy reward of each update's plans: does the warm-up raise it
             self.journal.set_value("proxy_warmup_rewards", self._proxy_warmup(evaluator, space, band, model))
-            tmp = ppo_path.with_suffix(".tmp.zip")
-            model.save(tmp)
-            os.replace(tmp, ppo_path)  # a resumed run starts from the warmed-up policy and does not warm up again
+            save_learner(model, ppo_path)  # a resumed run starts from the warmed-up policy and does not warm up again
             self.journal.set_value("proxy_warmup_done", True)
         if self.journal.count(Phase.SEARCH, evaluated_only=True) < budget:  # the seeds may have used it all
             imagination = None

@@ -476,7 +476,7 @@ class SearchRunner:
         from host.search.ppo import train_on_imagined
 
         total = self.config.ppo.proxy_plans
-        macs = CostModel.from_space(space)
+        proxy, reward = _proxy(evaluator, space), _unevaluated_reward(evaluator, CostModel.from_space(space))
         # a generator of its own: the warm-up draws nothing from the search's
         projected = self._projection(evaluator, space, band, np.random.default_rng(self.config.seed + 7919),
                                      exact=False)
@@ -484,10 +484,9 @@ class SearchRunner:
 
         def outcome(choices: np.ndarray) -> StepOutcome:
             plan = projected(np.asarray(choices, np.int64))
-            accuracy = evaluator.scorer.proxy_accuracy(space.decode(plan)[0])
-            reward = INVALID_REWARD if accuracy is None else evaluator.predicted_reward(accuracy, plan,
-                                                                                        macs.predict(plan))
-            return StepOutcome(float(reward), {"imagined": True, "choices": plan.tolist()})
+            accuracy = proxy(plan)
+            value = INVALID_REWARD if accuracy is None else reward(plan, accuracy)
+            return StepOutcome(float(value), {"imagined": True, "choices": plan.tolist()})
 
         means, done = [], 0
         while done < total:
@@ -531,6 +530,7 @@ class SearchRunner:
 
         macs = CostModel.from_space(space)  # the MAC-proportional prior: a plan's MAC ratio
         surrogate = AccuracySurrogate(*choice_tables(space, macs))
+        reward = _unevaluated_reward(evaluator, macs)
         imagined_rng = np.random.default_rng(int(rng.integers(2**32)))
 
         def samples() -> list[tuple[np.ndarray, float]]:
@@ -540,10 +540,6 @@ class SearchRunner:
         # the cost model's projection only: counting the exact MACs (FLOPs objective) of every step of every imagined
         # or screened plan would cost more than the real evaluations it saves
         projected = self._projection(evaluator, space, band, imagined_rng, exact=False)
-
-        def reward(choices: np.ndarray, accuracy: float) -> float:
-            return evaluator.predicted_reward(accuracy, choices, macs.predict(choices))
-
         return surrogate, samples, projected, reward
 
     def _screening(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator,
@@ -555,11 +551,7 @@ class SearchRunner:
         from host.search.surrogate import ProxyAccuracy, Screen
 
         _, samples, projected, reward = self._surrogate(evaluator, space, band, rng)
-
-        def proxy(choices: np.ndarray) -> float | None:
-            return evaluator.scorer.proxy_accuracy(space.decode(choices)[0])
-
-        return Screen(ProxyAccuracy(proxy, samples), policy_draws(model, space.observation()), projected, reward,
+        return Screen(ProxyAccuracy(_proxy(evaluator, space), samples), policy_draws(model, space.observation()), projected, reward,
                       k=self.config.ppo.screen, collect=self.config.ppo.screen_learn)
 
     def _family_seeds(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, rng: np.random.Generator,
@@ -764,3 +756,15 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[pkg] = "missing"
     return out
+
+
+def _proxy(evaluator: CandidateEvaluator, space: SearchSpace) -> Callable[[np.ndarray], float | None]:
+    """A plan's (per-layer choices) adaptive-BN proxy accuracy (:meth:`host.search.scorer.PlanScorer.proxy_accuracy`),
+    None for a plan that cannot be built: what screening and the proxy warm-up judge plans by."""
+    return lambda choices: evaluator.scorer.proxy_accuracy(space.decode(choices)[0])
+
+
+def _unevaluated_reward(evaluator: CandidateEvaluator, macs) -> Callable[[np.ndarray, float], float]:
+    """``reward(choices, accuracy)`` of a plan that is not evaluated: the run's reward with a predicted accuracy and
+    the MAC ratio of the cost model ``macs`` (:meth:`CandidateEvaluator.predicted_reward`)."""
+    return lambda choices, accuracy: evaluator.predicted_reward(accuracy, choices, macs.predict(choices))

@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                 devices=("local",) if args.objective == "latency" else (),
                 model=ModelSpec(model=model, data_limit=args.data_limit, train_epochs=args.train_epochs))
             for strategy in strategies:
-                config = replace(base, **strategy_changes(strategy, base, args.policy, args.dyna, args.screen,
-                                                                   args.proxy_plans))
+                changes = strategy_changes(strategy, base, args.policy, args.dyna, args.screen, args.proxy_plans)
+                config = replace(base, **changes)
                 print(f"{model} seed {seed} {strategy}", file=sys.stderr, flush=True)
                 rewards, took = run_one(config, args.out / model / f"seed{seed}" / strategy, args.progress)
                 seconds[strategy] = seconds.get(strategy, 0.0) + took

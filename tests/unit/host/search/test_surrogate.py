@@ -331,6 +331,9 @@ def test_a_proxy_warmup_moves_the_policy_before_any_budget_is_spent(evaluator, m
     assert evaluator.journal.count(Phase.SEARCH, evaluated_only=True) == 6
     assert evaluator.journal.get_value("proxy_warmup_done") is True
     assert evaluator.journal.get_value("proxy_warmup_rewards") == pytest.approx(means)
+    # continued with a larger budget (as --resume --budget does), the run does not warm up again
+    ppo_flops_search(evaluator, budget=8, proxy_plans=2 * PROXY_ROLLOUT)
+    assert len(seen) == 1 and evaluator.journal.count(Phase.SEARCH, evaluated_only=True) == 8
 
 
 def test_the_proxy_warmup_learns_what_the_proxy_rewards(evaluator, monkeypatch):

@@ -147,16 +147,18 @@ def strategy_changes(name: str, base, policy: str | None, dyna: int = 8, screen:
 
 
 def run_one(base, out: Path, progress: bool) -> tuple[list[float], float]:
-    """The search of ``base`` (resumed if its journal exists); its rewards and wall time (0 if reused)."""
+    """The search of ``base`` (resumed if its journal exists, extended if it has fewer than ``base.budget``
+    candidates); its rewards and wall time (0 if reused)."""
     from host.search.journal import JOURNAL_NAME
     from host.search.runner import SearchRunner
 
     start = time.perf_counter()
-    if (out / "result.json").exists():
+    if (out / "result.json").exists() and len(journal_rewards(out)) >= base.budget:
         return journal_rewards(out), 0.0
     show = (lambda p: print(f"  {p.stage} {p.done}/{p.total} {p.message}", file=sys.stderr, flush=True)) \
         if progress else None
-    runner = SearchRunner.resume(out, progress=show) if (out / JOURNAL_NAME).exists() else \
+    # a run kept in --out continues, up to this invocation's --budget (a budget-32 run grows to 48)
+    runner = SearchRunner.resume(out, progress=show, budget=base.budget) if (out / JOURNAL_NAME).exists() else \
         SearchRunner.start(replace(base, out=out), progress=show)
     runner.run()
     return journal_rewards(out), time.perf_counter() - start

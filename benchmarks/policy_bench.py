@@ -24,6 +24,7 @@ evaluator and cost model (the journal of each run is kept under --out):
   random      plans drawn from that prior, no seeds, no projection, no learning
   evolution   aging evolution (host.search.evolution) from the family seeds and the prior, same projection
   pretrained  (with --policy FILE) the PPO search started from a policy trained beforehand
+  pretrained-screen, pretrained-warm  the same, with --screen or with the --proxy-plans warm-up on the target model
 
 The figure is, for each run, the best reward among its first N newly evaluated candidates (reused plans spend
 no budget and are not counted), read from its journal, at every N of --checkpoints. The table gives the mean
@@ -58,10 +59,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 STRATEGIES = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "ppo-screen-learn", "ppo-screen-replay", "screen-no-learn",
-              "ppo-warm", "ppo-warm-screen", "ppo-evolve", "evolve-no-learn", "no-learn", "random", "evolution", "pretrained")
+              "ppo-warm", "ppo-warm-screen", "ppo-evolve", "evolve-no-learn", "no-learn", "random", "evolution", "pretrained",
+              "pretrained-screen", "pretrained-warm")
 # rows whose paired differences are printed
 OURS = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "ppo-screen-learn", "ppo-screen-replay", "screen-no-learn",
-        "ppo-warm", "ppo-warm-screen", "ppo-evolve", "evolve-no-learn", "pretrained")
+        "ppo-warm", "ppo-warm-screen", "ppo-evolve", "evolve-no-learn", "pretrained",
+        "pretrained-screen", "pretrained-warm")
 
 
 def best_after(rewards: list[float], checkpoints: list[int]) -> dict[int, float | None]:
@@ -139,10 +142,15 @@ def strategy_changes(name: str, base, policy: str | None, dyna: int = 8, screen:
         return {"ppo": replace(base.ppo, learning_rate=0.0)}
     if name in ("random", "evolution"):
         return {"strategy": name}
-    if name == "pretrained":
+    if name.startswith("pretrained"):
         if not policy:
-            raise SystemExit("the pretrained row needs --policy FILE (a policy.pt from a search or pretraining)")
-        return {"policy_file": policy}
+            raise SystemExit(f"the {name} row needs --policy FILE (a policy.pt from a search or pretraining)")
+        if name == "pretrained":
+            return {"policy_file": policy}
+        if name == "pretrained-screen":  # the pretrained policy proposes, the target model's proxy picks
+            return {"policy_file": policy, "ppo": replace(base.ppo, screen=screen)}
+        if name == "pretrained-warm":  # the pretrained policy first trains on the target model's proxy
+            return {"policy_file": policy, "ppo": replace(base.ppo, proxy_plans=proxy_plans)}
     raise SystemExit(f"unknown strategy {name!r}; use some of {', '.join(STRATEGIES)}")
 
 
@@ -193,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=48)
     parser.add_argument("--checkpoints", default="8,16,32,48")
     parser.add_argument("--strategies", default="ppo,no-learn,random,evolution",
-                        help=f"some of {','.join(STRATEGIES)} (pretrained needs --policy)")
-    parser.add_argument("--policy", help="a policy.pt to start the 'pretrained' row from")
+                        help=f"some of {','.join(STRATEGIES)} (the pretrained rows need --policy)")
+    parser.add_argument("--policy", help="a policy.pt to start the pretrained rows from")
     parser.add_argument("--dyna", type=int, default=8, help="imagined plans per real one in the ppo-dyna row (8)")
     parser.add_argument("--screen", type=int, default=8,
                         help="plans screened by their proxy accuracy per real one in the screening rows (8)")

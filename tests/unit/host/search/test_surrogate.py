@@ -336,11 +336,13 @@ def test_a_proxy_warmup_moves_the_policy_before_any_budget_is_spent(evaluator, m
     assert len(seen) == 1 and evaluator.journal.count(Phase.SEARCH, evaluated_only=True) == 8
 
 
-def test_the_proxy_warmup_learns_what_the_proxy_rewards(evaluator, monkeypatch):
+@pytest.mark.parametrize("width", [1, 2], ids=["one-env", "batched-env"])
+def test_the_proxy_warmup_learns_what_the_proxy_rewards(evaluator, monkeypatch, width):
     """The warm-up moves the policy towards the plans the proxy rates best: a proxy that pays only for keeping the
-    first layer raises the policy's probability of keeping it."""
+    first layer raises the policy's probability of keeping it. Also with the batched environment a search uses when
+    it evaluates several plans at once (``--ray``, a pool of boards)."""
     from host.search.config import PPOSettings, SearchConfig
-    from host.search.env import PruningEnv
+    from host.search.env import BatchedPruningEnv, PruningEnv
     from host.search.ppo import ppo_model
     from host.search.projection import TargetBand
     from host.search.reward import FLOPS_BAND
@@ -354,9 +356,11 @@ def test_the_proxy_warmup_learns_what_the_proxy_rewards(evaluator, monkeypatch):
                           ppo=PPOSettings(n_steps=2, batch_size=2, hidden=16, proxy_plans=96))
     shown = []
     runner = SearchRunner(config, evaluator.journal, progress=shown.append)
-    env = PruningEnv(space.observation(), lambda _choices: None)
+    env = PruningEnv(space.observation(), lambda _choices: None) if width == 1 else \
+        BatchedPruningEnv(space.observation(), width, lambda _batch: None)
     model = ppo_model(env, space, config.ppo, 0.0, 0, evaluator.journal.path.parent / "ppo.zip")
-    padded, _ = env.reset()
+    assert model.n_envs == width
+    padded, _ = PruningEnv(space.observation(), lambda _choices: None).reset()
 
     def keep_first() -> float:
         obs, _ = model.policy.obs_to_tensor(padded)

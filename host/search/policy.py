@@ -5,7 +5,8 @@
   types. It returns, flattened per sample, the node embeddings, the choice mask and the mean-pooled graph
   embedding.
 * :class:`GraphActorCriticPolicy` (an ``ActorCriticPolicy``) maps EACH node embedding to that node's K
-  logits with one shared linear head (invalid choices masked out), and the pooled embedding to the value.
+  logits with one shared linear head (softly bounded, invalid choices masked out), and the pooled embedding to the
+  value.
 
 No parameter depends on the number of nodes, so a policy trained on one model loads into the PPO of another
 model (:func:`save_policy` / :func:`load_policy_weights`); only the feature width F and vocabulary size K
@@ -29,6 +30,23 @@ from host.search.env import MAX_EDGE_TYPES
 
 POLICY_FORMAT = "autosculpt-gnn-policy/1"
 _MASKED_LOGIT = -1e4
+# A choice logit passes through unchanged up to +-LOGIT_FREE and is softly bounded by +-LOGIT_CAP beyond it
+# (:func:`soft_cap`). PPO here also learns from plans its policy did not propose (relabelled projections, screened
+# and warm-up plans); under an unbounded, near-deterministic policy such a plan's log-probability is hundreds of
+# nats down, one optimizer step moves the log-ratio of the plan's ~50 choices past exp's float32 range, and the
+# update turns every weight into NaN (a policy pretrained over three models had logit gaps of ~315). A gap of 40
+# nats is already deterministic in practice, and far past the cap the gradient vanishes, so such a plan no longer
+# moves the update; the free range keeps a fresh policy's calibrated prior (logits within +-1) exactly as it was.
+LOGIT_FREE, LOGIT_CAP = 10.0, 20.0
+
+
+def soft_cap(logits: torch.Tensor, free: float = LOGIT_FREE, cap: float = LOGIT_CAP) -> torch.Tensor:
+    """``logits`` unchanged within +-``free``, beyond it ``free + (cap - free) * tanh(excess / (cap - free))``:
+    continuous with slope 1 at ``free``, bounded by ``cap``, and with a vanishing gradient far past it."""
+    size = abs(logits)
+    excess = (size - free).clamp(min=0.0)
+    bounded = torch.sign(logits) * (free + (cap - free) * torch.tanh(excess / (cap - free)))
+    return torch.where(size > free, bounded, logits)
 
 
 class GraphEncoder(nn.Module):
@@ -107,7 +125,8 @@ class _SplitLatent(nn.Module):
 
 
 class PerNodeActor(nn.Module):
-    """The same head on every node embedding -> K logits per node; invalid choices masked out."""
+    """The same head on every node embedding -> K logits per node (:func:`soft_cap` bounded); invalid choices masked
+    out."""
 
     def __init__(self, hidden: int, k: int) -> None:
         super().__init__()
@@ -119,7 +138,7 @@ class PerNodeActor(nn.Module):
         n_max = latent.shape[1] // (self.hidden + self.k)
         h = latent[:, : n_max * self.hidden].reshape(batch, n_max, self.hidden)
         mask = latent[:, n_max * self.hidden :].reshape(batch, n_max, self.k)
-        logits = self.head(h).masked_fill(mask < 0.5, _MASKED_LOGIT)
+        logits = soft_cap(self.head(h)).masked_fill(mask < 0.5, _MASKED_LOGIT)
         return logits.reshape(batch, n_max * self.k)
 
 

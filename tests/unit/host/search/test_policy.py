@@ -121,3 +121,42 @@ def test_one_policy_on_two_real_model_graphs():
         assert all(space.choice_mask[i, c] for i, c in enumerate(chosen))  # masked logits: only valid choices
         plan, names = space.decode(chosen)
         assert set(names) == set(space.layer_names)
+
+
+def test_a_near_deterministic_policy_learns_from_plans_it_would_never_propose():
+    """A policy whose logits are hundreds apart (as pretraining over several models left one) gives a relabelled
+    plan it did not propose a log-probability hundreds of nats down; PPO's update on such plans must stay finite
+    (unbounded logits overflowed the importance ratio and turned every weight into NaN) and keep the bound."""
+    from host.search.policy import LOGIT_CAP, soft_cap
+    from host.search.ppo import train_on_imagined
+
+    graph = chain_graph(12)
+    model = _ppo(graph)
+    last = model.policy.action_net.head[-1]
+    with torch.no_grad():  # one choice far ahead on every node, the rest far behind: a collapsed policy
+        last.weight.normal_(0.0, 30.0)
+        last.bias.copy_(torch.linspace(150.0, -150.0, last.bias.numel()))
+    rng = np.random.default_rng(0)
+    mask = graph.choice_mask
+
+    def rare_plan(_proposed: np.ndarray) -> StepOutcome:  # valid choices drawn uniformly: nothing the policy favours
+        plan = [int(rng.choice(np.flatnonzero(row))) for row in mask]
+        return StepOutcome(float(rng.normal(90.0, 2.0)), {"choices": plan})
+
+    obs = _obs_tensor(graph, Padding.fitting(graph))
+
+    def least_likely() -> float:  # the lowest log-probability of a valid choice, over the layers
+        with torch.no_grad():
+            nodes = model.policy.get_distribution(obs).distribution
+        return min(float(nodes[int(n)].logits[0][torch.as_tensor(m)].min())
+                   for n, m in zip(graph.layer_nodes, mask, strict=True))
+
+    assert least_likely() < -30  # collapsed: such a plan is far less likely than 1e-13
+    for _ in range(3):
+        train_on_imagined(model, graph, rare_plan, 16, relabel=True)
+    assert all(torch.isfinite(p).all() for p in model.policy.parameters())
+    assert -2 * LOGIT_CAP - 5 < least_likely() < -30
+    # the bound itself: unchanged inside the free range, never past the cap
+    x = torch.tensor([-500.0, -15.0, -0.77, 0.0, 3.0, 500.0])
+    capped = soft_cap(x)
+    assert capped[2:5].tolist() == x[2:5].tolist() and capped.abs().max() <= LOGIT_CAP

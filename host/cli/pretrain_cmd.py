@@ -63,8 +63,11 @@ def run(args: argparse.Namespace) -> int:
     def report(done: int, total: int, step) -> None:
         if not args.json:
             best = "-" if step.best_reward is None else f"{step.best_reward:.4f}"
+            spread = "" if step.spread is None else (
+                f", policy entropy {step.spread['entropy']:.2f} of {step.spread['uniform_entropy']:.2f} nats per layer"
+                f"{' (collapsed: one plan)' if step.collapsed else ''}")
             print(f"[{done}/{total}] {step.model} (round {step.round}): {step.candidates} candidates, best reward "
-                  f"{best}  ({step.run_dir})", file=sys.stderr, flush=True)
+                  f"{best}{spread}  ({step.run_dir})", file=sys.stderr, flush=True)
 
     from host.cli.search_cmd import _Display
 
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"policy": str(args.out), "searches": [
             {"model": s.model, "round": s.round, "run_dir": str(s.run_dir), "candidates": s.candidates,
-             "best_reward": s.best_reward} for s in steps]}, indent=2))
+             "best_reward": s.best_reward, "policy_spread": s.spread} for s in steps]}, indent=2))
     else:
         print(f"policy written to {args.out}; start a search from it with: sculpt-host search --policy {args.out} ...")
     return 0

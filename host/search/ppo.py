@@ -156,6 +156,21 @@ def policy_draws(model: PPO, observation: GraphObservation) -> Callable[[int], l
     return draw
 
 
+def policy_spread(model: PPO, observation: GraphObservation) -> dict[str, float]:
+    """How decided ``model``'s policy is on ``observation``'s layers: the mean per-layer entropy of its choice (nats),
+    the same for a uniform choice among each layer's valid patterns, and the mean probability of each layer's most
+    likely choice. A policy whose top choices are all ~1 proposes one plan every step (a collapsed policy)."""
+    env = PruningEnv(observation, lambda _choices: None)
+    padded, _ = env.reset()
+    obs, _ = model.policy.obs_to_tensor(padded)
+    with torch.no_grad():
+        distribution = model.policy.get_distribution(obs).distribution
+    nodes = [distribution[int(n)] for n in observation.layer_nodes]
+    return {"entropy": float(np.mean([float(d.entropy()[0]) for d in nodes])),
+            "uniform_entropy": float(np.mean(np.log(observation.choice_mask.sum(axis=1)))),
+            "top_probability": float(np.mean([float(d.probs[0].max()) for d in nodes]))}
+
+
 def train_on_imagined(model: PPO, observation: GraphObservation, outcome: Callable[[np.ndarray], StepOutcome],
                       steps: int, relabel: bool = False) -> np.ndarray:
     """One PPO update of ``model`` on ``steps`` one-step episodes drawn from its current policy and rewarded by

@@ -25,6 +25,8 @@ from host.search.config import SearchConfig
 from host.search.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
+# a mean top-choice probability from which the policy is taken to propose one plan every step
+COLLAPSED_TOP = 0.99
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,13 @@ class PretrainStep:
     run_dir: Path
     candidates: int
     best_reward: float | None
+    # the policy at the end of this search, on this model (host.search.ppo.policy_spread; None in runs from before it)
+    spread: dict[str, float] | None = None
+
+    @property
+    def collapsed(self) -> bool:
+        """The policy proposes (nearly) one plan on this model: no longer a prior to start other searches from."""
+        return self.spread is not None and self.spread["top_probability"] >= COLLAPSED_TOP
 
 
 def _folder(name: str) -> str:
@@ -85,7 +94,12 @@ def pretrain(models: Sequence[str], out: Path, base: SearchConfig, *, rounds: in
                     SearchRunner.start(config, progress=progress).run()
             with Journal.open(run_dir) as journal:
                 rows = [c for c in journal.candidates(Phase.SEARCH) if not c.reused]
-            step = PretrainStep(name, r + 1, run_dir, len(rows), max((c.reward for c in rows), default=None))
+                spread = journal.get_value("policy_spread")
+            step = PretrainStep(name, r + 1, run_dir, len(rows), max((c.reward for c in rows), default=None), spread)
+            if step.collapsed:
+                logger.warning("after %s the policy has collapsed: its top choice per layer has probability %.3f on "
+                               "average, so it proposes about one plan; try fewer --proxy-plans or a smaller --budget",
+                               name, spread["top_probability"])
             steps.append(step)
             current = str(policy)
             if on_step is not None:

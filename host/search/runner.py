@@ -412,7 +412,7 @@ class SearchRunner:
         # PPO only from here: the baselines above need neither SB3 nor the graph policy
         from host.search.env import BatchedPruningEnv, PruningEnv
         from host.search.policy import save_policy
-        from host.search.ppo import BudgetCallback, ppo_model, save_learner
+        from host.search.ppo import BudgetCallback, policy_spread, ppo_model, save_learner
 
         if width > 1:
             env = BatchedPruningEnv(space.observation(), width,
@@ -461,6 +461,11 @@ class SearchRunner:
                                 self._screen.screened, self._screen.replaced, self._screen.learned)
                 self._screen = None
                 self._evolve = None
+        spread = policy_spread(model, space.observation())
+        self.journal.set_value("policy_spread", spread)
+        logger.info("the policy ends with %.3f nats of entropy per layer (uniform over the valid patterns: %.3f); its "
+                    "top choice has probability %.3f on average", spread["entropy"], spread["uniform_entropy"],
+                    spread["top_probability"])
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)
 
     def _proxy_warmup(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, model) -> list[float]:

@@ -28,6 +28,9 @@ def test_one_policy_learns_on_each_model_in_turn(tmp_path):
                      on_step=lambda done, total, step: seen.append((done, total, step.model)))
     assert seen == [(1, 2, "resnet20"), (2, 2, "vgg16")]
     assert [s.candidates for s in steps] == [3, 3] and all(s.best_reward is not None for s in steps)
+    # how decided the policy is on each model after its search (a collapsed one would propose a single plan)
+    assert all(0 < s.spread["entropy"] <= s.spread["uniform_entropy"] and 0 < s.spread["top_probability"] <= 1
+               for s in steps)
     first, second = (s.run_dir for s in steps)
     with Journal.open(second) as journal:  # the second search started from the first's policy
         assert journal.metadata["config"]["policy_file"] == str(first / "policy.pt")
@@ -42,7 +45,7 @@ def test_one_policy_learns_on_each_model_in_turn(tmp_path):
     # a finished pretraining is read back, not run again
     mtime = (second / "policy.pt").stat().st_mtime_ns
     again = pretrain(["resnet20", "vgg16"], out, _base(), runs_dir=tmp_path / "runs")
-    assert [s.best_reward for s in again] == [s.best_reward for s in steps]
+    assert [(s.best_reward, s.spread) for s in again] == [(s.best_reward, s.spread) for s in steps]
     assert (second / "policy.pt").stat().st_mtime_ns == mtime
 
 

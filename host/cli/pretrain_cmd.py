@@ -64,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             best = "-" if step.best_reward is None else f"{step.best_reward:.4f}"
             spread = "" if step.spread is None else (
-                f", policy entropy {step.spread['entropy']:.2f} of {step.spread['uniform_entropy']:.2f} nats per layer"
-                f"{' (collapsed: one plan)' if step.collapsed else ''}")
+                f", policy entropy {step.spread['entropy']:.2f} of {step.spread['uniform_entropy']:.2f} nats per layer, "
+                f"keeps {step.spread['keep_probability']:.0%} of layers"
+                f"{' (it proposes the dense model)' if step.proposes_dense else ''}")
             print(f"[{done}/{total}] {step.model} (round {step.round}): {step.candidates} candidates, best reward "
                   f"{best}{spread}  ({step.run_dir})", file=sys.stderr, flush=True)
 

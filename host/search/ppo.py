@@ -156,10 +156,11 @@ def policy_draws(model: PPO, observation: GraphObservation) -> Callable[[int], l
     return draw
 
 
-def policy_spread(model: PPO, observation: GraphObservation) -> dict[str, float]:
+def policy_spread(model: PPO, observation: GraphObservation, keep_index: int) -> dict[str, float]:
     """How decided ``model``'s policy is on ``observation``'s layers: the mean per-layer entropy of its choice (nats),
-    the same for a uniform choice among each layer's valid patterns, and the mean probability of each layer's most
-    likely choice. A policy whose top choices are all ~1 proposes one plan every step (a collapsed policy)."""
+    the same for a uniform choice among each layer's valid patterns, the mean probability of each layer's most
+    likely choice (~1: it proposes one plan every step) and the mean probability of keeping a layer (~1: it proposes
+    the dense model and leaves every cut to the projection)."""
     env = PruningEnv(observation, lambda _choices: None)
     padded, _ = env.reset()
     obs, _ = model.policy.obs_to_tensor(padded)
@@ -168,7 +169,8 @@ def policy_spread(model: PPO, observation: GraphObservation) -> dict[str, float]
     nodes = [distribution[int(n)] for n in observation.layer_nodes]
     return {"entropy": float(np.mean([float(d.entropy()[0]) for d in nodes])),
             "uniform_entropy": float(np.mean(np.log(observation.choice_mask.sum(axis=1)))),
-            "top_probability": float(np.mean([float(d.probs[0].max()) for d in nodes]))}
+            "top_probability": float(np.mean([float(d.probs[0].max()) for d in nodes])),
+            "keep_probability": float(np.mean([float(d.probs[0][keep_index]) for d in nodes]))}
 
 
 def train_on_imagined(model: PPO, observation: GraphObservation, outcome: Callable[[np.ndarray], StepOutcome],

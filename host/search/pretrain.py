@@ -25,8 +25,8 @@ from host.search.config import SearchConfig
 from host.search.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
-# a mean top-choice probability from which the policy is taken to propose one plan every step
-COLLAPSED_TOP = 0.99
+# a mean probability of keeping a layer from which the policy is taken to propose the dense model
+DENSE_KEEP = 0.99
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,10 @@ class PretrainStep:
     spread: dict[str, float] | None = None
 
     @property
-    def collapsed(self) -> bool:
-        """The policy proposes (nearly) one plan on this model: no longer a prior to start other searches from."""
-        return self.spread is not None and self.spread["top_probability"] >= COLLAPSED_TOP
+    def proposes_dense(self) -> bool:
+        """The policy keeps (nearly) every layer of this model: it no longer says where to prune, and a search
+        started from it evaluates only what the projection cuts from the dense model."""
+        return self.spread is not None and self.spread["keep_probability"] >= DENSE_KEEP
 
 
 def _folder(name: str) -> str:
@@ -96,10 +97,10 @@ def pretrain(models: Sequence[str], out: Path, base: SearchConfig, *, rounds: in
                 rows = [c for c in journal.candidates(Phase.SEARCH) if not c.reused]
                 spread = journal.get_value("policy_spread")
             step = PretrainStep(name, r + 1, run_dir, len(rows), max((c.reward for c in rows), default=None), spread)
-            if step.collapsed:
-                logger.warning("after %s the policy has collapsed: its top choice per layer has probability %.3f on "
-                               "average, so it proposes about one plan; try fewer --proxy-plans or a smaller --budget",
-                               name, spread["top_probability"])
+            if step.proposes_dense:
+                logger.warning("after %s the policy keeps every layer (probability %.3f on average): it proposes the "
+                               "dense model and no longer says where to prune; try fewer --proxy-plans or a smaller "
+                               "--budget", name, spread["keep_probability"])
             steps.append(step)
             current = str(policy)
             if on_step is not None:

@@ -461,11 +461,11 @@ class SearchRunner:
                                 self._screen.screened, self._screen.replaced, self._screen.learned)
                 self._screen = None
                 self._evolve = None
-        spread = policy_spread(model, space.observation())
+        spread = policy_spread(model, space.observation(), space.keep_index)
         self.journal.set_value("policy_spread", spread)
-        logger.info("the policy ends with %.3f nats of entropy per layer (uniform over the valid patterns: %.3f); its "
-                    "top choice has probability %.3f on average", spread["entropy"], spread["uniform_entropy"],
-                    spread["top_probability"])
+        logger.info("the policy ends with %.3f nats of entropy per layer (uniform over the valid patterns: %.3f); on "
+                    "average its top choice has probability %.3f and keeping a layer %.3f", spread["entropy"],
+                    spread["uniform_entropy"], spread["top_probability"], spread["keep_probability"])
         save_policy(model.policy, self.run_dir / POLICY_FILE, space.vocab)
 
     def _proxy_warmup(self, evaluator: CandidateEvaluator, space: SearchSpace, band: TargetBand, model) -> list[float]:

@@ -30,7 +30,7 @@ def test_one_policy_learns_on_each_model_in_turn(tmp_path):
     assert [s.candidates for s in steps] == [3, 3] and all(s.best_reward is not None for s in steps)
     # how decided the policy is on each model after its search (a collapsed one would propose a single plan)
     assert all(0 < s.spread["entropy"] <= s.spread["uniform_entropy"] and 0 < s.spread["top_probability"] <= 1
-               for s in steps)
+               and 0 < s.spread["keep_probability"] < 1 for s in steps)
     first, second = (s.run_dir for s in steps)
     with Journal.open(second) as journal:  # the second search started from the first's policy
         assert journal.metadata["config"]["policy_file"] == str(first / "policy.pt")

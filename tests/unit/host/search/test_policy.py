@@ -162,16 +162,18 @@ def test_a_near_deterministic_policy_learns_from_plans_it_would_never_propose():
     assert capped[2:5].tolist() == x[2:5].tolist() and capped.abs().max() <= LOGIT_CAP
 
 
-def test_policy_spread_tells_a_fresh_policy_from_a_collapsed_one():
+def test_policy_spread_tells_a_fresh_policy_from_a_decided_one():
     from host.search.ppo import policy_spread
 
     graph = chain_graph(12)
     model = _ppo(graph)
-    fresh = policy_spread(model, graph)
+    fresh = policy_spread(model, graph, keep_index=0)
     uniform = float(np.mean(np.log(graph.choice_mask.sum(axis=1))))
     assert fresh["uniform_entropy"] == pytest.approx(uniform)
     assert fresh["entropy"] > 0.9 * uniform and fresh["top_probability"] < 0.5  # a near-uniform start
-    with torch.no_grad():  # one choice far ahead of the others on every node
-        model.policy.action_net.head[-1].bias.copy_(torch.tensor([12.0] + [-12.0] * (len(VOCAB) - 1)))
-    collapsed = policy_spread(model, graph)
-    assert collapsed["entropy"] < 0.01 and collapsed["top_probability"] > 0.99
+    assert fresh["keep_probability"] < 0.5
+    with torch.no_grad():  # one choice (the second) far ahead of the others on every node
+        model.policy.action_net.head[-1].bias.copy_(torch.tensor([-12.0, 12.0] + [-12.0] * (len(VOCAB) - 2)))
+    decided = policy_spread(model, graph, keep_index=0)
+    assert decided["entropy"] < 0.01 and decided["top_probability"] > 0.99 and decided["keep_probability"] < 0.01
+    assert policy_spread(model, graph, keep_index=1)["keep_probability"] > 0.99

@@ -3,6 +3,8 @@ second search starting from the first's policy, a finished pretraining not run a
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -62,3 +64,27 @@ def test_cli_refuses_bad_arguments_with_a_hint(tmp_path, capsys):
     with pytest.raises(SystemExit) as helped:
         main(["pretrain", "--help"])
     assert helped.value.code == 0 and "--policy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("keep", [0.45, 0.995])
+def test_cli_reports_how_decided_the_policy_is_after_each_model(tmp_path, capsys, monkeypatch, keep):
+    """Each model's line gives the policy's entropy and how many layers it keeps, and says so when it proposes the
+    dense model (what a pretraining with unbounded logits ended in); --json carries the same figures."""
+    from host.cli.main import main
+    from host.search import pretrain as module
+
+    spread = {"entropy": 0.02, "uniform_entropy": 2.1, "top_probability": 0.998, "keep_probability": keep}
+
+    def fake(models, out, base, *, on_step, **_kwargs):  # the searches are the test above's; this is the CLI's line
+        step = module.PretrainStep(models[0], 1, tmp_path / "run", 16, 96.8, spread)
+        on_step(1, 1, step)
+        out.write_bytes(b"")
+        return [step]
+
+    monkeypatch.setattr(module, "pretrain", fake)
+    assert main(["pretrain", "--models", "resnet20", "--out", str(tmp_path / "p.pt")]) == 0
+    err = capsys.readouterr().err
+    assert "policy entropy 0.02 of 2.10 nats per layer" in err and f"keeps {keep:.0%} of layers" in err
+    assert ("it proposes the dense model" in err) == (keep >= module.DENSE_KEEP)
+    assert main(["pretrain", "--models", "resnet20", "--out", str(tmp_path / "p.pt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["searches"][0]["policy_spread"] == spread

@@ -99,8 +99,10 @@ def pretrain(models: Sequence[str], out: Path, base: SearchConfig, *, rounds: in
             step = PretrainStep(name, r + 1, run_dir, len(rows), max((c.reward for c in rows), default=None), spread)
             if step.proposes_dense:
                 logger.warning("after %s the policy keeps every layer (probability %.3f on average): it proposes the "
-                               "dense model and no longer says where to prune; try fewer --proxy-plans or a smaller "
-                               "--budget", name, spread["keep_probability"])
+                               "dense model and no longer says where to prune, so a search started from it evaluates "
+                               "only the projection's cuts; compare it with a fresh policy (benchmarks/policy_bench.py "
+                               "--strategies no-learn,pretrained) before relying on it", name,
+                               spread["keep_probability"])
             steps.append(step)
             current = str(policy)
             if on_step is not None:

@@ -42,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-limit", type=int, help="use a stratified subset of N images")
     p.add_argument("--train-epochs", type=int, default=spec.train_epochs,
                    help=f"epochs to train each model when it has no cached checkpoint (default {spec.train_epochs})")
-    p.add_argument("--seed", type=int, default=cfg.seed)
+    p.add_argument("--seed", type=int, default=cfg.seed,
+                   help=f"seed of the searches (default {cfg.seed}); pretrainings that differ only in it can end with "
+                        "policies that transfer very differently (README), so compare one with policy_bench.py")
     p.add_argument("--json", action="store_true", help="print the searches as JSON")
     p.set_defaults(func=run)
 

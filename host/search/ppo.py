@@ -139,6 +139,13 @@ def relabel_evaluated(model: PPO, rollout: dict, layer_nodes: np.ndarray) -> int
     return len(changed)
 
 
+def _node_distributions(model: PPO, padded: dict) -> list:
+    """``model``'s current policy on one padded observation: one Categorical per (padded) node."""
+    obs, _ = model.policy.obs_to_tensor(padded)
+    with torch.no_grad():
+        return model.policy.get_distribution(obs).distribution
+
+
 def policy_draws(model: PPO, observation: GraphObservation) -> Callable[[int], list[np.ndarray]]:
     """``draw(n)``: ``n`` plans (valid per-layer choices) sampled from ``model``'s current policy for
     ``observation`` (best-of-k screening, :class:`host.search.surrogate.Screen`)."""
@@ -148,10 +155,9 @@ def policy_draws(model: PPO, observation: GraphObservation) -> Callable[[int], l
     def draw(n: int) -> list[np.ndarray]:
         if n <= 0:
             return []
-        obs, _ = model.policy.obs_to_tensor(padded)
         with torch.no_grad():
-            distribution = model.policy.get_distribution(obs).distribution  # one Categorical per node
-            actions = torch.stack([d.sample((n,)) for d in distribution], dim=-1).reshape(n, -1).numpy()
+            actions = torch.stack([d.sample((n,)) for d in _node_distributions(model, padded)],
+                                  dim=-1).reshape(n, -1).numpy()
         return [env.layer_choices(a) for a in actions]
     return draw
 
@@ -161,11 +167,8 @@ def policy_spread(model: PPO, observation: GraphObservation, keep_index: int) ->
     the same for a uniform choice among each layer's valid patterns, the mean probability of each layer's most
     likely choice (~1: it proposes one plan every step) and the mean probability of keeping a layer (~1: it proposes
     the dense model and leaves every cut to the projection)."""
-    env = PruningEnv(observation, lambda _choices: None)
-    padded, _ = env.reset()
-    obs, _ = model.policy.obs_to_tensor(padded)
-    with torch.no_grad():
-        distribution = model.policy.get_distribution(obs).distribution
+    padded, _ = PruningEnv(observation, lambda _choices: None).reset()
+    distribution = _node_distributions(model, padded)
     nodes = [distribution[int(n)] for n in observation.layer_nodes]
     return {"entropy": float(np.mean([float(d.entropy()[0]) for d in nodes])),
             "uniform_entropy": float(np.mean(np.log(observation.choice_mask.sum(axis=1)))),

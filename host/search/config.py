@@ -125,6 +125,10 @@ class PPOSettings:
     # ~2.5 s for a scored candidate), PROXY_ROLLOUT plans per update (host.search.runner.SearchRunner._proxy_warmup);
     # what ``sculpt-host pretrain --proxy-plans`` spends on each model. 0 = off
     proxy_plans: int = 0
+    # how PPO credits a plan's reward to its layers: "plan" (SB3's PPO: every layer gets the plan's advantage, the
+    # plan's ratio is clipped) or "layer" (each layer's advantage against a counterfactual baseline from an additive
+    # reward model, each layer's ratio clipped on its own): host.search.ppo.LayerCreditPPO
+    credit: str = "plan"
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,18 @@ class GraphActorCriticPolicy(ActorCriticPolicy):
             last.bias[self.keep_index] = self.keep_logit
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
+    def evaluate_layers(self, obs: dict[str, torch.Tensor]
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The policy per node, for per-layer PPO (:class:`host.search.ppo.LayerCreditPPO`): (values [B, 1],
+        log-probabilities of every choice [B, N_max, K], entropy [B] summed over the nodes as
+        :meth:`evaluate_actions` gives it, decides [B, N_max]: True where the node has more than one valid
+        choice, i.e. is a layer a plan decides)."""
+        latent_pi, latent_vf = self.mlp_extractor(self.extract_features(obs))
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        log_probs = torch.stack([d.logits for d in distribution.distribution], dim=1)  # Categorical normalizes
+        decides = obs["choice_mask"].sum(dim=-1) > 1.5
+        return self.value_net(latent_vf), log_probs, distribution.entropy(), decides
+
 
 def policy_kwargs(hidden: int = 128, layers: int = 2, keep_logit: float = 0.0, keep_index: int = 0) -> dict[str, Any]:
     """The ``policy_kwargs`` to give PPO for the GNN policy."""

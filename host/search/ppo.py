@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
@@ -70,6 +71,93 @@ class BudgetCallback(BaseCallback):
         save_learner(self.model, self.ppo_path)
 
 
+class LayerCreditPPO(PPO):
+    """PPO with credit and trust region per layer (``PPOSettings.credit = "layer"``); SB3's PPO is ``"plan"``.
+
+    A plan is one action of ~20-60 per-layer choices with one reward. SB3's PPO gives every layer the plan's
+    advantage and clips the ratio of the whole plan (the product of the layers' ratios). Here:
+
+    - **credit**: layer ``l`` of a plan gets ``R - b_l``, with ``b_l`` the reward an additive model of the reward
+      (:class:`host.search.surrogate.LayerCredit`, fitted on the plans of earlier updates of the same stream of
+      rewards) expects had ``l`` drawn its choice afresh from the policy. ``b_l`` does not depend on ``l``'s choice,
+      so the gradient stays unbiased; the other layers' share of the reward, the noise in one layer's signal, cancels
+      as far as the model fits. Until the model has :data:`host.search.surrogate.MIN_SAMPLES` plans, every layer
+      gets the plan's advantage, as in SB3.
+    - **trust region**: each layer's ratio is clipped on its own (as token-level PPO treats a sequence) and the
+      clipped surrogate is summed over the layers, so at ratio 1 the gradient has SB3's scale.
+
+    The value and entropy terms are SB3's. ``stream`` names where the rewards of the next update come from (the
+    search's real evaluations, the proxy warm-up, ...): rewards of different streams are on different scales and
+    each has its own model."""
+
+    stream = "search"
+
+    def _credit(self) -> dict:
+        if not hasattr(self, "_credit_models"):
+            self._credit_models = {}
+        return self._credit_models
+
+    def train(self) -> None:
+        from host.search.surrogate import LayerCredit
+
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)
+        buffer = self.rollout_buffer
+        obs = {k: torch.as_tensor(v.reshape(-1, *v.shape[2:])) for k, v in buffer.observations.items()}
+        actions = torch.as_tensor(buffer.actions.reshape(len(buffer.rewards.reshape(-1)), -1)).long()
+        rewards = buffer.rewards.reshape(-1)
+        # the rollout was collected (or relabelled) under the current policy: its per-layer log-probabilities now
+        # are the old ones the ratios divide by (the buffer keeps only their sum over the plan)
+        with torch.no_grad():
+            _, old_all, _, decides = self.policy.evaluate_layers(obs)
+        old_log_prob = old_all.gather(2, actions[..., None])[..., 0]
+        model = self._credit().setdefault(self.stream, LayerCredit())
+        if model.fit(old_all.shape[-1]):
+            per_layer = torch.as_tensor(model.advantages(actions.numpy(), rewards, old_all.exp().numpy()),
+                                        dtype=torch.float32)
+        else:  # SB3's advantage (reward minus the critic's value) for every layer
+            per_layer = torch.as_tensor(buffer.advantages.reshape(-1, 1), dtype=torch.float32).expand_as(old_log_prob)
+        model.add(actions.numpy(), rewards)
+        weight = decides.float()
+        if self.normalize_advantage and len(rewards) > 1:
+            chosen = per_layer[decides]
+            per_layer = (per_layer - chosen.mean()) / (chosen.std() + 1e-8)
+        stats: dict[str, list[float]] = {"policy_gradient_loss": [], "value_loss": [], "entropy_loss": [],
+                                         "clip_fraction": [], "approx_kl": []}
+        returns = torch.as_tensor(buffer.returns.reshape(-1), dtype=torch.float32)
+        count = len(rewards)
+        for _ in range(self.n_epochs):
+            for idx in torch.randperm(count).split(self.batch_size):
+                batch_obs = {k: v[idx] for k, v in obs.items()}
+                values, all_log_prob, entropy, _ = self.policy.evaluate_layers(batch_obs)
+                log_ratio = (all_log_prob.gather(2, actions[idx][..., None])[..., 0] - old_log_prob[idx]) * weight[idx]
+                ratio = torch.exp(log_ratio)
+                advantage = per_layer[idx]
+                surrogate = torch.min(advantage * ratio, advantage * ratio.clamp(1 - clip_range, 1 + clip_range))
+                policy_loss = -(surrogate * weight[idx]).sum(dim=1).mean()
+                value_loss = F.mse_loss(returns[idx], values.flatten())
+                entropy_loss = -entropy.mean()
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                with torch.no_grad():
+                    layers = weight[idx].sum().clamp(min=1.0)
+                    stats["clip_fraction"].append(float((((ratio - 1).abs() > clip_range).float() * weight[idx]).sum()
+                                                        / layers))
+                    stats["approx_kl"].append(float((((ratio - 1) - log_ratio) * weight[idx]).sum() / layers))
+                stats["policy_gradient_loss"].append(float(policy_loss.detach()))
+                stats["value_loss"].append(float(value_loss.detach()))
+                stats["entropy_loss"].append(float(entropy_loss.detach()))
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+            self._n_updates += 1
+        for name, values in stats.items():
+            self.logger.record(f"train/{name}", float(np.mean(values)))
+        self.logger.record("train/credit_fit_error", model.error)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+
+
 def save_learner(model: PPO, path: Path) -> None:
     """Save the PPO learner to ``path`` atomically: a kill never leaves half a policy."""
     tmp = path.with_suffix(".tmp.zip")
@@ -91,11 +179,12 @@ def ppo_model(env: PruningEnv | BatchedPruningEnv, space: SearchSpace, settings:
     batch_size = min(settings.batch_size, rollout)
     if rollout % batch_size:  # SB3 would train on a truncated last mini-batch: take the whole rollout instead
         batch_size = rollout
+    learner = LayerCreditPPO if settings.credit == "layer" else PPO
     if ppo_path.is_file():
-        model = PPO.load(ppo_path, env=env, device="cpu")
+        model = learner.load(ppo_path, env=env, device="cpu")
         logger.info("resumed the policy from %s", ppo_path)
     else:
-        model = PPO(
+        model = learner(
             GraphActorCriticPolicy, env, n_steps=n_steps, batch_size=batch_size,
             n_epochs=settings.n_epochs, learning_rate=settings.learning_rate, ent_coef=settings.ent_coef,
             gamma=0.0,  # one-step episodes: the return is the reward
@@ -177,12 +266,13 @@ def policy_spread(model: PPO, observation: GraphObservation, keep_index: int) ->
 
 
 def train_on_imagined(model: PPO, observation: GraphObservation, outcome: Callable[[np.ndarray], StepOutcome],
-                      steps: int, relabel: bool = False) -> np.ndarray:
+                      steps: int, relabel: bool = False, stream: str = "imagined") -> np.ndarray:
     """One PPO update of ``model`` on ``steps`` one-step episodes drawn from its current policy and rewarded by
     ``outcome`` (no candidate is evaluated). The run's own rollout buffer, step counter and last observation are
     restored afterwards, so the next real rollout and the budget do not see the imagined steps. The mini-batch
     grows with the imagined rollout (a quarter of it, at least the model's own). ``relabel``: learn from the plans
-    ``outcome`` evaluated (:func:`relabel_evaluated`). Returns the steps' rewards."""
+    ``outcome`` evaluated (:func:`relabel_evaluated`); ``stream``: where the rewards come from, for per-layer credit
+    (:class:`LayerCreditPPO`: one reward model per stream). Returns the steps' rewards."""
     from stable_baselines3.common.buffers import DictRolloutBuffer
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -201,8 +291,9 @@ def train_on_imagined(model: PPO, observation: GraphObservation, outcome: Callab
     if model.ep_info_buffer is None:  # before the model's first learn() (a proxy warm-up): what learn() would set up
         model.ep_info_buffer, model.ep_success_buffer = deque(maxlen=100), deque(maxlen=100)
     saved = (model.rollout_buffer, model.num_timesteps, model._last_obs, model._last_episode_starts,
-             model.batch_size)
+             model.batch_size, getattr(model, "stream", None))
     try:
+        model.stream = stream
         model.rollout_buffer = buffer
         model._last_obs = env.reset()
         model._last_episode_starts = np.ones((1,), dtype=bool)
@@ -211,13 +302,18 @@ def train_on_imagined(model: PPO, observation: GraphObservation, outcome: Callab
         model.train()
     finally:
         (model.rollout_buffer, model.num_timesteps, model._last_obs, model._last_episode_starts,
-         model.batch_size) = saved
+         model.batch_size, stream) = saved
+        if stream is None:
+            del model.stream
+        else:
+            model.stream = stream
         model.policy.set_training_mode(False)
         env.close()
     return buffer.rewards.reshape(-1).copy()
 
 
-def train_on_plans(model: PPO, observation: GraphObservation, plans: list[tuple[np.ndarray, float]]) -> np.ndarray:
+def train_on_plans(model: PPO, observation: GraphObservation, plans: list[tuple[np.ndarray, float]],
+                   stream: str = "imagined") -> np.ndarray:
     """One PPO update of ``model`` on given plans (per-layer choices) with given rewards, e.g. the plans best-of-k
     screening judged but did not evaluate: :func:`train_on_imagined` with each step's action replaced by the next
     plan and its log-probability under the current policy. Returns the rewards trained on."""
@@ -227,4 +323,4 @@ def train_on_plans(model: PPO, observation: GraphObservation, plans: list[tuple[
         choices, reward = next(queue)
         return StepOutcome(float(reward), {"imagined": True, "choices": np.asarray(choices).tolist()})
 
-    return train_on_imagined(model, observation, outcome, len(plans), relabel=True)
+    return train_on_imagined(model, observation, outcome, len(plans), relabel=True, stream=stream)

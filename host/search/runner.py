@@ -498,7 +498,7 @@ class SearchRunner:
             steps = min(PROXY_ROLLOUT, total - done)
             if steps < 2:  # a one-plan update has no advantage to normalize
                 break
-            rewards = train_on_imagined(model, observation, outcome, steps, relabel=True)
+            rewards = train_on_imagined(model, observation, outcome, steps, relabel=True, stream="proxy")
             means.append(float(np.mean(rewards)))
             done += steps
             self.progress(Progress(Stage.WARMUP, done, total, f"mean proxy reward {means[-1]:.4f} of the last "
@@ -520,7 +520,7 @@ class SearchRunner:
                  if space.choice_mask[layers, c].all()]
         if len(plans) < 2:
             return 0
-        rewards = train_on_plans(model, space.observation(), plans)
+        rewards = train_on_plans(model, space.observation(), plans, stream="search")  # real rewards
         logger.debug("replayed %d evaluated plans (mean reward %.4f)", len(plans), float(rewards.mean()))
         return len(plans)
 

@@ -91,6 +91,66 @@ class AccuracySurrogate:
         return float(np.clip(self._mean_y + z @ self._weights, 0.0, 1.0))
 
 
+class LayerCredit:
+    """An additive model of a plan's reward, one weight per (node, choice), fitted by ridge regression on the plans
+    a learner has trained on: what PPO's per-layer credit (:class:`host.search.ppo.LayerCreditPPO`) subtracts.
+
+    With it, layer ``l``'s advantage in a plan ``a`` of reward ``R`` is ``R - b_l`` with the counterfactual baseline
+    ``b_l = Q(a) - w[l, a_l] + E_pi_l[w[l, .]]``: the reward the model expects had layer ``l`` drawn its choice
+    afresh from the policy. ``b_l`` does not depend on ``a_l``, so the policy gradient stays unbiased whatever the
+    fit; where the fit is good the other layers' share of ``R`` cancels and what is left is ``l``'s own. Fitted only
+    on plans of earlier updates, never on the ones it is used for."""
+
+    def __init__(self) -> None:
+        self.plans: dict[bytes, tuple[np.ndarray, float]] = {}
+        self.weights: np.ndarray | None = None  # [N, K]
+        self.intercept = 0.0
+        self.error = float("nan")  # median absolute leave-one-out error of the fit, in reward units
+
+    def add(self, actions: np.ndarray, rewards: np.ndarray) -> None:
+        """Remember plans (``actions`` [B, N] per-node choices) and their rewards; a plan seen again keeps its
+        latest reward."""
+        for a, r in zip(np.asarray(actions, np.int64), np.asarray(rewards, np.float64).reshape(-1), strict=True):
+            self.plans[a.tobytes()] = (a, float(r))
+
+    def fit(self, num_choices: int) -> bool:
+        """Fit on every remembered plan (penalty by leave-one-out error); False with fewer than MIN_SAMPLES."""
+        if len(self.plans) < MIN_SAMPLES:
+            self.weights = None
+            return False
+        actions = np.stack([a for a, _ in self.plans.values()])
+        y = np.array([r for _, r in self.plans.values()])
+        x = self._one_hot(actions, num_choices)
+        mean_x = x.mean(axis=0)
+        z = x - mean_x
+        self.intercept = float(y.mean())
+        yc = y - self.intercept
+        self.error, ridge = min((_loo_error(z, yc, r), r) for r in RIDGE_GRID)
+        w = _ridge(z, yc, ridge)
+        self.intercept -= float(mean_x @ w)
+        self.weights = w.reshape(actions.shape[1], num_choices)
+        return True
+
+    @staticmethod
+    def _one_hot(actions: np.ndarray, num_choices: int) -> np.ndarray:
+        b, n = actions.shape
+        x = np.zeros((b, n * num_choices))
+        x[np.arange(b)[:, None], np.arange(n)[None, :] * num_choices + actions] = 1.0
+        return x
+
+    def advantages(self, actions: np.ndarray, rewards: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """[B, N] per-node advantages ``R - b_l`` of plans ``actions`` [B, N] with rewards [B] under the policy's
+        per-node choice probabilities ``probs`` [B, N, K] (see the class docstring). Needs a fit."""
+        assert self.weights is not None
+        actions = np.asarray(actions, np.int64)
+        rows = np.arange(actions.shape[1])[None, :]
+        chosen = self.weights[rows, actions]  # [B, N]
+        expected = (probs * self.weights[None]).sum(axis=-1)  # [B, N]
+        q = self.intercept + chosen.sum(axis=1)
+        residual = np.asarray(rewards, np.float64).reshape(-1) - q
+        return residual[:, None] + chosen - expected
+
+
 def _ridge(z: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
     # the dual form: n samples are fewer than the features here
     n = z.shape[0]
@@ -143,7 +203,7 @@ class Imagination:
             return False
         self.surrogate.fit(data)
         steps = self.per_real * real_rollout
-        rewards = train_on_imagined(model, observation, self.outcome, steps, relabel=self.relabel)
+        rewards = train_on_imagined(model, observation, self.outcome, steps, relabel=self.relabel, stream="surrogate")
         self.rounds += 1
         logger.info("imagined %d plans on a surrogate fitted to %d (accuracy leave-one-out error %.3f): mean "
                     "reward %.4f, best %.4f", steps, len(data), self.surrogate.error, float(rewards.mean()),
@@ -255,7 +315,7 @@ class Screen:
         plans, self.pending = self.pending, []
         if not plans:
             return False
-        rewards = train_on_plans(model, observation, plans)
+        rewards = train_on_plans(model, observation, plans, stream="screen")
         self.learned += len(plans)
         logger.info("learned from %d screened plans: mean predicted reward %.4f, best %.4f", len(plans),
                     float(rewards.mean()), float(rewards.max()))

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 MIN_SAMPLES = 4  # fewer evaluated plans than this: no imagination (nothing to fit)
 RIDGE_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+CREDIT_PLANS = 512  # the plans LayerCredit fits on: the latest ones
 
 
 class AccuracySurrogate:
@@ -109,9 +110,12 @@ class LayerCredit:
 
     def add(self, actions: np.ndarray, rewards: np.ndarray) -> None:
         """Remember plans (``actions`` [B, N] per-node choices) and their rewards; a plan seen again keeps its
-        latest reward."""
+        latest reward, and only the latest :data:`CREDIT_PLANS` plans are kept (the fit's cost grows as their cube)."""
         for a, r in zip(np.asarray(actions, np.int64), np.asarray(rewards, np.float64).reshape(-1), strict=True):
+            self.plans.pop(a.tobytes(), None)
             self.plans[a.tobytes()] = (a, float(r))
+        for key in list(self.plans)[:max(0, len(self.plans) - CREDIT_PLANS)]:
+            del self.plans[key]
 
     def fit(self, num_choices: int) -> bool:
         """Fit on every remembered plan (penalty by leave-one-out error); False with fewer than MIN_SAMPLES."""

@@ -55,6 +55,18 @@ def test_a_layers_baseline_does_not_depend_on_its_own_choice():
     assert advantages[0, 7] - advantages[1, 7] != pytest.approx(rewards[0] - rewards[1])
 
 
+def test_the_model_keeps_the_latest_plans(monkeypatch):
+    from host.search import surrogate
+
+    monkeypatch.setattr(surrogate, "CREDIT_PLANS", 4)
+    credit = LayerCredit()
+    plans = np.arange(6)[:, None] * np.ones((1, 3), np.int64)
+    credit.add(plans[:5], np.arange(5.0))
+    credit.add(plans[1:2], np.array([9.0]))  # seen again: now the latest, with its new reward
+    assert [int(a[0]) for a, _ in credit.plans.values()] == [2, 3, 4, 1]
+    assert credit.plans[plans[1].tobytes()][1] == 9.0
+
+
 def test_too_few_plans_fit_nothing():
     credit = LayerCredit()
     credit.add(_plans(np.random.default_rng(2), 3), np.ones(3))

@@ -123,9 +123,11 @@ def test_layer_credit_teaches_many_layers_their_own_choice_faster_than_plan_cred
             rng = np.random.default_rng(seed)
             model = _learner(cls, graph, seed)
             before = _target_probability(model, graph, target)
+            def paid(choices, target=target, rng=rng) -> StepOutcome:
+                return StepOutcome(float(np.mean(np.asarray(choices) == target) + rng.normal(0, 0.05)), {})
+
             for _ in range(8):
-                train_on_imagined(model, graph, lambda c: StepOutcome(
-                    float(np.mean(np.asarray(c) == target) + rng.normal(0, 0.05)), {}), 16)
+                train_on_imagined(model, graph, paid, 16)
             gain.append(_target_probability(model, graph, target) - before)
         return float(np.mean(gain))
 

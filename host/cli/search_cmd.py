@@ -109,11 +109,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="--strategy ppo: before the first real candidate, train the policy on N plans drawn from it and "
                         "rewarded by the same proxy (no budget spent: ~0.4 s a plan for ResNet-20); 0 turns it off "
                         f"(default {cfg.ppo.proxy_plans}; see the README's Search section)")
-    p.add_argument("--credit", choices=("plan", "layer"), default=cfg.ppo.credit,
-                   help="--strategy ppo: how PPO credits a plan's reward to its layers: plan (every layer gets the "
-                        "plan's advantage, as in SB3's PPO) or layer (each layer against a counterfactual baseline from "
-                        f"an additive model of the reward, its ratio clipped on its own) (default {cfg.ppo.credit}; "
-                        "see the README's Search section)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or finished run (its config is reused)")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="score and export candidates as Ray tasks, as many at once as the cluster has CPUs: local:N "
@@ -152,9 +147,6 @@ def build_config(args: argparse.Namespace) -> SearchConfig:
     if args.proxy_plans and args.strategy != "ppo":
         raise ConfigError(f"--proxy-plans trains the PPO policy; --strategy {args.strategy} has none",
                           hint="use --proxy-plans with --strategy ppo, or leave it out")
-    if args.credit != "plan" and args.strategy != "ppo":
-        raise ConfigError(f"--credit {args.credit} changes how PPO learns; --strategy {args.strategy} has no PPO",
-                          hint="use --credit with --strategy ppo, or leave it out")
     spec = ModelSpec(
         model=args.model, data=args.data, image_size=args.image_size, width=args.width,
         in_channels=args.channels or default_channels(args.data),
@@ -178,8 +170,7 @@ def build_config(args: argparse.Namespace) -> SearchConfig:
         seed=args.seed,
         policy_file=args.policy_file,
         strategy=args.strategy,
-        ppo=replace(base.ppo, dyna=args.dyna, screen=args.screen, proxy_plans=args.proxy_plans,
-                    credit=args.credit),
+        ppo=replace(base.ppo, dyna=args.dyna, screen=args.screen, proxy_plans=args.proxy_plans),
         final_top=args.final_top,
         precision=args.precision,
         finetune=replace(base.finetune, epochs=args.finetune_epochs),

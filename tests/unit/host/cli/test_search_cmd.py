@@ -38,18 +38,6 @@ def test_ppo_options_need_a_count_and_the_ppo_strategy(tmp_path, capsys, flag, f
     assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
 
 
-def test_credit_picks_how_ppo_learns_and_needs_the_ppo_strategy(tmp_path, capsys):
-    from host.cli.main import build_parser
-    from host.cli.search_cmd import build_config
-
-    assert build_config(build_parser().parse_args(["search"])).ppo.credit == "plan"
-    assert build_config(build_parser().parse_args(["search", "--credit", "layer"])).ppo.credit == "layer"
-    assert main(["search", "--credit", "layer", "--strategy", "evolution", "--out", str(tmp_path / "e")]) == 2
-    err = capsys.readouterr().err
-    assert "--strategy evolution has no PPO" in err and "hint:" in err
-    assert not (tmp_path / "e").exists()
-
-
 def test_unreachable_device_fails_before_training(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AUTOSCULPT_CACHE_DIR", str(tmp_path / "cache"))
     code = main(["search", "--device", "grpc://127.0.0.1:9", "--out", str(tmp_path / "d")])

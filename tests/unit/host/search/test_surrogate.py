@@ -299,7 +299,7 @@ def test_replay_skips_a_journaled_plan_whose_choice_the_space_no_longer_offers(e
         evaluator.journal.record(CandidateRecord(phase="search", plan=CandidatePlan(choices=names), accuracy=0.9,
                                                  macs=1, params=1, reward=0.5 + i, eval_seconds=0.0))
     trained = []
-    monkeypatch.setattr(ppo, "train_on_plans", lambda model, obs, plans: trained.append(plans) or np.zeros(1))
+    monkeypatch.setattr(ppo, "train_on_plans", lambda model, obs, plans, **_: trained.append(plans) or np.zeros(1))
     runner = SearchRunner(SearchConfig(out=evaluator.journal.path.parent, objective="flops", devices=()),
                           evaluator.journal)
     assert runner._replay(None, evaluator, space) == 2

@@ -173,10 +173,27 @@ def run_one(base, out: Path, progress: bool) -> tuple[list[float], float]:
     show = (lambda p: print(f"  {p.stage} {p.done}/{p.total} {p.message}", file=sys.stderr, flush=True)) \
         if progress else None
     # a run kept in --out continues, up to this invocation's --budget (a budget-32 run grows to 48)
-    runner = SearchRunner.resume(out, progress=show, budget=base.budget) if (out / JOURNAL_NAME).exists() else \
-        SearchRunner.start(replace(base, out=out), progress=show)
+    if (out / JOURNAL_NAME).exists():
+        _check_extendable(out, base.budget)
+        runner = SearchRunner.resume(out, progress=show, budget=base.budget)
+    else:
+        runner = SearchRunner.start(replace(base, out=out), progress=show)
     runner.run()
     return journal_rewards(out), time.perf_counter() - start
+
+
+def _check_extendable(out: Path, budget: int) -> None:
+    """Refuse to extend an evolution run started with another budget: its population is sized from the budget at
+    the start (``population_size``) and kept on a resume, so a budget-32 run grown to 48 is not the budget-48 search
+    the other rows of the table ran (a budget-48 run has 16 plans in its population, a budget-32 one 10)."""
+    from host.search.evolution import population_size
+    from host.search.journal import Journal
+
+    kept = Journal.open(out).get_value("evolution_population")
+    if kept is not None and int(kept) != population_size(budget):
+        raise SystemExit(f"{out} is an evolution run whose population ({kept}) was sized for another budget than "
+                         f"--budget {budget} ({population_size(budget)}): extended, it would not be a budget-{budget} "
+                         "run. Move it away or use another --out")
 
 
 def plot(curves: dict[str, dict[str, dict[int, float | None]]], checkpoints: list[int], path: Path) -> None:

@@ -7,7 +7,8 @@ search resumes from its last rollout. Each environment step evaluates one candid
 (:class:`host.search.env.PruningEnv`); this module knows nothing of what an evaluation does.
 :func:`train_on_imagined` runs one PPO update on imagined steps (:mod:`host.search.surrogate`) without
 touching the real rollout; :func:`policy_draws` samples plans from the current policy (best-of-k screening), and
-:func:`train_on_plans` trains on the plans screening judged.
+:func:`train_on_plans` trains on the plans screening judged. :class:`LayerCreditPPO` (``PPOSettings.credit =
+"layer"``) is SB3's PPO with the advantage and the clipped ratio taken per layer instead of per plan.
 """
 
 from __future__ import annotations

@@ -63,14 +63,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 STRATEGIES = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "ppo-screen-learn", "ppo-screen-replay", "screen-no-learn",
-              "ppo-warm", "ppo-warm-credit", "ppo-credit", "ppo-warm-evolve", "ppo-warm-screen", "ppo-evolve", "evolve-no-learn", "no-learn",
-              "random", "evolution", "pretrained",
-              "pretrained-screen", "pretrained-warm")
+              "ppo-warm", "ppo-warm-credit", "ppo-credit", "ppo-warm-evolve", "ppo-warm-screen", "ppo-evolve",
+              "evolve-no-learn", "no-learn", "random", "evolution", "pretrained", "pretrained-screen", "pretrained-warm")
 # rows whose paired differences are printed
 OURS = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "ppo-screen-learn", "ppo-screen-replay", "screen-no-learn",
         "ppo-warm", "ppo-warm-credit", "ppo-credit", "ppo-warm-evolve", "ppo-warm-screen", "ppo-evolve", "evolve-no-learn",
-        "pretrained",
-        "pretrained-screen", "pretrained-warm")
+        "pretrained", "pretrained-screen", "pretrained-warm")
 
 
 def best_after(rewards: list[float], checkpoints: list[int]) -> dict[int, float | None]:

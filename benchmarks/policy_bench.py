@@ -20,6 +20,8 @@ evaluator and cost model (the journal of each run is kept under --out):
               baseline per layer from an additive reward model, the ratio clipped per layer; host.search.ppo)
   ppo-credit  PPO with that per-layer credit, no warm-up
   ppo-warm-evolve  ppo-warm whose steps, once the population is full, are policy-guided evolution (ppo-evolve)
+  ppo-warm-evolve-parent  ppo-warm-evolve whose PPO judges each child against its parent (PPOSettings.credit =
+              "parent": the child's changed layers get its reward minus its parent's, the other layers none)
   ppo-warm-screen  ppo-warm with best-of-k screening (its learning-rate-0 ablation is screen-no-learn)
   ppo-evolve  policy-guided evolution: aging evolution whose children take one or two of the PPO policy's proposed
               choices, PPO learning from the evaluated children (PPOSettings.evolve)
@@ -63,12 +65,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 STRATEGIES = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "ppo-screen-learn", "ppo-screen-replay", "screen-no-learn",
-              "ppo-warm", "ppo-warm-credit", "ppo-credit", "ppo-warm-evolve", "ppo-warm-screen", "ppo-evolve",
-              "evolve-no-learn", "no-learn", "random", "evolution", "pretrained", "pretrained-screen", "pretrained-warm")
+              "ppo-warm", "ppo-warm-credit", "ppo-credit", "ppo-warm-evolve", "ppo-warm-evolve-parent", "ppo-warm-screen",
+              "ppo-evolve", "evolve-no-learn", "no-learn", "random", "evolution", "pretrained", "pretrained-screen", "pretrained-warm")
 # rows whose paired differences are printed
 OURS = ("ppo", "ppo-dyna", "ppo-relabel", "ppo-screen", "ppo-screen-learn", "ppo-screen-replay", "screen-no-learn",
-        "ppo-warm", "ppo-warm-credit", "ppo-credit", "ppo-warm-evolve", "ppo-warm-screen", "ppo-evolve", "evolve-no-learn",
-        "pretrained", "pretrained-screen", "pretrained-warm")
+        "ppo-warm", "ppo-warm-credit", "ppo-credit", "ppo-warm-evolve", "ppo-warm-evolve-parent", "ppo-warm-screen", "ppo-evolve",
+        "evolve-no-learn", "pretrained", "pretrained-screen", "pretrained-warm")
 
 
 def best_after(rewards: list[float], checkpoints: list[int]) -> dict[int, float | None]:
@@ -128,6 +130,8 @@ def strategy_changes(name: str, base, policy: str | None, dyna: int = 8, screen:
         return {"ppo": replace(base.ppo, proxy_plans=proxy_plans, credit="layer")}
     if name == "ppo-warm-evolve":
         return {"ppo": replace(base.ppo, proxy_plans=proxy_plans, evolve=True)}
+    if name == "ppo-warm-evolve-parent":
+        return {"ppo": replace(base.ppo, proxy_plans=proxy_plans, evolve=True, credit="parent")}
     if name == "ppo-credit":
         return {"ppo": replace(base.ppo, credit="layer")}
     if name == "ppo-warm-screen":

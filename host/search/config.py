@@ -82,6 +82,9 @@ class EvalConfig:
     host_threads: int | None = 1
 
 
+CREDITS = ("plan", "layer", "parent")  # PPOSettings.credit
+
+
 @dataclass(frozen=True)
 class PPOSettings:
     """PPO hyper-parameters. One rollout is ``n_steps`` candidates; the policy updates after each rollout."""
@@ -127,8 +130,16 @@ class PPOSettings:
     proxy_plans: int = 0
     # how PPO credits a plan's reward to its layers: "plan" (SB3's PPO: every layer gets the plan's advantage, the
     # plan's ratio is clipped) or "layer" (each layer's advantage against a counterfactual baseline from an additive
-    # reward model, each layer's ratio clipped on its own): host.search.ppo.LayerCreditPPO
+    # reward model, each layer's ratio clipped on its own): host.search.ppo.LayerCreditPPO; or, with ``evolve``, "parent"
+    # (each child's changed layers get its reward minus its parent's, the others none: host.search.ppo.ParentCreditPPO)
     credit: str = "plan"
+
+    def __post_init__(self) -> None:
+        if self.credit not in CREDITS:
+            raise ConfigError(f"unknown PPO credit {self.credit!r}", hint=f"use one of: {', '.join(CREDITS)}")
+        if self.credit == "parent" and not self.evolve:
+            raise ConfigError("PPO credit 'parent' judges evolution's children against their parents, but evolve is off",
+                              hint="set evolve=True, or use credit 'plan' or 'layer'")
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,7 @@ class AgingEvolution:
         # layers with something to change to: the only ones a mutation may touch
         self.mutable = np.flatnonzero(self.choice_mask.sum(axis=1) >= 2)
         self.population: deque[Member] = deque(maxlen=self.size)  # oldest first
+        self.last_parent: Member | None = None  # the tournament winner of the latest child()
 
     @property
     def full(self) -> bool:
@@ -157,7 +158,7 @@ class AgingEvolution:
         ``toward`` (a plan, e.g. a policy's proposal): the first try re-draws one or two of the layers where
         ``toward`` differs from the parent to ``toward``'s choices instead of uniformly (:meth:`mutate_toward`);
         further tries, and a proposal that agrees with the parent everywhere, mutate uniformly."""
-        parent = self.tournament()
+        parent = self.last_parent = self.tournament()
         child = parent.choices
         for attempt in range(MUTATION_TRIES):
             guided = toward is not None and attempt == 0

@@ -99,8 +99,6 @@ class LayerCreditPPO(PPO):
         return self._credit_models
 
     def train(self) -> None:
-        from host.search.surrogate import LayerCredit
-
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)
@@ -113,17 +111,11 @@ class LayerCreditPPO(PPO):
         with torch.no_grad():
             _, old_all, _, decides = self.policy.evaluate_layers(obs)
         old_log_prob = old_all.gather(2, actions[..., None])[..., 0]
-        model = self._credit().setdefault(self.stream, LayerCredit())
-        if model.fit(old_all.shape[-1]):
-            per_layer = torch.as_tensor(model.advantages(actions.numpy(), rewards, old_all.exp().numpy()),
-                                        dtype=torch.float32)
-        else:  # SB3's advantage (reward minus the critic's value) for every layer
-            per_layer = torch.as_tensor(buffer.advantages.reshape(-1, 1), dtype=torch.float32).expand_as(old_log_prob)
-        model.add(actions.numpy(), rewards)
+        per_layer = self._layer_advantages(actions, rewards, old_all, decides)
+        if per_layer is None:  # nothing to credit per layer in this rollout: SB3's update
+            PPO.train(self)
+            return
         weight = decides.float()
-        if self.normalize_advantage and len(rewards) > 1:
-            chosen = per_layer[decides]
-            per_layer = (per_layer - chosen.mean()) / (chosen.std() + 1e-8)
         stats: dict[str, list[float]] = {"policy_gradient_loss": [], "value_loss": [], "entropy_loss": [],
                                          "clip_fraction": [], "approx_kl": []}
         returns = torch.as_tensor(buffer.returns.reshape(-1), dtype=torch.float32)
@@ -155,8 +147,86 @@ class LayerCreditPPO(PPO):
             self._n_updates += 1
         for name, values in stats.items():
             self.logger.record(f"train/{name}", float(np.mean(values)))
-        self.logger.record("train/credit_fit_error", model.error)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+
+    def _layer_advantages(self, actions: torch.Tensor, rewards: np.ndarray, old_all: torch.Tensor,
+                          decides: torch.Tensor) -> torch.Tensor | None:
+        """[B, N] per-node advantages of the rollout's plans (``actions`` [B, N], ``rewards`` [B], the policy's
+        per-node log-probabilities ``old_all`` [B, N, K], ``decides`` [B, N] the nodes that choose anything),
+        normalized; None trains the rollout with SB3's plan-level update instead."""
+        from host.search.surrogate import LayerCredit
+
+        buffer = self.rollout_buffer
+        model = self._credit().setdefault(self.stream, LayerCredit())
+        if model.fit(old_all.shape[-1]):
+            per_layer = torch.as_tensor(model.advantages(actions.numpy(), rewards, old_all.exp().numpy()),
+                                        dtype=torch.float32)
+        else:  # SB3's advantage (reward minus the critic's value) for every layer
+            per_layer = torch.as_tensor(buffer.advantages.reshape(-1, 1), dtype=torch.float32).expand_as(decides)
+        model.add(actions.numpy(), rewards)
+        self.logger.record("train/credit_fit_error", model.error)
+        if self.normalize_advantage and len(rewards) > 1:
+            chosen = per_layer[decides]
+            per_layer = (per_layer - chosen.mean()) / (chosen.std() + 1e-8)
+        return per_layer
+
+
+class ParentCredit:
+    """Which plans are children of which parent, for :class:`ParentCreditPPO`: policy-guided evolution
+    (``PPOSettings.evolve``) records each child it proposes (the per-layer choices), with its parent's choices and
+    reward; ``layer_nodes`` are the layers' node indices in a PPO action."""
+
+    def __init__(self, layer_nodes: np.ndarray) -> None:
+        self.layer_nodes = np.asarray(layer_nodes, np.int64)
+        self.parents: dict[bytes, tuple[np.ndarray, float]] = {}
+
+    def record(self, child: np.ndarray, parent: np.ndarray, parent_reward: float) -> None:
+        """``child`` (per-layer choices) was made from ``parent``, whose reward is ``parent_reward``."""
+        child = np.asarray(child, np.int64)
+        self.parents[child.tobytes()] = (child != np.asarray(parent, np.int64), float(parent_reward))
+
+    def advantages(self, actions: np.ndarray, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(advantages [B, N], found [B])`` for PPO actions [B, N] (per node) with rewards [B]: a recorded child's
+        layers that differ from its parent get ``R - R_parent``, every other node 0; ``found`` marks the children."""
+        actions = np.asarray(actions, np.int64)
+        out = np.zeros(actions.shape, np.float64)
+        found = np.zeros(len(actions), bool)
+        for i, (action, reward) in enumerate(zip(actions, np.asarray(rewards, np.float64).reshape(-1), strict=True)):
+            entry = self.parents.get(action[self.layer_nodes].tobytes())
+            if entry is None:
+                continue
+            changed, parent_reward = entry
+            out[i, self.layer_nodes[changed]] = reward - parent_reward
+            found[i] = True
+        return out, found
+
+
+class ParentCreditPPO(LayerCreditPPO):
+    """PPO that learns policy-guided evolution's mutations (``PPOSettings.credit = "parent"``, with ``evolve``).
+
+    A child differs from its parent in the one or two layers the mutation set to the policy's choices (and any the
+    projection moved back into the cost band); the parent's reward is the baseline the mutation is judged against.
+    So each layer where a child differs from its parent gets ``R_child - R_parent`` as its advantage, every other
+    layer none, and each layer's ratio is clipped on its own (:class:`LayerCreditPPO`). ``R_parent`` does not depend
+    on the child's draw, so the gradient is unbiased, and it carries no other layer's share of the reward: what the
+    policy learns is which of its proposed changes paid. Advantages are scaled by their root mean square (not
+    centred: the parent already centres them). Rollouts without a recorded child (the proxy warm-up, the population's
+    first plans) are SB3's plan-level update. ``parents`` (a :class:`ParentCredit`) is set by the search."""
+
+    parents: ParentCredit | None = None
+
+    def _layer_advantages(self, actions: torch.Tensor, rewards: np.ndarray, old_all: torch.Tensor,
+                          decides: torch.Tensor) -> torch.Tensor | None:
+        if self.parents is None or self.stream != "search":
+            return None
+        advantages, found = self.parents.advantages(actions.numpy(), rewards)
+        changed = (advantages != 0) & decides.numpy()
+        self.logger.record("train/children", int(found.sum()))
+        if not found.any():
+            return None
+        if self.normalize_advantage and changed.any():
+            advantages = advantages / (np.sqrt(np.mean(advantages[changed] ** 2)) + 1e-8)
+        return torch.as_tensor(advantages * decides.numpy(), dtype=torch.float32)
 
 
 def save_learner(model: PPO, path: Path) -> None:
@@ -180,7 +250,7 @@ def ppo_model(env: PruningEnv | BatchedPruningEnv, space: SearchSpace, settings:
     batch_size = min(settings.batch_size, rollout)
     if rollout % batch_size:  # SB3 would train on a truncated last mini-batch: take the whole rollout instead
         batch_size = rollout
-    learner = LayerCreditPPO if settings.credit == "layer" else PPO
+    learner = {"layer": LayerCreditPPO, "parent": ParentCreditPPO}.get(settings.credit, PPO)
     if ppo_path.is_file():
         model = learner.load(ppo_path, env=env, device="cpu")
         logger.info("resumed the policy from %s", ppo_path)

@@ -135,6 +135,7 @@ class SearchRunner:
         self.ray = ray
         self._screen = None  # a PPO search's best-of-k screening (host.search.surrogate.Screen), when configured
         self._evolve = None  # a PPO search's aging-evolution population (PPOSettings.evolve), when configured
+        self._parents = None  # which child came from which parent (PPOSettings.credit == "parent")
 
     # -- entry points --------------------------------------------------------------------------------
     @classmethod
@@ -437,6 +438,10 @@ class SearchRunner:
                 self._screen = self._screening(evaluator, space, band, rng, model)
             if cfg.ppo.evolve:
                 self._evolve = self._population(evaluator, space, band, rng, keep_logit)
+            if cfg.ppo.credit == "parent":
+                from host.search.ppo import ParentCredit
+
+                self._parents = model.parents = ParentCredit(space.layer_nodes)
             screen = self._screen if cfg.ppo.screen_learn else None
 
             def imagine(m) -> None:
@@ -461,6 +466,7 @@ class SearchRunner:
                                 self._screen.screened, self._screen.replaced, self._screen.learned)
                 self._screen = None
                 self._evolve = None
+                self._parents = None
         spread = policy_spread(model, space.observation(), space.keep_index)
         self.journal.set_value("policy_spread", spread)
         logger.info("the policy ends with %.3f nats of entropy per layer (uniform over the valid patterns: %.3f); on "
@@ -622,7 +628,11 @@ class SearchRunner:
         population, a child of a tournament winner mutated toward the proposal; else the proposal (the best of k
         by the proxy, with screening) projected."""
         if self._evolve is not None and self._evolve.full:
-            return self._evolve.child(toward=proposal)
+            child = self._evolve.child(toward=proposal)
+            if self._parents is not None:  # PPOSettings.credit == "parent": the mutation is judged against its parent
+                parent = self._evolve.last_parent
+                self._parents.record(child, parent.choices, parent.reward)
+            return child
         if self._screen is not None:
             proposal = self._screen.choose(proposal)
         return projected(proposal)

@@ -11,7 +11,7 @@ from stable_baselines3.common.logger import Logger
 
 from host.search.env import Padding, PruningEnv, StepOutcome, pad_observation
 from host.search.policy import GraphActorCriticPolicy, policy_kwargs
-from host.search.ppo import LayerCreditPPO, train_on_imagined
+from host.search.ppo import LayerCreditPPO, ParentCredit, ParentCreditPPO, train_on_imagined
 from host.search.surrogate import LayerCredit
 from tests.unit.host.search.graphs import chain_graph
 from tests.unit.host.search.nets import ppo_flops_search
@@ -157,3 +157,99 @@ def test_a_search_with_layer_credit_keeps_its_budget_and_resumes(evaluator):
     assert "proxy" in model._credit() and len(model._credit()["proxy"].plans) > 16
     ppo_flops_search(evaluator, budget=8, credit="layer")
     assert evaluator.journal.count(Phase.SEARCH, evaluated_only=True) == 8
+
+
+def test_a_child_is_credited_on_the_layers_it_changed_against_its_parent():
+    """ParentCredit: a recorded child's changed layers get its reward minus its parent's, at their nodes; its other
+    nodes, and every node of a plan that is no recorded child, get nothing."""
+    layer_nodes = np.array([1, 3, 4, 6])
+    credit = ParentCredit(layer_nodes)
+    parent, child = np.array([0, 2, 2, 1]), np.array([0, 3, 2, 0])
+    credit.record(child, parent, 0.5)
+    actions = np.zeros((2, 8), np.int64)
+    actions[0, layer_nodes] = child
+    actions[1, layer_nodes] = parent  # the parent itself was never recorded as a child
+    advantages, found = credit.advantages(actions, np.array([0.75, 0.9]))
+    assert found.tolist() == [True, False]
+    expected = np.zeros((2, 8))
+    expected[0, [3, 6]] = 0.25
+    np.testing.assert_allclose(advantages, expected)
+
+
+PARENT_DRIFT = 5
+
+
+def test_parent_credit_learns_which_mutations_pay_where_plan_credit_does_not(monkeypatch):
+    """Policy-guided evolution on a synthetic task: 50 layers, each paid for its own choice (1 or 2, by the sign of a
+    node feature), parents drawn at random, each child its parent with one or two of the layers where the policy's
+    proposal differs set to the proposal's choices (what AgingEvolution.child does). PPO learns from the children.
+    The parents are near relatives (one base plan, 5 layers redrawn each), as aging evolution's population is after a
+    few generations. Judged against their parents, the mutations teach the right choices faster than the children's
+    plan-level rewards, in which the parents' differences and every layer's share are noise. (With parents drawn
+    uniformly at random, plan credit learns more, 0.043 against 0.013: each child is then a random plan, which informs
+    all 50 layers, while a child's difference from its parent informs only the one or two it changed.)"""
+    def run(cls) -> float:
+        gain = []
+        for seed in range(2):
+            graph = chain_graph(100, seed=seed)
+            layers = len(graph.layer_nodes)
+            target = np.where(graph.node_features[graph.layer_nodes, 0] > 0, 1, 2)
+            rng = np.random.default_rng(seed)
+            model = _learner(cls, graph, seed)
+            model.parents = ParentCredit(graph.layer_nodes) if cls is ParentCreditPPO else None
+            before = _target_probability(model, graph, target)
+
+            def reward(plan, target=target, rng=rng) -> float:
+                return float(np.mean(plan == target) + rng.normal(0, 0.05))
+
+            base = rng.integers(0, 4, size=layers)
+
+            def child_of(proposal, rng=rng, model=model, reward=reward, base=base, layers=layers) -> StepOutcome:
+                parent = base.copy()  # a population of near relatives, as aging evolution's is after a few generations
+                drift = rng.choice(layers, size=PARENT_DRIFT, replace=False)
+                parent[drift] = rng.integers(0, 4, size=PARENT_DRIFT)
+                differ = np.flatnonzero(np.asarray(proposal) != parent)
+                child = parent.copy()
+                for layer in rng.choice(differ, size=min(len(differ), int(rng.integers(1, 3))), replace=False):
+                    child[layer] = proposal[layer]
+                if model.parents is not None:
+                    model.parents.record(child, parent, reward(parent))
+                return StepOutcome(reward(child), {"choices": child.tolist()})
+
+            for _ in range(8):
+                train_on_imagined(model, graph, child_of, 16, relabel=True, stream="search")
+            gain.append(_target_probability(model, graph, target) - before)
+        return float(np.mean(gain))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a busy machine's second thread slows this tiny network ten-fold
+    try:
+        plan, parent = run(PPO), run(ParentCreditPPO)
+    finally:
+        torch.set_num_threads(threads)
+    print(f"gain in the right choices' probability: plan credit {plan:.3f}, parent credit {parent:.3f}")
+    assert parent > 1.3 * plan > 0
+
+
+def test_parent_credit_needs_evolution():
+    from host.errors import ConfigError
+    from host.search.config import PPOSettings
+
+    with pytest.raises(ConfigError, match="evolve is off"):
+        PPOSettings(credit="parent")
+    with pytest.raises(ConfigError, match="unknown PPO credit"):
+        PPOSettings(credit="layers")
+    assert PPOSettings(credit="parent", evolve=True).credit == "parent"
+
+
+def test_a_search_with_parent_credit_learns_from_its_children_and_resumes(evaluator):
+    """A FLOPs search with policy-guided evolution and parent credit: the learner is a ParentCreditPPO that recorded
+    the children it evaluated (saved with it); continued with a larger budget, it resumes."""
+    from host.kinds import Phase
+
+    ppo_flops_search(evaluator, budget=12, credit="parent", evolve=True, proxy_plans=16)
+    assert evaluator.journal.count(Phase.SEARCH, evaluated_only=True) == 12
+    model = ParentCreditPPO.load(evaluator.journal.path.parent / "ppo.zip", device="cpu")
+    assert model.parents is not None and len(model.parents.parents) > 0
+    ppo_flops_search(evaluator, budget=14, credit="parent", evolve=True)
+    assert evaluator.journal.count(Phase.SEARCH, evaluated_only=True) == 14

@@ -61,6 +61,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -203,6 +205,67 @@ def _check_extendable(out: Path, budget: int) -> None:
                          "run. Move it away or use another --out")
 
 
+class HeldOut:
+    """The test-split accuracy of the plans a run's validation rewards chose (``--held-out``).
+
+    The best validation reward after N candidates is a maximum over noisy figures (500 validation images at
+    MNIST-5k: one image is 0.2 points, a binomial standard error near 1 point at 95%), so a strategy that evaluates
+    many plans of about the same quality near its best gains from that noise alone (the winner's curse). The plan a
+    run would pick at N is therefore re-made here exactly as the search scored it (the same masks, recovery batches
+    and BatchNorm batches, one torch thread) and scored once more on the test split, which chose nothing. Its
+    validation accuracy is re-computed too, as a check that the re-made model is the searched one."""
+
+    def __init__(self, base) -> None:
+        import torch
+
+        from host.search.finetune import recalibrate_bn
+        from host.search.runner import load_trained
+        from host.search.scorer import EvalData, PlanScorer, batches
+        from host.search.space import SearchSpace
+
+        torch.set_num_threads(base.evaluation.host_threads or torch.get_num_threads())
+        ev = base.evaluation
+        model, splits = load_trained(base, lambda _p: None)
+        data = EvalData.from_splits(splits, ev.bn_batches, ev.batch_size, ev.val_limit, base.seed, ev.recover_steps,
+                                    ev.recover_batch_size)
+        recalibrate_bn(model, data.bn_batches, num_batches=len(data.bn_batches))
+        self.space = SearchSpace(model, data.example_input)
+        self.scorer = PlanScorer(model, data, ev.recover_lr)
+        self.test = batches(*splits.test.tensors(), 256)
+        self.checked = self.mismatched = 0
+        self._memo: dict[tuple, float] = {}
+
+    def chosen(self, run_dir: Path, checkpoints: list[int]) -> dict[int, float | None]:
+        """Test accuracy (%) of the plan with the best validation reward among the run's first N newly evaluated
+        candidates (the first of equals), for each N; None past the run's length."""
+        from host.kinds import Phase
+        from host.search.journal import Journal
+
+        records = [r for r in Journal.open(run_dir).candidates(Phase.SEARCH) if not r.reused]
+        out: dict[int, float | None] = {}
+        for n in checkpoints:
+            if len(records) < n:
+                out[n] = None
+                continue
+            best = max(records[:n], key=lambda r: r.reward)  # max keeps the first of equals
+            out[n] = self._test_accuracy(best)
+        return out
+
+    def _test_accuracy(self, record) -> float:
+        from host.search.finetune import accuracy
+
+        keep = self.space.vocab[self.space.keep_index]
+        choices = np.array([self.space.vocab.index(record.plan.choices.get(layer, keep))
+                            for layer in self.space.layer_names], np.int64)
+        key = tuple(choices.tolist())
+        if key not in self._memo:
+            model, _ = self.scorer.masked_model(self.space.decode(choices)[0])
+            self.checked += 1
+            self.mismatched += abs(self.scorer.accuracy(model) - record.accuracy) > 1e-6
+            self._memo[key] = 100.0 * accuracy(model, self.test)
+        return self._memo[key]
+
+
 def plot(curves: dict[str, dict[str, dict[int, float | None]]], checkpoints: list[int], path: Path) -> None:
     import matplotlib
 
@@ -246,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-epochs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "policy_bench")
     parser.add_argument("--progress", action="store_true", help="print each run's progress to stderr")
+    parser.add_argument("--held-out", action="store_true",
+                        help="also score on the test split the plan each run's validation rewards chose after N "
+                             "(re-made as the search scored it: a few seconds a plan)")
     args = parser.parse_args(argv)
 
     from host.search.config import ModelSpec, SearchConfig
@@ -260,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, list[dict[int, float | None]]]] = {}
     seconds: dict[str, float] = {}
     trends: dict[str, dict[str, list[dict[int, float | None]]]] = {}  # mean_between per run
+    held: dict[str, dict[str, list[dict[int, float | None]]]] = {}  # --held-out: test accuracy of the chosen plans
+    checks = [0, 0]  # --held-out: plans re-made, and of them whose validation accuracy differed from the journal's
     for model in models:
         results[model] = {s: [] for s in strategies}
         for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -277,6 +345,14 @@ def main(argv: list[str] | None = None) -> int:
                 seconds[strategy] = seconds.get(strategy, 0.0) + took
                 results[model][strategy].append(best_after(rewards, checkpoints))
                 trends.setdefault(model, {}).setdefault(strategy, []).append(mean_between(rewards, checkpoints))
+            if args.held_out:
+                print(f"{model} seed {seed}: scoring the chosen plans on the test split", file=sys.stderr, flush=True)
+                scorer = HeldOut(base)
+                for strategy in strategies:
+                    held.setdefault(model, {}).setdefault(strategy, []).append(
+                        scorer.chosen(args.out / model / f"seed{seed}" / strategy, checkpoints))
+                checks[0] += scorer.checked
+                checks[1] += scorer.mismatched
 
     lines = [f"objective {args.objective}"
              f"{' ' + args.target_latency if args.objective == 'latency' else f' {args.target_flops:g} MAC cut'}, "
@@ -306,11 +382,26 @@ def main(argv: list[str] | None = None) -> int:
                 values = [s[n] for s in per_seed if s[n] is not None]
                 cells.append(f"{statistics.mean(values):.2f}" if values else "-")
             lines.append("| " + " | ".join([model, strategy, *cells]) + " |")
+    if held:
+        lines += ["", "test accuracy (%) of the plan with the best validation reward after N (mean over seeds; "
+                  f"{checks[0]} plans re-made, {checks[1]} of them not at their journaled validation accuracy)", "",
+                  "| " + " | ".join(["model", "strategy", *[f"N={n}" for n in checkpoints]]) + " |",
+                  "|" + "---|" * (len(checkpoints) + 2)]
+        for model, rows in held.items():
+            for strategy, per_seed in rows.items():
+                cells = []
+                for n in checkpoints:
+                    values = [s[n] for s in per_seed if s[n] is not None]
+                    cells.append(f"{statistics.mean(values):.2f}" if values else "-")
+                lines.append("| " + " | ".join([model, strategy, *cells]) + " |")
     for ours in OURS:
         if ours not in strategies:
             continue
         for title, table, columns in (("best reward after N", results, [f"N={n}" for n in checkpoints]),
-                                      ("mean reward of the span's candidates", trends, spans)):
+                                      ("mean reward of the span's candidates", trends, spans),
+                                      ("test accuracy of the plan chosen after N", held, [f"N={n}" for n in checkpoints])):
+            if not table:
+                continue
             lines += ["", f"{ours} minus each other strategy, {title}, paired by seed: mean +- standard error (seeds)",
                       ""]
             header = ["model", "vs", *columns]

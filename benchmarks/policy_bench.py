@@ -37,11 +37,15 @@ no budget and are not counted), read from its journal, at every N of --checkpoin
 over seeds; the paired table gives, per checkpoint and model, ppo minus each other strategy, mean over seeds
 with its standard error (the seeds pair the runs: same data split, dense model and seed). A PNG of the curves
 (mean over seeds) is written next to the table. Nothing is fine-tuned (--final-top 0): this is about what
-the search finds, not the final stage.
+the search finds, not the final stage. With --held-out, the plan each run would pick after N (its best
+validation reward) is re-made as the search scored it and scored on the test split too (HeldOut): the best of
+N noisy validation figures is biased upwards, the more so the more near-equal plans a strategy evaluates, and
+the test split chose nothing.
 
     .venv/bin/python benchmarks/policy_bench.py [--models resnet20,mobilenetv2] [--seeds 3]
         [--budget 48] [--checkpoints 8,16,32,48] [--strategies ppo,no-learn,random,evolution]
         [--policy zoo-policy.pt] [--objective latency] [--target-latency 0.5x] [--out runs/policy_bench]
+        [--held-out]
 
 Costs: a latency-objective candidate is scored (~2-3 s), and exported and measured when the cost model
 thinks it worth it (~8 s more for a kernel-pattern plan): about 6 s per candidate on average here, so the

@@ -117,6 +117,19 @@ def _paired_cells(ours: list[dict[int, float | None]], theirs: list[dict[int, fl
     return cells
 
 
+def _mean_rows(table: dict[str, dict[str, list[dict[int, float | None]]]], checkpoints: list[int]) -> list[str]:
+    """One markdown row per model and strategy: the mean over seeds at each checkpoint, 2 decimals."""
+    lines = []
+    for model, rows in table.items():
+        for strategy, per_seed in rows.items():
+            cells = []
+            for n in checkpoints:
+                values = [s[n] for s in per_seed if s[n] is not None]
+                cells.append(f"{statistics.mean(values):.2f}" if values else "-")
+            lines.append("| " + " | ".join([model, strategy, *cells]) + " |")
+    return lines
+
+
 def journal_rewards(run_dir: Path) -> list[float]:
     """Rewards of the newly evaluated search candidates of a run, in evaluation order."""
     from host.kinds import Phase
@@ -379,25 +392,13 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "mean reward of the candidates evaluated in each span (mean over seeds): does a strategy propose "
               "better plans as the run goes on", "", "| " + " | ".join(["model", "strategy", *spans]) + " |",
               "|" + "---|" * (len(spans) + 2)]
-    for model, rows in trends.items():
-        for strategy, per_seed in rows.items():
-            cells = []
-            for n in checkpoints:
-                values = [s[n] for s in per_seed if s[n] is not None]
-                cells.append(f"{statistics.mean(values):.2f}" if values else "-")
-            lines.append("| " + " | ".join([model, strategy, *cells]) + " |")
+    lines += _mean_rows(trends, checkpoints)
     if held:
         lines += ["", "test accuracy (%) of the plan with the best validation reward after N (mean over seeds; "
                   f"{checks[0]} plans re-made, {checks[1]} of them not at their journaled validation accuracy)", "",
                   "| " + " | ".join(["model", "strategy", *[f"N={n}" for n in checkpoints]]) + " |",
                   "|" + "---|" * (len(checkpoints) + 2)]
-        for model, rows in held.items():
-            for strategy, per_seed in rows.items():
-                cells = []
-                for n in checkpoints:
-                    values = [s[n] for s in per_seed if s[n] is not None]
-                    cells.append(f"{statistics.mean(values):.2f}" if values else "-")
-                lines.append("| " + " | ".join([model, strategy, *cells]) + " |")
+        lines += _mean_rows(held, checkpoints)
     for ours in OURS:
         if ours not in strategies:
             continue

@@ -3,6 +3,8 @@ baseline (host.search.surrogate.LayerCredit), and the learner that uses it (host
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -103,6 +105,17 @@ def test_per_layer_old_log_probabilities_add_up_to_the_plans():
     assert float(fixed) < 1e-6  # nodes with one valid choice: log-probability 0, nothing to learn
 
 
+@contextmanager
+def _one_thread():
+    """One torch thread: a busy machine's second thread slows these tiny networks ten-fold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _target_probability(model, graph, target) -> float:
     obs = {k: torch.as_tensor(v).unsqueeze(0) for k, v in pad_observation(graph, Padding.fitting(graph)).items()}
     with torch.no_grad():
@@ -131,14 +144,10 @@ def test_layer_credit_teaches_many_layers_their_own_choice_faster_than_plan_cred
             gain.append(_target_probability(model, graph, target) - before)
         return float(np.mean(gain))
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a busy machine's second thread slows this tiny network ten-fold
-    try:
+    with _one_thread():
         plan, layer = run(PPO), run(LayerCreditPPO)
         monkeypatch.setattr(LayerCredit, "fit", lambda self, k: False)  # no baseline: the plan's advantage per layer
         clip_only = run(LayerCreditPPO)
-    finally:
-        torch.set_num_threads(threads)
     assert layer > 1.15 * clip_only and clip_only > 2 * plan > 0
 
 
@@ -221,12 +230,8 @@ def test_parent_credit_learns_which_mutations_pay_where_plan_credit_does_not(mon
             gain.append(_target_probability(model, graph, target) - before)
         return float(np.mean(gain))
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a busy machine's second thread slows this tiny network ten-fold
-    try:
+    with _one_thread():
         plan, parent = run(PPO), run(ParentCreditPPO)
-    finally:
-        torch.set_num_threads(threads)
     print(f"gain in the right choices' probability: plan credit {plan:.3f}, parent credit {parent:.3f}")
     assert parent > 1.3 * plan > 0
 

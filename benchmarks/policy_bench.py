@@ -65,8 +65,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -235,19 +233,15 @@ class HeldOut:
     def __init__(self, base) -> None:
         import torch
 
-        from host.search.finetune import recalibrate_bn
-        from host.search.runner import load_trained
-        from host.search.scorer import EvalData, PlanScorer, batches
-        from host.search.space import SearchSpace
+        from host.search.runner import load_trained, scoring_data
+        from host.search.scorer import PlanScorer, batches
+        from host.search.space import SearchSpace, excluded_patterns
 
         torch.set_num_threads(base.evaluation.host_threads or torch.get_num_threads())
-        ev = base.evaluation
         model, splits = load_trained(base, lambda _p: None)
-        data = EvalData.from_splits(splits, ev.bn_batches, ev.batch_size, ev.val_limit, base.seed, ev.recover_steps,
-                                    ev.recover_batch_size)
-        recalibrate_bn(model, data.bn_batches, num_batches=len(data.bn_batches))
-        self.space = SearchSpace(model, data.example_input)
-        self.scorer = PlanScorer(model, data, ev.recover_lr)
+        data = scoring_data(base, model, splits)  # the search's own batches and BatchNorm recalibration
+        self.space = SearchSpace(model, data.example_input, exclude=excluded_patterns(base.precision))
+        self.scorer = PlanScorer(model, data, base.evaluation.recover_lr)
         self.test = batches(*splits.test.tensors(), 256)
         self.checked = self.mismatched = 0
         self._memo: dict[tuple, float] = {}
@@ -271,9 +265,7 @@ class HeldOut:
     def _test_accuracy(self, record) -> float:
         from host.search.finetune import accuracy
 
-        keep = self.space.vocab[self.space.keep_index]
-        choices = np.array([self.space.vocab.index(record.plan.choices.get(layer, keep))
-                            for layer in self.space.layer_names], np.int64)
+        choices = self.space.encode(record.plan.choices)
         key = tuple(choices.tolist())
         if key not in self._memo:
             model, _ = self.scorer.masked_model(self.space.decode(choices)[0])

@@ -275,10 +275,7 @@ class CandidateEvaluator:
     # -- cost model ----------------------------------------------------------------------------------
     def choices_of(self, record: CandidateRecord) -> np.ndarray:
         """The per-layer choice indices a journal row stands for."""
-        names = record.plan.choices
-        keep = self.space.vocab[self.space.keep_index]
-        return np.array([self.space.vocab.index(names.get(layer, keep)) for layer in self.space.layer_names],
-                        np.int64)
+        return self.space.encode(record.plan.choices)
 
     def cost_ratio(self, record: CandidateRecord) -> float | None:
         """The candidate's true cost relative to dense: worst-device measured ratio, or the MAC ratio for

@@ -86,6 +86,25 @@ def check_names(config: SearchConfig) -> None:
         )
 
 
+def scoring_data(config: SearchConfig, model: nn.Module, splits: DatasetSplits):
+    """The run's :class:`~host.search.scorer.EvalData` (the batches every candidate is recovered, recalibrated, scored
+    and, in int8, calibrated on), with ``model``'s BatchNorm statistics recalibrated on them in place."""
+    from host.search.finetune import recalibrate_bn
+    from host.search.scorer import EvalData
+
+    ev = config.evaluation
+    data = EvalData.from_splits(splits, ev.bn_batches, ev.batch_size, ev.val_limit, config.seed,
+                                ev.recover_steps, ev.recover_batch_size,
+                                calibration_images=ev.calibration_images if config.precision == Precision.INT8 else 0)
+    # Every candidate's BatchNorm statistics are recalibrated on the run's batches, and so is dense when it is
+    # scored; the base model is the teacher of every recovery step and the final reference, so it gets the
+    # same. A checkpoint's own running statistics can be useless: torchvision's MobileNetV3 uses BN momentum
+    # 0.01, and after 10 epochs on 3k images it scored 10% in eval mode (97% recalibrated), so recovery steps
+    # distilled every candidate towards noise and all of them ended at chance.
+    recalibrate_bn(model, data.bn_batches, num_batches=len(data.bn_batches))
+    return data
+
+
 def load_trained(config: SearchConfig, progress: ProgressFn) -> tuple[nn.Module, DatasetSplits]:
     """(trained model in eval mode, dataset splits); trains and caches a checkpoint on first use."""
     import torch
@@ -212,23 +231,12 @@ class SearchRunner:
         from host.devices.results import BenchSpec
         from host.search.candidate import CandidateEvaluator, MeasurePolicy
         from host.search.final import FinalStage
-        from host.search.scorer import EvalData
         from host.search.space import INT8_EXCLUDED, SearchSpace, excluded_patterns
 
         cfg = self.config
         model, splits = load_trained(cfg, self.progress)
         ev = cfg.evaluation
-        data = EvalData.from_splits(splits, ev.bn_batches, ev.batch_size, ev.val_limit, cfg.seed,
-                                    ev.recover_steps, ev.recover_batch_size,
-                                    calibration_images=ev.calibration_images if cfg.precision == Precision.INT8 else 0)
-        # Every candidate's BatchNorm statistics are recalibrated on the run's batches, and so is dense when it is
-        # scored; the base model is the teacher of every recovery step and the final reference, so it gets the
-        # same. A checkpoint's own running statistics can be useless: torchvision's MobileNetV3 uses BN momentum
-        # 0.01, and after 10 epochs on 3k images it scored 10% in eval mode (97% recalibrated), so recovery steps
-        # distilled every candidate towards noise and all of them ended at chance.
-        from host.search.finetune import recalibrate_bn
-
-        recalibrate_bn(model, data.bn_batches, num_batches=len(data.bn_batches))
+        data = scoring_data(cfg, model, splits)
         self.progress(Progress(Stage.PREPARE, 1, 1, "building the model graph"))
         space = SearchSpace(model, data.example_input, exclude=excluded_patterns(cfg.precision))
         if cfg.precision == Precision.INT8:

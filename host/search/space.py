@@ -123,6 +123,12 @@ class SearchSpace:
                 assignments[layer] = LayerAssignment(family, pattern)
         return Plan.from_mapping(assignments, model=self.model_name), names
 
+    def encode(self, names: dict[str, str]) -> np.ndarray:
+        """Per-layer choice indices for ``{layer: "family:pattern"}`` (a journaled plan's choices; a layer it does not
+        name is kept): the inverse of :meth:`decode`'s names."""
+        keep = self.vocab[self.keep_index]
+        return np.array([self.vocab.index(names.get(layer, keep)) for layer in self.layer_names], np.int64)
+
     def dense_choices(self) -> np.ndarray:
         return np.full(len(self.layer_names), self.keep_index, np.int64)
 

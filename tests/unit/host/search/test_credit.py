@@ -188,12 +188,11 @@ def test_a_child_is_credited_on_the_layers_it_changed_against_its_parent():
 PARENT_DRIFT = 5
 
 
-def test_parent_credit_learns_which_mutations_pay_where_plan_credit_does_not(monkeypatch):
+def test_parent_credit_learns_which_mutations_pay_faster_than_plan_credit():
     """Policy-guided evolution on a synthetic task: 50 layers, each paid for its own choice (1 or 2, by the sign of a
-    node feature), parents drawn at random, each child its parent with one or two of the layers where the policy's
-    proposal differs set to the proposal's choices (what AgingEvolution.child does). PPO learns from the children.
-    The parents are near relatives (one base plan, 5 layers redrawn each), as aging evolution's population is after a
-    few generations. Judged against their parents, the mutations teach the right choices faster than the children's
+    node feature), each child its parent with one or two of the layers where the policy's proposal differs set to the
+    proposal's choices (what AgingEvolution.child does). PPO learns from the children. The parents are near relatives
+    (one base plan with 5 layers redrawn for each), as aging evolution's population is after a few generations. Judged against their parents, the mutations teach the right choices faster than the children's
     plan-level rewards, in which the parents' differences and every layer's share are noise. (With parents drawn
     uniformly at random, plan credit learns more, 0.043 against 0.013: each child is then a random plan, which informs
     all 50 layers, while a child's difference from its parent informs only the one or two it changed.)"""
